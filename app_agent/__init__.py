@@ -1,0 +1,77 @@
+"""app_agent: embed in an application so rpcctl can ping it and run its release tasks.
+
+Importing this package is cheap (standard library only); RPyC and structlog load when
+:func:`start` runs, so the operator's side can share :mod:`app_agent.wire` without them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, TextIO
+
+from app_agent._registry import Task, reset_registry, task
+from app_agent._version import __version__
+from app_agent.exceptions import (
+    AddressInUse,
+    AgentAlreadyRunning,
+    AgentError,
+    ConfigurationError,
+    TaskRegistrationError,
+)
+
+if TYPE_CHECKING:
+    from app_agent._agent import Agent
+
+__all__ = [
+    "AddressInUse",
+    "Agent",
+    "AgentAlreadyRunning",
+    "AgentError",
+    "ConfigurationError",
+    "Task",
+    "TaskRegistrationError",
+    "__version__",
+    "configure_logging",
+    "current",
+    "reset_registry",
+    "start",
+    "task",
+]
+
+
+def start(
+    node: str | None = None,
+    tasks: Iterable[str] = (),
+    *,
+    app: str | None = None,
+    allowed_uids: Iterable[int] | None = None,
+) -> Agent:
+    """Start this process's agent; see :func:`app_agent._agent.start`."""
+    from app_agent import _agent
+
+    return _agent.start(node, tasks, app=app, allowed_uids=allowed_uids)
+
+
+def current() -> Agent | None:
+    """The running agent of this process, if any."""
+    from app_agent import _agent
+
+    return _agent.current()
+
+
+def configure_logging(
+    json: bool | None = None, stream: TextIO | None = None, level: str | int | None = None
+) -> None:
+    """Configure structlog for an app without its own set-up: JSON unless on a terminal."""
+    from app_agent import _logging
+
+    _logging.configure_logging(json=json, stream=stream, level=level)
+
+
+def __getattr__(name: str) -> object:
+    if name == "Agent":
+        from app_agent._agent import Agent
+
+        return Agent
+    msg = f"module 'app_agent' has no attribute {name!r}"
+    raise AttributeError(msg)

@@ -1,0 +1,166 @@
+"""The ``@task`` decorator and the registry of release tasks."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import os
+import sys
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar, overload
+
+from app_agent.exceptions import TaskRegistrationError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One registered release task."""
+
+    name: str
+    """The full dotted path, ``module.function``: always accepted."""
+    func: Callable[..., Any]
+    alias: str | None = None
+    """An optional short name given with ``@task(name=...)``."""
+
+    @property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.func)
+
+    @property
+    def signature(self) -> inspect.Signature:
+        try:
+            # Real annotations, not the strings of ``from __future__ import annotations``.
+            return inspect.signature(self.func, eval_str=True)
+        except (NameError, TypeError, SyntaxError):
+            return inspect.signature(self.func)
+
+    @property
+    def summary(self) -> str:
+        """The first line of the docstring, or an empty string."""
+        doc = inspect.getdoc(self.func) or ""
+        return doc.strip().splitlines()[0] if doc.strip() else ""
+
+    def describe(self) -> dict[str, Any]:
+        """Plain data for ``rpcctl tasks``."""
+        return {
+            "name": self.name,
+            "alias": self.alias,
+            "signature": f"{self.name}{self.signature}",
+            "doc": self.summary,
+            "async": self.is_async,
+        }
+
+    def bind(self, args: Iterable[Any], kwargs: dict[str, Any]) -> inspect.BoundArguments:
+        """Bind arguments to the signature; TypeError names the signature on a mismatch."""
+        try:
+            return self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            msg = f"{exc}; the signature is {self.name}{self.signature}"
+            raise TypeError(msg) from None
+
+
+class Registry:
+    """Tasks by full name and by alias; thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_name: dict[str, Task] = {}
+        self._by_alias: dict[str, Task] = {}
+
+    def add(self, func: Callable[..., Any], alias: str | None = None) -> Task:
+        name = f"{_module_name(func)}.{func.__qualname__}"
+        if "<locals>" in name:
+            msg = f"{name}: a task must be a module-level function, reachable by a dotted path"
+            raise TaskRegistrationError(msg)
+        record = Task(name=name, func=func, alias=alias)
+        with self._lock:
+            if alias is not None:
+                other = self._by_alias.get(alias) or self._by_name.get(alias)
+                if other is not None and other.name != name:
+                    msg = f"task alias {alias!r} of {name} is already taken by {other.name}"
+                    raise TaskRegistrationError(msg)
+            # Re-registering the same dotted path (a module reload) replaces the old record.
+            old = self._by_name.pop(name, None)
+            if old is not None and old.alias is not None:
+                self._by_alias.pop(old.alias, None)
+            self._by_name[name] = record
+            if alias is not None:
+                self._by_alias[alias] = record
+        return record
+
+    def get(self, name: str) -> Task | None:
+        with self._lock:
+            return self._by_name.get(name) or self._by_alias.get(name)
+
+    def all(self) -> list[Task]:
+        with self._lock:
+            return sorted(self._by_name.values(), key=lambda t: t.name)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._by_name.clear()
+            self._by_alias.clear()
+
+
+def _module_name(func: Callable[..., Any]) -> str:
+    """The importable name of the function's module, also for ``python -m pkg`` and scripts."""
+    module = func.__module__
+    if module != "__main__":
+        return module
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name:
+        return str(spec.name).removesuffix(".__main__")
+    filename = getattr(main, "__file__", None)
+    if filename:
+        return os.path.splitext(os.path.basename(str(filename)))[0]
+    return module
+
+
+registry = Registry()
+
+
+def reset_registry() -> None:
+    """Forget every registered task (for tests)."""
+    registry.clear()
+
+
+@overload
+def task(func: F, /) -> F: ...
+
+
+@overload
+def task(*, name: str | None = None) -> Callable[[F], F]: ...
+
+
+def task(func: F | None = None, /, *, name: str | None = None) -> F | Callable[[F], F]:
+    """Register a function (plain or ``async def``) as a release task.
+
+    ``@task`` registers ``module.function``; ``@task(name="migrate")`` adds an alias. The
+    function itself is returned unchanged, so the app can still call it directly.
+    """
+
+    def register(f: F) -> F:
+        if not callable(f):
+            msg = f"@task needs a function, got {f!r}"
+            raise TaskRegistrationError(msg)
+        registry.add(f, alias=name)
+        return f
+
+    if func is not None:
+        return register(func)
+    return register
+
+
+def import_task_modules(modules: Iterable[str]) -> None:
+    """Import modules so that their ``@task`` decorators run."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            msg = f"cannot import task module {module!r}: {exc}"
+            raise TaskRegistrationError(msg) from exc

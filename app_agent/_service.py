@@ -1,0 +1,186 @@
+"""The RPyC service: the only methods a caller can reach.
+
+Every argument arrives as a ``str`` holding JSON and every result leaves as a ``str``
+holding a reply envelope (see :mod:`app_agent.wire`), so no netref ever crosses in either
+direction: the service never touches an object that lives in the caller's process.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import platform
+import sys
+import time
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import rpyc
+
+from app_agent import wire
+from app_agent._jobs import JobTable, TaskFailure
+from app_agent._registry import Registry, Task
+from app_agent._version import __version__
+from app_agent.wire import ErrorKind
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+PROTOCOL_CONFIG: dict[str, Any] = {
+    # Only the service's allow-listed methods are reachable (see AgentService._rpyc_getattr).
+    "allow_safe_attrs": False,
+    "allow_exposed_attrs": False,
+    "allow_public_attrs": False,
+    "allow_all_attrs": False,
+    "allow_setattr": False,
+    "allow_delattr": False,
+    "allow_pickle": False,
+    "import_custom_exceptions": False,
+    "instantiate_custom_exceptions": False,
+    "instantiate_oldstyle_exceptions": False,
+    "include_local_traceback": False,
+    "propagate_SystemExit_locally": False,
+    "propagate_KeyboardInterrupt_locally": False,
+    "log_exceptions": False,
+}
+
+
+class AgentState:
+    """What every connection's service shares: the registry, jobs, identity."""
+
+    def __init__(self, registry: Registry, node: str, app: str, log: Any) -> None:
+        self.registry = registry
+        self.node = node
+        self.app = app
+        self.log = log
+        self.jobs = JobTable()
+        self.started_at = time.time()
+        self.shutdown_handler: Callable[[], None] | None = None
+
+
+class AgentService(rpyc.Service):  # type: ignore[misc]
+    """One instance per connection; the caller can reach only ``EXPOSED``."""
+
+    EXPOSED: ClassVar[frozenset[str]] = frozenset({"ping", "info", "tasks", "call"})
+
+    def __init__(self, state: AgentState) -> None:
+        self._state = state
+        self._caller = "unknown"
+
+    def on_connect(self, conn: Any) -> None:
+        credentials = conn._config.get("credentials")
+        if isinstance(credentials, dict):
+            self._caller = str(credentials.get("peer", "unknown"))
+
+    def _rpyc_getattr(self, name: Any) -> Any:
+        if type(name) is str and name in self.EXPOSED:
+            return getattr(self, f"exposed_{name}")
+        msg = "access denied"
+        raise AttributeError(msg)
+
+    def _rpyc_setattr(self, name: Any, value: Any) -> None:
+        msg = "access denied"
+        raise AttributeError(msg)
+
+    def _rpyc_delattr(self, name: Any) -> None:
+        msg = "access denied"
+        raise AttributeError(msg)
+
+    # -- the exposed methods ------------------------------------------------------------
+
+    def exposed_ping(self) -> str:
+        return "pong"
+
+    def exposed_info(self) -> str:
+        state = self._state
+        return wire.ok(
+            {
+                "app": state.app,
+                "pid": os.getpid(),
+                "node": state.node,
+                "started_at": state.started_at,
+                "uptime_s": round(time.time() - state.started_at, 3),
+                "versions": {
+                    "rpcctl": __version__,
+                    "protocol": wire.PROTOCOL_VERSION,
+                    "python": platform.python_version(),
+                    "rpyc": rpyc.__version__,
+                },
+                "python": sys.executable,
+                "jobs": [job.describe() for job in state.jobs.running()],
+            }
+        )
+
+    def exposed_tasks(self) -> str:
+        return wire.ok([t.describe() for t in self._state.registry.all()])
+
+    def exposed_call(self, name: Any, args_json: Any = "[]", kwargs_json: Any = "{}") -> str:
+        started = time.perf_counter()
+        log = self._state.log.bind(caller=self._caller)
+        if not (type(name) is str and type(args_json) is str and type(kwargs_json) is str):
+            log.warning("call.refused", reason="arguments are not JSON text")
+            return wire.error(ErrorKind.USAGE, "call() takes a task name and JSON text only")
+        log = log.bind(task=name)
+        task = self._state.registry.get(name)
+        if task is None:
+            log.info("call.no_such_task", outcome="no_such_task")
+            return wire.error(ErrorKind.NO_SUCH_TASK, self._no_such_task(name))
+        try:
+            args, kwargs = _decode_arguments(args_json, kwargs_json)
+            bound = task.bind(args, kwargs)
+        except (ValueError, TypeError) as exc:
+            log.info("call.bad_arguments", outcome="usage", error=str(exc))
+            return wire.error(ErrorKind.USAGE, f"{task.name}: {exc}", signature=_sig(task))
+        job = self._state.jobs.start(task, bound.args, bound.kwargs, caller=self._caller)
+        log = log.bind(job=job.id)
+        log.debug("call.started")
+        try:
+            result = job.future.result()
+        except TaskFailure as failure:
+            log.warning(
+                "call.finished",
+                outcome="raised",
+                error=f"{failure.type}: {failure.message}",
+                duration_ms=_ms(started),
+            )
+            return wire.error(
+                ErrorKind.TASK_FAILED,
+                f"{task.name} raised {failure.type}: {failure.message}",
+                type=failure.type,
+                traceback=failure.traceback,
+                job=job.id,
+            )
+        log.info("call.finished", outcome="ok", duration_ms=_ms(started))
+        try:
+            return wire.ok(result)
+        except (RecursionError, ValueError):
+            # A result that cannot even be converted (a self-referencing structure) is sent as
+            # its repr, by the documented rule: the caller always gets an answer.
+            return wire.ok(repr(result))
+
+    def _no_such_task(self, name: str) -> str:
+        known = [t.name for t in self._state.registry.all()]
+        known += [t.alias for t in self._state.registry.all() if t.alias]
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        return f"no task named {name!r}{hint}; `rpcctl tasks` lists the registered tasks"
+
+
+def _decode_arguments(args_json: str, kwargs_json: str) -> tuple[list[Any], dict[str, Any]]:
+    try:
+        args = wire.loads(args_json)
+        kwargs = wire.loads(kwargs_json)
+    except ValueError as exc:
+        msg = f"arguments are not valid JSON: {exc}"
+        raise ValueError(msg) from None
+    if not isinstance(args, list) or not isinstance(kwargs, dict):
+        msg = "arguments must be a JSON list and keyword arguments a JSON object"
+        raise ValueError(msg)
+    return args, kwargs
+
+
+def _sig(task: Task) -> str:
+    return f"{task.name}{task.signature}"
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)

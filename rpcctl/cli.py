@@ -1,0 +1,216 @@
+"""The click CLI: parse options, call the client, render results, map errors to exit codes.
+
+Results go to stdout; diagnostics go to stderr. Every failure is an RpcctlError whose
+``exit_code`` is the documented one (see the README's table).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from app_agent._version import __version__
+from app_agent.wire import Address
+from rpcctl import client as client_mod
+from rpcctl import expr
+from rpcctl.exceptions import RpcctlError, TaskFailed
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclasses.dataclass
+class Settings:
+    """What the group's options hand to every command."""
+
+    node: str | None = None
+    json: bool = False
+
+    def address(self) -> Address:
+        return client_mod.resolve_address(self.node)
+
+
+pass_settings = click.make_pass_decorator(Settings, ensure=True)
+
+
+class RpcctlGroup(click.Group):
+    """Turns RpcctlError into one clear line on stderr and its exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except RpcctlError as exc:
+            settings = ctx.find_object(Settings) or Settings()
+            report_error(exc, settings.json)
+            ctx.exit(exc.exit_code)
+
+
+def report_error(exc: RpcctlError, as_json: bool) -> None:
+    if isinstance(exc, TaskFailed) and exc.remote_traceback:
+        click.echo(exc.remote_traceback.rstrip("\n"), err=True)
+    click.echo(f"rpcctl: error: {exc.message}", err=True)
+    if as_json:
+        error: dict[str, Any] = {
+            "kind": str(exc.kind),
+            "message": exc.message,
+            "exit_code": exc.exit_code,
+        }
+        if isinstance(exc, TaskFailed):
+            error["type"] = exc.type
+            error["traceback"] = exc.remote_traceback
+        emit_json({"ok": False, "error": error})
+
+
+def emit_json(document: dict[str, Any]) -> None:
+    click.echo(json.dumps(document, ensure_ascii=False))
+
+
+def json_option(f: F) -> F:
+    def set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+        if value:
+            ctx.ensure_object(Settings).json = True
+        return value
+
+    return click.option(
+        "--json",
+        "as_json",
+        is_flag=True,
+        expose_value=False,
+        callback=set_json,
+        is_eager=True,
+        help="Print one JSON document: {ok, result} or {ok, error}.",
+    )(f)
+
+
+def timeout_option(default: float | None, help: str) -> Callable[[F], F]:
+    return click.option(
+        "--timeout",
+        type=click.FloatRange(min=0, min_open=True),
+        default=default,
+        show_default=default is not None,
+        metavar="SECONDS",
+        help=help,
+    )
+
+
+@click.group(cls=RpcctlGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--node",
+    "-n",
+    envvar="RPCCTL_NODE",
+    metavar="NODE",
+    help="Agent address: unix:PATH or tcp://HOST:PORT. Default: $RPCCTL_NODE.",
+)
+@click.version_option(__version__, "--version", prog_name="rpcctl")
+@pass_settings
+def cli(settings: Settings, node: str | None) -> None:
+    """Ping a running Python application and run release tasks inside it.
+
+    Exit codes: 0 ok, 1 the task raised, 2 usage error, 3 agent unreachable,
+    4 timed out, 5 authentication refused, 6 no such task, 7 busy.
+    """
+    settings.node = node
+
+
+@cli.command()
+@click.option(
+    "--wait",
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="Keep trying (with backoff) until the agent answers or SECONDS pass.",
+)
+@timeout_option(client_mod.DEFAULT_TIMEOUT, "Seconds to wait for one answer.")
+@json_option
+@pass_settings
+def ping(settings: Settings, wait: float | None, timeout: float) -> None:
+    """Print pong when the agent answers; exit 3 when it does not."""
+    address = settings.address()
+    if wait is not None:
+        waited = client_mod.wait_for(address, wait)
+    else:
+        client_mod.ping(address, timeout)
+        waited = 0.0
+    if settings.json:
+        emit_json({"ok": True, "result": "pong", "node": str(address), "waited_s": waited})
+    else:
+        click.echo("pong")
+
+
+@cli.command()
+@click.argument("expression", metavar="EXPR")
+@timeout_option(None, "Give up waiting after SECONDS (exit 4); the task keeps running.")
+@json_option
+@pass_settings
+def rpc(settings: Settings, expression: str, timeout: float | None) -> None:
+    """Run a task: EXPR is module.func or module.func(literal, key=literal).
+
+    Arguments are parsed as literals (strings, numbers, True/False/None, lists, dicts),
+    never evaluated. Quote EXPR for the shell: rpcctl rpc 'myapp.tasks.migrate("head")'
+    """
+    call = expr.parse(expression)
+    with client_mod.connect(settings.address()) as conn:
+        result = conn.invoke(call.name, call.args, call.kwargs, timeout=timeout)
+    if settings.json:
+        emit_json({"ok": True, "result": result})
+    else:
+        render(result)
+
+
+def render(result: Any) -> None:
+    """Human output: strings as they are, None as nothing, everything else as JSON."""
+    if result is None:
+        return
+    if isinstance(result, str):
+        click.echo(result)
+    else:
+        click.echo(json.dumps(result, indent=2, ensure_ascii=False))
+
+
+@cli.command()
+@json_option
+@pass_settings
+def tasks(settings: Settings) -> None:
+    """List the registered tasks with their signatures and first docstring lines."""
+    with client_mod.connect(settings.address()) as conn:
+        found = conn.tasks()
+    if settings.json:
+        emit_json({"ok": True, "result": found})
+        return
+    if not found:
+        click.echo("no tasks registered", err=True)
+    for task in found:
+        click.echo(task["signature"])
+        if task.get("alias"):
+            click.echo(f"    alias: {task['alias']}")
+        if task.get("doc"):
+            click.echo(f"    {task['doc']}")
+
+
+@cli.command()
+@json_option
+@pass_settings
+def info(settings: Settings) -> None:
+    """Show the app's pid, uptime, versions, node and running jobs."""
+    with client_mod.connect(settings.address()) as conn:
+        details = conn.info()
+    if settings.json:
+        emit_json({"ok": True, "result": details})
+        return
+    versions = details.get("versions", {})
+    click.echo(f"app:      {details.get('app')}")
+    click.echo(f"pid:      {details.get('pid')}")
+    click.echo(f"node:     {details.get('node')}")
+    click.echo(f"uptime:   {details.get('uptime_s')}s")
+    click.echo("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    jobs = details.get("jobs", [])
+    click.echo(f"jobs:     {len(jobs)} running")
+    for job in jobs:
+        click.echo(f"  {job['id']}  {job['task']}  {job['running_s']}s  {job['caller']}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli.main(args=argv if argv is not None else sys.argv[1:], prog_name="rpcctl")

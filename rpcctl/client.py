@@ -1,0 +1,209 @@
+"""The Python client: connect to an agent, ping it, list and call its tasks."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from app_agent import wire
+from app_agent.wire import Address, ErrorKind
+from rpcctl import _transport
+from rpcctl.exceptions import (
+    BY_KIND,
+    CallTimeout,
+    ConfigError,
+    TaskFailed,
+    Unreachable,
+    UsageError,
+)
+
+DEFAULT_TIMEOUT = 5.0
+"""Seconds for connecting, the handshake and the short requests (ping, tasks, info)."""
+
+_CLIENT_CONFIG: dict[str, Any] = {
+    # The agent reaches nothing in the client either.
+    "allow_safe_attrs": False,
+    "allow_exposed_attrs": False,
+    "allow_public_attrs": False,
+    "allow_all_attrs": False,
+    "allow_pickle": False,
+    "import_custom_exceptions": False,
+    "instantiate_custom_exceptions": False,
+    "include_local_traceback": False,
+    "sync_request_timeout": None,
+}
+
+
+def resolve_address(node: str | Address | None) -> Address:
+    """An Address from *node*, else from ``RPCCTL_NODE``; ConfigError when neither is usable."""
+    if isinstance(node, Address):
+        return node
+    text = node if node is not None else os.environ.get(wire.NODE_ENV)
+    if not text:
+        msg = f"no node given: pass --node (or node=) or set {wire.NODE_ENV}"
+        raise ConfigError(msg)
+    try:
+        return wire.parse_node(text)
+    except wire.AddressError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+class Client:
+    """A kept connection to one agent. Use :func:`connect` to make one."""
+
+    def __init__(self, address: Address, timeout: float = DEFAULT_TIMEOUT) -> None:
+        import rpyc
+        from rpyc.core import consts
+        from rpyc.core.stream import SocketStream
+
+        self.address = address
+        self.timeout = timeout
+        sock = _transport.open_socket(address, timeout)
+        try:
+            _transport.handshake(sock, address, "rpc")
+            sock.settimeout(None)
+            self._conn = rpyc.utils.factory.connect_stream(
+                SocketStream(sock), config=dict(_CLIENT_CONFIG)
+            )
+        except BaseException:
+            sock.close()
+            raise
+        self._callattr = consts.HANDLE_CALLATTR
+        self._root = self._request("root", timeout)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def ping(self) -> str:
+        """``"pong"``, over this connection and through the agent's service."""
+        result = self._request("ping", self.timeout)
+        return str(result)
+
+    def tasks(self) -> list[dict[str, Any]]:
+        """The registered tasks: name, alias, signature, doc, async."""
+        result: list[dict[str, Any]] = self._reply(self._request("tasks", self.timeout))
+        return result
+
+    def info(self) -> dict[str, Any]:
+        """pid, uptime, versions, app name, node and running jobs."""
+        result: dict[str, Any] = self._reply(self._request("info", self.timeout))
+        return result
+
+    def call(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
+        """Run task *name* with JSON-compatible arguments and return its result."""
+        return self.invoke(name, args, kwargs)
+
+    def invoke(
+        self,
+        name: str,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """Like :meth:`call`, with an optional *timeout* in seconds (CallTimeout when it passes).
+
+        The task itself goes on running in the agent when the timeout passes.
+        """
+        kwargs = kwargs or {}
+        if not wire.is_plain(list(args)) or not wire.is_plain(kwargs):
+            msg = "task arguments must be JSON data (str, int, float, bool, None, list, dict)"
+            raise UsageError(msg)
+        try:
+            text = self._request("call", timeout, name, wire.dumps(list(args)), wire.dumps(kwargs))
+        except CallTimeout:
+            msg = (
+                f"{name} did not finish within {timeout:g}s; "
+                "it goes on running in the agent (`rpcctl info` lists running jobs)"
+            )
+            raise CallTimeout(msg) from None
+        return self._reply(text)
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def _request(self, method: str, timeout: float | None, *args: str) -> Any:
+        from rpyc.core import consts
+        from rpyc.core.async_ import AsyncResultTimeout
+
+        try:
+            if method == "root":
+                result = self._conn.async_request(consts.HANDLE_GETROOT, timeout=timeout)
+            else:
+                # One round trip: call the method by name on the root, no attribute fetch.
+                result = self._conn.async_request(
+                    self._callattr, self._root, method, args, (), timeout=timeout
+                )
+            return result.value
+        except AsyncResultTimeout:
+            msg = f"{self.address}: no answer to {method} within {timeout:g}s"
+            raise CallTimeout(msg) from None
+        except (EOFError, OSError) as exc:
+            msg = f"{self.address}: the connection was lost ({exc or type(exc).__name__})"
+            raise Unreachable(msg) from None
+
+    def _reply(self, text: Any) -> Any:
+        if type(text) is not str:
+            msg = f"{self.address}: unexpected reply from the agent"
+            raise UsageError(msg)
+        envelope = wire.loads(text)
+        if envelope.get("ok"):
+            return envelope.get("result")
+        error = envelope.get("error") or {}
+        try:
+            kind = ErrorKind(str(error.get("kind")))
+        except ValueError:
+            kind = ErrorKind.TASK_FAILED
+        message = str(error.get("message", "the agent reported an error"))
+        if kind is ErrorKind.TASK_FAILED:
+            raise TaskFailed(
+                message,
+                remote_traceback=str(error.get("traceback", "")),
+                type=str(error.get("type", "")),
+            )
+        raise BY_KIND[kind](message)
+
+
+def connect(node: str | Address | None = None, timeout: float = DEFAULT_TIMEOUT) -> Client:
+    """Connect to the agent at *node* (default ``RPCCTL_NODE``); use as a context manager."""
+    return Client(resolve_address(node), timeout=timeout)
+
+
+def ping(node: str | Address | None = None, timeout: float = DEFAULT_TIMEOUT) -> None:
+    """Ping the agent at *node* with the light handshake path; raise when it does not answer."""
+    _transport.ping(resolve_address(node), timeout)
+
+
+def wait_for(node: str | Address | None = None, timeout: float = 10.0) -> float:
+    """Ping until the agent answers or *timeout* seconds pass; return the seconds waited.
+
+    Retries only while nothing answers, with a backoff from 5 ms up to 40 ms between tries
+    (each try is one refused connect, so the wait costs next to no CPU); an agent that
+    answers with a refusal (authentication, version) fails at once. Unreachable when the
+    time runs out.
+    """
+    import time
+
+    address = resolve_address(node)
+    started = time.monotonic()
+    deadline = started + timeout
+    delay = 0.005
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            _transport.ping(address, max(min(DEFAULT_TIMEOUT, remaining), 0.05))
+        except (Unreachable, CallTimeout) as exc:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                msg = f"no agent answered within {timeout:g}s: {exc.message}"
+                raise Unreachable(msg) from None
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 1.5, 0.04)
+        else:
+            return time.monotonic() - started

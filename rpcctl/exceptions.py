@@ -1,0 +1,90 @@
+"""Errors of the operator's side; each carries the CLI exit code it maps to."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from app_agent.wire import ErrorKind
+
+
+class RpcctlError(Exception):
+    """Base class: a request could not be completed; ``exit_code`` says why."""
+
+    kind: ClassVar[ErrorKind]
+    exit_code: ClassVar[int]
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "kind" in cls.__dict__:
+            cls.exit_code = cls.kind.exit_code
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class TaskFailed(RpcctlError):
+    """The task ran and raised; ``remote_traceback`` is the agent's traceback."""
+
+    kind = ErrorKind.TASK_FAILED
+
+    def __init__(self, message: str, remote_traceback: str = "", type: str = "") -> None:
+        super().__init__(message)
+        self.remote_traceback = remote_traceback
+        self.type = type
+
+
+class UsageError(RpcctlError):
+    """The request itself is wrong: a bad expression, bad arguments or bad configuration."""
+
+    kind = ErrorKind.USAGE
+
+
+class BadExpression(UsageError):
+    """An ``rpc`` expression that is not ``module.func`` or a call with literal arguments."""
+
+
+class ConfigError(UsageError):
+    """No node could be found, or a configuration file is invalid."""
+
+
+class Unreachable(RpcctlError):
+    """Nothing answers at the node's address."""
+
+    kind = ErrorKind.UNREACHABLE
+
+
+class CallTimeout(RpcctlError):
+    """The agent did not answer within the deadline."""
+
+    kind = ErrorKind.TIMEOUT
+
+
+class AuthenticationFailed(RpcctlError):
+    """The agent refused this caller, or the agent could not prove who it is."""
+
+    kind = ErrorKind.AUTH
+
+
+class NoSuchTask(RpcctlError):
+    """The agent has no task by that name."""
+
+    kind = ErrorKind.NO_SUCH_TASK
+
+
+class Busy(RpcctlError):
+    """The task's lock is held by another job."""
+
+    kind = ErrorKind.BUSY
+
+
+_ONE_PER_KIND = (
+    TaskFailed,
+    UsageError,
+    Unreachable,
+    CallTimeout,
+    AuthenticationFailed,
+    NoSuchTask,
+    Busy,
+)
+BY_KIND: dict[ErrorKind, type[RpcctlError]] = {cls.kind: cls for cls in _ONE_PER_KIND}

@@ -1,0 +1,105 @@
+"""A small host application for the tests: an agent with tasks of every kind.
+
+Run as ``python sampleapp.py``; it reads RPCCTL_NODE, starts the agent, prints
+``READY <node>`` on stdout and serves until SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+import app_agent
+from app_agent import task
+
+_counter_lock = threading.Lock()
+_counter = 0
+
+
+@task
+def echo(value: Any = None) -> Any:
+    """Return VALUE unchanged."""
+    return value
+
+
+@task(name="add")
+def add(a: int, b: int = 0, *, scale: int = 1) -> int:
+    """Add two numbers and scale the sum."""
+    return (a + b) * scale
+
+
+@task
+def boom(message: str = "boom") -> None:
+    """Raise ValueError(MESSAGE)."""
+    raise ValueError(message)
+
+
+@task
+def exit_app() -> None:
+    """Raise SystemExit, which must not end the app."""
+    raise SystemExit(3)
+
+
+@task
+def sleep(seconds: float) -> float:
+    """Sleep SECONDS and return them."""
+    time.sleep(seconds)
+    return seconds
+
+
+@task
+async def async_double(x: int) -> int:
+    """Double X on an event loop."""
+    await asyncio.sleep(0)
+    return 2 * x
+
+
+@task
+def weird() -> Any:
+    """Return values JSON cannot carry as they are."""
+    return {
+        "when": datetime.datetime(2026, 1, 2, 3, 4, 5),
+        "set": {3, 1, 2},
+        "bytes": b"\xff\x00",
+        "object": object.__new__(Plain),
+        "tuple": (1, 2),
+    }
+
+
+class Plain:
+    def __repr__(self) -> str:
+        return "<Plain>"
+
+
+@task
+def identity(token: str) -> dict[str, Any]:
+    """Return TOKEN with the pid and thread that ran it."""
+    global _counter
+    with _counter_lock:
+        _counter += 1
+    return {"token": token, "pid": os.getpid(), "thread": threading.current_thread().name}
+
+
+def main() -> None:
+    app_agent.configure_logging(json=True)
+    delay = float(os.environ.get("SAMPLEAPP_AGENT_DELAY", "0"))
+    if delay:
+        time.sleep(delay)
+    agent = app_agent.start(app="sampleapp")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    print(f"READY {agent.node}", flush=True)
+    stop.wait()
+    agent.stop()
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
