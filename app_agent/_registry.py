@@ -44,12 +44,17 @@ class Task:
         doc = inspect.getdoc(self.func) or ""
         return doc.strip().splitlines()[0] if doc.strip() else ""
 
+    @property
+    def display_signature(self) -> str:
+        """``name(params) -> return``, without ``typing.`` noise."""
+        return f"{self.name}{self.signature}".replace("typing.", "")
+
     def describe(self) -> dict[str, Any]:
         """Plain data for ``rpcctl tasks``."""
         return {
             "name": self.name,
             "alias": self.alias,
-            "signature": f"{self.name}{self.signature}",
+            "signature": self.display_signature,
             "doc": self.summary,
             "async": self.is_async,
         }
@@ -59,7 +64,7 @@ class Task:
         try:
             return self.signature.bind(*args, **kwargs)
         except TypeError as exc:
-            msg = f"{exc}; the signature is {self.name}{self.signature}"
+            msg = f"{exc}; the signature is {self.display_signature}"
             raise TypeError(msg) from None
 
 

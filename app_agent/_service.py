@@ -18,7 +18,7 @@ import rpyc
 
 from app_agent import wire
 from app_agent._jobs import JobTable, TaskFailure
-from app_agent._registry import Registry, Task
+from app_agent._registry import Registry
 from app_agent._version import __version__
 from app_agent.wire import ErrorKind
 
@@ -119,17 +119,19 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
         if not (type(name) is str and type(args_json) is str and type(kwargs_json) is str):
             log.warning("call.refused", reason="arguments are not JSON text")
             return wire.error(ErrorKind.USAGE, "call() takes a task name and JSON text only")
-        log = log.bind(task=name)
         task = self._state.registry.get(name)
         if task is None:
-            log.info("call.no_such_task", outcome="no_such_task")
+            log.info("call.no_such_task", task=name, outcome="no_such_task")
             return wire.error(ErrorKind.NO_SUCH_TASK, self._no_such_task(name))
+        log = log.bind(task=task.name)
         try:
             args, kwargs = _decode_arguments(args_json, kwargs_json)
             bound = task.bind(args, kwargs)
         except (ValueError, TypeError) as exc:
             log.info("call.bad_arguments", outcome="usage", error=str(exc))
-            return wire.error(ErrorKind.USAGE, f"{task.name}: {exc}", signature=_sig(task))
+            return wire.error(
+                ErrorKind.USAGE, f"{task.name}: {exc}", signature=task.display_signature
+            )
         job = self._state.jobs.start(task, bound.args, bound.kwargs, caller=self._caller)
         log = log.bind(job=job.id)
         log.debug("call.started")
@@ -160,7 +162,7 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
     def _no_such_task(self, name: str) -> str:
         known = [t.name for t in self._state.registry.all()]
         known += [t.alias for t in self._state.registry.all() if t.alias]
-        close = difflib.get_close_matches(name, known, n=1)
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
         hint = f" (did you mean {close[0]}?)" if close else ""
         return f"no task named {name!r}{hint}; `rpcctl tasks` lists the registered tasks"
 
@@ -176,10 +178,6 @@ def _decode_arguments(args_json: str, kwargs_json: str) -> tuple[list[Any], dict
         msg = "arguments must be a JSON list and keyword arguments a JSON object"
         raise ValueError(msg)
     return args, kwargs
-
-
-def _sig(task: Task) -> str:
-    return f"{task.name}{task.signature}"
 
 
 def _ms(started: float) -> float:

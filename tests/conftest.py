@@ -1,0 +1,212 @@
+"""Shared fixtures: real agent processes, the real rpcctl executable, an in-process agent."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+APPS = Path(__file__).resolve().parent / "apps"
+EXAMPLE = ROOT / "examples" / "myapp"
+# Generous by default, tunable for slow machines: a deadline, never a fixed sleep.
+DEADLINE = float(os.environ.get("RPCCTL_TEST_DEADLINE", "20"))
+
+sys.path.insert(0, str(APPS))
+
+
+def rpcctl_executable() -> str:
+    exe = Path(sys.executable).parent / "rpcctl"
+    if not exe.exists():
+        found = shutil.which("rpcctl")
+        if found is None:
+            pytest.fail("the rpcctl executable is not installed (pip install -e .)")
+        return found
+    return str(exe)
+
+
+def run_rpcctl(
+    *args: str,
+    env: dict[str, str] | None = None,
+    cwd: str | Path | None = None,
+    timeout: float = 60,
+) -> subprocess.CompletedProcess[str]:
+    """Run the real executable; its environment has no RPCCTL_NODE unless *env* gives one."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("RPCCTL_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [rpcctl_executable(), *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A short temporary directory: UNIX socket paths must stay under 108 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="rpcctl-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+class AppProcess:
+    """A real application process with an embedded agent; always stopped on exit."""
+
+    def __init__(
+        self,
+        argv: list[str],
+        node: str,
+        env: dict[str, str] | None = None,
+        cwd: str | Path | None = None,
+        ready_line: str | None = "READY",
+    ) -> None:
+        self.node = node
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("RPCCTL_")}
+        self.env.update({"RPCCTL_NODE": node, **(env or {})})
+        self.proc = subprocess.Popen(
+            argv,
+            env=self.env,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.stdout_lines: list[str] = []
+        if ready_line is not None:
+            self.wait_for_line(ready_line)
+
+    def wait_for_line(self, prefix: str, timeout: float = DEADLINE) -> str:
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.proc.stdout, selectors.EVENT_READ)
+            while time.monotonic() < deadline:
+                if not selector.select(timeout=deadline - time.monotonic()):
+                    break
+                line = self.proc.stdout.readline()
+                if not line:
+                    break
+                self.stdout_lines.append(line)
+                if line.startswith(prefix):
+                    return line
+        self.stop()
+        pytest.fail(f"app never printed {prefix!r}; stderr:\n{self.stderr()}")
+
+    def rpcctl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return run_rpcctl("-n", self.node, *args, timeout=timeout)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=DEADLINE)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def stderr(self) -> str:
+        self.stop()
+        assert self.proc.stderr is not None
+        with contextlib.suppress(ValueError):
+            return self.proc.stderr.read()
+        return ""
+
+    def close(self) -> None:
+        self.stop()
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def wait_until(condition: object, timeout: float = DEADLINE, what: str = "condition") -> None:
+    """Poll *condition* (a callable) until it is true or fail after *timeout* seconds."""
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def sample_app(short_tmp: Path) -> Iterator[AppProcess]:
+    """tests/apps/sampleapp.py running with its agent on a UNIX socket."""
+    app = AppProcess(
+        [sys.executable, str(APPS / "sampleapp.py")], node=f"unix:{short_tmp}/run/agent.sock"
+    )
+    try:
+        yield app
+    finally:
+        app.close()
+
+
+@pytest.fixture(scope="module")
+def shared_sample_app() -> Iterator[AppProcess]:
+    """One sampleapp for a whole module of read-mostly tests."""
+    tmp = Path(tempfile.mkdtemp(prefix="rpcctl-", dir="/tmp"))
+    app = AppProcess(
+        [sys.executable, str(APPS / "sampleapp.py")], node=f"unix:{tmp}/run/agent.sock"
+    )
+    try:
+        yield app
+    finally:
+        app.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def start_myapp(
+    workdir: Path, database_url: str | None = None, node: str | None = None
+) -> AppProcess:
+    env = {
+        "PYTHONPATH": str(EXAMPLE),
+        "MYAPP_HTTP": "127.0.0.1:0",
+        "RPCCTL_LOG_LEVEL": "debug",
+    }
+    if database_url:
+        env["DATABASE_URL"] = database_url
+    app = AppProcess(
+        [sys.executable, "-m", "myapp"],
+        node=node or f"unix:{workdir}/run/myapp.sock",
+        env=env,
+        cwd=workdir,
+        ready_line=None,
+    )
+    result = run_rpcctl("-n", app.node, "ping", "--wait", str(DEADLINE))
+    if result.returncode != 0:
+        pytest.fail(f"myapp did not come up: {result.stderr}\n{app.stderr()}")
+    return app
+
+
+@pytest.fixture
+def agent_in_process(short_tmp: Path) -> Iterator[object]:
+    """An agent inside the test process itself, serving tests/apps/sampleapp.py's tasks."""
+    import app_agent
+    import sampleapp  # noqa: F401  (registers its tasks)
+
+    agent = app_agent.start(node=f"unix:{short_tmp}/agent.sock", app="inproc")
+    try:
+        yield agent
+    finally:
+        agent.stop()
