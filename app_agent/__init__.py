@@ -1,7 +1,8 @@
 """app_agent: embed in an application so rpcctl can ping it and run its release tasks.
 
-Importing this package is cheap (standard library only); RPyC and structlog load when
-:func:`start` runs, so the operator's side can share :mod:`app_agent.wire` without them.
+Importing this package is cheap: the registry loads on first use of ``task``, RPyC and
+structlog when :func:`start` runs, so the operator's side can share :mod:`app_agent.wire`
+without paying for them.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, TextIO
 
-from app_agent._registry import Task, reset_registry, task
 from app_agent._version import __version__
 from app_agent.exceptions import (
     AddressInUse,
@@ -21,6 +21,7 @@ from app_agent.exceptions import (
 
 if TYPE_CHECKING:
     from app_agent._agent import Agent
+    from app_agent._registry import Task, reset_registry, task
 
 __all__ = [
     "AddressInUse",
@@ -69,9 +70,14 @@ def configure_logging(
 
 
 def __getattr__(name: str) -> object:
+    # Loaded on first use, so that importing app_agent.wire stays cheap for the CLI.
     if name == "Agent":
         from app_agent._agent import Agent
 
         return Agent
+    if name in ("task", "Task", "reset_registry"):
+        from app_agent import _registry
+
+        return getattr(_registry, name)
     msg = f"module 'app_agent' has no attribute {name!r}"
     raise AttributeError(msg)

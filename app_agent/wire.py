@@ -6,19 +6,12 @@ must stay cheap.
 
 from __future__ import annotations
 
-import base64
-import dataclasses
-import datetime
-import decimal
 import enum
-import ipaddress
 import json
 import math
 import os
-import pathlib
-import uuid
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 PROTOCOL_VERSION: Final = 1
 """Bumped whenever the handshake or the service's methods change incompatibly."""
@@ -63,8 +56,7 @@ class AddressError(ValueError):
     """A node address that is not ``unix:PATH``, ``tcp://HOST:PORT`` or ``tls://HOST:PORT``."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Address:
+class Address(NamedTuple):
     """A parsed node address."""
 
     scheme: str  # "unix", "tcp" or "tls"
@@ -82,6 +74,8 @@ class Address:
             return True
         if self.host == "localhost":
             return True
+        import ipaddress
+
         try:
             return ipaddress.ip_address(self.host).is_loopback
         except ValueError:
@@ -152,6 +146,18 @@ def to_plain(value: Any) -> Any:
         return {_plain_key(k): to_plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [to_plain(v) for v in value]
+    return _to_plain_other(value)
+
+
+def _to_plain_other(value: Any) -> Any:
+    # Imported here: the ping path loads this module and never converts results.
+    import base64
+    import dataclasses
+    import datetime
+    import decimal
+    import pathlib
+    import uuid
+
     if isinstance(value, set | frozenset):
         items = [to_plain(v) for v in value]
         try:

@@ -6,7 +6,6 @@ Results go to stdout; diagnostics go to stderr. Every failure is an RpcctlError 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from collections.abc import Callable
@@ -23,12 +22,12 @@ from rpcctl.exceptions import RpcctlError, TaskFailed
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-@dataclasses.dataclass
 class Settings:
     """What the group's options hand to every command."""
 
-    node: str | None = None
-    json: bool = False
+    def __init__(self) -> None:
+        self.node: str | None = None
+        self.json = False
 
     def address(self) -> Address:
         return client_mod.resolve_address(self.node)
