@@ -7,7 +7,7 @@ without paying for them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, TextIO
 
 from app_agent._version import __version__
@@ -46,11 +46,12 @@ def start(
     *,
     app: str | None = None,
     allowed_uids: Iterable[int] | None = None,
+    on_stop: Callable[[], None] | None = None,
 ) -> Agent:
     """Start this process's agent; see :func:`app_agent._agent.start`."""
     from app_agent import _agent
 
-    return _agent.start(node, tasks, app=app, allowed_uids=allowed_uids)
+    return _agent.start(node, tasks, app=app, allowed_uids=allowed_uids, on_stop=on_stop)
 
 
 def current() -> Agent | None:

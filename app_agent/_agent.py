@@ -10,7 +10,7 @@ import socket
 import stat
 import struct
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from rpyc.utils.helpers import classpartial
@@ -78,10 +78,12 @@ class Agent:
         registry: Registry,
         app: str,
         allowed_uids: Iterable[int] | None = None,
+        on_stop: Callable[[], None] | None = None,
     ) -> None:
         self.address = address
         self.log = get_logger()
         self.state = AgentState(registry, node=str(address), app=app, log=self.log)
+        self.state.stop_handler = on_stop
         self._allowed_uids = (
             frozenset(allowed_uids) if allowed_uids is not None else frozenset({os.geteuid(), 0})
         )
@@ -304,13 +306,15 @@ def start(
     *,
     app: str | None = None,
     allowed_uids: Iterable[int] | None = None,
+    on_stop: Callable[[], None] | None = None,
 ) -> Agent:
     """Start this process's agent and return it once it listens.
 
     *node* defaults to ``RPCCTL_NODE``; *tasks* names modules to import so their ``@task``
     functions register; *app* defaults to ``RPCCTL_APP`` or the program's name. On a UNIX
     socket only the agent's own euid and root may connect, unless *allowed_uids* says
-    otherwise.
+    otherwise. *on_stop* is what ``rpcctl stop`` runs (on its own thread) when the app is
+    not under ``rpcctl start``; by default the process sends itself SIGTERM.
     """
     global _current
     with _lock:
@@ -326,7 +330,13 @@ def start(
         except wire.AddressError as exc:
             raise ConfigurationError(str(exc)) from None
         import_task_modules(tasks)
-        agent = Agent(address, registry, app=app or _default_app_name(), allowed_uids=allowed_uids)
+        agent = Agent(
+            address,
+            registry,
+            app=app or _default_app_name(),
+            allowed_uids=allowed_uids,
+            on_stop=on_stop,
+        )
         agent._start()
         _current = agent
         return agent

@@ -10,7 +10,9 @@ from __future__ import annotations
 import difflib
 import os
 import platform
+import signal
 import sys
+import threading
 import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -54,13 +56,33 @@ class AgentState:
         self.log = log
         self.jobs = JobTable()
         self.started_at = time.time()
-        self.shutdown_handler: Callable[[], None] | None = None
+        self.stop_handler: Callable[[], None] | None = None
+
+    def request_stop(self, restart: bool) -> str:
+        """Stop (or restart) the app gracefully; how it was asked: runner, handler or signal.
+
+        Under ``rpcctl start`` the runner is asked, so its pre_stop and post_stop hooks run;
+        otherwise the app's own stop handler runs, or the process gets SIGTERM.
+        """
+        runner = os.environ.get(wire.RUNNER_ENV, "")
+        if runner.isdigit() and _alive(int(runner)):
+            os.kill(int(runner), signal.SIGHUP if restart else signal.SIGTERM)
+            return "runner"
+        if restart:
+            msg = "restart needs the release runner: start the app with `rpcctl start`"
+            raise ValueError(msg)
+        if self.stop_handler is not None:
+            # On its own thread: the handler may stop the agent, this connection included.
+            threading.Thread(target=self.stop_handler, name="rpcctl-stop", daemon=True).start()
+            return "handler"
+        os.kill(os.getpid(), signal.SIGTERM)
+        return "signal"
 
 
 class AgentService(rpyc.Service):  # type: ignore[misc]
     """One instance per connection; the caller can reach only ``EXPOSED``."""
 
-    EXPOSED: ClassVar[frozenset[str]] = frozenset({"ping", "info", "tasks", "call"})
+    EXPOSED: ClassVar[frozenset[str]] = frozenset({"ping", "info", "tasks", "call", "stop"})
 
     def __init__(self, state: AgentState) -> None:
         self._state = state
@@ -112,6 +134,18 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
 
     def exposed_tasks(self) -> str:
         return wire.ok([t.describe() for t in self._state.registry.all()])
+
+    def exposed_stop(self, restart: Any = False) -> str:
+        log = self._state.log.bind(caller=self._caller)
+        if type(restart) is not bool:
+            return wire.error(ErrorKind.USAGE, "stop() takes one boolean: restart")
+        try:
+            how = self._state.request_stop(restart)
+        except ValueError as exc:
+            log.info("stop.refused", restart=restart, reason=str(exc))
+            return wire.error(ErrorKind.USAGE, str(exc))
+        log.info("stop.requested", restart=restart, via=how)
+        return wire.ok({"pid": os.getpid(), "via": how})
 
     def exposed_call(self, name: Any, args_json: Any = "[]", kwargs_json: Any = "{}") -> str:
         started = time.perf_counter()
@@ -165,6 +199,16 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
         close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
         hint = f" (did you mean {close[0]}?)" if close else ""
         return f"no task named {name!r}{hint}; `rpcctl tasks` lists the registered tasks"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _decode_arguments(args_json: str, kwargs_json: str) -> tuple[list[Any], dict[str, Any]]:

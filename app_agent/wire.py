@@ -23,6 +23,8 @@ HANDSHAKE_TIMEOUT: Final = 2.0
 """Seconds a peer gets to complete the handshake before the agent drops it."""
 
 NODE_ENV: Final = "RPCCTL_NODE"
+RUNNER_ENV: Final = "RPCCTL_RUNNER_PID"
+"""Set by ``rpcctl start`` for the app and its hooks: the runner's pid."""
 
 
 class ErrorKind(enum.StrEnum):

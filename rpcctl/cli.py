@@ -7,17 +7,21 @@ Results go to stdout; diagnostics go to stderr. Every failure is an RpcctlError 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from app_agent._version import __version__
-from app_agent.wire import Address
+from app_agent.wire import NODE_ENV, Address
 from rpcctl import client as client_mod
 from rpcctl import expr
-from rpcctl.exceptions import RpcctlError, TaskFailed
+from rpcctl.exceptions import ConfigError, RpcctlError, TaskFailed
+
+if TYPE_CHECKING:
+    from rpcctl.config import Config
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -27,10 +31,44 @@ class Settings:
 
     def __init__(self) -> None:
         self.node: str | None = None
+        self.config_path: str | None = None
         self.json = False
 
     def address(self) -> Address:
-        return client_mod.resolve_address(self.node)
+        """The node: --node, then --config, then RPCCTL_NODE, then rpcctl.toml found upward."""
+        if self.node:
+            return client_mod.resolve_address(self.node)
+        if self.config_path:
+            return self.config().address
+        if os.environ.get(NODE_ENV):
+            return client_mod.resolve_address(None)
+        from rpcctl import config
+
+        found = config.find()
+        if found is None:
+            msg = (
+                f"no node given: pass --node, set {NODE_ENV}, or run inside a directory "
+                f"with {config.CONFIG_NAME} (or [tool.rpcctl] in pyproject.toml)"
+            )
+            raise ConfigError(msg)
+        return config.load(found).address
+
+    def config(self) -> Config:
+        """The release config: --config, else the nearest one found upward."""
+        from pathlib import Path
+
+        from rpcctl import config
+
+        if self.config_path:
+            return config.load(Path(self.config_path))
+        found = config.find()
+        if found is None:
+            msg = (
+                f"no {config.CONFIG_NAME} (or pyproject.toml with [tool.rpcctl]) here or above; "
+                "pass --config FILE or create one with `rpcctl release init NAME`"
+            )
+            raise ConfigError(msg)
+        return config.load(found)
 
 
 pass_settings = click.make_pass_decorator(Settings, ensure=True)
@@ -100,19 +138,27 @@ def timeout_option(default: float | None, help: str) -> Callable[[F], F]:
 @click.option(
     "--node",
     "-n",
-    envvar="RPCCTL_NODE",
     metavar="NODE",
-    help="Agent address: unix:PATH or tcp://HOST:PORT. Default: $RPCCTL_NODE.",
+    help="Agent address: unix:PATH or tcp://HOST:PORT. "
+    "Default: --config's node, else $RPCCTL_NODE, else rpcctl.toml found upward.",
+)
+@click.option(
+    "--config",
+    "config_path",
+    metavar="FILE",
+    type=click.Path(dir_okay=False),
+    help="The release config (rpcctl.toml or pyproject.toml). Default: found upward from here.",
 )
 @click.version_option(__version__, "--version", prog_name="rpcctl")
 @pass_settings
-def cli(settings: Settings, node: str | None) -> None:
+def cli(settings: Settings, node: str | None, config_path: str | None) -> None:
     """Ping a running Python application and run release tasks inside it.
 
     Exit codes: 0 ok, 1 the task raised, 2 usage error, 3 agent unreachable,
     4 timed out, 5 authentication refused, 6 no such task, 7 busy.
     """
     settings.node = node
+    settings.config_path = config_path
 
 
 @cli.command()
@@ -209,6 +255,96 @@ def info(settings: Settings) -> None:
     click.echo(f"jobs:     {len(jobs)} running")
     for job in jobs:
         click.echo(f"  {job['id']}  {job['task']}  {job['running_s']}s  {job['caller']}")
+
+
+@cli.command()
+@json_option
+@pass_settings
+def pid(settings: Settings) -> None:
+    """Print the app's pid."""
+    with client_mod.connect(settings.address()) as conn:
+        app_pid = conn.info()["pid"]
+    if settings.json:
+        emit_json({"ok": True, "result": app_pid})
+    else:
+        click.echo(app_pid)
+
+
+@cli.command()
+@timeout_option(30.0, "Seconds to wait for the app to be gone (exit 4 after).")
+@json_option
+@pass_settings
+def stop(settings: Settings, timeout: float) -> None:
+    """Stop the app gracefully through its agent and wait until it is gone.
+
+    Under `rpcctl start` the runner stops it (pre_stop hooks, SIGTERM, post_stop hooks);
+    otherwise the app's stop handler runs, or it gets SIGTERM. Exit 3 if it is not running.
+    """
+    address = settings.address()
+    with client_mod.connect(address) as conn:
+        app_pid = int(conn.info()["pid"])
+        how = conn.stop()["via"]
+    client_mod.wait_gone(address, app_pid, timeout)
+    if settings.json:
+        emit_json({"ok": True, "result": {"pid": app_pid, "via": how}})
+    else:
+        click.echo(f"stopped {address} (pid {app_pid})")
+
+
+@cli.command()
+@timeout_option(60.0, "Seconds to wait for the new app process to answer (exit 4 after).")
+@json_option
+@pass_settings
+def restart(settings: Settings, timeout: float) -> None:
+    """Restart an app that runs under `rpcctl start`: stop hooks, stop, start, start hooks."""
+    address = settings.address()
+    with client_mod.connect(address) as conn:
+        old_pid = int(conn.info()["pid"])
+        conn.stop(restart=True)
+    new_pid = client_mod.wait_restarted(address, old_pid, timeout)
+    if settings.json:
+        emit_json({"ok": True, "result": {"old_pid": old_pid, "pid": new_pid}})
+    else:
+        click.echo(f"restarted {address} (pid {old_pid} -> {new_pid})")
+
+
+@cli.command()
+@pass_settings
+def start(settings: Settings) -> None:
+    """Run the release in the foreground: hooks, the app, supervision.
+
+    pre_start hooks, then the app's command with RPCCTL_NODE set, then (once its agent
+    answers ping) post_start hooks. SIGTERM/SIGINT run pre_stop hooks, stop the app and run
+    post_stop hooks. Exits 0 after a clean stop, with the app's status if it dies by itself,
+    1 if a hook with the "stop" policy fails, 3 if the agent never answers, 4 if the app had
+    to be killed.
+    """
+    from app_agent._logging import configure_logging
+    from app_agent._logging import get_logger as agent_logger
+    from rpcctl.runner import Runner
+
+    configure_logging()
+    status = Runner(settings.config(), agent_logger()).run()
+    sys.exit(status)
+
+
+@cli.group()
+def release() -> None:
+    """Scaffold and manage an app's release layout."""
+
+
+@release.command("init")
+@click.argument("name")
+@click.option("--module", help="The app's Python package (default: NAME).")
+@click.option("--force", is_flag=True, help="Overwrite existing files.")
+def release_init(name: str, module: str | None, force: bool) -> None:
+    """Write rpcctl.toml, bin/NAME and rel/hooks/*/ into the current directory."""
+    from pathlib import Path
+
+    from rpcctl import scaffold
+
+    for path in scaffold.init(name, Path.cwd(), force=force, module=module):
+        click.echo(f"wrote {path}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -97,6 +97,18 @@ class Client:
         result: dict[str, Any] = self._reply(self._request("info", self.timeout))
         return result
 
+    def stop(self, restart: bool = False) -> dict[str, Any]:
+        """Ask the app to stop (or, under ``rpcctl start``, restart) gracefully.
+
+        Returns ``{"pid", "via"}``; the app may be gone before it can answer, in which case
+        ``{"pid": None, "via": "gone"}`` comes back.
+        """
+        try:
+            result: dict[str, Any] = self._reply(self._request("stop", self.timeout, restart))
+        except Unreachable:
+            return {"pid": None, "via": "gone"}
+        return result
+
     def call(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
         """Run task *name* with JSON-compatible arguments and return its result."""
         return self.invoke(name, args, kwargs)
@@ -128,7 +140,7 @@ class Client:
 
     # -- plumbing ----------------------------------------------------------------------------
 
-    def _request(self, method: str, timeout: float | None, *args: str) -> Any:
+    def _request(self, method: str, timeout: float | None, *args: str | bool) -> Any:
         from rpyc.core import consts
         from rpyc.core.async_ import AsyncResultTimeout
 
@@ -207,3 +219,68 @@ def wait_for(node: str | Address | None = None, timeout: float = 10.0) -> float:
             delay = min(delay * 1.5, 0.04)
         else:
             return time.monotonic() - started
+
+
+def wait_gone(node: str | Address | None, pid: int, timeout: float) -> None:
+    """Wait until the app (*pid*) is gone: the process has exited when it runs on this host,
+    and its agent no longer answers. CallTimeout when *timeout* passes first."""
+    import time
+
+    address = resolve_address(node)
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        if not _answers(address) and (not address.is_loopback or not _process_exists(pid)):
+            return
+        if time.monotonic() >= deadline:
+            msg = f"{address}: the app (pid {pid}) is still running after {timeout:g}s"
+            raise CallTimeout(msg)
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.1)
+
+
+def wait_restarted(node: str | Address | None, old_pid: int, timeout: float) -> int:
+    """Wait until an agent answers again from a process other than *old_pid*; its pid."""
+    import time
+
+    address = resolve_address(node)
+    deadline = time.monotonic() + timeout
+    delay = 0.02
+    while True:
+        try:
+            with connect(address, timeout=min(DEFAULT_TIMEOUT, timeout)) as conn:
+                pid = int(conn.info()["pid"])
+            if pid != old_pid:
+                return pid
+        except (Unreachable, CallTimeout):
+            pass
+        if time.monotonic() >= deadline:
+            msg = f"{address}: no new app process answered within {timeout:g}s"
+            raise CallTimeout(msg)
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.2)
+
+
+def _answers(address: Address) -> bool:
+    try:
+        _transport.ping(address, 1.0)
+    except (Unreachable, CallTimeout):
+        return False
+    return True
+
+
+def _process_exists(pid: int) -> bool:
+    """True while *pid* runs; a zombie (exited, not yet reaped) counts as gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True

@@ -86,18 +86,34 @@ def identity(token: str) -> dict[str, Any]:
     return {"token": token, "pid": os.getpid(), "thread": threading.current_thread().name}
 
 
+@task
+def crash(code: int = 7) -> None:
+    """End the whole process at once with exit status CODE (a crash, for the runner)."""
+    os._exit(code)
+
+
 def main() -> None:
     app_agent.configure_logging(json=True)
+    marker = os.environ.get("SAMPLEAPP_MARKER")
+    if marker:
+        with open(marker, "a") as f:
+            f.write(f"started {os.getpid()}\n")
     delay = float(os.environ.get("SAMPLEAPP_AGENT_DELAY", "0"))
     if delay:
-        time.sleep(delay)
+        time.sleep(delay)  # an app whose agent comes up late, for the runner's tests
     agent = app_agent.start(app="sampleapp")
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if os.environ.get("SAMPLEAPP_IGNORE_TERM"):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    else:
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     print(f"READY {agent.node}", flush=True)
     stop.wait()
     agent.stop()
+    if marker:
+        with open(marker, "a") as f:
+            f.write(f"stopped {os.getpid()}\n")
     sys.exit(0)
 
 
