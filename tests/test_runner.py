@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -16,7 +17,11 @@ import pytest
 
 from conftest import APPS, DEADLINE, rpcctl_executable, run_rpcctl, wait_until
 
-RECORD = 'echo "$RPCCTL_HOOK $(basename "$0") app_pid=${RPCCTL_APP_PID:-none}" >> "$RPCCTL_ROOT/events.log"\n'
+# A hook body that records which hook ran and the app pid it saw.
+RECORD = (
+    'echo "$RPCCTL_HOOK $(basename "$0") app_pid=${RPCCTL_APP_PID:-none}"'
+    ' >> "$RPCCTL_ROOT/events.log"\n'
+)
 
 
 class Release:
@@ -87,10 +92,8 @@ class Release:
             self.proc.communicate()
         for line in self.marker():
             pid = int(line.split()[1])
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def _env() -> dict[str, str]:
@@ -177,7 +180,8 @@ def test_failing_post_start_stops_the_app(release: Any) -> None:
     status, log = r.start().wait()
     assert status == 1
     started, stopped = r.marker()
-    assert started.startswith("started") and stopped.startswith("stopped")
+    assert started.startswith("started")
+    assert stopped.startswith("stopped")
     assert by_event(log, "runner.stopping")[0]["reason"] == (
         "post_start hook post_start/10-migrate.sh exited with status 9"
     )
@@ -241,7 +245,9 @@ def test_unrunnable_files_are_named_in_a_warning(release: Any) -> None:
 def test_a_hook_that_starts_again_is_refused(release: Any) -> None:
     r = release(
         {
-            "post_start/10-recurse.sh": '"$RPCCTL" start; echo "nested=$?" >> "$RPCCTL_ROOT/events.log"\n'
+            "post_start/10-recurse.sh": (
+                '"$RPCCTL" start; echo "nested=$?" >> "$RPCCTL_ROOT/events.log"\n'
+            )
         }
     )
     r.start()
@@ -388,7 +394,8 @@ def test_release_init_output_works_as_is(short_tmp: Path) -> None:
     assert "wrote" in init.stdout
     again = run_rpcctl("release", "init", "demoapp", cwd=short_tmp)
     assert again.returncode == 2
-    assert "refusing to overwrite" in again.stderr and "--force" in again.stderr
+    assert "refusing to overwrite" in again.stderr
+    assert "--force" in again.stderr
 
     launcher = short_tmp / "bin" / "demoapp"
     elsewhere = short_tmp / "elsewhere"
