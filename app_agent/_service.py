@@ -194,10 +194,16 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
             return wire.ok(repr(result))
 
     def _no_such_task(self, name: str) -> str:
-        known = [t.name for t in self._state.registry.all()]
-        known += [t.alias for t in self._state.registry.all() if t.alias]
-        close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
-        hint = f" (did you mean {close[0]}?)" if close else ""
+        hint = ""
+        # Suggest a task whose last name part is close to the one asked for (a typo).
+        wanted = name.rsplit(".", 1)[-1]
+        scored = [
+            (difflib.SequenceMatcher(None, wanted, t.name.rsplit(".", 1)[-1]).ratio(), t.name)
+            for t in self._state.registry.all()
+        ]
+        best = max(scored, default=(0.0, ""))
+        if best[0] >= 0.75:
+            hint = f" (did you mean {best[1]}?)"
         return f"no task named {name!r}{hint}; `rpcctl tasks` lists the registered tasks"
 
 

@@ -1,16 +1,23 @@
 #!/bin/sh
-# The seed story: start the example app, wait for its agent, run its migrate task inside the
-# live process with `rpcctl rpc`, and show the new schema at work. Run it with ./dev demo.
+# The seed story, the way an Erlang release tells it: `bin/myapp start` starts the example app
+# and, once its agent answers ping, a post_start hook migrates the database inside the live
+# process; `bin/myapp rpc ...` talks to it; `bin/myapp stop` runs the stop hooks.
+# Run it with ./dev demo (which puts rpcctl and python on PATH).
 set -eu
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+APP="$ROOT/examples/myapp"
+BIN="$APP/bin/myapp"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/rpcctl-demo.XXXXXX")
-export RPCCTL_NODE="unix:$WORK/run/myapp.sock"
-APP_PID=""
+LOG="$WORK/runner.log"
+# A fresh database for every run, and any free port for the app's HTTP side.
+export DATABASE_URL="sqlite:///$WORK/myapp.db"
+export MYAPP_HTTP=127.0.0.1:0
+RUNNER_PID=""
 
 cleanup() {
-    if [ -n "$APP_PID" ] && kill -0 "$APP_PID" 2>/dev/null; then
-        kill -TERM "$APP_PID" 2>/dev/null || true
-        wait "$APP_PID" 2>/dev/null || true
+    if [ -n "$RUNNER_PID" ] && kill -0 "$RUNNER_PID" 2>/dev/null; then
+        kill -TERM "$RUNNER_PID" 2>/dev/null || true
+        wait "$RUNNER_PID" 2>/dev/null || true
     fi
     rm -rf "$WORK"
 }
@@ -21,56 +28,70 @@ if [ -t 1 ] && [ -z "${NO_COLOR:-}" ]; then
 else
     say() { printf '\n# %s\n' "$*"; }
 fi
-run() { printf '$ %s\n' "$*"; "$@"; }
-
-say "1. Start the example app (an HTTP notes service with the agent embedded)."
-echo "   working directory $WORK; its database is SQLite at var/myapp.db; logs in app.log"
-(cd "$WORK" && PYTHONPATH="$ROOT/examples/myapp" MYAPP_HTTP=127.0.0.1:0 \
-    exec python -m myapp 2>"$WORK/app.log") &
-APP_PID=$!
-echo "   app pid $APP_PID, agent at $RPCCTL_NODE"
-
-say "2. Wait until its agent answers (retries with backoff, gives up after 10 s with exit 3)."
-run rpcctl ping --wait 10
-
-say "3. The release tasks the app registered."
-run rpcctl tasks
-
-say "4. The schema before: no revision applied yet, so the notes endpoint is not ready."
-run rpcctl rpc myapp.tasks.current
-URL=$(rpcctl rpc myapp.tasks.status --json | python -c 'import json,sys; print(json.load(sys.stdin)["result"]["http"])')
-printf '$ GET %s/notes\n' "$URL"
-python - "$URL/notes" <<'PY'
-import sys, urllib.request, urllib.error
-try:
-    print(urllib.request.urlopen(sys.argv[1]).read().decode())
-except urllib.error.HTTPError as exc:
-    print(exc.code, exc.read().decode())
+# Show commands as a user in examples/myapp would type them.
+run() { printf '$ %s\n' "$(printf '%s' "$*" | sed "s|$APP/||")"; "$@"; }
+# Print the hook output and runner events logged since line $1 of the runner's JSON log.
+show_log() {
+    python - "$LOG" "$1" <<'PY'
+import json, sys
+path, skip = sys.argv[1], int(sys.argv[2])
+for line in open(path).read().splitlines()[skip:]:
+    try:
+        e = json.loads(line)
+    except ValueError:
+        continue
+    if e.get("event") == "hook.output":
+        print(f"   [{e['hook']}] {e['line']}")
+    elif e.get("event", "").startswith(("runner.", "hook.finished", "hook.failed")):
+        extra = {k: v for k, v in e.items() if k not in ("event", "level", "timestamp", "app", "command")}
+        print(f"   {e['event']} {json.dumps(extra)}")
 PY
+}
+log_lines() { wc -l < "$LOG" | tr -d ' '; }
 
-say "5. Run the migrations inside the live app: the Erlang 'bin/app rpc ReleaseTasks.migrate'."
-run rpcctl rpc myapp.tasks.migrate
+say "1. Start the release in the background: pre_start hooks, the app, then post_start hooks."
+printf '$ %s start &\n' "bin/myapp"
+"$BIN" start 2>"$LOG" &
+RUNNER_PID=$!
 
-say "6. The new schema revision, and a second migrate, which has nothing left to do."
-run rpcctl rpc myapp.tasks.current
-run rpcctl rpc --json myapp.tasks.migrate
+say "2. Wait until the app's agent answers (backoff, no busy loop; exit 3 after 15 s)."
+run "$BIN" ping --wait 15
 
-say "7. The migrated table at work: seed it through rpc, then read it over HTTP."
-run rpcctl rpc myapp.tasks.seed
+# The post_start hook runs right after that first ping; wait for the runner to finish it.
+i=0
+until grep -q '"runner.supervising"' "$LOG" || grep -q '"runner.stopped"' "$LOG"; do
+    i=$((i + 1)); [ "$i" -lt 150 ] || { echo "the runner never finished starting" >&2; exit 1; }
+    sleep 0.1
+done
+say "3. What the runner did: the post_start hook ran myapp.tasks.migrate inside the app."
+show_log 0
+
+say "4. The new schema revision, asked of the live app."
+run "$BIN" rpc myapp.tasks.current
+
+say "5. Migrate by hand too: the Erlang 'bin/app rpc ReleaseTasks.migrate'. Nothing is left to do."
+run "$BIN" rpc myapp.tasks.migrate --json
+
+say "6. The migrated table at work: seed it through rpc, then read it over HTTP."
+run "$BIN" rpc myapp.tasks.seed
+URL=$("$BIN" rpc myapp.tasks.status --json | python -c 'import json,sys; print(json.load(sys.stdin)["result"]["http"])')
 printf '$ GET %s/notes\n' "$URL"
 python -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1]).read().decode())' "$URL/notes"
 
-say "8. Bad input is refused with a clear message and its exit code; the app keeps serving."
-printf '$ rpcctl rpc %s\n' "'myapp.tasks.migrate(os.system(\"id\"))'"
-rpcctl rpc 'myapp.tasks.migrate(os.system("id"))' || echo "   -> exit $?"
-run rpcctl rpc myapp.tasks.nope || echo "   -> exit $?"
-run rpcctl ping
+say "7. Bad input gets one clear line and its exit code; the app keeps serving."
+printf '$ bin/myapp rpc %s\n' "'myapp.tasks.rollback(os.system(\"id\"))'"
+"$BIN" rpc 'myapp.tasks.rollback(os.system("id"))' || echo "   -> exit $?"
+printf '$ bin/myapp rpc %s\n' "'myapp.tasks.rollback(1, 2)'"
+"$BIN" rpc 'myapp.tasks.rollback(1, 2)' || echo "   -> exit $?"
+run "$BIN" rpc myapp.tasks.nope || echo "   -> exit $?"
+run "$BIN" ping
 
-say "9. Stop the app (SIGTERM): the agent closes and removes its socket."
-kill -TERM "$APP_PID"
-wait "$APP_PID" || true
-APP_PID=""
-run rpcctl ping || echo "   -> exit $? (unreachable, as expected)"
-echo
-echo "Done. The app's own log (structlog JSON, one line per call):"
-tail -n 5 "$WORK/app.log"
+say "8. Stop it: pre_stop hooks (the app still answers), SIGTERM, post_stop hooks."
+before=$(log_lines)
+run "$BIN" stop
+status=0
+wait "$RUNNER_PID" || status=$?
+RUNNER_PID=""
+show_log "$before"
+echo "   the runner exited with status $status"
+run "$BIN" ping || echo "   -> exit $? (unreachable, as expected)"
