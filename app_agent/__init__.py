@@ -7,9 +7,10 @@ without paying for them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, TextIO
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, TextIO, Unpack
 
+from app_agent._options import StartOptions
 from app_agent._version import __version__
 from app_agent.exceptions import (
     AddressInUse,
@@ -41,17 +42,17 @@ __all__ = [
 
 
 def start(
-    node: str | None = None,
-    tasks: Iterable[str] = (),
-    *,
-    app: str | None = None,
-    allowed_uids: Iterable[int] | None = None,
-    on_stop: Callable[[], None] | None = None,
+    node: str | None = None, tasks: Iterable[str] = (), **options: Unpack[StartOptions]
 ) -> Agent:
-    """Start this process's agent; see :func:`app_agent._agent.start`."""
+    """Start this process's agent and return it once it listens.
+
+    *node* defaults to ``RPCCTL_NODE``; *tasks* names modules whose ``@task`` functions
+    register. The options (app, allowed_uids, on_stop, cookie, cookie_file, tls_cert,
+    tls_key, tls_client_ca) are described at :func:`app_agent._agent.start`.
+    """
     from app_agent import _agent
 
-    return _agent.start(node, tasks, app=app, allowed_uids=allowed_uids, on_stop=on_stop)
+    return _agent.start(node, tasks, **options)
 
 
 def current() -> Agent | None:

@@ -7,21 +7,24 @@ import errno
 import logging
 import os
 import socket
+import ssl
 import stat
-import struct
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from rpyc.core import Channel
 from rpyc.utils.helpers import classpartial
 from rpyc.utils.server import ThreadedServer
 
-from app_agent import wire
+from app_agent import _auth, wire
+from app_agent._gate import Gate, describe_peer, server_tls_context
 from app_agent._logging import get_logger
 from app_agent._registry import Registry, import_task_modules, registry
 from app_agent._service import PROTOCOL_CONFIG, AgentService, AgentState
+from app_agent._stream import TLSAwareStream
 from app_agent.exceptions import AddressInUse, AgentAlreadyRunning, ConfigurationError
-from app_agent.wire import Address, ErrorKind
+from app_agent.wire import Address
 
 # RPyC logs every accepted connection at INFO through stdlib logging; the agent logs its own
 # events with structlog, so RPyC's chatter is kept to warnings and above.
@@ -32,10 +35,14 @@ _UNIX_PATH_MAX = 107  # sun_path is 108 bytes on Linux, NUL included
 
 
 class _Server(ThreadedServer):  # type: ignore[misc]
-    """RPyC's ThreadedServer with rpcctl's handshake in front of every connection."""
+    """RPyC's ThreadedServer with rpcctl's gate in front of every connection."""
 
     def __init__(self, agent: Agent, **kwargs: Any) -> None:
         self._agent = agent
+        # Bounded, so idle or slow peers cannot use up the threads and descriptors that real
+        # callers need: a connection past either cap is closed at once (and logged).
+        self._connections = threading.BoundedSemaphore(agent.max_connections)
+        self._handshakes = threading.BoundedSemaphore(agent.max_handshakes)
         super().__init__(
             classpartial(AgentService, agent.state),
             protocol_config=dict(PROTOCOL_CONFIG),
@@ -47,6 +54,13 @@ class _Server(ThreadedServer):  # type: ignore[misc]
         )
 
     def _accept_method(self, sock: socket.socket) -> None:
+        if not self._connections.acquire(blocking=False):
+            self._turn_away(sock, "too many connections")
+            return
+        if not self._handshakes.acquire(blocking=False):
+            self._connections.release()
+            self._turn_away(sock, "too many connections still in their handshake")
+            return
         threading.Thread(
             target=self._authenticate_and_serve_client,
             args=(sock,),
@@ -54,19 +68,39 @@ class _Server(ThreadedServer):  # type: ignore[misc]
             daemon=True,
         ).start()
 
+    def _turn_away(self, sock: socket.socket, reason: str) -> None:
+        self._agent.log.warning("connection.refused", peer=describe_peer(sock), reason=reason)
+        self.clients.discard(sock)
+        with contextlib.suppress(OSError):
+            sock.close()
+
     def _authenticate_and_serve_client(self, sock: socket.socket) -> None:
+        in_handshake = True
+        served = sock
         try:
-            peer = self._agent._handshake(sock)
-            if peer is not None:
-                self._serve_client(sock, {"peer": peer})
+            admitted = self._agent.gate.admit(sock)
+            self._handshakes.release()
+            in_handshake = False
+            if admitted is not None:
+                served, credentials = admitted
+                self._serve_client(served, credentials)
         except (OSError, EOFError) as exc:
             # A peer that vanished mid-conversation ends only its own connection.
             self._agent.log.debug("connection.closed", error=repr(exc))
         finally:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
+            if in_handshake:
+                self._handshakes.release()
+            self._connections.release()
+            for s in {served, sock}:
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                s.close()
             self.clients.discard(sock)
+
+    def _serve_client(self, sock: socket.socket, credentials: dict[str, str]) -> None:
+        config = dict(self.protocol_config, credentials=credentials, logger=self.logger)
+        conn = self.service._connect(Channel(TLSAwareStream(sock)), config)
+        self._handle_connection(conn)
 
 
 class Agent:
@@ -79,14 +113,20 @@ class Agent:
         app: str,
         allowed_uids: Iterable[int] | None = None,
         on_stop: Callable[[], None] | None = None,
+        cookie: bytes | None = None,
+        tls: ssl.SSLContext | None = None,
+        max_connections: int = 256,
+        max_handshakes: int = 32,
     ) -> None:
         self.address = address
         self.log = get_logger()
         self.state = AgentState(registry, node=str(address), app=app, log=self.log)
         self.state.stop_handler = on_stop
-        self._allowed_uids = (
-            frozenset(allowed_uids) if allowed_uids is not None else frozenset({os.geteuid(), 0})
-        )
+        self.max_connections = max_connections
+        self.max_handshakes = max_handshakes
+        uids = frozenset(allowed_uids) if allowed_uids is not None else frozenset({os.geteuid(), 0})
+        self._check_transport(address, cookie, tls)
+        self.gate = Gate(self.log, uids, cookie, tls)
         self._socket_inode: tuple[int, int] | None = None
         self._stopped = threading.Event()
         self._server = self._bind()
@@ -99,18 +139,40 @@ class Agent:
 
     # -- binding ---------------------------------------------------------------------------
 
+    def _check_transport(
+        self, address: Address, cookie: bytes | None, tls: ssl.SSLContext | None
+    ) -> None:
+        if address.is_unix:
+            if tls is not None:
+                msg = f"{address}: TLS applies to tls:// addresses, not UNIX sockets"
+                raise ConfigurationError(msg)
+            return
+        if cookie is None:
+            msg = (
+                f"{address}: the agent listens on TCP only with a cookie; set "
+                f"{_auth.COOKIE_ENV} or {_auth.COOKIE_FILE_ENV} (or pass cookie_file=)"
+            )
+            raise ConfigurationError(msg)
+        if address.scheme == "tls" and tls is None:
+            msg = (
+                f"{address}: a tls:// agent needs a certificate and key "
+                "(tls_cert=/tls_key=, or RPCCTL_TLS_CERT and RPCCTL_TLS_KEY)"
+            )
+            raise ConfigurationError(msg)
+        if address.scheme == "tcp" and tls is not None:
+            msg = f"{address}: a certificate was given for a tcp:// address; use tls://"
+            raise ConfigurationError(msg)
+        if not address.is_loopback and tls is None:
+            self.log.warning(
+                "agent.insecure_transport",
+                node=str(address),
+                reason="listening beyond loopback without TLS: calls and results cross the "
+                "network in clear text (the cookie itself never does); use tls://",
+            )
+
     def _bind(self) -> _Server:
         if self.address.is_unix:
             return self._bind_unix(self.address.path)
-        if self.address.scheme == "tls":
-            msg = f"{self.address}: TLS is not supported yet; use unix:PATH or loopback tcp://"
-            raise ConfigurationError(msg)
-        if not self.address.is_loopback:
-            msg = (
-                f"{self.address}: the agent binds TCP on loopback only until cookie "
-                "authentication is configured; use tcp://127.0.0.1:PORT or a unix: socket"
-            )
-            raise ConfigurationError(msg)
         try:
             server = _Server(
                 self,
@@ -124,7 +186,7 @@ class Agent:
                 raise AddressInUse(msg) from None
             raise
         host, port = server.listener.getsockname()[:2]
-        self.state.node = str(Address("tcp", host=host, port=port))
+        self.state.node = str(Address(self.address.scheme, host=host, port=port))
         return server
 
     def _bind_unix(self, path: str) -> _Server:
@@ -200,92 +262,6 @@ class Agent:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    # -- the handshake (runs on the connection's thread) -------------------------------------
-
-    def _handshake(self, sock: socket.socket) -> str | None:
-        """Check the peer and read its hello; the peer's description, or None when done."""
-        peer = self._describe_peer(sock)
-        log = self.log.bind(peer=peer)
-        refusal = self._check_peer(sock)
-        if refusal is not None:
-            log.warning("connection.refused", reason=refusal)
-            self._reply(sock, ok=False, kind=ErrorKind.AUTH, message=refusal)
-            return None
-        sock.settimeout(wire.HANDSHAKE_TIMEOUT)
-        try:
-            hello = wire.decode_line(_read_line(sock))
-        except TimeoutError:
-            log.info("connection.refused", reason="handshake timed out")
-            return None
-        except ValueError as exc:
-            log.info("connection.refused", reason=str(exc))
-            return None
-        version = hello.get("rpcctl")
-        if version != wire.PROTOCOL_VERSION:
-            reason = (
-                f"protocol version mismatch: the client speaks {version!r}, "
-                f"this agent speaks {wire.PROTOCOL_VERSION}"
-            )
-            log.warning("connection.refused", reason=reason)
-            self._reply(sock, ok=False, kind=ErrorKind.USAGE, message=reason)
-            return None
-        op = hello.get("op")
-        if op == "ping":
-            self._reply(sock, ok=True, pong=True)
-            return None
-        if op != "rpc":
-            self._reply(sock, ok=False, kind=ErrorKind.USAGE, message=f"unknown operation {op!r}")
-            return None
-        self._reply(sock, ok=True)
-        sock.settimeout(None)
-        log.debug("connection.accepted")
-        return peer
-
-    @staticmethod
-    def _reply(sock: socket.socket, **fields: Any) -> None:
-        with contextlib.suppress(OSError):
-            sock.sendall(wire.encode_line({"rpcctl": wire.PROTOCOL_VERSION, **fields}))
-
-    def _describe_peer(self, sock: socket.socket) -> str:
-        if sock.family == socket.AF_UNIX:
-            pid, uid, _gid = _peer_credentials(sock)
-            return f"uid={uid} pid={pid}"
-        host, port = sock.getpeername()[:2]
-        return f"{host}:{port}"
-
-    def _check_peer(self, sock: socket.socket) -> str | None:
-        if sock.family != socket.AF_UNIX:
-            return None
-        _pid, uid, _gid = _peer_credentials(sock)
-        if uid not in self._allowed_uids:
-            return f"peer uid {uid} is not allowed (allowed: {sorted(self._allowed_uids)})"
-        return None
-
-
-def _peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, uid, gid = struct.unpack("3i", raw)
-    return pid, uid, gid
-
-
-def _read_line(sock: socket.socket) -> bytes:
-    """One handshake line. The client waits for our answer before it sends anything more,
-    so reading past the newline cannot swallow the start of an RPyC frame."""
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = sock.recv(wire.MAX_HELLO_BYTES - len(data))
-        if not chunk:
-            msg = "connection closed during the handshake"
-            raise ValueError(msg)
-        data += chunk
-        if len(data) >= wire.MAX_HELLO_BYTES and not data.endswith(b"\n"):
-            msg = "handshake line too long"
-            raise ValueError(msg)
-    if data.count(b"\n") != 1:
-        msg = "data after the handshake line"
-        raise ValueError(msg)
-    return data
-
 
 # -- the process-wide singleton -----------------------------------------------------------
 
@@ -307,6 +283,11 @@ def start(
     app: str | None = None,
     allowed_uids: Iterable[int] | None = None,
     on_stop: Callable[[], None] | None = None,
+    cookie: str | bytes | None = None,
+    cookie_file: str | os.PathLike[str] | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    tls_client_ca: str | None = None,
 ) -> Agent:
     """Start this process's agent and return it once it listens.
 
@@ -315,6 +296,12 @@ def start(
     socket only the agent's own euid and root may connect, unless *allowed_uids* says
     otherwise. *on_stop* is what ``rpcctl stop`` runs (on its own thread) when the app is
     not under ``rpcctl start``; by default the process sends itself SIGTERM.
+
+    The cookie comes from *cookie*, *cookie_file*, ``RPCCTL_COOKIE`` or
+    ``RPCCTL_COOKIE_FILE``; with one, every caller must prove it (TCP requires one). A
+    ``tls://`` address needs *tls_cert* and *tls_key* (or ``RPCCTL_TLS_CERT`` and
+    ``RPCCTL_TLS_KEY``); *tls_client_ca* (``RPCCTL_TLS_CLIENT_CA``) makes client
+    certificates mandatory.
     """
     global _current
     with _lock:
@@ -329,6 +316,11 @@ def start(
             address = wire.parse_node(text)
         except wire.AddressError as exc:
             raise ConfigurationError(str(exc)) from None
+        try:
+            secret = _auth.resolve_cookie(cookie, cookie_file)
+        except _auth.CookieError as exc:
+            raise ConfigurationError(str(exc)) from None
+        tls = _tls_context(address, tls_cert, tls_key, tls_client_ca)
         import_task_modules(tasks)
         agent = Agent(
             address,
@@ -336,10 +328,29 @@ def start(
             app=app or _default_app_name(),
             allowed_uids=allowed_uids,
             on_stop=on_stop,
+            cookie=secret,
+            tls=tls,
         )
         agent._start()
         _current = agent
         return agent
+
+
+def _tls_context(
+    address: Address, cert: str | None, key: str | None, client_ca: str | None
+) -> ssl.SSLContext | None:
+    cert = cert or os.environ.get("RPCCTL_TLS_CERT")
+    key = key or os.environ.get("RPCCTL_TLS_KEY")
+    client_ca = client_ca or os.environ.get("RPCCTL_TLS_CLIENT_CA")
+    if address.scheme != "tls" and not (cert or key):
+        return None
+    if not cert:
+        return None  # reported by Agent._check_transport with the whole picture
+    try:
+        return server_tls_context(cert, key, client_ca)
+    except (OSError, ssl.SSLError) as exc:
+        msg = f"{address}: cannot load the TLS certificate/key ({exc})"
+        raise ConfigurationError(msg) from None
 
 
 def current() -> Agent | None:

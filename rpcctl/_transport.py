@@ -6,17 +6,83 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from app_agent import wire
+from app_agent import _auth, wire
 from app_agent.wire import Address, ErrorKind
-from rpcctl.exceptions import BY_KIND, CallTimeout, Unreachable, UsageError
+from rpcctl.exceptions import (
+    BY_KIND,
+    AuthenticationFailed,
+    CallTimeout,
+    ConfigError,
+    Unreachable,
+    UsageError,
+)
+
+if TYPE_CHECKING:
+    import ssl
+
+_NO_COOKIE_HINT = (
+    "set RPCCTL_COOKIE, or use a cookie file (--cookie-file, RPCCTL_COOKIE_FILE, "
+    "or cookie_file in rpcctl.toml)"
+)
 
 
-def open_socket(address: Address, timeout: float) -> socket.socket:
-    """Connect to *address*; Unreachable or CallTimeout when that fails."""
+class Security:
+    """What the client proves and checks: the cookie, and TLS settings for tls:// nodes."""
+
+    def __init__(
+        self,
+        cookie: bytes | None = None,
+        tls_ca: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+    ) -> None:
+        self.cookie = cookie
+        self.tls_ca = tls_ca
+        self.tls_cert = tls_cert
+        self.tls_key = tls_key
+
+    @classmethod
+    def resolve(
+        cls,
+        cookie: str | bytes | None = None,
+        cookie_file: str | os.PathLike[str] | None = None,
+        tls_ca: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+    ) -> Security:
+        """From the arguments, else ``RPCCTL_COOKIE``/``RPCCTL_COOKIE_FILE`` and
+        ``RPCCTL_TLS_CA``/``RPCCTL_TLS_CERT``/``RPCCTL_TLS_KEY``."""
+        try:
+            secret = _auth.resolve_cookie(cookie, cookie_file)
+        except _auth.CookieError as exc:
+            raise ConfigError(str(exc)) from None
+        return cls(
+            secret,
+            tls_ca or os.environ.get("RPCCTL_TLS_CA"),
+            tls_cert or os.environ.get("RPCCTL_TLS_CERT"),
+            tls_key or os.environ.get("RPCCTL_TLS_KEY"),
+        )
+
+    def tls_context(self) -> ssl.SSLContext:
+        import ssl
+
+        try:
+            context = ssl.create_default_context(cafile=self.tls_ca)
+            if self.tls_cert:
+                context.load_cert_chain(self.tls_cert, self.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            msg = f"cannot load the TLS files ({exc})"
+            raise ConfigError(msg) from None
+        return context
+
+
+def open_socket(address: Address, timeout: float, security: Security) -> socket.socket:
+    """Connect to *address* (TLS for tls://); Unreachable or CallTimeout when that fails."""
     deadline = time.monotonic() + timeout
     if address.is_unix:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -51,40 +117,107 @@ def open_socket(address: Address, timeout: float) -> socket.socket:
         msg = f"{address}: cannot connect ({exc.strerror or exc})"
         raise Unreachable(msg) from None
     sock.settimeout(max(deadline - time.monotonic(), 0.001))
+    if address.scheme == "tls":
+        sock = _wrap_tls(sock, address, security)
     return sock
 
 
-def handshake(sock: socket.socket, address: Address, op: str) -> dict[str, Any]:
-    """Send the hello for *op* and read the agent's answer; raise the matching error."""
+def _wrap_tls(sock: socket.socket, address: Address, security: Security) -> socket.socket:
+    import ssl
+
     try:
-        sock.sendall(wire.encode_line({"rpcctl": wire.PROTOCOL_VERSION, "op": op}))
-        line = _read_line(sock)
+        return security.tls_context().wrap_socket(sock, server_hostname=address.host)
+    except ssl.SSLCertVerificationError as exc:
+        sock.close()
+        msg = f"{address}: TLS: the agent's certificate is not trusted ({exc.verify_message})"
+        raise AuthenticationFailed(msg) from None
+    except ssl.SSLError as exc:
+        sock.close()
+        msg = f"{address}: TLS handshake failed ({exc.reason or exc})"
+        raise AuthenticationFailed(msg) from None
+    except TimeoutError:
+        sock.close()
+        msg = f"{address}: the TLS handshake timed out"
+        raise CallTimeout(msg) from None
+    except OSError as exc:
+        sock.close()
+        msg = f"{address}: the connection failed during the TLS handshake ({exc})"
+        raise Unreachable(msg) from None
+
+
+def handshake(sock: socket.socket, address: Address, op: str, security: Security) -> dict[str, Any]:
+    """Say hello for *op*, prove the cookie and check the agent's proof; the agent's answer."""
+    client_nonce = _auth.new_nonce()
+    try:
+        answer = _exchange(sock, address, {"op": op, "nonce": client_nonce})
+        if "challenge" in answer:
+            agent_nonce = answer["challenge"]
+            if not _auth.is_nonce(agent_nonce):
+                msg = f"{address}: the agent sent a malformed challenge"
+                raise AuthenticationFailed(msg)
+            cookie = security.cookie
+            mine = (
+                None
+                if cookie is None
+                else _auth.proof(cookie, "client", client_nonce, agent_nonce, op)
+            )
+            answer = _exchange(sock, address, {"proof": mine})
+            _check(answer, address, had_cookie=cookie is not None)
+            assert cookie is not None  # an agent that challenges refuses a missing proof
+            theirs = _auth.proof(cookie, "agent", client_nonce, agent_nonce, op)
+            if not _auth.proof_matches(theirs, answer.get("proof")):
+                msg = (
+                    f"{address}: the agent's proof does not match our cookie: "
+                    "it is not the agent we share the cookie with"
+                )
+                raise AuthenticationFailed(msg)
+            return answer
+        _check(answer, address, had_cookie=security.cookie is not None)
+        if security.cookie is not None:
+            msg = (
+                f"{address}: the agent has no cookie, so it cannot prove it is ours; "
+                "configure the same cookie on the agent, or drop ours"
+            )
+            raise AuthenticationFailed(msg)
+        return answer
     except TimeoutError:
         msg = f"{address}: the agent did not answer the handshake in time"
         raise CallTimeout(msg) from None
     except OSError as exc:
         msg = f"{address}: the connection failed during the handshake ({exc.strerror or exc})"
         raise Unreachable(msg) from None
+
+
+def _exchange(sock: socket.socket, address: Address, fields: dict[str, Any]) -> dict[str, Any]:
+    sock.sendall(wire.encode_line({"rpcctl": wire.PROTOCOL_VERSION, **fields}))
+    line = _read_line(sock)
     if not line:
         msg = f"{address}: the agent closed the connection during the handshake"
         raise Unreachable(msg)
     try:
-        answer = wire.decode_line(line)
+        return wire.decode_line(line)
     except ValueError:
         msg = f"{address}: this is not an rpcctl agent (unexpected handshake answer)"
         raise UsageError(msg) from None
-    if not answer.get("ok"):
-        kind = _kind(answer.get("kind"))
-        message = str(answer.get("message", "refused"))
-        raise BY_KIND[kind](f"{address}: {message}")
-    return answer
 
 
-def ping(address: Address, timeout: float) -> None:
+def _check(answer: dict[str, Any], address: Address, had_cookie: bool) -> None:
+    if answer.get("ok"):
+        return
+    kind = _kind(answer.get("kind"))
+    message = str(answer.get("message", "refused"))
+    if kind is ErrorKind.AUTH and message == "this agent requires a cookie":
+        message = f"the agent requires a cookie: {_NO_COOKIE_HINT}"
+    elif kind is ErrorKind.AUTH and message == "wrong cookie" and had_cookie:
+        message = "wrong cookie: the agent refused our proof"
+    raise BY_KIND[kind](f"{address}: {message}")
+
+
+def ping(address: Address, timeout: float, security: Security) -> None:
     """One ping through the handshake alone: no RPyC on either side."""
-    sock = open_socket(address, timeout)
+    sock = open_socket(address, timeout, security)
     try:
-        handshake(sock, address, "ping")
+        handshake(sock, address, "ping", security)
     finally:
         sock.close()
 

@@ -8,6 +8,7 @@ from typing import Any
 from app_agent import wire
 from app_agent.wire import Address, ErrorKind
 from rpcctl import _transport
+from rpcctl._transport import Security
 from rpcctl.exceptions import (
     BY_KIND,
     CallTimeout,
@@ -51,19 +52,26 @@ def resolve_address(node: str | Address | None) -> Address:
 class Client:
     """A kept connection to one agent. Use :func:`connect` to make one."""
 
-    def __init__(self, address: Address, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        address: Address,
+        timeout: float = DEFAULT_TIMEOUT,
+        security: Security | None = None,
+    ) -> None:
         import rpyc
         from rpyc.core import consts
-        from rpyc.core.stream import SocketStream
+
+        from app_agent._stream import TLSAwareStream
 
         self.address = address
         self.timeout = timeout
-        sock = _transport.open_socket(address, timeout)
+        security = security if security is not None else Security.resolve()
+        sock = _transport.open_socket(address, timeout, security)
         try:
-            _transport.handshake(sock, address, "rpc")
+            _transport.handshake(sock, address, "rpc", security)
             sock.settimeout(None)
             self._conn = rpyc.utils.factory.connect_stream(
-                SocketStream(sock), config=dict(_CLIENT_CONFIG)
+                TLSAwareStream(sock), config=dict(_CLIENT_CONFIG)
             )
         except BaseException:
             sock.close()
@@ -182,17 +190,42 @@ class Client:
         raise BY_KIND[kind](message)
 
 
-def connect(node: str | Address | None = None, timeout: float = DEFAULT_TIMEOUT) -> Client:
-    """Connect to the agent at *node* (default ``RPCCTL_NODE``); use as a context manager."""
-    return Client(resolve_address(node), timeout=timeout)
+def connect(
+    node: str | Address | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    *,
+    cookie: str | bytes | None = None,
+    cookie_file: str | os.PathLike[str] | None = None,
+    tls_ca: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    security: Security | None = None,
+) -> Client:
+    """Connect to the agent at *node* (default ``RPCCTL_NODE``); use as a context manager.
+
+    The cookie comes from *cookie*, *cookie_file*, ``RPCCTL_COOKIE`` or
+    ``RPCCTL_COOKIE_FILE``; for tls:// nodes, *tls_ca* is the CA that signed the agent's
+    certificate and *tls_cert*/*tls_key* the client's own (``RPCCTL_TLS_*`` by default).
+    """
+    if security is None:
+        security = Security.resolve(cookie, cookie_file, tls_ca, tls_cert, tls_key)
+    return Client(resolve_address(node), timeout=timeout, security=security)
 
 
-def ping(node: str | Address | None = None, timeout: float = DEFAULT_TIMEOUT) -> None:
+def ping(
+    node: str | Address | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    security: Security | None = None,
+) -> None:
     """Ping the agent at *node* with the light handshake path; raise when it does not answer."""
-    _transport.ping(resolve_address(node), timeout)
+    _transport.ping(resolve_address(node), timeout, security or Security.resolve())
 
 
-def wait_for(node: str | Address | None = None, timeout: float = 10.0) -> float:
+def wait_for(
+    node: str | Address | None = None,
+    timeout: float = 10.0,
+    security: Security | None = None,
+) -> float:
     """Ping until the agent answers or *timeout* seconds pass; return the seconds waited.
 
     Retries only while nothing answers, with a backoff from 5 ms up to 40 ms between tries
@@ -203,13 +236,14 @@ def wait_for(node: str | Address | None = None, timeout: float = 10.0) -> float:
     import time
 
     address = resolve_address(node)
+    security = security or Security.resolve()
     started = time.monotonic()
     deadline = started + timeout
     delay = 0.005
     while True:
         remaining = deadline - time.monotonic()
         try:
-            _transport.ping(address, max(min(DEFAULT_TIMEOUT, remaining), 0.05))
+            _transport.ping(address, max(min(DEFAULT_TIMEOUT, remaining), 0.05), security)
         except (Unreachable, CallTimeout) as exc:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -221,16 +255,20 @@ def wait_for(node: str | Address | None = None, timeout: float = 10.0) -> float:
             return time.monotonic() - started
 
 
-def wait_gone(node: str | Address | None, pid: int, timeout: float) -> None:
+def wait_gone(
+    node: str | Address | None, pid: int, timeout: float, security: Security | None = None
+) -> None:
     """Wait until the app (*pid*) is gone: the process has exited when it runs on this host,
     and its agent no longer answers. CallTimeout when *timeout* passes first."""
     import time
 
     address = resolve_address(node)
+    security = security or Security.resolve()
     deadline = time.monotonic() + timeout
     delay = 0.01
     while True:
-        if not _answers(address) and (not address.is_loopback or not _process_exists(pid)):
+        local = address.is_loopback
+        if not _answers(address, security) and (not local or not _process_exists(pid)):
             return
         if time.monotonic() >= deadline:
             msg = f"{address}: the app (pid {pid}) is still running after {timeout:g}s"
@@ -239,16 +277,19 @@ def wait_gone(node: str | Address | None, pid: int, timeout: float) -> None:
         delay = min(delay * 1.5, 0.1)
 
 
-def wait_restarted(node: str | Address | None, old_pid: int, timeout: float) -> int:
+def wait_restarted(
+    node: str | Address | None, old_pid: int, timeout: float, security: Security | None = None
+) -> int:
     """Wait until an agent answers again from a process other than *old_pid*; its pid."""
     import time
 
     address = resolve_address(node)
+    security = security or Security.resolve()
     deadline = time.monotonic() + timeout
     delay = 0.02
     while True:
         try:
-            with connect(address, timeout=min(DEFAULT_TIMEOUT, timeout)) as conn:
+            with Client(address, min(DEFAULT_TIMEOUT, timeout), security) as conn:
                 pid = int(conn.info()["pid"])
             if pid != old_pid:
                 return pid
@@ -261,9 +302,9 @@ def wait_restarted(node: str | Address | None, old_pid: int, timeout: float) -> 
         delay = min(delay * 1.5, 0.2)
 
 
-def _answers(address: Address) -> bool:
+def _answers(address: Address, security: Security) -> bool:
     try:
-        _transport.ping(address, 1.0)
+        _transport.ping(address, 1.0, security)
     except (Unreachable, CallTimeout):
         return False
     return True

@@ -32,6 +32,7 @@ _APP_KEYS: Final = {
     "node": "the agent's address: unix:PATH (relative to this file) or tcp://HOST:PORT",
     "cwd": "the app's working directory, relative to this file (default: this file's directory)",
     "env": "extra environment variables for the app and hooks, a table of strings",
+    "cookie_file": "the owner-only file holding the cookie, relative to this file",
     "ready_timeout": "seconds to wait for the agent to answer ping after start (a number > 0)",
     "stop_timeout": "seconds between SIGTERM and SIGKILL when stopping (a number > 0)",
 }
@@ -63,6 +64,12 @@ class Config:
             raise _error(path, "app", "node", _APP_KEYS["node"], str(exc)) from None
         self.cwd: Path = self.root / _string(path, app, "app", "cwd", default=".")
         self.env: dict[str, str] = _env(path, app)
+        cookie_file = app.get("cookie_file")
+        self.cookie_file: Path | None = (
+            self.root / _string(path, app, "app", "cookie_file", default="")
+            if cookie_file is not None
+            else None
+        )
         self.ready_timeout = _seconds(path, app, "app", "ready_timeout", 30.0)
         self.stop_timeout = _seconds(path, app, "app", "stop_timeout", 10.0)
 

@@ -18,8 +18,10 @@ import threading
 import time
 from typing import Any, Final
 
+from app_agent._auth import COOKIE_FILE_ENV
 from app_agent.wire import NODE_ENV, RUNNER_ENV
 from rpcctl import _transport, hooks
+from rpcctl._transport import Security
 from rpcctl.config import Config, rpcctl_executable
 from rpcctl.exceptions import CallTimeout, RpcctlError, Unreachable, UsageError
 
@@ -40,6 +42,8 @@ class Runner:
         self.proc: subprocess.Popen[bytes] | None = None
         self._signals: list[int] = []
         self._wakeup_r = -1
+        # The runner's own pings prove the same cookie as the app's callers.
+        self.security = Security.resolve(cookie_file=config.cookie_file)
 
     # -- the whole life --------------------------------------------------------------------
 
@@ -159,7 +163,7 @@ class Runner:
             if remaining <= 0:
                 return "timeout"
             try:
-                _transport.ping(self.config.address, min(remaining, 2.0))
+                _transport.ping(self.config.address, min(remaining, 2.0), self.security)
                 return "ready"
             except (Unreachable, CallTimeout):
                 time.sleep(min(delay, max(remaining, 0)))
@@ -236,6 +240,8 @@ class Runner:
                 RUNNER_ENV: str(os.getpid()),
             }
         )
+        if self.config.cookie_file is not None:
+            env[COOKIE_FILE_ENV] = str(self.config.cookie_file)
         if self.proc is not None and self.proc.poll() is None:
             env["RPCCTL_APP_PID"] = str(self.proc.pid)
         else:
@@ -267,7 +273,7 @@ class Runner:
 
     def _refuse_if_running(self) -> None:
         try:
-            _transport.ping(self.config.address, 2.0)
+            _transport.ping(self.config.address, 2.0, self.security)
         except (Unreachable, CallTimeout):
             return
         except RpcctlError:

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 ROOT = Path(__file__).resolve().parent.parent
 APPS = Path(__file__).resolve().parent / "apps"
@@ -53,6 +54,13 @@ def run_rpcctl(
         timeout=timeout,
         check=False,
     )
+
+
+@pytest.fixture(autouse=True)
+def _structlog_unconfigured() -> Iterator[None]:
+    """capture_logs() leaves structlog marked as configured; start every test unconfigured."""
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture

@@ -11,11 +11,15 @@ import pytest
 import rpyc
 from rpyc.core import consts
 from rpyc.core.stream import SocketStream
+from structlog.testing import capture_logs
 
 import app_agent
 import rpcctl
 from app_agent import wire
 from app_agent.exceptions import AddressInUse, AgentAlreadyRunning, ConfigurationError
+
+
+NONCE = "0" * 32
 
 
 def test_start_listens_and_stop_removes_the_socket(short_tmp: Path) -> None:
@@ -83,27 +87,46 @@ def test_a_non_socket_file_is_never_removed(short_tmp: Path) -> None:
     assert path.read_text() == "precious"
 
 
-def test_tcp_binds_loopback_and_reports_its_port() -> None:
-    with app_agent.start(node="tcp://127.0.0.1:0") as agent:
+def test_tcp_with_a_cookie_reports_its_port() -> None:
+    with app_agent.start(node="tcp://127.0.0.1:0", cookie="s3cret-cookie") as agent:
         address = wire.parse_node(agent.node)
         assert address.port != 0
-        rpcctl.ping(agent.node)
-        with rpcctl.connect(agent.node) as conn:
+        with rpcctl.connect(agent.node, cookie="s3cret-cookie") as conn:
             assert conn.ping() == "pong"
 
 
-@pytest.mark.parametrize("node", ["tcp://0.0.0.0:0", "tls://127.0.0.1:0"])
-def test_refuses_what_it_cannot_protect_yet(node: str) -> None:
-    with pytest.raises(ConfigurationError):
+@pytest.mark.parametrize(
+    ("node", "says"),
+    [
+        ("tcp://127.0.0.1:0", "listens on TCP only with a cookie"),
+        ("tcp://0.0.0.0:0", "listens on TCP only with a cookie"),
+        ("tls://127.0.0.1:0", "listens on TCP only with a cookie"),
+    ],
+)
+def test_tcp_without_a_cookie_is_refused(node: str, says: str) -> None:
+    with pytest.raises(ConfigurationError, match=says):
         app_agent.start(node=node)
     assert app_agent.current() is None
+
+
+def test_tls_without_a_certificate_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="needs a certificate and key"):
+        app_agent.start(node="tls://127.0.0.1:0", cookie="c")
+
+
+def test_beyond_loopback_without_tls_warns() -> None:
+    with capture_logs() as logs, app_agent.start(node="tcp://0.0.0.0:0", cookie="c"):
+        pass
+    warning = next(e for e in logs if e["event"] == "agent.insecure_transport")
+    assert warning["log_level"] == "warning"
+    assert "use tls://" in warning["reason"]
 
 
 def _raw_rpyc(node: str) -> rpyc.Connection:
     path = wire.parse_node(node).path
     sock = socket.socket(socket.AF_UNIX)
     sock.connect(path)
-    sock.sendall(wire.encode_line({"rpcctl": wire.PROTOCOL_VERSION, "op": "rpc"}))
+    sock.sendall(wire.encode_line({"rpcctl": wire.PROTOCOL_VERSION, "op": "rpc", "nonce": NONCE}))
     assert b'"ok":true' in sock.recv(100)
     return rpyc.utils.factory.connect_stream(SocketStream(sock))
 
@@ -149,7 +172,7 @@ def test_peer_uid_not_allowed_is_refused(short_tmp: Path) -> None:
 def test_protocol_version_mismatch_names_both_versions(agent_in_process: app_agent.Agent) -> None:
     sock = socket.socket(socket.AF_UNIX)
     sock.connect(agent_in_process.address.path)
-    sock.sendall(wire.encode_line({"rpcctl": 99, "op": "rpc"}))
+    sock.sendall(wire.encode_line({"rpcctl": 99, "op": "rpc", "nonce": NONCE}))
     answer = wire.decode_line(sock.recv(1000))
     sock.close()
     assert answer["ok"] is False
