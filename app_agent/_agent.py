@@ -39,10 +39,13 @@ class _Server(ThreadedServer):  # type: ignore[misc]
 
     def __init__(self, agent: Agent, **kwargs: Any) -> None:
         self._agent = agent
-        # Bounded, so idle or slow peers cannot use up the threads and descriptors that real
-        # callers need: a connection past either cap is closed at once (and logged).
+        # Idle or slow peers must not starve real callers. Established connections are
+        # capped (past the cap a new one is closed at once); connections still in their
+        # handshake are capped too, and a new arrival evicts the oldest of those: a real
+        # handshake takes a millisecond, so only a stalled peer is ever old enough to go.
         self._connections = threading.BoundedSemaphore(agent.max_connections)
-        self._handshakes = threading.BoundedSemaphore(agent.max_handshakes)
+        self._pending_lock = threading.Lock()
+        self._pending: dict[socket.socket, None] = {}  # insertion-ordered: oldest first
         super().__init__(
             classpartial(AgentService, agent.state),
             protocol_config=dict(PROTOCOL_CONFIG),
@@ -55,12 +58,25 @@ class _Server(ThreadedServer):  # type: ignore[misc]
 
     def _accept_method(self, sock: socket.socket) -> None:
         if not self._connections.acquire(blocking=False):
-            self._turn_away(sock, "too many connections")
+            self._agent.log.warning(
+                "connection.refused", peer=describe_peer(sock), reason="too many connections"
+            )
+            self.clients.discard(sock)
+            sock.close()
             return
-        if not self._handshakes.acquire(blocking=False):
-            self._connections.release()
-            self._turn_away(sock, "too many connections still in their handshake")
-            return
+        with self._pending_lock:
+            if len(self._pending) >= self._agent.max_handshakes:
+                oldest = next(iter(self._pending))
+                del self._pending[oldest]
+                self._agent.log.warning(
+                    "connection.evicted",
+                    peer=describe_peer(oldest),
+                    reason="still in its handshake while newer connections wait",
+                )
+                # Wakes the stalled recv on that connection's thread, which then cleans up.
+                with contextlib.suppress(OSError):
+                    oldest.shutdown(socket.SHUT_RDWR)
+            self._pending[sock] = None
         threading.Thread(
             target=self._authenticate_and_serve_client,
             args=(sock,),
@@ -68,19 +84,15 @@ class _Server(ThreadedServer):  # type: ignore[misc]
             daemon=True,
         ).start()
 
-    def _turn_away(self, sock: socket.socket, reason: str) -> None:
-        self._agent.log.warning("connection.refused", peer=describe_peer(sock), reason=reason)
-        self.clients.discard(sock)
-        with contextlib.suppress(OSError):
-            sock.close()
+    def _handshake_done(self, sock: socket.socket) -> None:
+        with self._pending_lock:
+            self._pending.pop(sock, None)
 
     def _authenticate_and_serve_client(self, sock: socket.socket) -> None:
-        in_handshake = True
         served = sock
         try:
             admitted = self._agent.gate.admit(sock)
-            self._handshakes.release()
-            in_handshake = False
+            self._handshake_done(sock)
             if admitted is not None:
                 served, credentials = admitted
                 self._serve_client(served, credentials)
@@ -88,8 +100,7 @@ class _Server(ThreadedServer):  # type: ignore[misc]
             # A peer that vanished mid-conversation ends only its own connection.
             self._agent.log.debug("connection.closed", error=repr(exc))
         finally:
-            if in_handshake:
-                self._handshakes.release()
+            self._handshake_done(sock)
             self._connections.release()
             for s in {served, sock}:
                 with contextlib.suppress(OSError):

@@ -25,6 +25,8 @@ class Task:
     func: Callable[..., Any]
     alias: str | None = None
     """An optional short name given with ``@task(name=...)``."""
+    log_values: bool = False
+    """Whether the audit log may record argument values (they may carry secrets)."""
 
     @property
     def is_async(self) -> bool:
@@ -76,12 +78,14 @@ class Registry:
         self._by_name: dict[str, Task] = {}
         self._by_alias: dict[str, Task] = {}
 
-    def add(self, func: Callable[..., Any], alias: str | None = None) -> Task:
+    def add(
+        self, func: Callable[..., Any], alias: str | None = None, log_values: bool = False
+    ) -> Task:
         name = f"{_module_name(func)}.{func.__qualname__}"
         if "<locals>" in name:
             msg = f"{name}: a task must be a module-level function, reachable by a dotted path"
             raise TaskRegistrationError(msg)
-        record = Task(name=name, func=func, alias=alias)
+        record = Task(name=name, func=func, alias=alias, log_values=log_values)
         with self._lock:
             if alias is not None:
                 other = self._by_alias.get(alias) or self._by_name.get(alias)
@@ -139,13 +143,17 @@ def task(func: F, /) -> F: ...
 
 
 @overload
-def task(*, name: str | None = None) -> Callable[[F], F]: ...
+def task(*, name: str | None = None, log_values: bool = False) -> Callable[[F], F]: ...
 
 
-def task(func: F | None = None, /, *, name: str | None = None) -> F | Callable[[F], F]:
+def task(
+    func: F | None = None, /, *, name: str | None = None, log_values: bool = False
+) -> F | Callable[[F], F]:
     """Register a function (plain or ``async def``) as a release task.
 
     ``@task`` registers ``module.function``; ``@task(name="migrate")`` adds an alias. The
+    audit log records each call's argument names and sizes; ``log_values=True`` lets it
+    record the values too (leave it off for tasks whose arguments may carry secrets). The
     function itself is returned unchanged, so the app can still call it directly.
     """
 
@@ -153,7 +161,7 @@ def task(func: F | None = None, /, *, name: str | None = None) -> F | Callable[[
         if not callable(f):
             msg = f"@task needs a function, got {f!r}"
             raise TaskRegistrationError(msg)
-        registry.add(f, alias=name)
+        registry.add(f, alias=name, log_values=log_values)
         return f
 
     if func is not None:

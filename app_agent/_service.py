@@ -87,11 +87,13 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
     def __init__(self, state: AgentState) -> None:
         self._state = state
         self._caller = "unknown"
+        self._auth = "none"
 
     def on_connect(self, conn: Any) -> None:
         credentials = conn._config.get("credentials")
         if isinstance(credentials, dict):
             self._caller = str(credentials.get("peer", "unknown"))
+            self._auth = str(credentials.get("auth", "none"))
 
     def _rpyc_getattr(self, name: Any) -> Any:
         if type(name) is str and name in self.EXPOSED:
@@ -136,7 +138,7 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
         return wire.ok([t.describe() for t in self._state.registry.all()])
 
     def exposed_stop(self, restart: Any = False) -> str:
-        log = self._state.log.bind(caller=self._caller)
+        log = self._state.log.bind(caller=self._caller, auth=self._auth)
         if type(restart) is not bool:
             return wire.error(ErrorKind.USAGE, "stop() takes one boolean: restart")
         try:
@@ -149,7 +151,7 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
 
     def exposed_call(self, name: Any, args_json: Any = "[]", kwargs_json: Any = "{}") -> str:
         started = time.perf_counter()
-        log = self._state.log.bind(caller=self._caller)
+        log = self._state.log.bind(caller=self._caller, auth=self._auth)
         if not (type(name) is str and type(args_json) is str and type(kwargs_json) is str):
             log.warning("call.refused", reason="arguments are not JSON text")
             return wire.error(ErrorKind.USAGE, "call() takes a task name and JSON text only")
@@ -167,7 +169,13 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
                 ErrorKind.USAGE, f"{task.name}: {exc}", signature=task.display_signature
             )
         job = self._state.jobs.start(task, bound.args, bound.kwargs, caller=self._caller)
-        log = log.bind(job=job.id)
+        # Names and sizes always; values only where the task opted in (they may be secrets).
+        audit: dict[str, Any] = {
+            "arguments": {k: len(wire.dumps(v)) for k, v in bound.arguments.items()}
+        }
+        if task.log_values:
+            audit["values"] = bound.arguments
+        log = log.bind(job=job.id, **audit)
         log.debug("call.started")
         try:
             result = job.future.result()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -184,12 +185,18 @@ def handshake(sock: socket.socket, address: Address, op: str, security: Security
         msg = f"{address}: the agent did not answer the handshake in time"
         raise CallTimeout(msg) from None
     except OSError as exc:
+        if _is_tls_error(exc):
+            # With TLS 1.3 a refused client certificate shows up on the first read.
+            msg = f"{address}: TLS: the agent refused us ({getattr(exc, 'reason', None) or exc})"
+            raise AuthenticationFailed(msg) from None
         msg = f"{address}: the connection failed during the handshake ({exc.strerror or exc})"
         raise Unreachable(msg) from None
 
 
 def _exchange(sock: socket.socket, address: Address, fields: dict[str, Any]) -> dict[str, Any]:
-    sock.sendall(wire.encode_line({"rpcctl": wire.PROTOCOL_VERSION, **fields}))
+    # An agent that refused before reading has closed: its reason may still be waiting.
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        sock.sendall(wire.encode_line({"rpcctl": wire.PROTOCOL_VERSION, **fields}))
     line = _read_line(sock)
     if not line:
         msg = f"{address}: the agent closed the connection during the handshake"
@@ -225,11 +232,19 @@ def ping(address: Address, timeout: float, security: Security) -> None:
 def _read_line(sock: socket.socket) -> bytes:
     data = b""
     while not data.endswith(b"\n") and len(data) < wire.MAX_HELLO_BYTES:
-        chunk = sock.recv(wire.MAX_HELLO_BYTES - len(data))
+        try:
+            chunk = sock.recv(wire.MAX_HELLO_BYTES - len(data))
+        except ConnectionResetError:
+            break
         if not chunk:
             break
         data += chunk
     return data
+
+
+def _is_tls_error(exc: OSError) -> bool:
+    ssl = sys.modules.get("ssl")
+    return ssl is not None and isinstance(exc, ssl.SSLError)
 
 
 def _kind(value: Any) -> ErrorKind:

@@ -14,13 +14,17 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from app_agent._auth import COOKIE_ENV, COOKIE_FILE_ENV
 from app_agent._version import __version__
 from app_agent.wire import NODE_ENV, Address
 from rpcctl import client as client_mod
 from rpcctl import expr
+from rpcctl._transport import Security
 from rpcctl.exceptions import ConfigError, RpcctlError, TaskFailed
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from rpcctl.config import Config
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -32,14 +36,36 @@ class Settings:
     def __init__(self) -> None:
         self.node: str | None = None
         self.config_path: str | None = None
+        self.cookie_file: str | None = None
+        self.tls: dict[str, str | None] = {}
         self.json = False
+        self._config_cookie: Path | None = None
+
+    def security(self) -> Security:
+        """--cookie-file, else RPCCTL_COOKIE(_FILE), else the cookie_file of the config that
+        gave the node; TLS files from the options or RPCCTL_TLS_*."""
+        cookie_file: str | Path | None = self.cookie_file
+        if cookie_file is None and not (
+            os.environ.get(COOKIE_ENV) or os.environ.get(COOKIE_FILE_ENV)
+        ):
+            cookie_file = self._config_cookie
+        return Security.resolve(
+            cookie_file=cookie_file,
+            tls_ca=self.tls.get("ca"),
+            tls_cert=self.tls.get("cert"),
+            tls_key=self.tls.get("key"),
+        )
+
+    def connect(self) -> client_mod.Client:
+        address = self.address()
+        return client_mod.Client(address, client_mod.DEFAULT_TIMEOUT, self.security())
 
     def address(self) -> Address:
         """The node: --node, then --config, then RPCCTL_NODE, then rpcctl.toml found upward."""
         if self.node:
             return client_mod.resolve_address(self.node)
         if self.config_path:
-            return self.config().address
+            return self._from_config(self.config())
         if os.environ.get(NODE_ENV):
             return client_mod.resolve_address(None)
         from rpcctl import config
@@ -51,7 +77,11 @@ class Settings:
                 f"with {config.CONFIG_NAME} (or [tool.rpcctl] in pyproject.toml)"
             )
             raise ConfigError(msg)
-        return config.load(found).address
+        return self._from_config(config.load(found))
+
+    def _from_config(self, loaded: Config) -> Address:
+        self._config_cookie = loaded.cookie_file
+        return loaded.address
 
     def config(self) -> Config:
         """The release config: --config, else the nearest one found upward."""
@@ -149,9 +179,27 @@ def timeout_option(default: float | None, help: str) -> Callable[[F], F]:
     type=click.Path(dir_okay=False),
     help="The release config (rpcctl.toml or pyproject.toml). Default: found upward from here.",
 )
+@click.option(
+    "--cookie-file",
+    metavar="FILE",
+    type=click.Path(dir_okay=False),
+    help="Owner-only file holding the cookie. Default: $RPCCTL_COOKIE, $RPCCTL_COOKIE_FILE, "
+    "or the config's cookie_file. Never pass the cookie itself on the command line.",
+)
+@click.option("--tls-ca", metavar="FILE", help="CA certificate(s) to verify a tls:// agent.")
+@click.option("--tls-cert", metavar="FILE", help="Client certificate for mutual TLS.")
+@click.option("--tls-key", metavar="FILE", help="Key of the client certificate.")
 @click.version_option(__version__, "--version", prog_name="rpcctl")
 @pass_settings
-def cli(settings: Settings, node: str | None, config_path: str | None) -> None:
+def cli(
+    settings: Settings,
+    node: str | None,
+    config_path: str | None,
+    cookie_file: str | None,
+    tls_ca: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+) -> None:
     """Ping a running Python application and run release tasks inside it.
 
     Exit codes: 0 ok, 1 the task raised, 2 usage error, 3 agent unreachable,
@@ -159,6 +207,8 @@ def cli(settings: Settings, node: str | None, config_path: str | None) -> None:
     """
     settings.node = node
     settings.config_path = config_path
+    settings.cookie_file = cookie_file
+    settings.tls = {"ca": tls_ca, "cert": tls_cert, "key": tls_key}
 
 
 @cli.command()
@@ -174,10 +224,11 @@ def cli(settings: Settings, node: str | None, config_path: str | None) -> None:
 def ping(settings: Settings, wait: float | None, timeout: float) -> None:
     """Print pong when the agent answers; exit 3 when it does not."""
     address = settings.address()
+    security = settings.security()
     if wait is not None:
-        waited = client_mod.wait_for(address, wait)
+        waited = client_mod.wait_for(address, wait, security)
     else:
-        client_mod.ping(address, timeout)
+        client_mod.ping(address, timeout, security)
         waited = 0.0
     if settings.json:
         emit_json({"ok": True, "result": "pong", "node": str(address), "waited_s": waited})
@@ -197,7 +248,7 @@ def rpc(settings: Settings, expression: str, timeout: float | None) -> None:
     never evaluated. Quote EXPR for the shell: rpcctl rpc 'myapp.tasks.migrate("head")'
     """
     call = expr.parse(expression)
-    with client_mod.connect(settings.address()) as conn:
+    with settings.connect() as conn:
         result = conn.invoke(call.name, call.args, call.kwargs, timeout=timeout)
     if settings.json:
         emit_json({"ok": True, "result": result})
@@ -220,7 +271,7 @@ def render(result: Any) -> None:
 @pass_settings
 def tasks(settings: Settings) -> None:
     """List the registered tasks with their signatures and first docstring lines."""
-    with client_mod.connect(settings.address()) as conn:
+    with settings.connect() as conn:
         found = conn.tasks()
     if settings.json:
         emit_json({"ok": True, "result": found})
@@ -240,7 +291,7 @@ def tasks(settings: Settings) -> None:
 @pass_settings
 def info(settings: Settings) -> None:
     """Show the app's pid, uptime, versions, node and running jobs."""
-    with client_mod.connect(settings.address()) as conn:
+    with settings.connect() as conn:
         details = conn.info()
     if settings.json:
         emit_json({"ok": True, "result": details})
@@ -262,7 +313,7 @@ def info(settings: Settings) -> None:
 @pass_settings
 def pid(settings: Settings) -> None:
     """Print the app's pid."""
-    with client_mod.connect(settings.address()) as conn:
+    with settings.connect() as conn:
         app_pid = conn.info()["pid"]
     if settings.json:
         emit_json({"ok": True, "result": app_pid})
@@ -280,11 +331,11 @@ def stop(settings: Settings, timeout: float) -> None:
     Under `rpcctl start` the runner stops it (pre_stop hooks, SIGTERM, post_stop hooks);
     otherwise the app's stop handler runs, or it gets SIGTERM. Exit 3 if it is not running.
     """
-    address = settings.address()
-    with client_mod.connect(address) as conn:
+    with settings.connect() as conn:
         app_pid = int(conn.info()["pid"])
         how = conn.stop()["via"]
-    client_mod.wait_gone(address, app_pid, timeout)
+    address = conn.address
+    client_mod.wait_gone(address, app_pid, timeout, settings.security())
     if settings.json:
         emit_json({"ok": True, "result": {"pid": app_pid, "via": how}})
     else:
@@ -297,11 +348,11 @@ def stop(settings: Settings, timeout: float) -> None:
 @pass_settings
 def restart(settings: Settings, timeout: float) -> None:
     """Restart an app that runs under `rpcctl start`: stop hooks, stop, start, start hooks."""
-    address = settings.address()
-    with client_mod.connect(address) as conn:
+    with settings.connect() as conn:
         old_pid = int(conn.info()["pid"])
         conn.stop(restart=True)
-    new_pid = client_mod.wait_restarted(address, old_pid, timeout)
+    address = conn.address
+    new_pid = client_mod.wait_restarted(address, old_pid, timeout, settings.security())
     if settings.json:
         emit_json({"ok": True, "result": {"old_pid": old_pid, "pid": new_pid}})
     else:
@@ -345,6 +396,32 @@ def release_init(name: str, module: str | None, force: bool) -> None:
 
     for path in scaffold.init(name, Path.cwd(), force=force, module=module):
         click.echo(f"wrote {path}")
+
+
+@cli.group()
+def cookie() -> None:
+    """Manage the shared secret that callers must prove."""
+
+
+@cookie.command("generate")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--force", is_flag=True, help="Replace an existing file.")
+def cookie_generate(file: str, force: bool) -> None:
+    """Write a new random cookie (256 bits) to FILE, readable by its owner only.
+
+    The cookie is never printed. Point the agent and its callers at FILE with
+    cookie_file in rpcctl.toml, --cookie-file, or RPCCTL_COOKIE_FILE.
+    """
+    from app_agent._auth import CookieError, generate_cookie_file
+
+    try:
+        generate_cookie_file(file, force=force)
+    except CookieError as exc:
+        raise ConfigError(str(exc)) from None
+    except OSError as exc:
+        msg = f"cannot write {file}: {exc.strerror}"
+        raise ConfigError(msg) from None
+    click.echo(f"wrote a new cookie to {file} (mode 0600)", err=True)
 
 
 def main(argv: list[str] | None = None) -> None:

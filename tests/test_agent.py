@@ -18,7 +18,6 @@ import rpcctl
 from app_agent import wire
 from app_agent.exceptions import AddressInUse, AgentAlreadyRunning, ConfigurationError
 
-
 NONCE = "0" * 32
 
 

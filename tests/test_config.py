@@ -65,7 +65,10 @@ def test_defaults_name_and_node_from_the_directory(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "says"),
     [
-        ('[app]\ncomand = ["x"]\n', "[app] comand: unknown key; expected one of command, cookie_file, cwd"),
+        (
+            '[app]\ncomand = ["x"]\n',
+            "[app] comand: unknown key; expected one of command, cookie_file, cwd",
+        ),
         ("[app]\nname = 'x'\n", "[app] command: missing; expected the command that runs the app"),
         ('[app]\ncommand = "python -m x"\n', "[app] command: got 'python -m x'; expected"),
         ('[app]\ncommand = ["x"]\nnode = "/tmp/x.sock"\n', "[app] node: bad node address"),
