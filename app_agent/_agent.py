@@ -372,4 +372,7 @@ def current() -> Agent | None:
 def _default_app_name() -> str:
     import sys
 
-    return os.environ.get("RPCCTL_APP") or os.path.basename(sys.argv[0] or "python")
+    program = sys.argv[0] or "python"
+    if os.path.basename(program) == "__main__.py":  # python -m pkg: the package's name
+        program = os.path.dirname(program)
+    return os.environ.get("RPCCTL_APP") or os.path.basename(program)

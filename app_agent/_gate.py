@@ -47,6 +47,19 @@ class Gate:
 
         None means the connection is finished: refused (and logged), or a ping answered.
         """
+        wrapped: list[socket.socket] = []
+        admitted = self._checks(sock, wrapped)
+        if admitted is None:
+            # A TLS wrapper made here and not handed on is closed here; the caller closes
+            # the plain socket it gave us.
+            for tls_sock in wrapped:
+                with contextlib.suppress(OSError):
+                    tls_sock.close()
+        return admitted
+
+    def _checks(
+        self, sock: socket.socket, wrapped: list[socket.socket]
+    ) -> tuple[socket.socket, dict[str, str]] | None:
         peer = describe_peer(sock)
         log = self.log.bind(peer=peer)
         methods: list[str] = []
@@ -57,6 +70,7 @@ class Gate:
                 methods.append("peer-uid")
             if self.tls is not None:
                 sock = self._wrap_tls(sock)
+                wrapped.append(sock)
                 methods.append("tls-client-cert" if self._mutual_tls else "tls")
             hello = wire.decode_line(read_line(sock))
             op = self._check_hello(hello)
