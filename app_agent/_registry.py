@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import inspect
 import os
@@ -28,11 +29,13 @@ class Task:
     log_values: bool = False
     """Whether the audit log may record argument values (they may carry secrets)."""
 
-    @property
+    @functools.cached_property
     def is_async(self) -> bool:
         return inspect.iscoroutinefunction(self.func)
 
-    @property
+    # Cached on first use, not at registration: annotations may name things defined later in
+    # the task's module. (cached_property writes the instance dict, so frozen is fine.)
+    @functools.cached_property
     def signature(self) -> inspect.Signature:
         try:
             # Real annotations, not the strings of ``from __future__ import annotations``.
@@ -46,7 +49,7 @@ class Task:
         doc = inspect.getdoc(self.func) or ""
         return doc.strip().splitlines()[0] if doc.strip() else ""
 
-    @property
+    @functools.cached_property
     def display_signature(self) -> str:
         """``name(params) -> return``, without ``typing.`` noise."""
         return f"{self.name}{self.signature}".replace("typing.", "")
@@ -61,13 +64,26 @@ class Task:
             "async": self.is_async,
         }
 
-    def bind(self, args: Iterable[Any], kwargs: dict[str, Any]) -> inspect.BoundArguments:
-        """Bind arguments to the signature; TypeError names the signature on a mismatch."""
+    @functools.cached_property
+    def _takes_nothing_required(self) -> bool:
+        return all(
+            p.default is not p.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+            for p in self.signature.parameters.values()
+        )
+
+    def bind(
+        self, args: list[Any] | tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any], dict[str, Any]]:
+        """(args, kwargs, {name: value}) bound to the signature; TypeError shows it on a
+        mismatch."""
+        if not args and not kwargs and self._takes_nothing_required:
+            return (), {}, {}
         try:
-            return self.signature.bind(*args, **kwargs)
+            bound = self.signature.bind(*args, **kwargs)
         except TypeError as exc:
             msg = f"{exc}; the signature is {self.display_signature}"
             raise TypeError(msg) from None
+        return bound.args, bound.kwargs, bound.arguments
 
 
 class Registry:

@@ -151,32 +151,34 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
 
     def exposed_call(self, name: Any, args_json: Any = "[]", kwargs_json: Any = "{}") -> str:
         started = time.perf_counter()
-        log = self._state.log.bind(caller=self._caller, auth=self._auth)
+        log = self._state.log
+        who = {"caller": self._caller, "auth": self._auth}
         if not (type(name) is str and type(args_json) is str and type(kwargs_json) is str):
-            log.warning("call.refused", reason="arguments are not JSON text")
+            log.warning("call.refused", reason="arguments are not JSON text", **who)
             return wire.error(ErrorKind.USAGE, "call() takes a task name and JSON text only")
         task = self._state.registry.get(name)
         if task is None:
-            log.info("call.no_such_task", task=name, outcome="no_such_task")
+            log.info("call.no_such_task", task=name, outcome="no_such_task", **who)
             return wire.error(ErrorKind.NO_SUCH_TASK, self._no_such_task(name))
-        log = log.bind(task=task.name)
         try:
             args, kwargs = _decode_arguments(args_json, kwargs_json)
-            bound = task.bind(args, kwargs)
+            bound_args, bound_kwargs, named = task.bind(args, kwargs)
         except (ValueError, TypeError) as exc:
-            log.info("call.bad_arguments", outcome="usage", error=str(exc))
+            log.info("call.bad_arguments", task=task.name, outcome="usage", error=str(exc), **who)
             return wire.error(
                 ErrorKind.USAGE, f"{task.name}: {exc}", signature=task.display_signature
             )
-        job = self._state.jobs.start(task, bound.args, bound.kwargs, caller=self._caller)
-        # Names and sizes always; values only where the task opted in (they may be secrets).
-        audit: dict[str, Any] = {
-            "arguments": {k: len(wire.dumps(v)) for k, v in bound.arguments.items()}
+        job = self._state.jobs.start(task, bound_args, bound_kwargs, self._caller, inline=True)
+        # One line per call. Argument names and sizes always; values only where the task
+        # opted in (arguments may carry secrets).
+        fields: dict[str, Any] = {
+            **who,
+            "task": task.name,
+            "job": job.id,
+            "arguments": {k: len(wire.dumps(v)) for k, v in named.items()},
         }
         if task.log_values:
-            audit["values"] = bound.arguments
-        log = log.bind(job=job.id, **audit)
-        log.debug("call.started")
+            fields["values"] = named
         try:
             result = job.future.result()
         except TaskFailure as failure:
@@ -185,6 +187,7 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
                 outcome="raised",
                 error=f"{failure.type}: {failure.message}",
                 duration_ms=_ms(started),
+                **fields,
             )
             return wire.error(
                 ErrorKind.TASK_FAILED,
@@ -193,7 +196,7 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
                 traceback=failure.traceback,
                 job=job.id,
             )
-        log.info("call.finished", outcome="ok", duration_ms=_ms(started))
+        log.info("call.finished", outcome="ok", duration_ms=_ms(started), **fields)
         try:
             return wire.ok(result)
         except (RecursionError, ValueError):
@@ -226,6 +229,8 @@ def _alive(pid: int) -> bool:
 
 
 def _decode_arguments(args_json: str, kwargs_json: str) -> tuple[list[Any], dict[str, Any]]:
+    if args_json == "[]" and kwargs_json == "{}":  # the common call: no arguments
+        return [], {}
     try:
         args = wire.loads(args_json)
         kwargs = wire.loads(kwargs_json)

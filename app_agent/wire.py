@@ -217,8 +217,13 @@ def is_plain(value: Any) -> bool:
 # --- replies ---------------------------------------------------------------------------------
 
 
+_OK_NONE: Final = '{"ok":true,"result":null}'
+
+
 def ok(result: Any) -> str:
     """A successful reply envelope, as text."""
+    if result is None:
+        return _OK_NONE
     return dumps({"ok": True, "result": result})
 
 

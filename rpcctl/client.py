@@ -132,12 +132,9 @@ class Client:
 
         The task itself goes on running in the agent when the timeout passes.
         """
-        kwargs = kwargs or {}
-        if not wire.is_plain(list(args)) or not wire.is_plain(kwargs):
-            msg = "task arguments must be JSON data (str, int, float, bool, None, list, dict)"
-            raise UsageError(msg)
+        args_json, kwargs_json = _encode_arguments(args, kwargs or {})
         try:
-            text = self._request("call", timeout, name, wire.dumps(list(args)), wire.dumps(kwargs))
+            text = self._request("call", timeout, name, args_json, kwargs_json)
         except CallTimeout:
             msg = (
                 f"{name} did not finish within {timeout:g}s; "
@@ -188,6 +185,15 @@ class Client:
                 type=str(error.get("type", "")),
             )
         raise BY_KIND[kind](message)
+
+
+def _encode_arguments(args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> tuple[str, str]:
+    if not args and not kwargs:
+        return "[]", "{}"
+    if not wire.is_plain(list(args)) or not wire.is_plain(kwargs):
+        msg = "task arguments must be JSON data (str, int, float, bool, None, list, dict)"
+        raise UsageError(msg)
+    return wire.dumps(list(args)), wire.dumps(kwargs)
 
 
 def connect(

@@ -77,7 +77,8 @@ def test_reregistering_replaces_and_reset_forgets() -> None:
 
 def test_binding_shows_the_signature() -> None:
     record = registry.add(module_task)
-    assert record.bind(["x"], {"dry": True}).arguments == {"revision": "x", "dry": True}
+    assert record.bind(["x"], {"dry": True})[2] == {"revision": "x", "dry": True}
+    assert record.bind([], {}) == ((), {}, {})  # the fast path: nothing required
     with pytest.raises(TypeError, match=r"unexpected keyword.*the signature is .*module_task\("):
         record.bind([], {"nope": 1})
     with pytest.raises(TypeError, match="too many positional"):

@@ -1,0 +1,55 @@
+"""A host process with the agent embedded, for the benchmark.
+
+python host.py NODE agent   start the agent, print RSS before/after, serve until killed
+python host.py NODE spin S  count loop iterations for S seconds, agent running; print them
+python host.py NODE bare S  the same loop without any agent
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+
+def rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def spin(seconds: float) -> int:
+    count = 0
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        for _ in range(1000):
+            count += 1
+    return count
+
+
+def main() -> None:
+    node, mode = sys.argv[1], sys.argv[2]
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    before = rss_kib()
+    if mode == "bare":
+        print(f"COUNT {spin(float(sys.argv[3]))}", flush=True)
+        return
+    import app_agent
+
+    agent = app_agent.start(node=node, tasks=["bench_tasks"], app="bench-host")
+    print(f"LISTENING {time.time():.6f}", flush=True)
+    after = rss_kib()
+    print(f"RSS {before} {after}", flush=True)
+    if mode == "spin":
+        print(f"COUNT {spin(float(sys.argv[3]))}", flush=True)
+        agent.stop()
+        return
+    sys.stdin.read()  # serve until the benchmark closes our stdin
+    print(f"RSS_SERVED {rss_kib()}", flush=True)
+    agent.stop()
+
+
+if __name__ == "__main__":
+    main()
