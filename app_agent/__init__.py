@@ -22,6 +22,7 @@ from app_agent.exceptions import (
 
 if TYPE_CHECKING:
     from app_agent._agent import Agent
+    from app_agent._capture import cancelled, progress
     from app_agent._registry import Task, reset_registry, task
 
 __all__ = [
@@ -33,8 +34,10 @@ __all__ = [
     "Task",
     "TaskRegistrationError",
     "__version__",
+    "cancelled",
     "configure_logging",
     "current",
+    "progress",
     "reset_registry",
     "start",
     "task",
@@ -81,5 +84,9 @@ def __getattr__(name: str) -> object:
         from app_agent import _registry
 
         return getattr(_registry, name)
+    if name in ("progress", "cancelled"):
+        from app_agent import _capture
+
+        return getattr(_capture, name)
     msg = f"module 'app_agent' has no attribute {name!r}"
     raise AttributeError(msg)

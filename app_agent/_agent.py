@@ -17,8 +17,10 @@ from rpyc.core import Channel
 from rpyc.utils.helpers import classpartial
 from rpyc.utils.server import ThreadedServer
 
-from app_agent import _auth, wire
+from app_agent import _auth, _capture, wire
 from app_agent._gate import Gate, describe_peer, server_tls_context
+from app_agent._locks import Backend, MemoryLocks
+from app_agent._locks import backend as lock_backends
 from app_agent._logging import get_logger
 from app_agent._registry import Registry, import_task_modules, registry
 from app_agent._service import PROTOCOL_CONFIG, AgentService, AgentState
@@ -128,10 +130,13 @@ class Agent:
         tls: ssl.SSLContext | None = None,
         max_connections: int = 256,
         max_handshakes: int = 32,
+        locks: Backend | None = None,
     ) -> None:
         self.address = address
         self.log = get_logger()
-        self.state = AgentState(registry, node=str(address), app=app, log=self.log)
+        self.state = AgentState(
+            registry, node=str(address), app=app, log=self.log, locks=locks or MemoryLocks()
+        )
         self.state.stop_handler = on_stop
         self.max_connections = max_connections
         self.max_handshakes = max_handshakes
@@ -243,6 +248,7 @@ class Agent:
 
     def _start(self) -> None:
         self._server._listen()
+        _capture.install()
         self._thread.start()
         self.log.info("agent.started", node=self.node, app=self.state.app, pid=os.getpid())
 
@@ -253,6 +259,7 @@ class Agent:
         self._stopped.set()
         self._server.close()
         self._thread.join(timeout=5)
+        _capture.uninstall()
         if self.address.is_unix and self._socket_inode is not None:
             self._remove_own_socket(self.address.path)
         _forget(self)
@@ -299,6 +306,7 @@ def start(
     tls_cert: str | None = None,
     tls_key: str | None = None,
     tls_client_ca: str | None = None,
+    locks: str | None = None,
 ) -> Agent:
     """Start this process's agent and return it once it listens.
 
@@ -312,7 +320,9 @@ def start(
     ``RPCCTL_COOKIE_FILE``; with one, every caller must prove it (TCP requires one). A
     ``tls://`` address needs *tls_cert* and *tls_key* (or ``RPCCTL_TLS_CERT`` and
     ``RPCCTL_TLS_KEY``); *tls_client_ca* (``RPCCTL_TLS_CLIENT_CA``) makes client
-    certificates mandatory.
+    certificates mandatory. *locks* (``RPCCTL_LOCKS``) chooses where ``@task(lock=...)``
+    locks live: ``memory`` (default, this process), ``file:DIRECTORY`` (this host) or a
+    ``postgresql://`` URL (every replica using that database).
     """
     global _current
     with _lock:
@@ -332,6 +342,10 @@ def start(
         except _auth.CookieError as exc:
             raise ConfigurationError(str(exc)) from None
         tls = _tls_context(address, tls_cert, tls_key, tls_client_ca)
+        try:
+            lock_backend = lock_backends(locks or os.environ.get("RPCCTL_LOCKS"))
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise ConfigurationError(f"locks: {exc}") from None
         import_task_modules(tasks)
         agent = Agent(
             address,
@@ -341,6 +355,7 @@ def start(
             on_stop=on_stop,
             cookie=secret,
             tls=tls,
+            locks=lock_backend,
         )
         agent._start()
         _current = agent

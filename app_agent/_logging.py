@@ -51,7 +51,11 @@ def configure_logging(
     *json* defaults to JSON when *stream* (stderr by default) is not a terminal; *level*
     defaults to ``RPCCTL_LOG_LEVEL`` or info.
     """
-    out = stream if stream is not None else sys.stderr
+    from app_agent._capture import current_stderr
+
+    # By default, whatever sys.stderr is at each write: inside a job that is the job's own
+    # stderr, so a task's structlog events reach its caller.
+    out: Any = stream if stream is not None else current_stderr
     structlog.configure(
         processors=processors(json if json is not None else not out.isatty()),
         wrapper_class=structlog.make_filtering_bound_logger(_level(level)),

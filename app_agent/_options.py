@@ -18,3 +18,4 @@ class StartOptions(TypedDict, total=False):
     tls_cert: str | None
     tls_key: str | None
     tls_client_ca: str | None
+    locks: str | None

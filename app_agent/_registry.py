@@ -28,6 +28,10 @@ class Task:
     """An optional short name given with ``@task(name=...)``."""
     log_values: bool = False
     """Whether the audit log may record argument values (they may carry secrets)."""
+    lock: str | None = None
+    """A run-once lock held while the task runs (``@task(lock="migrations")``)."""
+    timeout: float | None = None
+    """Seconds after which the agent marks the job timed out and asks it to stop."""
 
     @functools.cached_property
     def is_async(self) -> bool:
@@ -95,13 +99,23 @@ class Registry:
         self._by_alias: dict[str, Task] = {}
 
     def add(
-        self, func: Callable[..., Any], alias: str | None = None, log_values: bool = False
+        self,
+        func: Callable[..., Any],
+        alias: str | None = None,
+        log_values: bool = False,
+        lock: str | None = None,
+        timeout: float | None = None,
     ) -> Task:
         name = f"{_module_name(func)}.{func.__qualname__}"
         if "<locals>" in name:
             msg = f"{name}: a task must be a module-level function, reachable by a dotted path"
             raise TaskRegistrationError(msg)
-        record = Task(name=name, func=func, alias=alias, log_values=log_values)
+        if timeout is not None and timeout <= 0:
+            msg = f"{name}: timeout must be a positive number of seconds, got {timeout!r}"
+            raise TaskRegistrationError(msg)
+        record = Task(
+            name=name, func=func, alias=alias, log_values=log_values, lock=lock, timeout=timeout
+        )
         with self._lock:
             if alias is not None:
                 other = self._by_alias.get(alias) or self._by_name.get(alias)
@@ -159,25 +173,39 @@ def task(func: F, /) -> F: ...
 
 
 @overload
-def task(*, name: str | None = None, log_values: bool = False) -> Callable[[F], F]: ...
+def task(
+    *,
+    name: str | None = None,
+    log_values: bool = False,
+    lock: str | None = None,
+    timeout: float | None = None,
+) -> Callable[[F], F]: ...
 
 
 def task(
-    func: F | None = None, /, *, name: str | None = None, log_values: bool = False
+    func: F | None = None,
+    /,
+    *,
+    name: str | None = None,
+    log_values: bool = False,
+    lock: str | None = None,
+    timeout: float | None = None,
 ) -> F | Callable[[F], F]:
     """Register a function (plain or ``async def``) as a release task.
 
     ``@task`` registers ``module.function``; ``@task(name="migrate")`` adds an alias. The
     audit log records each call's argument names and sizes; ``log_values=True`` lets it
-    record the values too (leave it off for tasks whose arguments may carry secrets). The
-    function itself is returned unchanged, so the app can still call it directly.
+    record the values too (leave it off for tasks whose arguments may carry secrets).
+    ``lock="name"`` makes the task run once at a time under that lock (a second call waits
+    up to its ``--lock-wait`` or fails with exit 7); ``timeout=S`` bounds it on the agent's
+    side. The function itself is returned unchanged, so the app can still call it directly.
     """
 
     def register(f: F) -> F:
         if not callable(f):
             msg = f"@task needs a function, got {f!r}"
             raise TaskRegistrationError(msg)
-        registry.add(f, alias=name, log_values=log_values)
+        registry.add(f, alias=name, log_values=log_values, lock=lock, timeout=timeout)
         return f
 
     if func is not None:

@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import rpyc
 
 from app_agent import wire
-from app_agent._jobs import JobTable, TaskFailure
-from app_agent._registry import Registry
+from app_agent._jobs import CANCELLED, SUCCEEDED, TIMED_OUT, Job, JobTable
+from app_agent._locks import Backend, Busy
+from app_agent._registry import Registry, Task
 from app_agent._version import __version__
 from app_agent.wire import ErrorKind
 
@@ -49,12 +50,12 @@ PROTOCOL_CONFIG: dict[str, Any] = {
 class AgentState:
     """What every connection's service shares: the registry, jobs, identity."""
 
-    def __init__(self, registry: Registry, node: str, app: str, log: Any) -> None:
+    def __init__(self, registry: Registry, node: str, app: str, log: Any, locks: Backend) -> None:
         self.registry = registry
         self.node = node
         self.app = app
         self.log = log
-        self.jobs = JobTable()
+        self.jobs = JobTable(locks)
         self.started_at = time.time()
         self.stop_handler: Callable[[], None] | None = None
 
@@ -82,7 +83,9 @@ class AgentState:
 class AgentService(rpyc.Service):  # type: ignore[misc]
     """One instance per connection; the caller can reach only ``EXPOSED``."""
 
-    EXPOSED: ClassVar[frozenset[str]] = frozenset({"ping", "info", "tasks", "call", "stop"})
+    EXPOSED: ClassVar[frozenset[str]] = frozenset(
+        {"ping", "info", "tasks", "call", "run", "events", "jobs", "cancel", "stop"}
+    )
 
     def __init__(self, state: AgentState) -> None:
         self._state = state
@@ -130,7 +133,7 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
                     "rpyc": rpyc.__version__,
                 },
                 "python": sys.executable,
-                "jobs": [job.describe() for job in state.jobs.running()],
+                "jobs": [job.summary() for job in state.jobs.running()],
             }
         )
 
@@ -149,60 +152,118 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
         log.info("stop.requested", restart=restart, via=how)
         return wire.ok({"pid": os.getpid(), "via": how})
 
-    def exposed_call(self, name: Any, args_json: Any = "[]", kwargs_json: Any = "{}") -> str:
+    def exposed_call(
+        self, name: Any, args_json: Any = "[]", kwargs_json: Any = "{}", options_json: Any = "{}"
+    ) -> str:
+        """Run a task and answer with its result, in one round trip."""
         started = time.perf_counter()
+        prepared = self._prepare(name, args_json, kwargs_json, options_json)
+        if isinstance(prepared, str):
+            return prepared
+        task, job, args, kwargs, options = prepared
+        # Tasks without an agent-side timeout run on this connection's thread.
+        inline = task.timeout is None
+        try:
+            self._state.jobs.start(job, args, kwargs, options["lock_wait"], inline=inline)
+        except Busy as busy:
+            self._log_finished(job, started)
+            return wire.error(ErrorKind.BUSY, str(busy), job=job.id)
+        if not inline:
+            job.wait(None)
+        self._log_finished(job, started)
+        return _outcome(job)
+
+    def exposed_run(
+        self, name: Any, args_json: Any = "[]", kwargs_json: Any = "{}", options_json: Any = "{}"
+    ) -> str:
+        """Start a task as a job; answer with its first events (or at once, detached)."""
+        started = time.perf_counter()
+        prepared = self._prepare(name, args_json, kwargs_json, options_json)
+        if isinstance(prepared, str):
+            return prepared
+        task, job, args, kwargs, options = prepared
+        job.on_finish = lambda: self._log_finished(job, started)
+        try:
+            self._state.jobs.start(job, args, kwargs, options["lock_wait"])
+        except Busy as busy:
+            self._log_finished(job, started)
+            return wire.error(ErrorKind.BUSY, str(busy), job=job.id)
+        self._state.log.info("job.started", job=job.id, task=task.name, caller=self._caller)
+        wait = 0.0 if options["detach"] else options["wait"]
+        return wire.ok(job.events_since(0, wait))
+
+    def exposed_events(self, job_id: Any, cursor: Any = 0, wait: Any = 1.0) -> str:
+        """A job's events from *cursor* on, waiting up to *wait* seconds for new ones."""
+        if type(job_id) is not str or type(cursor) is not int or type(wait) not in (int, float):
+            return wire.error(ErrorKind.USAGE, "events() takes a job id, a cursor and seconds")
+        job = self._state.jobs.get(job_id)
+        if job is None:
+            return wire.error(ErrorKind.USAGE, _no_such_job(job_id))
+        return wire.ok(job.events_since(max(cursor, 0), min(max(float(wait), 0.0), 30.0)))
+
+    def exposed_jobs(self) -> str:
+        """Recent and running jobs, newest first."""
+        return wire.ok([job.summary() for job in reversed(self._state.jobs.all())])
+
+    def exposed_cancel(self, job_id: Any) -> str:
+        """Ask a running job to stop (cooperatively, or by cancelling its coroutine)."""
+        if type(job_id) is not str:
+            return wire.error(ErrorKind.USAGE, "cancel() takes a job id")
+        job = self._state.jobs.get(job_id)
+        if job is None:
+            return wire.error(ErrorKind.USAGE, _no_such_job(job_id))
+        requested = job.cancel()
+        self._state.log.info(
+            "job.cancel_requested", job=job.id, caller=self._caller, running=requested
+        )
+        return wire.ok({"job": job.id, "requested": requested, "state": job.state})
+
+    def _prepare(
+        self, name: Any, args_json: Any, kwargs_json: Any, options_json: Any
+    ) -> str | tuple[Task, Job, tuple[Any, ...], dict[str, Any], dict[str, Any]]:
+        """Validate a call: the task, a new job, bound arguments and options; or an error."""
         log = self._state.log
         who = {"caller": self._caller, "auth": self._auth}
-        if not (type(name) is str and type(args_json) is str and type(kwargs_json) is str):
+        texts = (name, args_json, kwargs_json, options_json)
+        if not all(type(t) is str for t in texts):
             log.warning("call.refused", reason="arguments are not JSON text", **who)
-            return wire.error(ErrorKind.USAGE, "call() takes a task name and JSON text only")
+            return wire.error(ErrorKind.USAGE, "a call takes a task name and JSON text only")
         task = self._state.registry.get(name)
         if task is None:
             log.info("call.no_such_task", task=name, outcome="no_such_task", **who)
             return wire.error(ErrorKind.NO_SUCH_TASK, self._no_such_task(name))
         try:
             args, kwargs = _decode_arguments(args_json, kwargs_json)
+            options = _decode_options(options_json)
             bound_args, bound_kwargs, named = task.bind(args, kwargs)
         except (ValueError, TypeError) as exc:
             log.info("call.bad_arguments", task=task.name, outcome="usage", error=str(exc), **who)
             return wire.error(
                 ErrorKind.USAGE, f"{task.name}: {exc}", signature=task.display_signature
             )
-        job = self._state.jobs.start(task, bound_args, bound_kwargs, self._caller, inline=True)
-        # One line per call. Argument names and sizes always; values only where the task
-        # opted in (arguments may carry secrets).
-        fields: dict[str, Any] = {
+        job = self._state.jobs.create(task, self._caller)
+        # Argument names and sizes always; values only where the task opted in (they may
+        # carry secrets).
+        job.audit = {
             **who,
-            "task": task.name,
-            "job": job.id,
-            "arguments": {k: len(wire.dumps(v)) for k, v in named.items()},
+            "arguments": {k: len(wire.dumps(v)) for k, v in named.items()} if named else {},
         }
         if task.log_values:
-            fields["values"] = named
-        try:
-            result = job.future.result()
-        except TaskFailure as failure:
-            log.warning(
+            job.audit["values"] = named
+        return task, job, bound_args, bound_kwargs, options
+
+    def _log_finished(self, job: Job, started: float) -> None:
+        fields = {"task": job.task.name, "job": job.id, "outcome": job.state, **job.audit}
+        fields["duration_ms"] = _ms(started)
+        if job.state == SUCCEEDED:
+            self._state.log.info("call.finished", **fields)
+        else:
+            error = job.error or {}
+            self._state.log.warning(
                 "call.finished",
-                outcome="raised",
-                error=f"{failure.type}: {failure.message}",
-                duration_ms=_ms(started),
+                error=f"{error.get('type', '')}: {error.get('message', '')}",
                 **fields,
             )
-            return wire.error(
-                ErrorKind.TASK_FAILED,
-                f"{task.name} raised {failure.type}: {failure.message}",
-                type=failure.type,
-                traceback=failure.traceback,
-                job=job.id,
-            )
-        log.info("call.finished", outcome="ok", duration_ms=_ms(started), **fields)
-        try:
-            return wire.ok(result)
-        except (RecursionError, ValueError):
-            # A result that cannot even be converted (a self-referencing structure) is sent as
-            # its repr, by the documented rule: the caller always gets an answer.
-            return wire.ok(repr(result))
 
     def _no_such_task(self, name: str) -> str:
         hint = ""
@@ -226,6 +287,43 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _outcome(job: Job) -> str:
+    """A finished (or timed-out) job as a reply envelope."""
+    if job.state == SUCCEEDED:
+        return wire.ok(job.result)
+    error = dict(job.error or {})
+    kind = ErrorKind(error.pop("kind", ErrorKind.TASK_FAILED))
+    message = error.pop("message", "")
+    if kind is ErrorKind.TASK_FAILED:
+        what = "was cancelled" if job.state == CANCELLED else f"raised {error.get('type')}"
+        message = f"{job.task.name} {what}: {message}" if message else f"{job.task.name} {what}"
+    elif job.state == TIMED_OUT:
+        error["hint"] = f"rpcctl logs {job.id}"
+    return wire.error(kind, message, job=job.id, **error)
+
+
+def _no_such_job(job_id: str) -> str:
+    return f"no job {job_id!r} (it may have left the history); `rpcctl jobs` lists recent jobs"
+
+
+def _decode_options(options_json: str) -> dict[str, Any]:
+    options: dict[str, Any] = {"lock_wait": 0.0, "detach": False, "wait": 1.0}
+    if options_json == "{}":
+        return options
+    given = wire.loads(options_json)
+    if not isinstance(given, dict) or set(given) - set(options):
+        msg = f"options must be a JSON object with keys among {sorted(options)}"
+        raise ValueError(msg)
+    lock_wait = given.get("lock_wait", 0.0)
+    wait = given.get("wait", 1.0)
+    if not all(type(v) in (int, float) and v >= 0 for v in (lock_wait, wait)):
+        msg = "lock_wait and wait must be non-negative numbers"
+        raise ValueError(msg)
+    options.update(lock_wait=float(lock_wait), wait=min(float(wait), 30.0))
+    options["detach"] = bool(given.get("detach", False))
+    return options
 
 
 def _decode_arguments(args_json: str, kwargs_json: str) -> tuple[list[Any], dict[str, Any]]:

@@ -1,0 +1,138 @@
+"""What a running task writes, routed to its job: stdout, stderr, logging, progress.
+
+``sys.stdout`` and ``sys.stderr`` are replaced, while an agent runs, by proxies that look at
+a context variable: inside a job (the task's thread, and the coroutines an async task runs)
+writes go to the job, line by line; everywhere else they go to the original streams, so
+the host app's own output from its other threads is never captured. A logging handler on
+the root logger does the same for stdlib logging records emitted inside a job.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import io
+import logging
+import sys
+import threading
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from app_agent._jobs import Job
+
+current_job: contextvars.ContextVar[Job | None] = contextvars.ContextVar(
+    "rpcctl_current_job", default=None
+)
+
+
+class _JobStream(io.TextIOBase):
+    """Stands in for sys.stdout or sys.stderr."""
+
+    def __init__(self, original: TextIO, name: str) -> None:
+        self.original = original
+        self.name_ = name
+
+    def write(self, text: str) -> int:
+        job = current_job.get()
+        if job is None:
+            return self.original.write(text)
+        job.write(self.name_, text)
+        return len(text)
+
+    def flush(self) -> None:
+        if current_job.get() is None:
+            self.original.flush()
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return current_job.get() is None and self.original.isatty()
+
+    def fileno(self) -> int:
+        return self.original.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self.original, "encoding", "utf-8")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.original, name)
+
+
+class _JobLogHandler(logging.Handler):
+    """Copies log records emitted inside a job to the job's stderr."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.NOTSET)
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        job = current_job.get()
+        if job is not None:
+            job.write("stderr", self.format(record) + "\n")
+
+
+_lock = threading.Lock()
+_installed = 0
+_handler = _JobLogHandler()
+
+
+def install() -> None:
+    """Route job output (counted: one install per running agent)."""
+    global _installed
+    with _lock:
+        _installed += 1
+        if _installed > 1:
+            return
+        if not isinstance(sys.stdout, _JobStream):
+            sys.stdout = _JobStream(sys.stdout, "stdout")
+        if not isinstance(sys.stderr, _JobStream):
+            sys.stderr = _JobStream(sys.stderr, "stderr")
+        logging.getLogger().addHandler(_handler)
+
+
+def uninstall() -> None:
+    """Undo :func:`install` when the last agent stops, if nobody replaced the streams since."""
+    global _installed
+    with _lock:
+        _installed = max(_installed - 1, 0)
+        if _installed:
+            return
+        if isinstance(sys.stdout, _JobStream):
+            sys.stdout = sys.stdout.original
+        if isinstance(sys.stderr, _JobStream):
+            sys.stderr = sys.stderr.original
+        logging.getLogger().removeHandler(_handler)
+
+
+class _CurrentStderr:
+    """A file that is whatever sys.stderr is at each write (so job capture applies)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
+current_stderr = _CurrentStderr()
+
+
+def progress(done: float, total: float | None = None, message: str | None = None) -> None:
+    """Report a running task's progress to its callers; a no-op outside a job."""
+    job = current_job.get()
+    if job is not None:
+        job.progress(done, total, message)
+
+
+def cancelled() -> bool:
+    """Whether the running task has been asked to stop (``rpcctl cancel``, its timeout).
+
+    A sync task checks this between steps and returns or raises early; an async task is
+    cancelled at its next ``await`` (``asyncio.CancelledError``). False outside a job.
+    """
+    job = current_job.get()
+    return job is not None and job.cancel_requested.is_set()
