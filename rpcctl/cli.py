@@ -6,6 +6,7 @@ Results go to stdout; diagnostics go to stderr. Every failure is an RpcctlError 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections.abc import Callable
@@ -16,6 +17,7 @@ import click
 from app_agent._version import __version__
 from rpcctl import client as client_mod
 from rpcctl import expr
+from rpcctl._render import EventPrinter
 from rpcctl._settings import Settings
 from rpcctl.exceptions import ConfigError, RpcctlError, TaskFailed
 
@@ -159,18 +161,52 @@ def ping(settings: Settings, wait: float | None, timeout: float) -> None:
 
 @cli.command()
 @click.argument("expression", metavar="EXPR")
-@timeout_option(None, "Give up waiting after SECONDS (exit 4); the task keeps running.")
+@timeout_option(None, "Stop waiting after SECONDS (exit 4); the job keeps running.")
+@click.option("--detach", is_flag=True, help="Start the job, print its id and return at once.")
+@click.option(
+    "--lock-wait",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    metavar="SECONDS",
+    help="If the task's lock is held, wait up to SECONDS for it (default: fail at once, exit 7).",
+)
 @json_option
 @pass_settings
-def rpc(settings: Settings, expression: str, timeout: float | None) -> None:
+def rpc(
+    settings: Settings, expression: str, timeout: float | None, detach: bool, lock_wait: float
+) -> None:
     """Run a task: EXPR is module.func or module.func(literal, key=literal).
 
     Arguments are parsed as literals (strings, numbers, True/False/None, lists, dicts),
-    never evaluated. Quote EXPR for the shell: rpcctl rpc 'myapp.tasks.migrate("head")'
+    never evaluated. Quote EXPR for the shell: rpcctl rpc 'myapp.tasks.migrate("head")'.
+    What the task prints and logs is shown live (its stdout on stdout, its stderr on
+    stderr), and its progress as a bar on a terminal.
     """
     call = expr.parse(expression)
     with settings.connect() as conn:
-        result = conn.invoke(call.name, call.args, call.kwargs, timeout=timeout)
+        if detach:
+            job_id = conn.start(call.name, call.args, call.kwargs, lock_wait=lock_wait)
+            if settings.json:
+                emit_json({"ok": True, "result": {"job": job_id}})
+            else:
+                click.echo(job_id)
+                click.echo(
+                    f"started job {job_id}: follow it with `rpcctl logs {job_id} --follow`",
+                    err=True,
+                )
+            return
+        printer = EventPrinter(settings.json)
+        try:
+            result = conn.run(
+                call.name,
+                call.args,
+                call.kwargs,
+                timeout=timeout,
+                lock_wait=lock_wait,
+                on_event=printer,
+            )
+        finally:
+            printer.close()
     if settings.json:
         emit_json({"ok": True, "result": result})
     else:
@@ -343,6 +379,88 @@ def cookie_generate(file: str, force: bool) -> None:
         msg = f"cannot write {file}: {exc.strerror}"
         raise ConfigError(msg) from None
     click.echo(f"wrote a new cookie to {file} (mode 0600)", err=True)
+
+
+@cli.command()
+@json_option
+@pass_settings
+def jobs(settings: Settings) -> None:
+    """List recent and running jobs: id, task, caller, state, start, duration."""
+    with settings.connect() as conn:
+        found = conn.jobs()
+    if settings.json:
+        emit_json({"ok": True, "result": found})
+        return
+    if not found:
+        click.echo("no jobs yet", err=True)
+        return
+    import time
+
+    click.echo(f"{'JOB':<10}{'STATE':<11}{'STARTED':<21}{'DURATION':>10}  TASK  (CALLER)")
+    for job in found:
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job["started_at"]))
+        click.echo(
+            f"{job['id']:<10}{job['state']:<11}{started:<21}{job['duration_s']:>9.1f}s"
+            f"  {job['task']}  ({job['caller']})"
+        )
+
+
+@cli.command()
+@click.argument("job_id", metavar="JOB")
+@click.option("--follow", "-f", is_flag=True, help="Keep showing new output until the job ends.")
+@json_option
+@pass_settings
+def logs(settings: Settings, job_id: str, follow: bool) -> None:
+    """Show a job's output from its start (what is kept of it), and follow it with -f."""
+    printer = EventPrinter(settings.json)
+    with settings.connect() as conn:
+        try:
+            if follow:
+                with contextlib.suppress(RpcctlError):
+                    conn.follow(job_id, on_event=printer)  # its outcome is `wait`'s business
+            else:
+                snapshot = conn._events(job_id, 0, 0.0)
+                if snapshot.get("dropped"):
+                    click.echo(f"({snapshot['dropped']} earlier events were dropped)", err=True)
+                for event in snapshot["events"]:
+                    printer(event)
+        finally:
+            printer.close()
+
+
+@cli.command()
+@click.argument("job_id", metavar="JOB")
+@timeout_option(None, "Stop waiting after SECONDS (exit 4); the job keeps running.")
+@json_option
+@pass_settings
+def wait(settings: Settings, job_id: str, timeout: float | None) -> None:
+    """Wait for a job to end and exit with its outcome (0, 1 failed or cancelled, 4 ...)."""
+    with settings.connect() as conn:
+        result = conn.follow(job_id, timeout=timeout)
+    if settings.json:
+        emit_json({"ok": True, "result": result})
+    else:
+        render(result)
+
+
+@cli.command()
+@click.argument("job_id", metavar="JOB")
+@json_option
+@pass_settings
+def cancel(settings: Settings, job_id: str) -> None:
+    """Ask a running job to stop.
+
+    A sync task stops where it checks app_agent.cancelled(); an async task is cancelled at
+    its next await. `rpcctl wait JOB` then exits 1.
+    """
+    with settings.connect() as conn:
+        answer = conn.cancel(job_id)
+    if settings.json:
+        emit_json({"ok": True, "result": answer})
+    elif answer["requested"]:
+        click.echo(f"cancellation requested for job {job_id}")
+    else:
+        click.echo(f"job {job_id} already ended ({answer['state']})")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 from app_agent import wire
 from app_agent.wire import Address, ErrorKind
@@ -138,14 +139,14 @@ class Client:
         except CallTimeout:
             msg = (
                 f"{name} did not finish within {timeout:g}s; "
-                "it goes on running in the agent (`rpcctl info` lists running jobs)"
+                "it goes on running in the agent (`rpcctl jobs` lists it)"
             )
             raise CallTimeout(msg) from None
         return self._reply(text)
 
     # -- plumbing ----------------------------------------------------------------------------
 
-    def _request(self, method: str, timeout: float | None, *args: str | bool) -> Any:
+    def _request(self, method: str, timeout: float | None, *args: str | bool | float) -> Any:
         from rpyc.core import consts
         from rpyc.core.async_ import AsyncResultTimeout
 
@@ -172,19 +173,144 @@ class Client:
         envelope = wire.loads(text)
         if envelope.get("ok"):
             return envelope.get("result")
-        error = envelope.get("error") or {}
-        try:
-            kind = ErrorKind(str(error.get("kind")))
-        except ValueError:
-            kind = ErrorKind.TASK_FAILED
-        message = str(error.get("message", "the agent reported an error"))
-        if kind is ErrorKind.TASK_FAILED:
-            raise TaskFailed(
-                message,
-                remote_traceback=str(error.get("traceback", "")),
-                type=str(error.get("type", "")),
-            )
-        raise BY_KIND[kind](message)
+        raise_error(envelope.get("error") or {})
+
+    # -- jobs --------------------------------------------------------------------------------
+
+    def run(
+        self,
+        name: str,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        lock_wait: float = 0.0,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+    ) -> Any:
+        """Run task *name* as a job and follow it: *on_event* gets each output line and
+        progress event live; the result is returned (or the failure raised).
+
+        When *timeout* passes first, CallTimeout names the job, which goes on running.
+        """
+        wait = 1.0 if timeout is None else min(1.0, timeout)
+        snapshot = self._start(name, args, kwargs, lock_wait, detach=False, wait=wait)
+        return self.follow(snapshot["job"], timeout=timeout, on_event=on_event, first=snapshot)
+
+    def start(
+        self,
+        name: str,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        lock_wait: float = 0.0,
+    ) -> str:
+        """Start task *name* as a detached job and return its id at once."""
+        return str(self._start(name, args, kwargs, lock_wait, detach=True, wait=0.0)["job"])
+
+    def _start(
+        self,
+        name: str,
+        args: tuple[Any, ...] | list[Any],
+        kwargs: dict[str, Any] | None,
+        lock_wait: float,
+        detach: bool,
+        wait: float,
+    ) -> dict[str, Any]:
+        args_json, kwargs_json = _encode_arguments(args, kwargs or {})
+        options = wire.dumps({"lock_wait": lock_wait, "detach": detach, "wait": wait})
+        limit = self.timeout + wait + lock_wait
+        snapshot: dict[str, Any] = self._reply(
+            self._request("run", limit, name, args_json, kwargs_json, options)
+        )
+        return snapshot
+
+    def follow(
+        self,
+        job_id: str,
+        *,
+        since: int = 0,
+        timeout: float | None = None,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+        first: dict[str, Any] | None = None,
+    ) -> Any:
+        """Follow job *job_id* from event *since* until it ends; its result, or its failure
+        raised. CallTimeout (naming the job) when *timeout* passes first."""
+        import time
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        snapshot = first
+        while True:
+            if snapshot is None:
+                wait = 1.0 if deadline is None else max(min(1.0, deadline - time.monotonic()), 0)
+                snapshot = self._events(job_id, since, wait)
+            for event in snapshot["events"]:
+                if on_event is not None:
+                    on_event(event)
+            since = snapshot["cursor"]
+            if snapshot["state"] != "running":
+                return job_outcome(snapshot)
+            if deadline is not None and time.monotonic() >= deadline:
+                msg = (
+                    f"{snapshot['task']} did not finish within {timeout:g}s; it goes on running "
+                    f"as job {job_id}: follow it with `rpcctl logs {job_id} --follow`, "
+                    f"or wait for it with `rpcctl wait {job_id}`"
+                )
+                raise CallTimeout(msg, job=job_id)
+            snapshot = None
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        """One job's summary: id, task, caller, state, started_at, duration_s, result/error."""
+        snapshot = self._events(job_id, 1 << 62, 0.0)
+        return {
+            k: v for k, v in snapshot.items() if k not in ("events", "cursor", "dropped", "job")
+        }
+
+    def jobs(self) -> list[dict[str, Any]]:
+        """Recent and running jobs, newest first."""
+        result: list[dict[str, Any]] = self._reply(self._request("jobs", self.timeout))
+        return result
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        """Ask job *job_id* to stop; ``{"job", "requested", "state"}``."""
+        result: dict[str, Any] = self._reply(self._request("cancel", self.timeout, job_id))
+        return result
+
+    def _events(self, job_id: str, since: int, wait: float) -> dict[str, Any]:
+        snapshot: dict[str, Any] = self._reply(
+            self._request("events", self.timeout + wait, job_id, since, wait)
+        )
+        return snapshot
+
+
+def raise_error(error: dict[str, Any]) -> NoReturn:
+    """Raise the exception of an error envelope's ``error`` part."""
+    try:
+        kind = ErrorKind(str(error.get("kind")))
+    except ValueError:
+        kind = ErrorKind.TASK_FAILED
+    message = str(error.get("message", "the agent reported an error"))
+    if kind is ErrorKind.TASK_FAILED:
+        raise TaskFailed(
+            message,
+            remote_traceback=str(error.get("traceback", "")),
+            type=str(error.get("type", "")),
+        )
+    raise BY_KIND[kind](message)
+
+
+def job_outcome(snapshot: dict[str, Any]) -> Any:
+    """The result of a finished job's summary, or its failure raised."""
+    state = snapshot["state"]
+    if state == "succeeded":
+        return snapshot.get("result")
+    error = dict(snapshot.get("error") or {})
+    if state == "cancelled":
+        # Asked for: the CancelledError's traceback would only be noise.
+        message = f"{snapshot['task']} was cancelled (job {snapshot['id']})"
+        raise TaskFailed(message, type="CancelledError")
+    elif error.get("kind") == "task_failed":
+        error["message"] = f"{snapshot['task']} raised {error.get('type')}: {error.get('message')}"
+    raise_error(error)
 
 
 def _encode_arguments(args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> tuple[str, str]:

@@ -55,9 +55,13 @@ class Unreachable(RpcctlError):
 
 
 class CallTimeout(RpcctlError):
-    """The agent did not answer within the deadline."""
+    """The agent did not answer within the deadline; ``job`` names a job that goes on."""
 
     kind = ErrorKind.TIMEOUT
+
+    def __init__(self, message: str, job: str | None = None) -> None:
+        super().__init__(message)
+        self.job = job
 
 
 class AuthenticationFailed(RpcctlError):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import logging
 import os
 import signal
 import sys
@@ -87,6 +88,62 @@ def identity(token: str) -> dict[str, Any]:
 
 
 @task
+def chatty(lines: int = 10, pause: float = 0.0, gate: str = "") -> int:
+    """Print LINES lines (waiting for GATE, a file, to exist before the last), log and report
+    progress; returns LINES."""
+    log = logging.getLogger("sampleapp.chatty")
+    for i in range(1, lines + 1):
+        if i == lines and gate:
+            while not os.path.exists(gate):
+                time.sleep(0.01)
+        print(f"line {i}")
+        app_agent.progress(i, lines, f"step {i}")
+        if i == 1:
+            print("to stderr", file=sys.stderr)
+            log.warning("logged at warning")
+        if pause:
+            time.sleep(pause)
+    return lines
+
+
+@task
+def cancellable(seconds: float = 30.0) -> str:
+    """Work for up to SECONDS, stopping early when cancelled."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if app_agent.cancelled():
+            print("stopping early")
+            return "stopped"
+        time.sleep(0.01)
+    return "finished"
+
+
+@task
+async def async_wait(seconds: float = 30.0) -> str:
+    """Await for SECONDS (cancellable)."""
+    print("waiting")
+    await asyncio.sleep(seconds)
+    return "done"
+
+
+@task(lock="sample-lock")
+def locked(seconds: float = 1.0) -> str:
+    """Hold the sample-lock for SECONDS."""
+    print("holding the lock")
+    time.sleep(seconds)
+    return "released"
+
+
+@task(timeout=0.3)
+def limited(seconds: float = 5.0) -> str:
+    """Sleep SECONDS (checking cancellation) under an agent-side timeout of 0.3 s."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not app_agent.cancelled():
+        time.sleep(0.01)
+    return "ended"
+
+
+@task
 def crash(code: int = 7) -> None:
     """End the whole process at once with exit status CODE (a crash, for the runner)."""
     os._exit(code)
@@ -101,7 +158,7 @@ def main() -> None:
     delay = float(os.environ.get("SAMPLEAPP_AGENT_DELAY", "0"))
     if delay:
         time.sleep(delay)  # an app whose agent comes up late, for the runner's tests
-    agent = app_agent.start(app="sampleapp")
+    agent = app_agent.start(app="sampleapp", locks=os.environ.get("SAMPLEAPP_LOCKS"))
     stop = threading.Event()
     if os.environ.get("SAMPLEAPP_IGNORE_TERM"):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
