@@ -66,6 +66,8 @@ class Task:
             "signature": self.display_signature,
             "doc": self.summary,
             "async": self.is_async,
+            "lock": self.lock,
+            "timeout": self.timeout,
         }
 
     @functools.cached_property

@@ -239,6 +239,10 @@ def tasks(settings: Settings) -> None:
         click.echo(task["signature"])
         if task.get("alias"):
             click.echo(f"    alias: {task['alias']}")
+        if task.get("lock"):
+            click.echo(f"    lock: {task['lock']}")
+        if task.get("timeout"):
+            click.echo(f"    timeout: {task['timeout']:g}s")
         if task.get("doc"):
             click.echo(f"    {task['doc']}")
 

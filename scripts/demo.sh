@@ -69,12 +69,14 @@ show_log 0
 say "4. The new schema revision, asked of the live app."
 run "$BIN" rpc myapp.tasks.current
 
-say "5. Migrate by hand too: the Erlang 'bin/app rpc ReleaseTasks.migrate'. Nothing is left to do."
-run "$BIN" rpc myapp.tasks.migrate --json
+say "5. Migrate by hand too, the Erlang 'bin/app rpc ReleaseTasks.migrate': Alembic's own output
+   streams back while it runs; nothing is left to do, so the result is an empty list."
+run "$BIN" rpc myapp.tasks.migrate
 
-say "6. The migrated table at work: seed it through rpc, then read it over HTTP."
+say "6. The migrated table at work: seed it through rpc (its progress and output stream back too),
+   then read it over HTTP."
 run "$BIN" rpc myapp.tasks.seed
-URL=$("$BIN" rpc myapp.tasks.status --json | python -c 'import json,sys; print(json.load(sys.stdin)["result"]["http"])')
+URL=$("$BIN" rpc myapp.tasks.status --json | python -c 'import json,sys; print(json.loads(sys.stdin.read().splitlines()[-1])["result"]["http"])')
 printf '$ GET %s/notes\n' "$URL"
 python -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1]).read().decode())' "$URL/notes"
 

@@ -21,9 +21,10 @@ PG_ADMIN_URL = os.environ.get(
 
 
 def rpc_json(app: AppProcess, expression: str) -> object:
+    """The result of an rpc --json (its last line; the lines before are the task's events)."""
     result = app.rpcctl("rpc", "--json", expression)
     assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)["result"]
+    return json.loads(result.stdout.splitlines()[-1])["result"]
 
 
 def http(url: str, body: dict[str, object] | None = None) -> tuple[int, dict[str, object]]:
@@ -54,8 +55,15 @@ def check_the_seed_story(app: AppProcess, database_url: str) -> None:
     assert code == 503
     assert "myapp.tasks.migrate" in str(body["error"])
 
-    applied = rpc_json(app, "myapp.tasks.migrate")
-    assert applied == ["0001: create the notes table", "0002: add tags to notes"]
+    migrated = app.rpcctl("rpc", "myapp.tasks.migrate")
+    assert migrated.returncode == 0, migrated.stderr
+    # Alembic's own output streams to the caller's stderr while the task runs.
+    assert "Running upgrade  -> 0001, create the notes table" in migrated.stderr
+    assert "Running upgrade 0001 -> 0002, add tags to notes" in migrated.stderr
+    assert json.loads(migrated.stdout) == [
+        "0001: create the notes table",
+        "0002: add tags to notes",
+    ]
     assert {"notes", "alembic_version"} <= tables(database_url)
     assert rpc_json(app, "myapp.tasks.current") == {
         "revision": "0002",
@@ -64,6 +72,16 @@ def check_the_seed_story(app: AppProcess, database_url: str) -> None:
         "up_to_date": True,
     }
     assert rpc_json(app, "myapp.tasks.migrate") == []  # a second migrate is a no-op
+    listed = {t["name"]: t for t in json.loads(app.rpcctl("tasks", "--json").stdout)["result"]}
+    assert listed["myapp.tasks.migrate"]["lock"] == "migrations"
+    assert listed["myapp.tasks.rollback"]["lock"] == "migrations"
+    assert listed["myapp.tasks.migrate"]["signature"] == (
+        "myapp.tasks.migrate(revision: str = 'head') -> list[str]"
+    )
+    assert rpc_json(app, "myapp.tasks.history") == [
+        "0002: add tags to notes (head, current)",
+        "0001: create the notes table",
+    ]
 
     assert rpc_json(app, "myapp.tasks.seed") == 2
     code, _created = http(f"{base}/notes", {"title": "from the test", "tags": "t"})

@@ -52,6 +52,8 @@ def test_module_level_task_describes_itself() -> None:
         " -> list[str]",
         "doc": "Apply migrations.",
         "async": False,
+        "lock": None,
+        "timeout": None,
     }
 
 

@@ -1,0 +1,1 @@
+"""Ready-made release tasks for common libraries."""
