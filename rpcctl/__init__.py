@@ -21,6 +21,7 @@ from rpcctl.exceptions import (
     Unreachable,
     UsageError,
 )
+from rpcctl.fleet import MulticallResult, multicall
 
 __all__ = [
     "AuthenticationFailed",
@@ -29,6 +30,7 @@ __all__ = [
     "CallTimeout",
     "Client",
     "ConfigError",
+    "MulticallResult",
     "NoSuchTask",
     "RpcctlError",
     "TaskFailed",
@@ -36,6 +38,7 @@ __all__ = [
     "UsageError",
     "__version__",
     "connect",
+    "multicall",
     "ping",
     "wait_for",
 ]

@@ -32,6 +32,8 @@ def _options(args: list[str], known: dict[str, str]) -> tuple[dict[str, str], li
         if not eq:
             i += 1
             value = args[i]
+        if known[flag] in found:
+            return None  # a repeated option (several nodes): the click CLI's fleet mode
         found[known[flag]] = value
         i += 1
     return found, args[i:]

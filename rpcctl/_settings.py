@@ -25,6 +25,9 @@ class Settings:
 
     def __init__(self) -> None:
         self.node: str | None = None
+        self.nodes: list[str] = []  # more than one: the fleet commands fan out
+        self.nodes_file: str | None = None
+        self.discover: str | None = None
         self.config_path: str | None = None
         self.cookie_file: str | None = None
         self.tls: dict[str, str | None] = {}
@@ -45,6 +48,26 @@ class Settings:
             tls_cert=self.tls.get("cert"),
             tls_key=self.tls.get("key"),
         )
+
+    @property
+    def is_fleet(self) -> bool:
+        return len(self.nodes) > 1 or bool(self.nodes_file or self.discover)
+
+    def fleet(self) -> list[str]:
+        """Every node of -n, --nodes-file and --discover; a usage error when there is none."""
+        from rpcctl import fleet
+
+        nodes = fleet.resolve_nodes(self.nodes, self.nodes_file, self.discover)
+        if not nodes:
+            msg = "no nodes: the nodes file is empty or discovery found no address"
+            raise ConfigError(msg)
+        return nodes
+
+    def single(self, command: str) -> None:
+        """Refuse several nodes for a command that acts on one app."""
+        if self.is_fleet:
+            msg = f"`{command}` acts on one node; give one --node (fleets: ping, rpc, info, tasks)"
+            raise ConfigError(msg)
 
     def connect(self) -> client_mod.Client:
         address = self.address()

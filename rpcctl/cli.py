@@ -15,10 +15,13 @@ from typing import Any, TypeVar
 import click
 
 from app_agent._version import __version__
+from app_agent.wire import Address
 from rpcctl import client as client_mod
 from rpcctl import expr
+from rpcctl import fleet as fleet_mod
 from rpcctl._render import EventPrinter
 from rpcctl._settings import Settings
+from rpcctl._transport import Security
 from rpcctl.exceptions import ConfigError, RpcctlError, TaskFailed
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -87,13 +90,78 @@ def timeout_option(default: float | None, help: str) -> Callable[[F], F]:
     )
 
 
+def fleet_options(f: F) -> F:
+    f = click.option(
+        "--min-ok",
+        type=click.IntRange(min=0),
+        metavar="N",
+        help="Fleets: exit 0 when at least N nodes succeed (default: all).",
+    )(f)
+    return click.option(
+        "--parallel",
+        type=click.IntRange(min=1),
+        default=32,
+        show_default=True,
+        metavar="N",
+        help="Fleets: at most N nodes at once.",
+    )(f)
+
+
+def run_fleet(settings: Settings, outcome: fleet_mod.MulticallResult, min_ok: int | None) -> None:
+    """Print a fleet's outcomes (a table, or JSON lines) and exit with its code."""
+    code = outcome.exit_code(min_ok)
+    if settings.json:
+        for node in outcome.outcomes:
+            click.echo(json.dumps(node.to_dict(), ensure_ascii=False))
+        summary = {
+            "summary": outcome.summary(),
+            "duration_s": round(outcome.duration, 3),
+            "ok": sum(o.ok for o in outcome.outcomes),
+            "failed": len(outcome.bad_nodes),
+            "exit_code": code,
+        }
+        click.echo(json.dumps(summary))
+    else:
+        rows = [
+            (
+                o.node,
+                "ok" if o.ok else str(o.error.kind) if o.error else "",
+                _one_line(o.result) if o.ok else (o.error.message if o.error else ""),
+                f"{o.duration * 1000:.0f} ms",
+            )
+            for o in outcome.outcomes
+        ]
+        widths = [max(len(r[i]) for r in [("NODE", "OUTCOME", "", ""), *rows]) for i in (0, 1)]
+        click.echo(f"{'NODE':<{widths[0]}}  {'OUTCOME':<{widths[1]}}  {'TIME':>8}  RESULT / ERROR")
+        for name, kind, text, took in rows:
+            click.echo(f"{name:<{widths[0]}}  {kind:<{widths[1]}}  {took:>8}  {text}")
+        click.echo(outcome.summary())
+    raise click.exceptions.Exit(code)
+
+
+def _one_line(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
 @click.group(cls=RpcctlGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--node",
     "-n",
+    "nodes",
     metavar="NODE",
-    help="Agent address: unix:PATH or tcp://HOST:PORT. "
+    multiple=True,
+    help="Agent address: unix:PATH, tcp://HOST:PORT or tls://HOST:PORT; repeat for a fleet. "
     "Default: --config's node, else $RPCCTL_NODE, else rpcctl.toml found upward.",
+)
+@click.option(
+    "--nodes-file",
+    metavar="FILE",
+    help="A fleet: one address a line, # comments (ping, rpc, info, tasks).",
+)
+@click.option(
+    "--discover",
+    metavar="dns:NAME:PORT",
+    help="A fleet: every A/AAAA record of NAME (a Kubernetes headless service).",
 )
 @click.option(
     "--config",
@@ -116,7 +184,9 @@ def timeout_option(default: float | None, help: str) -> Callable[[F], F]:
 @pass_settings
 def cli(
     settings: Settings,
-    node: str | None,
+    nodes: tuple[str, ...],
+    nodes_file: str | None,
+    discover: str | None,
     config_path: str | None,
     cookie_file: str | None,
     tls_ca: str | None,
@@ -128,7 +198,10 @@ def cli(
     Exit codes: 0 ok, 1 the task raised, 2 usage error, 3 agent unreachable,
     4 timed out, 5 authentication refused, 6 no such task, 7 busy.
     """
-    settings.node = node
+    settings.nodes = list(nodes)
+    settings.node = nodes[0] if nodes else None
+    settings.nodes_file = nodes_file
+    settings.discover = discover
     settings.config_path = config_path
     settings.cookie_file = cookie_file
     settings.tls = {"ca": tls_ca, "cert": tls_cert, "key": tls_key}
@@ -141,11 +214,19 @@ def cli(
     metavar="SECONDS",
     help="Keep trying (with backoff) until the agent answers or SECONDS pass.",
 )
-@timeout_option(client_mod.DEFAULT_TIMEOUT, "Seconds to wait for one answer.")
+@timeout_option(client_mod.DEFAULT_TIMEOUT, "Seconds to wait for one answer (per node).")
+@fleet_options
 @json_option
 @pass_settings
-def ping(settings: Settings, wait: float | None, timeout: float) -> None:
+def ping(
+    settings: Settings, wait: float | None, timeout: float, parallel: int, min_ok: int | None
+) -> None:
     """Print pong when the agent answers; exit 3 when it does not."""
+    if settings.is_fleet:
+        result = fleet_mod.ping_all(
+            settings.fleet(), timeout=timeout, parallel=parallel, security=settings.security()
+        )
+        run_fleet(settings, result, min_ok)
     address = settings.address()
     security = settings.security()
     if wait is not None:
@@ -170,10 +251,19 @@ def ping(settings: Settings, wait: float | None, timeout: float) -> None:
     metavar="SECONDS",
     help="If the task's lock is held, wait up to SECONDS for it (default: fail at once, exit 7).",
 )
+@click.option("--one", is_flag=True, help="Fleets: run on the first node that answers only.")
+@fleet_options
 @json_option
 @pass_settings
 def rpc(
-    settings: Settings, expression: str, timeout: float | None, detach: bool, lock_wait: float
+    settings: Settings,
+    expression: str,
+    timeout: float | None,
+    detach: bool,
+    lock_wait: float,
+    one: bool,
+    parallel: int,
+    min_ok: int | None,
 ) -> None:
     """Run a task: EXPR is module.func or module.func(literal, key=literal).
 
@@ -183,6 +273,25 @@ def rpc(
     stderr), and its progress as a bar on a terminal.
     """
     call = expr.parse(expression)
+    if settings.is_fleet and not one:
+        result = fleet_mod.multicall(
+            settings.fleet(),
+            call.name,
+            *call.args,
+            timeout=timeout or 30.0,
+            parallel=parallel,
+            security=settings.security(),
+            **call.kwargs,
+        )
+        run_fleet(settings, result, min_ok)
+    if settings.is_fleet:
+        chosen = fleet_mod.first_answering(
+            settings.fleet(), timeout=client_mod.DEFAULT_TIMEOUT, security=settings.security()
+        )
+        click.echo(f"running on {chosen}", err=True)
+        settings.node = str(chosen)
+        settings.nodes = [settings.node]
+        settings.nodes_file = settings.discover = None
     with settings.connect() as conn:
         if detach:
             job_id = conn.start(call.name, call.args, call.kwargs, lock_wait=lock_wait)
@@ -213,6 +322,20 @@ def rpc(
         render(result)
 
 
+def _fan_out(
+    settings: Settings, method: str, timeout: float, parallel: int
+) -> fleet_mod.MulticallResult:
+    def action(address: Address, deadline: float, security: Security) -> Any:
+        import time
+
+        with client_mod.Client(address, max(deadline - time.monotonic(), 0.01), security) as c:
+            return getattr(c, method)()
+
+    return fleet_mod.fan_out(
+        settings.fleet(), action, timeout=timeout, parallel=parallel, security=settings.security()
+    )
+
+
 def render(result: Any) -> None:
     """Human output: strings as they are, None as nothing, everything else as JSON."""
     if result is None:
@@ -224,10 +347,14 @@ def render(result: Any) -> None:
 
 
 @cli.command()
+@timeout_option(client_mod.DEFAULT_TIMEOUT, "Fleets: seconds per node.")
+@fleet_options
 @json_option
 @pass_settings
-def tasks(settings: Settings) -> None:
+def tasks(settings: Settings, timeout: float, parallel: int, min_ok: int | None) -> None:
     """List the registered tasks with their signatures and first docstring lines."""
+    if settings.is_fleet:
+        run_fleet(settings, _fan_out(settings, "tasks", timeout, parallel), min_ok)
     with settings.connect() as conn:
         found = conn.tasks()
     if settings.json:
@@ -248,10 +375,14 @@ def tasks(settings: Settings) -> None:
 
 
 @cli.command()
+@timeout_option(client_mod.DEFAULT_TIMEOUT, "Fleets: seconds per node.")
+@fleet_options
 @json_option
 @pass_settings
-def info(settings: Settings) -> None:
+def info(settings: Settings, timeout: float, parallel: int, min_ok: int | None) -> None:
     """Show the app's pid, uptime, versions, node and running jobs."""
+    if settings.is_fleet:
+        run_fleet(settings, _fan_out(settings, "info", timeout, parallel), min_ok)
     with settings.connect() as conn:
         details = conn.info()
     if settings.json:
@@ -274,6 +405,7 @@ def info(settings: Settings) -> None:
 @pass_settings
 def pid(settings: Settings) -> None:
     """Print the app's pid."""
+    settings.single("pid")
     with settings.connect() as conn:
         app_pid = conn.info()["pid"]
     if settings.json:
@@ -292,6 +424,7 @@ def stop(settings: Settings, timeout: float) -> None:
     Under `rpcctl start` the runner stops it (pre_stop hooks, SIGTERM, post_stop hooks);
     otherwise the app's stop handler runs, or it gets SIGTERM. Exit 3 if it is not running.
     """
+    settings.single("stop")
     with settings.connect() as conn:
         app_pid = int(conn.info()["pid"])
         how = conn.stop()["via"]
@@ -309,6 +442,7 @@ def stop(settings: Settings, timeout: float) -> None:
 @pass_settings
 def restart(settings: Settings, timeout: float) -> None:
     """Restart an app that runs under `rpcctl start`: stop hooks, stop, start, start hooks."""
+    settings.single("restart")
     with settings.connect() as conn:
         old_pid = int(conn.info()["pid"])
         conn.stop(restart=True)
@@ -331,6 +465,7 @@ def start(settings: Settings) -> None:
     1 if a hook with the "stop" policy fails, 3 if the agent never answers, 4 if the app had
     to be killed.
     """
+    settings.single("start")
     from app_agent._logging import configure_logging
     from app_agent._logging import get_logger as agent_logger
     from rpcctl.runner import Runner
@@ -390,6 +525,7 @@ def cookie_generate(file: str, force: bool) -> None:
 @pass_settings
 def jobs(settings: Settings) -> None:
     """List recent and running jobs: id, task, caller, state, start, duration."""
+    settings.single("jobs")
     with settings.connect() as conn:
         found = conn.jobs()
     if settings.json:
@@ -416,6 +552,7 @@ def jobs(settings: Settings) -> None:
 @pass_settings
 def logs(settings: Settings, job_id: str, follow: bool) -> None:
     """Show a job's output from its start (what is kept of it), and follow it with -f."""
+    settings.single("logs")
     printer = EventPrinter(settings.json)
     with settings.connect() as conn:
         try:
@@ -439,6 +576,7 @@ def logs(settings: Settings, job_id: str, follow: bool) -> None:
 @pass_settings
 def wait(settings: Settings, job_id: str, timeout: float | None) -> None:
     """Wait for a job to end and exit with its outcome (0, 1 failed or cancelled, 4 ...)."""
+    settings.single("wait")
     with settings.connect() as conn:
         result = conn.follow(job_id, timeout=timeout)
     if settings.json:
@@ -457,6 +595,7 @@ def cancel(settings: Settings, job_id: str) -> None:
     A sync task stops where it checks app_agent.cancelled(); an async task is cancelled at
     its next await. `rpcctl wait JOB` then exits 1.
     """
+    settings.single("cancel")
     with settings.connect() as conn:
         answer = conn.cancel(job_id)
     if settings.json:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 from collections.abc import Callable
 from typing import Any, NoReturn
 
@@ -68,6 +70,8 @@ class Client:
         self.timeout = timeout
         security = security if security is not None else Security.resolve()
         sock = _transport.open_socket(address, timeout, security)
+        self._sock = sock
+        self._abandoned = False
         try:
             _transport.handshake(sock, address, "rpc", security)
             sock.settimeout(None)
@@ -81,7 +85,13 @@ class Client:
         self._root = self._request("root", timeout)
 
     def close(self) -> None:
-        self._conn.close()
+        if self._abandoned:
+            # A request is still outstanding (it timed out): RPyC's polite close would wait
+            # for the busy connection to answer, so drop the connection instead.
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError, EOFError):
+            self._conn.close()
 
     def __enter__(self) -> Client:
         return self
@@ -160,6 +170,7 @@ class Client:
                 )
             return result.value
         except AsyncResultTimeout:
+            self._abandoned = True
             msg = f"{self.address}: no answer to {method} within {timeout:g}s"
             raise CallTimeout(msg) from None
         except (EOFError, OSError) as exc:

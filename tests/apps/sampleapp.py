@@ -144,6 +144,18 @@ def limited(seconds: float = 5.0) -> str:
 
 
 @task
+def whoami() -> str:
+    """This node's name; SAMPLEAPP_ROLE=raise makes it fail, =slow makes it hang."""
+    role = os.environ.get("SAMPLEAPP_ROLE", "")
+    if role == "raise":
+        msg = "this node is broken"
+        raise RuntimeError(msg)
+    if role == "slow":
+        time.sleep(120)
+    return os.environ.get("SAMPLEAPP_NAME", str(os.getpid()))
+
+
+@task
 def crash(code: int = 7) -> None:
     """End the whole process at once with exit status CODE (a crash, for the runner)."""
     os._exit(code)
