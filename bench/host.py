@@ -29,12 +29,32 @@ def spin(seconds: float) -> int:
     return count
 
 
+def many(directory: str, count: int) -> None:
+    """Agents for a fleet: the public start() allows one per process, so this uses the
+    Agent class directly (the server side is the same code)."""
+    from app_agent import _agent, wire
+    from app_agent._registry import registry
+
+    agents = []
+    for i in range(count):
+        agent = _agent.Agent(wire.parse_node(f"unix:{directory}/{i}.sock"), registry, app=f"a{i}")
+        agent._start()
+        agents.append(agent)
+    print(f"LISTENING {time.time():.6f}", flush=True)
+    sys.stdin.read()
+    for agent in agents:
+        agent.stop()
+
+
 def main() -> None:
     node, mode = sys.argv[1], sys.argv[2]
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     before = rss_kib()
     if mode == "bare":
         print(f"COUNT {spin(float(sys.argv[3]))}", flush=True)
+        return
+    if mode == "many":
+        many(node, int(sys.argv[3]))
         return
     import app_agent
 

@@ -496,6 +496,30 @@ def throughput(report: Report, work: Path, seconds: float) -> None:
     )
 
 
+def fleet_ping(report: Report, work: Path, count: int, runs: int) -> None:
+    """Row 7: one `rpcctl ping` of COUNT agents against a single ping, whole processes."""
+    directory = work / "fleet"
+    directory.mkdir()
+    nodes_file = work / "fleet.txt"
+    nodes_file.write_text("".join(f"unix:{directory}/{i}.sock\n" for i in range(count)))
+    with background([PY, str(HERE / "host.py"), str(directory), "many", str(count)], "LISTENING"):
+        single = [RPCCTL, "-n", f"unix:{directory}/0.sock", "ping"]
+        many = [RPCCTL, "--nodes-file", str(nodes_file), "ping"]
+        run_measured(single)
+        run_measured(many)
+        one_s, all_s = [], []
+        for _ in range(runs):
+            one_s.append(run_measured(single)[0])
+            all_s.append(run_measured(many)[0])
+    one, every = med(one_s), med(all_s)
+    report.add(
+        "7",
+        f"rpcctl ping of {count} agents (one process, --nodes-file)",
+        ms(every),
+        f"÷ single ping {every / one:.2f}x",
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -522,6 +546,7 @@ def main() -> None:
         ping_wait(report, work, 1 if args.quick else 5)
         agent_in_host(report, work, 0.5 if args.quick else 10.0, 0.3 if args.quick else 3.0)
         throughput(report, work, 0.5 if args.quick else 5.0)
+        fleet_ping(report, work, 5 if args.quick else 100, 2 if args.quick else 10)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     table = report.markdown()

@@ -37,5 +37,6 @@ def test_quick_benchmark_prints_every_row(tmp_path: object) -> None:
         "resident memory the agent adds",
         "host CPU loop slowdown",
         "8 concurrent clients",
+        "rpcctl ping of 5 agents",
     ):
         assert row in table, row
