@@ -222,32 +222,38 @@ class JobTable:
 
     def __init__(self, locks: Backend) -> None:
         self._lock = threading.Lock()
-        self._jobs: collections.OrderedDict[str, Job] = collections.OrderedDict()
+        self._running: dict[str, Job] = {}
+        self._finished: collections.OrderedDict[str, Job] = collections.OrderedDict()
         self._workers = Workers()
         self.locks = locks
 
     def create(self, task: Task, caller: str) -> Job:
         job = Job(os.urandom(4).hex(), task, caller)
         with self._lock:
-            self._jobs[job.id] = job
-            self._forget_old()
+            self._running[job.id] = job
         return job
 
-    def _forget_old(self) -> None:
-        finished = [j for j in self._jobs.values() if j.done]
-        for job in finished[: max(len(finished) - HISTORY, 0)]:
-            del self._jobs[job.id]
+    def _retire(self, job: Job) -> None:
+        """Move a finished job to the history, forgetting the oldest beyond HISTORY."""
+        with self._lock:
+            if self._running.pop(job.id, None) is not None:
+                self._finished[job.id] = job
+                while len(self._finished) > HISTORY:
+                    self._finished.popitem(last=False)
 
     def get(self, job_id: str) -> Job | None:
         with self._lock:
-            return self._jobs.get(job_id)
+            return self._running.get(job_id) or self._finished.get(job_id)
 
     def all(self) -> list[Job]:
+        """Every known job, oldest first."""
         with self._lock:
-            return list(self._jobs.values())
+            jobs = [*self._finished.values(), *self._running.values()]
+        return sorted(jobs, key=lambda j: j.started_at)
 
     def running(self) -> list[Job]:
-        return [j for j in self.all() if not j.done]
+        with self._lock:
+            return list(self._running.values())
 
     def start(
         self,
@@ -282,6 +288,7 @@ class JobTable:
                 FAILED,
                 error={"kind": str(wire.ErrorKind.BUSY), "message": str(busy)},
             )
+            self._retire(job)
             raise
 
     def _run(
@@ -305,6 +312,7 @@ class JobTable:
             _capture.current_job.reset(token)
             if lease is not None:
                 lease.release()
+            self._retire(job)
             if job.on_finish is not None:
                 job.on_finish()
 

@@ -21,7 +21,10 @@ from rpcctl.exceptions import (
     Unreachable,
     UsageError,
 )
-from rpcctl.fleet import MulticallResult, multicall
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from rpcctl.fleet import MulticallResult, multicall
 
 __all__ = [
     "AuthenticationFailed",
@@ -42,3 +45,14 @@ __all__ = [
     "ping",
     "wait_for",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # Loaded on first use: the fleet module brings concurrent.futures, which the probes'
+    # `rpcctl ping` does not need.
+    if name in ("multicall", "MulticallResult"):
+        from rpcctl import fleet
+
+        return getattr(fleet, name)
+    msg = f"module 'rpcctl' has no attribute {name!r}"
+    raise AttributeError(msg)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 from app_agent.wire import ErrorKind
+
+# Without importing typing (which costs the ping path ~10 ms); mypy knows this name.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import ClassVar
 
 
 class RpcctlError(Exception):

@@ -9,7 +9,6 @@ handshake and the call, so a dead or black-holed node never delays the others.
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import os
 import queue
 import socket
@@ -149,6 +148,8 @@ def fan_out(
         except (OSError, EOFError) as exc:
             outcome.error = Unreachable(f"{outcome.node}: {exc}")
         outcome.duration = time.monotonic() - node_started
+
+    import concurrent.futures
 
     workers = max(1, min(parallel, len(outcomes)))
     with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="rpcctl-fleet") as pool:

@@ -184,3 +184,21 @@ def test_sigterm_stops_the_app_and_removes_its_socket(sample_app: AppProcess) ->
     assert path.exists()
     assert sample_app.stop() == 0
     assert not path.exists()
+
+
+def test_ping_imports_only_what_it_needs(shared_sample_app: AppProcess) -> None:
+    """Probes run `rpcctl ping` every few seconds: no click, RPyC, structlog, SQLAlchemy,
+    typing or concurrent.futures on that path."""
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "rpcctl", "-n", shared_sample_app.node, "ping"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.stdout == "pong\n"
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line}
+    for heavy in ("click", "rpyc", "structlog", "sqlalchemy", "typing", "concurrent.futures"):
+        assert heavy not in imported, heavy
