@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from app_agent._agent import Agent
     from app_agent._capture import cancelled, progress
     from app_agent._options import StartOptions
+    from app_agent._readiness import set_ready
     from app_agent._registry import Task, reset_registry, task
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "current",
     "progress",
     "reset_registry",
+    "set_ready",
     "start",
     "task",
 ]
@@ -91,5 +93,9 @@ def __getattr__(name: str) -> object:
         from app_agent import _capture
 
         return getattr(_capture, name)
+    if name == "set_ready":
+        from app_agent._readiness import set_ready
+
+        return set_ready
     msg = f"module 'app_agent' has no attribute {name!r}"
     raise AttributeError(msg)

@@ -9,6 +9,7 @@ import os
 import socket
 import ssl
 import stat
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -18,6 +19,7 @@ from rpyc.utils.helpers import classpartial
 from rpyc.utils.server import ThreadedServer
 
 from app_agent import _auth, _capture, wire
+from app_agent import _readiness as readiness
 from app_agent._gate import Gate, describe_peer, server_tls_context
 from app_agent._locks import Backend, MemoryLocks
 from app_agent._locks import backend as lock_backends
@@ -131,11 +133,17 @@ class Agent:
         max_connections: int = 256,
         max_handshakes: int = 32,
         locks: Backend | None = None,
+        loop: Any = None,
     ) -> None:
         self.address = address
         self.log = get_logger()
         self.state = AgentState(
-            registry, node=str(address), app=app, log=self.log, locks=locks or MemoryLocks()
+            registry,
+            node=str(address),
+            app=app,
+            log=self.log,
+            locks=locks or MemoryLocks(),
+            loop=loop,
         )
         self.state.stop_handler = on_stop
         self.max_connections = max_connections
@@ -274,6 +282,17 @@ class Agent:
         if (st.st_dev, st.st_ino) == self._socket_inode:
             os.unlink(path)
 
+    def _abandon_in_child(self) -> None:
+        """After a fork, in the child: the server's threads did not come along, and its
+        sockets belong to the parent. Close the child's copies of the descriptors (never
+        shutdown(), which would reach the parent's socket too) and forget the socket file,
+        so the child neither serves nor deletes what its parent owns."""
+        self._stopped.set()
+        self._socket_inode = None
+        for sock in [self._server.listener, *list(self._server.clients)]:
+            with contextlib.suppress(OSError):
+                sock.close()
+
     def __enter__(self) -> Agent:
         return self
 
@@ -307,6 +326,7 @@ def start(
     tls_key: str | None = None,
     tls_client_ca: str | None = None,
     locks: str | None = None,
+    ready: bool | None = None,
 ) -> Agent:
     """Start this process's agent and return it once it listens.
 
@@ -322,7 +342,11 @@ def start(
     ``RPCCTL_TLS_KEY``); *tls_client_ca* (``RPCCTL_TLS_CLIENT_CA``) makes client
     certificates mandatory. *locks* (``RPCCTL_LOCKS``) chooses where ``@task(lock=...)``
     locks live: ``memory`` (default, this process), ``file:DIRECTORY`` (this host) or a
-    ``postgresql://`` URL (every replica using that database).
+    ``postgresql://`` URL (every replica using that database). *ready* sets the app's
+    readiness (see :func:`app_agent.set_ready`).
+
+    Started inside a running asyncio event loop, the agent runs ``async def`` tasks on that
+    loop, so they can use the app's async resources; sync tasks always run on threads.
     """
     global _current
     with _lock:
@@ -347,6 +371,8 @@ def start(
         except (ValueError, RuntimeError, OSError) as exc:
             raise ConfigurationError(f"locks: {exc}") from None
         import_task_modules(tasks)
+        if ready is not None:
+            readiness.set_ready(ready)
         agent = Agent(
             address,
             registry,
@@ -356,6 +382,7 @@ def start(
             cookie=secret,
             tls=tls,
             locks=lock_backend,
+            loop=_running_loop(),
         )
         agent._start()
         _current = agent
@@ -379,14 +406,34 @@ def _tls_context(
         raise ConfigurationError(msg) from None
 
 
+def _running_loop() -> Any:
+    """The event loop running in this thread, if any (asyncio is not imported for this)."""
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is None:
+        return None
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _after_fork_in_child() -> None:
+    global _current, _lock
+    _lock = threading.Lock()  # another thread may have held it at the moment of the fork
+    agent, _current = _current, None
+    if agent is not None:
+        agent._abandon_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def current() -> Agent | None:
     """The running agent of this process, if any."""
     return _current
 
 
 def _default_app_name() -> str:
-    import sys
-
     program = sys.argv[0] or "python"
     if os.path.basename(program) == "__main__.py":  # python -m pkg: the package's name
         program = os.path.dirname(program)

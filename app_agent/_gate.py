@@ -14,6 +14,7 @@ import struct
 from typing import Any
 
 from app_agent import _auth, wire
+from app_agent import _readiness as readiness
 from app_agent.wire import ErrorKind
 
 
@@ -80,6 +81,7 @@ class Gate:
                 methods.append("cookie")
             if op == "ping":
                 fields["pong"] = True
+                fields["ready"] = readiness.ready
             _send(sock, fields)
         except Refused as refused:
             log.warning("connection.refused", reason=refused.reason, auth="+".join(methods))

@@ -220,8 +220,9 @@ class Workers:
 class JobTable:
     """Runs jobs and keeps the running ones and a bounded history of finished ones."""
 
-    def __init__(self, locks: Backend) -> None:
+    def __init__(self, locks: Backend, loop: Any = None) -> None:
         self._lock = threading.Lock()
+        self.loop = loop  # the app's running event loop, when the agent started inside one
         self._running: dict[str, Job] = {}
         self._finished: collections.OrderedDict[str, Job] = collections.OrderedDict()
         self._workers = Workers()
@@ -297,7 +298,7 @@ class JobTable:
         token = _capture.current_job.set(job)
         try:
             if job.task.is_async:
-                result = _run_async(job, args, kwargs)
+                result = _run_async(job, args, kwargs, self.loop)
             else:
                 result = job.task.func(*args, **kwargs)
         # A task may raise anything, SystemExit included: it must never end the host app.
@@ -317,13 +318,16 @@ class JobTable:
                 job.on_finish()
 
 
-def _run_async(job: Job, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def _run_async(job: Job, args: tuple[Any, ...], kwargs: dict[str, Any], app_loop: Any) -> Any:
+    """Run an async task: on the app's own event loop when the agent started inside one (so
+    the task can use the app's async resources), else on a fresh loop of this thread."""
     import asyncio
 
     async def main() -> Any:
         loop = asyncio.get_running_loop()
         current = asyncio.current_task()
         assert current is not None
+        token = _capture.current_job.set(job)  # this task's own context, on either loop
 
         def cancel_coroutine() -> None:
             loop.call_soon_threadsafe(current.cancel)
@@ -331,8 +335,13 @@ def _run_async(job: Job, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         job._cancel_hook = cancel_coroutine
         if job.cancel_requested.is_set():
             current.cancel()
-        return await job.task.func(*args, **kwargs)
+        try:
+            return await job.task.func(*args, **kwargs)
+        finally:
+            _capture.current_job.reset(token)
 
+    if app_loop is not None and app_loop.is_running() and not app_loop.is_closed():
+        return asyncio.run_coroutine_threadsafe(main(), app_loop).result()
     return asyncio.run(main())
 
 

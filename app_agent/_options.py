@@ -19,3 +19,4 @@ class StartOptions(TypedDict, total=False):
     tls_key: str | None
     tls_client_ca: str | None
     locks: str | None
+    ready: bool | None

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import rpyc
 
+from app_agent import _readiness as readiness
 from app_agent import wire
 from app_agent._jobs import CANCELLED, SUCCEEDED, TIMED_OUT, Job, JobTable
 from app_agent._locks import Backend, Busy
@@ -50,12 +51,14 @@ PROTOCOL_CONFIG: dict[str, Any] = {
 class AgentState:
     """What every connection's service shares: the registry, jobs, identity."""
 
-    def __init__(self, registry: Registry, node: str, app: str, log: Any, locks: Backend) -> None:
+    def __init__(
+        self, registry: Registry, node: str, app: str, log: Any, locks: Backend, loop: Any = None
+    ) -> None:
         self.registry = registry
         self.node = node
         self.app = app
         self.log = log
-        self.jobs = JobTable(locks)
+        self.jobs = JobTable(locks, loop)
         self.started_at = time.time()
         self.stop_handler: Callable[[], None] | None = None
 
@@ -134,6 +137,8 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
                 },
                 "python": sys.executable,
                 "jobs": [job.summary() for job in state.jobs.running()],
+                "ready": readiness.ready,
+                "event_loop": state.jobs.loop is not None,
             }
         )
 

@@ -45,7 +45,8 @@ def _fast_ping(argv: list[str]) -> int | None:
     if split is None or split[1][:1] != ["ping"]:
         return None
     globals_, rest = split
-    ping_split = _options(rest[1:], _PING)
+    ready = "--ready" in rest[1:]
+    ping_split = _options([a for a in rest[1:] if a != "--ready"], _PING)
     if ping_split is None or ping_split[1]:
         return None
     try:
@@ -69,9 +70,9 @@ def _fast_ping(argv: list[str]) -> int | None:
         address = settings.address()
         security = settings.security()
         if wait is not None:
-            client.wait_for(address, wait, security)
+            client.wait_for(address, wait, security, ready=ready)
         else:
-            client.ping(address, timeout, security)
+            client.ping(address, timeout, security, ready=ready)
     except RpcctlError as exc:
         sys.stderr.write(f"rpcctl: error: {exc.message}\n")
         return exc.exit_code

@@ -18,6 +18,7 @@ from rpcctl.exceptions import (
     AuthenticationFailed,
     CallTimeout,
     ConfigError,
+    NotReady,
     Unreachable,
     UsageError,
 )
@@ -222,13 +223,17 @@ def _check(answer: dict[str, Any], address: Address, had_cookie: bool) -> None:
     raise BY_KIND[kind](f"{address}: {message}")
 
 
-def ping(address: Address, timeout: float, security: Security) -> None:
-    """One ping through the handshake alone: no RPyC on either side."""
+def ping(address: Address, timeout: float, security: Security, ready: bool = False) -> None:
+    """One ping through the handshake alone: no RPyC on either side. With *ready*, the app
+    must also have declared itself ready (NotReady otherwise)."""
     sock = open_socket(address, timeout, security)
     try:
-        handshake(sock, address, "ping", security)
+        answer = handshake(sock, address, "ping", security)
     finally:
         sock.close()
+    if ready and answer.get("ready") is False:
+        msg = f"{address}: the agent answers, but the app is not ready"
+        raise NotReady(msg)
 
 
 def _read_line(sock: socket.socket) -> bytes:

@@ -214,14 +214,27 @@ def cli(
     metavar="SECONDS",
     help="Keep trying (with backoff) until the agent answers or SECONDS pass.",
 )
+@click.option(
+    "--ready",
+    is_flag=True,
+    help="Also require the app to be ready (app_agent.set_ready); exit 3 while it is not.",
+)
 @timeout_option(client_mod.DEFAULT_TIMEOUT, "Seconds to wait for one answer (per node).")
 @fleet_options
 @json_option
 @pass_settings
 def ping(
-    settings: Settings, wait: float | None, timeout: float, parallel: int, min_ok: int | None
+    settings: Settings,
+    wait: float | None,
+    ready: bool,
+    timeout: float,
+    parallel: int,
+    min_ok: int | None,
 ) -> None:
-    """Print pong when the agent answers; exit 3 when it does not."""
+    """Print pong when the agent answers; exit 3 when it does not.
+
+    Liveness is `ping`, readiness is `ping --ready`, as Kubernetes asks them.
+    """
     if settings.is_fleet:
         result = fleet_mod.ping_all(
             settings.fleet(), timeout=timeout, parallel=parallel, security=settings.security()
@@ -230,9 +243,9 @@ def ping(
     address = settings.address()
     security = settings.security()
     if wait is not None:
-        waited = client_mod.wait_for(address, wait, security)
+        waited = client_mod.wait_for(address, wait, security, ready=ready)
     else:
-        client_mod.ping(address, timeout, security)
+        client_mod.ping(address, timeout, security, ready=ready)
         waited = 0.0
     if settings.json:
         emit_json({"ok": True, "result": "pong", "node": str(address), "waited_s": waited})

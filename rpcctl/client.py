@@ -363,15 +363,18 @@ def ping(
     node: str | Address | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     security: Security | None = None,
+    ready: bool = False,
 ) -> None:
-    """Ping the agent at *node* with the light handshake path; raise when it does not answer."""
-    _transport.ping(resolve_address(node), timeout, security or Security.resolve())
+    """Ping the agent at *node* with the light handshake path; raise when it does not answer
+    (or, with *ready*, when the app has not declared itself ready: NotReady, exit 3)."""
+    _transport.ping(resolve_address(node), timeout, security or Security.resolve(), ready)
 
 
 def wait_for(
     node: str | Address | None = None,
     timeout: float = 10.0,
     security: Security | None = None,
+    ready: bool = False,
 ) -> float:
     """Ping until the agent answers or *timeout* seconds pass; return the seconds waited.
 
@@ -390,7 +393,7 @@ def wait_for(
     while True:
         remaining = deadline - time.monotonic()
         try:
-            _transport.ping(address, max(min(DEFAULT_TIMEOUT, remaining), 0.05), security)
+            _transport.ping(address, max(min(DEFAULT_TIMEOUT, remaining), 0.05), security, ready)
         except (Unreachable, CallTimeout) as exc:
             remaining = deadline - time.monotonic()
             if remaining <= 0:

@@ -57,6 +57,10 @@ class Unreachable(RpcctlError):
     kind = ErrorKind.UNREACHABLE
 
 
+class NotReady(Unreachable):
+    """The agent answers, but the app says it cannot serve yet (``ping --ready``)."""
+
+
 class CallTimeout(RpcctlError):
     """The agent did not answer within the deadline; ``job`` names a job that goes on."""
 
