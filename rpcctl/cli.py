@@ -497,13 +497,19 @@ def release() -> None:
 @click.argument("name")
 @click.option("--module", help="The app's Python package (default: NAME).")
 @click.option("--force", is_flag=True, help="Overwrite existing files.")
-def release_init(name: str, module: str | None, force: bool) -> None:
+@json_option
+@pass_settings
+def release_init(settings: Settings, name: str, module: str | None, force: bool) -> None:
     """Write rpcctl.toml, bin/NAME and rel/hooks/*/ into the current directory."""
     from pathlib import Path
 
     from rpcctl import scaffold
 
-    for path in scaffold.init(name, Path.cwd(), force=force, module=module):
+    written = scaffold.init(name, Path.cwd(), force=force, module=module)
+    if settings.json:
+        emit_json({"ok": True, "result": {"files": [str(p) for p in written]}})
+        return
+    for path in written:
         click.echo(f"wrote {path}")
 
 
@@ -515,7 +521,9 @@ def cookie() -> None:
 @cookie.command("generate")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--force", is_flag=True, help="Replace an existing file.")
-def cookie_generate(file: str, force: bool) -> None:
+@json_option
+@pass_settings
+def cookie_generate(settings: Settings, file: str, force: bool) -> None:
     """Write a new random cookie (256 bits) to FILE, readable by its owner only.
 
     The cookie is never printed. Point the agent and its callers at FILE with
@@ -530,7 +538,10 @@ def cookie_generate(file: str, force: bool) -> None:
     except OSError as exc:
         msg = f"cannot write {file}: {exc.strerror}"
         raise ConfigError(msg) from None
-    click.echo(f"wrote a new cookie to {file} (mode 0600)", err=True)
+    if settings.json:
+        emit_json({"ok": True, "result": {"file": file, "mode": "0600"}})
+    else:
+        click.echo(f"wrote a new cookie to {file} (mode 0600)", err=True)
 
 
 @cli.command()

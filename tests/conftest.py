@@ -185,12 +185,16 @@ def shared_sample_app() -> Iterator[AppProcess]:
 
 
 def start_myapp(
-    workdir: Path, database_url: str | None = None, node: str | None = None
+    workdir: Path,
+    database_url: str | None = None,
+    node: str | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> AppProcess:
     env = {
         "PYTHONPATH": str(EXAMPLE),
         "MYAPP_HTTP": "127.0.0.1:0",
         "RPCCTL_LOG_LEVEL": "debug",
+        **(extra_env or {}),
     }
     if database_url:
         env["DATABASE_URL"] = database_url
@@ -201,7 +205,7 @@ def start_myapp(
         cwd=workdir,
         ready_line=None,
     )
-    result = run_rpcctl("-n", app.node, "ping", "--wait", str(DEADLINE))
+    result = run_rpcctl("-n", app.node, "ping", "--wait", str(DEADLINE), env=extra_env)
     if result.returncode != 0:
         pytest.fail(f"myapp did not come up: {result.stderr}\n{app.stderr()}")
     return app

@@ -156,6 +156,13 @@ def whoami() -> str:
 
 
 @task
+def ready(flag: bool = True) -> bool:
+    """Declare the app ready (or not)."""
+    app_agent.set_ready(flag)
+    return flag
+
+
+@task
 def crash(code: int = 7) -> None:
     """End the whole process at once with exit status CODE (a crash, for the runner)."""
     os._exit(code)

@@ -1,0 +1,1 @@
+"""asyncapp: a FastAPI service whose agent lives in its lifespan, on its own event loop."""

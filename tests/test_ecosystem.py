@@ -1,0 +1,328 @@
+"""The ecosystem: asyncio apps under uvicorn, pre-fork gunicorn, fork safety, readiness,
+and the deployment recipes (systemd, Kubernetes, Docker)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import DEADLINE, EXAMPLE, ROOT, AppProcess, run_rpcctl, wait_until
+
+EXAMPLES = ROOT / "examples"
+
+
+def http_get_unix(path: str, url: str) -> dict[str, object]:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(DEADLINE)
+        sock.connect(path)
+        sock.sendall(f"GET {url} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert b" 200 " in head.split(b"\r\n")[0], head
+    if b"chunked" in head.lower():
+        size, _, rest = body.partition(b"\r\n")
+        body = rest[: int(size, 16)]
+    result: dict[str, object] = json.loads(body)
+    return result
+
+
+def test_fastapi_under_uvicorn_runs_async_tasks_on_the_app_loop(short_tmp: Path) -> None:
+    node = f"unix:{short_tmp}/agent.sock"
+    http = str(short_tmp / "http.sock")
+    app = AppProcess(
+        [sys.executable, "-m", "uvicorn", "--uds", http, "asyncapp.main:app"],
+        node=node,
+        env={"PYTHONPATH": str(EXAMPLES / "asyncapp")},
+        ready_line=None,
+    )
+    try:
+        waited = run_rpcctl("-n", node, "ping", "--ready", "--wait", str(DEADLINE))
+        assert waited.returncode == 0, waited.stderr + app.stderr()
+        for expected in (1, 2, 3):
+            assert http_get_unix(http, "/visit") == {"visits": expected}
+        result = run_rpcctl("-n", node, "rpc", "asyncapp.tasks.visits")
+        assert json.loads(result.stdout) == {"visits": 3, "on_app_loop": True}, result.stderr
+        assert run_rpcctl("-n", node, "rpc", "asyncapp.tasks.reset_visits").stdout == "3\n"
+        assert http_get_unix(http, "/visit") == {"visits": 1}
+        thread = run_rpcctl("-n", node, "rpc", "asyncapp.tasks.thread_name").stdout
+        assert thread.strip() not in ("", "MainThread")
+        info = json.loads(run_rpcctl("-n", node, "info", "--json").stdout)["result"]
+        assert info["event_loop"] is True
+        app.proc.send_signal(signal.SIGTERM)
+        # uvicorn shuts down gracefully, then re-raises the signal it caught.
+        assert app.proc.wait(timeout=DEADLINE) in (0, -signal.SIGTERM)
+        assert not Path(node.removeprefix("unix:")).exists()  # the lifespan stopped it
+    finally:
+        app.close()
+
+
+def test_gunicorn_prefork_with_the_agent_in_the_arbiter(short_tmp: Path) -> None:
+    node = f"unix:{short_tmp}/agent.sock"
+    http = str(short_tmp / "http.sock")
+    cwd = EXAMPLES / "preforkapp"
+    app = AppProcess(
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "preforkapp.wsgi:app"],
+        node=node,
+        env={
+            "PYTHONPATH": str(cwd),
+            "PREFORKAPP_BIND": f"unix:{http}",
+            "PREFORKAPP_WORKERS": "3",
+        },
+        cwd=cwd,
+        ready_line=None,
+    )
+    try:
+        assert run_rpcctl("-n", node, "ping", "--wait", str(DEADLINE)).returncode == 0
+
+        def arbiter() -> dict[str, object]:
+            answer: dict[str, object] = json.loads(
+                run_rpcctl("-n", node, "rpc", "preforkapp.tasks.arbiter").stdout
+            )
+            return answer
+
+        wait_until(lambda: len(arbiter()["workers"]) == 3, what="three workers")  # type: ignore[arg-type]
+        first = arbiter()
+        assert first["pid"] == app.proc.pid  # the agent lives in the arbiter
+        served = http_get_unix(http, "/")
+        assert served["worker"] in first["workers"]  # type: ignore[operator]
+        assert served["arbiter"] == app.proc.pid
+        # Reload the workers through the agent: new workers, the same agent still answering.
+        assert run_rpcctl("-n", node, "rpc", "preforkapp.tasks.reload_workers").returncode == 0
+        old = set(first["workers"])  # type: ignore[call-overload]
+        wait_until(
+            lambda: len(arbiter()["workers"]) == 3 and not old & set(arbiter()["workers"]),  # type: ignore[arg-type,call-overload]
+            what="the workers to be replaced",
+        )
+        assert http_get_unix(http, "/")["arbiter"] == app.proc.pid
+        assert run_rpcctl("-n", node, "ping").returncode == 0
+        app.proc.send_signal(signal.SIGTERM)
+        app.proc.wait(timeout=DEADLINE)
+        assert not Path(node.removeprefix("unix:")).exists()
+    finally:
+        app.close()
+
+
+FORK_SCRIPT = """
+import os, sys, time
+import app_agent, rpcctl
+parent_node, child_node = sys.argv[1], sys.argv[2]
+agent = app_agent.start(node=parent_node)
+pid = os.fork()
+if pid == 0:
+    # The child: no inherited agent, its own can start, and exiting must not remove the
+    # parent's socket.
+    assert app_agent.current() is None
+    with app_agent.start(node=child_node):
+        rpcctl.ping(child_node)
+    rpcctl.ping(parent_node)  # the parent still serves on its socket
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+assert os.waitstatus_to_exitcode(status) == 0, status
+assert os.path.exists(parent_node[5:])
+rpcctl.ping(parent_node)
+agent.stop()
+print("ok")
+"""
+
+
+def test_a_forked_child_does_not_inherit_a_half_alive_agent(short_tmp: Path) -> None:
+    script = short_tmp / "fork.py"
+    script.write_text(FORK_SCRIPT)
+    result = subprocess.run(
+        [sys.executable, str(script), f"unix:{short_tmp}/p.sock", f"unix:{short_tmp}/c.sock"],
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE * 2,
+        check=False,
+    )
+    assert (result.returncode, result.stdout) == (0, "ok\n"), result.stderr
+
+
+def test_readiness(sample_app: AppProcess) -> None:
+    assert sample_app.rpcctl("ping", "--ready").stdout == "pong\n"
+    assert sample_app.rpcctl("rpc", "sampleapp.ready(False)").returncode == 0
+    not_ready = sample_app.rpcctl("ping", "--ready")
+    assert not_ready.returncode == 3
+    assert "the agent answers, but the app is not ready" in not_ready.stderr
+    assert sample_app.rpcctl("ping").returncode == 0  # alive all the same
+    waiter = subprocess.Popen(
+        [*run_argv(sample_app.node), "ping", "--ready", "--wait", str(DEADLINE)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert waiter.poll() is None
+    assert sample_app.rpcctl("rpc", "sampleapp.ready(True)").returncode == 0
+    out, err = waiter.communicate(timeout=DEADLINE * 2)
+    assert (waiter.returncode, out) == (0, "pong\n"), err
+
+
+def run_argv(node: str) -> list[str]:
+    from conftest import rpcctl_executable
+
+    return [rpcctl_executable(), "-n", node]
+
+
+# -- recipes ---------------------------------------------------------------------------------
+
+DEPLOY = EXAMPLES / "deploy"
+
+
+def test_systemd_unit(tmp_path: Path) -> None:
+    unit = (DEPLOY / "systemd" / "myapp.service").read_text()
+    lines = dict(
+        line.split("=", 1) for line in unit.splitlines() if "=" in line and not line.startswith("#")
+    )
+    assert lines["ExecStart"] == "/srv/myapp/bin/myapp start"
+    assert lines["ExecStop"].startswith("/srv/myapp/bin/myapp stop")
+    assert int(lines["TimeoutStopSec"]) > 30
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed: the unit was only parsed")
+    # Verify the unit with its paths pointing at this checkout's example release.
+    local = (
+        unit.replace("/srv/myapp", str(EXAMPLE))
+        .replace("User=myapp\n", "")
+        .replace("Group=myapp\n", "")
+    )
+    path = tmp_path / "myapp.service"
+    path.write_text(local)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(path)], capture_output=True, text=True, check=False
+    )
+    problems = [
+        line
+        for line in result.stderr.splitlines()
+        if ("myapp.service" in line and "Unknown" in line) or "Failed to parse" in line
+    ]
+    assert problems == [], result.stderr
+
+
+def test_kubernetes_manifests() -> None:
+    documents = list(yaml.safe_load_all((DEPLOY / "kubernetes" / "myapp.yaml").read_text()))
+    by_kind = {d["kind"]: d for d in documents}
+    service, deployment, job = by_kind["Service"], by_kind["Deployment"], by_kind["Job"]
+    assert service["spec"]["clusterIP"] == "None"  # headless: one record per pod
+    port = service["spec"]["ports"][0]["port"]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["RPCCTL_NODE"] == f"tcp://0.0.0.0:{port}"
+    assert env["RPCCTL_COOKIE_FILE"]  # TCP needs the cookie
+    assert container["command"][-1] == "start"
+    for probe, extra in (("livenessProbe", []), ("readinessProbe", ["--ready"])):
+        spec = container[probe]
+        assert spec["timeoutSeconds"] == 1
+        command = spec["exec"]["command"]
+        assert command[0].endswith("bin/myapp")
+        assert "ping" in command
+        assert all(flag in command for flag in extra)
+        assert float(command[command.index("--timeout") + 1]) < spec["timeoutSeconds"]
+    job_command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert "--one" in job_command
+    assert f"dns:myapp-agents.default.svc.cluster.local:{port}" in job_command
+    assert job_command[-1] == "myapp.tasks.migrate"
+    secret = deployment["spec"]["template"]["spec"]["volumes"][0]["secret"]
+    assert secret["defaultMode"] & 0o077 == 0  # owner-only, as rpcctl requires
+
+
+def test_kubernetes_probe_commands_work_against_a_live_app(short_tmp: Path) -> None:
+    """The probes' own argv (with this checkout's paths) against a real TCP agent."""
+    from conftest import start_myapp
+
+    documents = list(yaml.safe_load_all((DEPLOY / "kubernetes" / "myapp.yaml").read_text()))
+    container = next(d for d in documents if d["kind"] == "Deployment")["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    cookie = short_tmp / "cookie"
+    cookie.write_text("k" * 40)
+    cookie.chmod(0o600)
+    secret = {"RPCCTL_COOKIE_FILE": str(cookie)}
+    app = start_myapp(short_tmp, node=f"tcp://127.0.0.1:{port}", extra_env=secret)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RPCCTL_")}
+    env.update(secret, RPCCTL_BIN=str(Path(sys.executable).parent / "rpcctl"))
+    try:
+        for name in ("livenessProbe", "readinessProbe"):
+            argv = [
+                str(EXAMPLE / "bin" / "myapp") if a.endswith("bin/myapp") else a
+                for a in container[name]["exec"]["command"]
+            ]
+            argv = [a.replace("4370", str(port)) for a in argv]
+            result = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+            assert (result.returncode, result.stdout) == (0, "pong\n"), result.stderr
+    finally:
+        app.close()
+
+
+def test_dockerfile_healthcheck_uses_rpcctl_ping() -> None:
+    text = (DEPLOY / "docker" / "Dockerfile").read_text()
+    instructions = " ".join(text.replace("\\\n", " ").split("\n"))
+    assert 'CMD ["/srv/myapp/bin/myapp", "ping", "--ready"' in instructions
+    assert "HEALTHCHECK" in instructions
+    assert 'CMD ["/srv/myapp/bin/myapp", "start"]' in text
+
+
+# -- CLI conventions -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_shell_completion_scripts(shell: str) -> None:
+    result = run_rpcctl(env={"_RPCCTL_COMPLETE": f"{shell}_source"})
+    assert result.returncode == 0
+    assert "_RPCCTL_COMPLETE" in result.stdout
+
+
+def test_completion_of_commands() -> None:
+    result = run_rpcctl(
+        env={"_RPCCTL_COMPLETE": "bash_complete", "COMP_WORDS": "rpcctl pi", "COMP_CWORD": "1"}
+    )
+    assert "ping" in result.stdout
+    assert "pid" in result.stdout
+
+
+def test_no_color_and_no_tty_mean_no_colour(monkeypatch: pytest.MonkeyPatch) -> None:
+    from app_agent import _logging
+
+    class Tty:
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    assert _logging._colour_allowed(Tty()) is True  # type: ignore[arg-type]
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert _logging._colour_allowed(Tty()) is False  # type: ignore[arg-type]
+    assert _logging._colour_allowed(sys.stderr) is False  # pytest's stderr is not a TTY
+
+
+def test_every_command_has_json() -> None:
+    from rpcctl.cli import cli
+
+    lacking = []
+    for name, command in cli.commands.items():
+        subcommands = getattr(command, "commands", None)
+        for cmd_name, cmd in (subcommands or {name: command}).items():
+            if cmd_name == "start":
+                continue  # a foreground supervisor: its output is its structlog JSON log
+            if "as_json" not in {p.name for p in cmd.params}:
+                lacking.append(cmd_name)
+    assert lacking == []
+
+
+def test_release_init_json(short_tmp: Path) -> None:
+    result = run_rpcctl("release", "init", "jsonapp", "--json", cwd=short_tmp)
+    document = json.loads(result.stdout)
+    assert document["ok"] is True
+    assert str(short_tmp / "bin" / "jsonapp") in document["result"]["files"]
