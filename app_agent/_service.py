@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import os
 import platform
+import queue
 import signal
 import sys
 import threading
@@ -59,8 +60,16 @@ class AgentState:
         self.app = app
         self.log = log
         self.jobs = JobTable(locks, loop)
+        self._audit = _AuditWriter(log)
         self.started_at = time.time()
         self.stop_handler: Callable[[], None] | None = None
+
+    def audit(self, level: str, event: str, fields: dict[str, Any]) -> None:
+        """Log a call's outcome off the caller's path (see _AuditWriter)."""
+        self._audit.put(level, event, fields)
+
+    def flush_audit(self) -> None:
+        self._audit.flush()
 
     def request_stop(self, restart: bool) -> str:
         """Stop (or restart) the app gracefully; how it was asked: runner, handler or signal.
@@ -81,6 +90,49 @@ class AgentState:
             return "handler"
         os.kill(os.getpid(), signal.SIGTERM)
         return "signal"
+
+
+class _AuditWriter:
+    """Writes the per-call audit lines on a thread of its own, in order.
+
+    Rendering and writing a log line costs a call about as much as the rest of the agent's
+    work; handing it to this thread lets the reply leave first. Lines are written within
+    microseconds, in call order, and ``flush()`` (called by ``Agent.stop``) drains them.
+    """
+
+    def __init__(self, log: Any) -> None:
+        self._log = log
+        self._queue: queue.SimpleQueue[tuple[str, str, dict[str, Any]] | threading.Event] = (
+            queue.SimpleQueue()
+        )
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def put(self, level: str, event: str, fields: dict[str, Any]) -> None:
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._loop, name="rpcctl-audit", daemon=True
+                    )
+                    self._thread.start()
+        self._queue.put((level, event, fields))
+
+    def flush(self, timeout: float = 5.0) -> None:
+        if self._thread is None:
+            return
+        done = threading.Event()
+        self._queue.put(done)
+        done.wait(timeout)
+
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if isinstance(item, threading.Event):
+                item.set()
+                continue
+            level, event, fields = item
+            getattr(self._log, level)(event, **fields)
 
 
 class AgentService(rpyc.Service):  # type: ignore[misc]
@@ -261,14 +313,12 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
         fields = {"task": job.task.name, "job": job.id, "outcome": job.state, **job.audit}
         fields["duration_ms"] = _ms(started)
         if job.state == SUCCEEDED:
-            self._state.log.info("call.finished", **fields)
-        else:
-            error = job.error or {}
-            self._state.log.warning(
-                "call.finished",
-                error=f"{error.get('type', '')}: {error.get('message', '')}",
-                **fields,
-            )
+            self._state.audit("info", "call.finished", fields)
+            return
+        if job.error:
+            kind = job.error.get("type") or job.error.get("kind")
+            fields["error"] = f"{kind}: {job.error.get('message', '')}"
+        self._state.audit("warning", "call.finished", fields)
 
     def _no_such_task(self, name: str) -> str:
         hint = ""

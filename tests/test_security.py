@@ -222,6 +222,26 @@ def test_runner_hands_the_cookie_file_to_app_and_hooks(short_tmp: Path) -> None:
         r.close()
 
 
+def test_audit_log_records_calls_with_argument_sizes_not_values(sample_app: AppProcess) -> None:
+    private_value = "hunter2-do-not-log"
+    assert sample_app.rpcctl("rpc", f'sampleapp.echo("{private_value}")').returncode == 0
+    assert sample_app.rpcctl("rpc", 'sampleapp.greet("ops")').returncode == 0
+    assert sample_app.rpcctl("rpc", "sampleapp.boom").returncode == 1
+    log = agent_log(sample_app)
+    calls = {e["task"]: e for e in log if e["event"] == "call.finished"}
+    echo = calls["sampleapp.echo"]
+    assert echo["arguments"] == {"value": len(json.dumps(private_value))}
+    assert "values" not in echo
+    assert echo["outcome"] == "succeeded"
+    assert echo["caller"].startswith(f"uid={os.geteuid()} pid=")
+    assert echo["auth"] == "peer-uid"
+    assert echo["duration_ms"] >= 0
+    assert calls["sampleapp.greet"]["values"] == {"name": "ops"}  # the task opted in
+    assert calls["sampleapp.boom"]["outcome"] == "failed"
+    assert calls["sampleapp.boom"]["error"] == "ValueError: boom"
+    assert private_value not in json.dumps(log)
+
+
 # -- TLS -------------------------------------------------------------------------------------
 
 

@@ -155,6 +155,12 @@ def whoami() -> str:
     return os.environ.get("SAMPLEAPP_NAME", str(os.getpid()))
 
 
+@task(log_values=True)
+def greet(name: str) -> str:
+    """Greet NAME (its argument values may be logged: nothing secret here)."""
+    return f"hello {name}"
+
+
 @task
 def ready(flag: bool = True) -> bool:
     """Declare the app ready (or not)."""
