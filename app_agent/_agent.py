@@ -267,7 +267,6 @@ class Agent:
         self._stopped.set()
         self._server.close()
         self._thread.join(timeout=5)
-        self.state.flush_audit()
         _capture.uninstall()
         if self.address.is_unix and self._socket_inode is not None:
             self._remove_own_socket(self.address.path)

@@ -38,6 +38,22 @@ CANCELLED = "cancelled"
 TIMED_OUT = "timed_out"
 
 
+class _Flag:
+    """A set-once boolean (what a threading.Event offers, without its Condition: a job
+    never waits on it)."""
+
+    __slots__ = ("_set",)
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+
 class Job:
     """One call of one task."""
 
@@ -50,7 +66,7 @@ class Job:
         self.state = RUNNING
         self.result: Any = None
         self.error: dict[str, Any] | None = None
-        self.cancel_requested = threading.Event()
+        self.cancel_requested = _Flag()
         self.timed_out = False
         self._cond = threading.Condition()
         self._events: collections.deque[dict[str, Any]] = collections.deque()

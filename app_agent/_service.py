@@ -10,7 +10,6 @@ from __future__ import annotations
 import difflib
 import os
 import platform
-import queue
 import signal
 import sys
 import threading
@@ -18,6 +17,7 @@ import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import rpyc
+from rpyc.core.protocol import Connection
 
 from app_agent import _readiness as readiness
 from app_agent import wire
@@ -60,16 +60,8 @@ class AgentState:
         self.app = app
         self.log = log
         self.jobs = JobTable(locks, loop)
-        self._audit = _AuditWriter(log)
         self.started_at = time.time()
         self.stop_handler: Callable[[], None] | None = None
-
-    def audit(self, level: str, event: str, fields: dict[str, Any]) -> None:
-        """Log a call's outcome off the caller's path (see _AuditWriter)."""
-        self._audit.put(level, event, fields)
-
-    def flush_audit(self) -> None:
-        self._audit.flush()
 
     def request_stop(self, restart: bool) -> str:
         """Stop (or restart) the app gracefully; how it was asked: runner, handler or signal.
@@ -92,47 +84,19 @@ class AgentState:
         return "signal"
 
 
-class _AuditWriter:
-    """Writes the per-call audit lines on a thread of its own, in order.
+class _AgentConnection(Connection):  # type: ignore[misc]
+    """RPyC's connection, running its service's after-reply actions once a reply is sent.
 
-    Rendering and writing a log line costs a call about as much as the rest of the agent's
-    work; handing it to this thread lets the reply leave first. Lines are written within
-    microseconds, in call order, and ``flush()`` (called by ``Agent.stop``) drains them.
+    The per-call audit line costs about as much as the rest of the agent's work on a call;
+    written after the reply has left, it no longer delays the caller, and it stays on the
+    connection's own thread, in call order.
     """
 
-    def __init__(self, log: Any) -> None:
-        self._log = log
-        self._queue: queue.SimpleQueue[tuple[str, str, dict[str, Any]] | threading.Event] = (
-            queue.SimpleQueue()
-        )
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-
-    def put(self, level: str, event: str, fields: dict[str, Any]) -> None:
-        if self._thread is None:
-            with self._lock:
-                if self._thread is None:
-                    self._thread = threading.Thread(
-                        target=self._loop, name="rpcctl-audit", daemon=True
-                    )
-                    self._thread.start()
-        self._queue.put((level, event, fields))
-
-    def flush(self, timeout: float = 5.0) -> None:
-        if self._thread is None:
-            return
-        done = threading.Event()
-        self._queue.put(done)
-        done.wait(timeout)
-
-    def _loop(self) -> None:
-        while True:
-            item = self._queue.get()
-            if isinstance(item, threading.Event):
-                item.set()
-                continue
-            level, event, fields = item
-            getattr(self._log, level)(event, **fields)
+    def _dispatch_request(self, seq: Any, raw_args: Any) -> None:
+        super()._dispatch_request(seq, raw_args)
+        service = self._local_root
+        if isinstance(service, AgentService):
+            service.run_after_reply()
 
 
 class AgentService(rpyc.Service):  # type: ignore[misc]
@@ -142,10 +106,17 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
         {"ping", "info", "tasks", "call", "run", "events", "jobs", "cancel", "stop"}
     )
 
+    _protocol = _AgentConnection
+
     def __init__(self, state: AgentState) -> None:
         self._state = state
         self._caller = "unknown"
         self._auth = "none"
+        self._after_reply: list[Callable[[], None]] = []
+
+    def run_after_reply(self) -> None:
+        while self._after_reply:
+            self._after_reply.pop(0)()
 
     def on_connect(self, conn: Any) -> None:
         credentials = conn._config.get("credentials")
@@ -227,7 +198,7 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
             return wire.error(ErrorKind.BUSY, str(busy), job=job.id)
         if not inline:
             job.wait(None)
-        self._log_finished(job, started)
+        self._after_reply.append(lambda: self._log_finished(job, started))
         return _outcome(job)
 
     def exposed_run(
@@ -313,12 +284,12 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
         fields = {"task": job.task.name, "job": job.id, "outcome": job.state, **job.audit}
         fields["duration_ms"] = _ms(started)
         if job.state == SUCCEEDED:
-            self._state.audit("info", "call.finished", fields)
+            self._state.log.info("call.finished", **fields)
             return
         if job.error:
             kind = job.error.get("type") or job.error.get("kind")
             fields["error"] = f"{kind}: {job.error.get('message', '')}"
-        self._state.audit("warning", "call.finished", fields)
+        self._state.log.warning("call.finished", **fields)
 
     def _no_such_task(self, name: str) -> str:
         hint = ""
