@@ -20,6 +20,16 @@ def rss_kib() -> int:
     return 0
 
 
+def private_kib() -> int:
+    """Memory this process alone holds (shared libraries' pages excluded): USS."""
+    total = 0
+    with open("/proc/self/smaps_rollup") as f:
+        for line in f:
+            if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                total += int(line.split()[1])
+    return total
+
+
 def spin(seconds: float) -> int:
     count = 0
     deadline = time.perf_counter() + seconds
@@ -49,7 +59,13 @@ def many(directory: str, count: int) -> None:
 def main() -> None:
     node, mode = sys.argv[1], sys.argv[2]
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    before = rss_kib()
+    before, before_private = rss_kib(), private_kib()
+    if mode == "floor":  # only the libraries the agent needs, for comparison
+        import rpyc  # noqa: F401
+        import structlog  # noqa: F401
+
+        print(f"FLOOR {rss_kib() - before} {private_kib() - before_private}", flush=True)
+        return
     if mode == "bare":
         print(f"COUNT {spin(float(sys.argv[3]))}", flush=True)
         return
@@ -67,7 +83,7 @@ def main() -> None:
         agent.stop()
         return
     sys.stdin.read()  # serve until the benchmark closes our stdin
-    print(f"RSS_SERVED {rss_kib()}", flush=True)
+    print(f"RSS_SERVED {rss_kib()} {private_kib() - before_private}", flush=True)
     agent.stop()
 
 

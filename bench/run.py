@@ -402,7 +402,11 @@ def agent_in_host(report: Report, work: Path, idle_seconds: float, spin_seconds:
         idle_cpu = proc_cpu(host.pid) - cpu0
         assert host.stdin is not None
         host.stdin.close()
-        served = int(host.stdout.readline().split()[1])
+        served_line = host.stdout.readline().split()
+        served, served_private = int(served_line[1]), int(served_line[2])
+    floor = subprocess.run(
+        [PY, str(HERE / "host.py"), node, "floor"], capture_output=True, text=True, check=True
+    ).stdout.split()
     report.add(
         "5",
         f"agent idle CPU over {idle_seconds:g} s",
@@ -415,10 +419,15 @@ def agent_in_host(report: Report, work: Path, idle_seconds: float, spin_seconds:
     report.add(
         "5",
         "resident memory the agent adds (started, one call served)",
-        f"{added:.1f} MiB",
-        f"start only {(after - before) / 1024:.1f} MiB",
+        f"{added:.1f} MiB RSS, {served_private / 1024:.1f} MiB private",
+        f"start only {(after - before) / 1024:.1f} MiB RSS",
         "< 10 MiB",
         verdict(added < 10),
+    )
+    report.add(
+        "5",
+        "of which importing rpyc and structlog alone (the floor)",
+        f"{int(floor[1]) / 1024:.1f} MiB RSS, {int(floor[2]) / 1024:.1f} MiB private",
     )
 
     bare_counts, loaded_counts = [], []
