@@ -70,7 +70,7 @@ class AgentState:
         otherwise the app's own stop handler runs, or the process gets SIGTERM.
         """
         runner = os.environ.get(wire.RUNNER_ENV, "")
-        if runner.isdigit() and _alive(int(runner)):
+        if runner.isdigit() and wire.pid_alive(int(runner)):
             os.kill(int(runner), signal.SIGHUP if restart else signal.SIGTERM)
             return "runner"
         if restart:
@@ -303,16 +303,6 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
         if best[0] >= 0.75:
             hint = f" (did you mean {best[1]}?)"
         return f"no task named {name!r}{hint}; `rpcctl tasks` lists the registered tasks"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _outcome(job: Job) -> str:

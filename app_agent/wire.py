@@ -144,6 +144,17 @@ def _parse_host_port(scheme: str, text: str, rest: str) -> Address:
     return Address(scheme, host=host, port=int(port_text))
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process *pid* exists on this host (a zombie counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, as another user's
+    return True
+
+
 # --- the JSON codec ------------------------------------------------------------------------
 
 

@@ -584,7 +584,7 @@ def logs(settings: Settings, job_id: str, follow: bool) -> None:
                 with contextlib.suppress(RpcctlError):
                     conn.follow(job_id, on_event=printer)  # its outcome is `wait`'s business
             else:
-                snapshot = conn._events(job_id, 0, 0.0)
+                snapshot = conn.events(job_id, 0, 0.0)
                 if snapshot.get("dropped"):
                     click.echo(f"({snapshot['dropped']} earlier events were dropped)", err=True)
                 for event in snapshot["events"]:

@@ -257,7 +257,7 @@ class Client:
         while True:
             if snapshot is None:
                 wait = 1.0 if deadline is None else max(min(1.0, deadline - time.monotonic()), 0)
-                snapshot = self._events(job_id, since, wait)
+                snapshot = self.events(job_id, since, wait)
             for event in snapshot["events"]:
                 if on_event is not None:
                     on_event(event)
@@ -275,7 +275,7 @@ class Client:
 
     def job(self, job_id: str) -> dict[str, Any]:
         """One job's summary: id, task, caller, state, started_at, duration_s, result/error."""
-        snapshot = self._events(job_id, 1 << 62, 0.0)
+        snapshot = self.events(job_id, 1 << 62, 0.0)
         return {
             k: v for k, v in snapshot.items() if k not in ("events", "cursor", "dropped", "job")
         }
@@ -290,7 +290,9 @@ class Client:
         result: dict[str, Any] = self._reply(self._request("cancel", self.timeout, job_id))
         return result
 
-    def _events(self, job_id: str, since: int, wait: float) -> dict[str, Any]:
+    def events(self, job_id: str, since: int = 0, wait: float = 0.0) -> dict[str, Any]:
+        """Job *job_id*'s events from *since* on (waiting up to *wait* s for new ones), with
+        its summary."""
         snapshot: dict[str, Any] = self._reply(
             self._request("events", self.timeout + wait, job_id, since, wait)
         )
@@ -468,10 +470,4 @@ def _process_exists(pid: int) -> bool:
     except FileNotFoundError:
         return False
     except OSError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        return wire.pid_alive(pid)

@@ -19,7 +19,7 @@ import time
 from typing import Any, Final
 
 from app_agent._auth import COOKIE_FILE_ENV
-from app_agent.wire import NODE_ENV, RUNNER_ENV
+from app_agent.wire import NODE_ENV, RUNNER_ENV, pid_alive
 from rpcctl import _transport, hooks
 from rpcctl._transport import Security
 from rpcctl.config import Config, rpcctl_executable
@@ -264,7 +264,7 @@ class Runner:
 
     def _refuse_recursion(self) -> None:
         runner = os.environ.get(RUNNER_ENV)
-        if runner and runner.isdigit() and _alive(int(runner)):
+        if runner and runner.isdigit() and pid_alive(int(runner)):
             msg = (
                 f"refusing to start {self.config.name} from inside a running release "
                 f"(runner pid {runner}): a hook or the app itself ran `start` again"
@@ -318,13 +318,3 @@ class Runner:
         with contextlib.suppress(BlockingIOError):
             while os.read(self._wakeup_r, 512):
                 pass
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -71,7 +71,9 @@ set -eu
 # The runner has already seen a ping; this also makes the script safe to run by hand.
 "$RPCCTL" ping --wait 30 >/dev/null
 echo "migrating {name} (pid ${{RPCCTL_APP_PID:-?}})"
-"$RPCCTL" rpc {module}.tasks.migrate
+# --lock-wait: with a lock backend shared by replicas, every replica can run this hook;
+# one migrates, the others wait for it and then find nothing left to do.
+"$RPCCTL" rpc --lock-wait 300 {module}.tasks.migrate
 """
 
 

@@ -6,4 +6,6 @@ set -eu
 # The runner has already seen a ping; this also makes the script safe to run by hand.
 "$RPCCTL" ping --wait 30 >/dev/null
 echo "migrating myapp (pid ${RPCCTL_APP_PID:-?})"
-"$RPCCTL" rpc myapp.tasks.migrate
+# --lock-wait: with a lock backend shared by replicas, every replica can run this hook;
+# one migrates, the others wait for it and then find nothing left to do.
+"$RPCCTL" rpc --lock-wait 300 myapp.tasks.migrate
