@@ -424,6 +424,17 @@ def agent_in_host(report: Report, work: Path, idle_seconds: float, spin_seconds:
         "< 10 MiB",
         verdict(added < 10),
     )
+    with background([PY, str(HERE / "host.py"), f"{node}.web", "webhost"], "LISTENING") as web:
+        assert web.stdout is not None
+        web_before, web_after = (int(x) for x in web.stdout.readline().split()[1:3])
+    report.add(
+        "5",
+        "agent started in a host that already loaded asyncio, ssl, logging (a web app)",
+        f"{(web_after - web_before) / 1024:.1f} MiB RSS",
+        "",
+        "< 10 MiB",
+        verdict((web_after - web_before) / 1024 < 10),
+    )
     report.add(
         "5",
         "of which importing rpyc and structlog alone (the floor)",
