@@ -199,15 +199,30 @@ def test_output_is_bounded(agent_in_process: Any) -> None:
 
 
 def test_lock_busy_fails_at_once_or_waits(sample_app: AppProcess) -> None:
-    holder = sample_app.rpcctl("rpc", "--detach", "sampleapp.locked(1.5)").stdout.strip()
+    holder = sample_app.rpcctl("rpc", "--detach", "sampleapp.locked(120)").stdout.strip()
     wait_until(lambda: "holding the lock" in sample_app.rpcctl("logs", holder).stdout)
     busy = sample_app.rpcctl("rpc", "sampleapp.locked(0)")
     assert busy.returncode == 7
     assert f"lock 'sample-lock' is held by job {holder} (sampleapp.locked" in busy.stderr
     assert " since " in busy.stderr
-    waited = sample_app.rpcctl("rpc", "--lock-wait", "30", "sampleapp.locked(0)")
-    assert waited.returncode == 0, waited.stderr
-    assert waited.stdout.endswith("released\n")
+    waiter = popen_rpcctl(sample_app.node, "rpc", "--lock-wait", "60", "sampleapp.locked(0)")
+    try:
+        wait_until(
+            lambda: (
+                sum(j["task"] == "sampleapp.locked" for j in jobs(sample_app)) == 3
+                or waiter.poll() is not None
+            ),
+            what="the second caller to wait for the lock",
+        )
+        assert waiter.poll() is None  # still waiting: the holder has not let go
+        assert sample_app.rpcctl("cancel", holder).returncode == 0
+        out, err = waiter.communicate(timeout=DEADLINE)
+    finally:
+        if waiter.poll() is None:
+            waiter.kill()
+            waiter.communicate()
+    assert waiter.returncode == 0, err
+    assert out.endswith("released\n")
 
 
 def two_apps(short_tmp: Path, locks: str) -> tuple[AppProcess, AppProcess]:

@@ -262,12 +262,15 @@ def test_a_hook_that_starts_again_is_refused(release: Any) -> None:
     assert len(r.marker()) == 2  # one app, started and stopped once
 
 
+HANG = "import threading; threading.Event().wait()"  # an app whose agent never starts
+
+
 def test_never_ready_and_early_exit(release: Any, short_tmp: Path) -> None:
     r = release({}, toml="ready_timeout = 1\n")
     r.config.write_text(
         r.config.read_text().replace(
             "command = [",
-            f'command = [{json.dumps(sys.executable)}, "-c", "import time; time.sleep(60)"]\n# [',
+            f'command = [{json.dumps(sys.executable)}, "-c", {json.dumps(HANG)}]\n# [',
         )
     )
     status, log = r.start().wait()
@@ -275,7 +278,9 @@ def test_never_ready_and_early_exit(release: Any, short_tmp: Path) -> None:
     assert "did not answer ping" in by_event(log, "runner.never_ready")[0]["reason"]
 
     r.config.write_text(
-        r.config.read_text().replace("import time; time.sleep(60)", "raise SystemExit(5)")
+        r.config.read_text().replace(
+            "import threading; threading.Event().wait()", "raise SystemExit(5)"
+        )
     )
     status, log = r.start().wait()
     assert status == 5

@@ -19,6 +19,9 @@ from typing import Any
 import app_agent
 from app_agent import task
 
+# How often the cooperative tasks below look at what they wait for (a file, cancellation).
+TICK = 0.01
+
 _counter_lock = threading.Lock()
 _counter = 0
 
@@ -95,7 +98,7 @@ def chatty(lines: int = 10, pause: float = 0.0, gate: str = "") -> int:
     for i in range(1, lines + 1):
         if i == lines and gate:
             while not os.path.exists(gate):
-                time.sleep(0.01)
+                time.sleep(TICK)
         print(f"line {i}")
         app_agent.progress(i, lines, f"step {i}")
         if i == 1:
@@ -114,7 +117,7 @@ def cancellable(seconds: float = 30.0) -> str:
         if app_agent.cancelled():
             print("stopping early")
             return "stopped"
-        time.sleep(0.01)
+        time.sleep(TICK)
     return "finished"
 
 
@@ -128,9 +131,11 @@ async def async_wait(seconds: float = 30.0) -> str:
 
 @task(lock="sample-lock")
 def locked(seconds: float = 1.0) -> str:
-    """Hold the sample-lock for SECONDS."""
+    """Hold the sample-lock for SECONDS, or until cancelled."""
     print("holding the lock")
-    time.sleep(seconds)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not app_agent.cancelled():
+        time.sleep(TICK)
     return "released"
 
 
@@ -139,7 +144,7 @@ def limited(seconds: float = 5.0) -> str:
     """Sleep SECONDS (checking cancellation) under an agent-side timeout of 0.3 s."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline and not app_agent.cancelled():
-        time.sleep(0.01)
+        time.sleep(TICK)
     return "ended"
 
 
