@@ -7,7 +7,6 @@ A config error names the file, the key and what is expected, and is a usage erro
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import tomllib
 from pathlib import Path
@@ -213,4 +212,6 @@ def rpcctl_executable() -> str:
     here = os.path.join(os.path.dirname(sys.executable), "rpcctl")
     if os.access(here, os.X_OK):
         return here
+    import shutil  # here only: it is costly to import, and `ping --config` needs none of it
+
     return shutil.which("rpcctl") or "rpcctl"
