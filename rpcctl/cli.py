@@ -237,7 +237,11 @@ def ping(
     """
     if settings.is_fleet:
         result = fleet_mod.ping_all(
-            settings.fleet(), timeout=timeout, parallel=parallel, security=settings.security()
+            settings.fleet(),
+            timeout=timeout,
+            parallel=parallel,
+            security=settings.security(),
+            ready=ready,
         )
         run_fleet(settings, result, min_ok)
     address = settings.address()
@@ -286,6 +290,9 @@ def rpc(
     stderr), and its progress as a bar on a terminal.
     """
     call = expr.parse(expression)
+    if settings.is_fleet and not one and detach:
+        msg = "--detach starts a job on one node: give one --node, or add --one"
+        raise ConfigError(msg)
     if settings.is_fleet and not one:
         result = fleet_mod.multicall(
             settings.fleet(),
@@ -294,6 +301,7 @@ def rpc(
             timeout=timeout or 30.0,
             parallel=parallel,
             security=settings.security(),
+            lock_wait=lock_wait,
             **call.kwargs,
         )
         run_fleet(settings, result, min_ok)

@@ -142,14 +142,19 @@ class Client:
         args: tuple[Any, ...] | list[Any] = (),
         kwargs: dict[str, Any] | None = None,
         timeout: float | None = None,
+        lock_wait: float = 0.0,
     ) -> Any:
-        """Like :meth:`call`, with an optional *timeout* in seconds (CallTimeout when it passes).
+        """Like :meth:`call`, with an optional *timeout* in seconds (CallTimeout when it passes)
+        and *lock_wait*, the seconds to wait for a busy task lock (Busy at once by default).
 
         The task itself goes on running in the agent when the timeout passes.
         """
         args_json, kwargs_json = _encode_arguments(args, kwargs or {})
+        request: tuple[str, ...] = (name, args_json, kwargs_json)
+        if lock_wait:
+            request += (wire.dumps({"lock_wait": lock_wait}),)
         try:
-            text = self._request("call", timeout, name, args_json, kwargs_json)
+            text = self._request("call", timeout, *request)
         except CallTimeout:
             msg = (
                 f"{name} did not finish within {timeout:g}s; "

@@ -109,15 +109,19 @@ def multicall(
     timeout: float = 10.0,
     parallel: int = 32,
     security: Security | None = None,
+    lock_wait: float = 0.0,
     **kwargs: Any,
 ) -> MulticallResult:
-    """Call task *name* on every node in parallel; each node gets *timeout* seconds in all."""
+    """Call task *name* on every node in parallel; each node gets *timeout* seconds in all
+    (a busy task lock is waited for up to *lock_wait* of them)."""
 
     def call(address: Address, deadline: float, sec: Security) -> Any:
         from rpcctl.client import Client
 
         with Client(address, timeout=_remaining(deadline), security=sec) as conn:
-            return conn.invoke(name, args, kwargs, timeout=_remaining(deadline))
+            return conn.invoke(
+                name, args, kwargs, timeout=_remaining(deadline), lock_wait=lock_wait
+            )
 
     return fan_out(nodes, call, timeout=timeout, parallel=parallel, security=security)
 
@@ -162,11 +166,13 @@ def ping_all(
     timeout: float = 5.0,
     parallel: int = 32,
     security: Security | None = None,
+    ready: bool = False,
 ) -> MulticallResult:
-    """Ping every node through the handshake alone (no RPyC)."""
+    """Ping every node through the handshake alone (no RPyC); with *ready*, each app must
+    also be ready."""
 
     def ping(address: Address, deadline: float, sec: Security) -> str:
-        _transport.ping(address, _remaining(deadline), sec)
+        _transport.ping(address, _remaining(deadline), sec, ready)
         return "pong"
 
     return fan_out(nodes, ping, timeout=timeout, parallel=parallel, security=security)

@@ -233,3 +233,22 @@ def test_discover_keeps_ipv6_brackets(monkeypatch: pytest.MonkeyPatch) -> None:
         "tls://[fd00::1]:4370",
         "tls://10.0.0.2:4370",
     ]
+
+
+def test_detach_needs_one_node(agents: list[AppProcess]) -> None:
+    result = run_rpcctl(*fleet_args([a.node for a in agents[2:4]]), "rpc", "--detach", "add(1)")
+    assert result.returncode == 2
+    assert "--detach starts a job on one node" in result.stderr
+
+
+def test_fleet_readiness(agents: list[AppProcess]) -> None:
+    nodes = [a.node for a in agents[7:9]]
+    assert run_rpcctl("-n", nodes[0], "rpc", "sampleapp.ready(False)").returncode == 0
+    try:
+        result = run_rpcctl(*fleet_args(nodes), "ping", "--ready", "--json")
+        rows = [json.loads(line) for line in result.stdout.splitlines()[:-1]]
+        assert [r["ok"] for r in rows] == [False, True]
+        assert "not ready" in rows[0]["error"]["message"]
+        assert result.returncode == 3
+    finally:
+        run_rpcctl("-n", nodes[0], "rpc", "sampleapp.ready(True)")

@@ -285,3 +285,27 @@ def test_postgres_advisory_lock_across_processes(short_tmp: Path, pg_url: str) -
     finally:
         first.close()
         second.close()
+
+
+def test_client_call_can_wait_for_a_lock(agent_in_process: Any) -> None:
+    import threading
+
+    import rpcctl
+
+    with rpcctl.connect(agent_in_process.node) as app:
+        holder = app.start("sampleapp.locked", [60.0])
+        wait_until(lambda: app.job(holder)["state"] == "running")
+        with pytest.raises(rpcctl.Busy, match=f"held by job {holder}"):
+            app.call("sampleapp.locked", 0)
+        results: list[str] = []
+
+        def second() -> None:
+            with rpcctl.connect(agent_in_process.node) as other:
+                results.append(other.invoke("sampleapp.locked", [0], lock_wait=60))
+
+        waiter = threading.Thread(target=second)
+        waiter.start()
+        wait_until(lambda: len(app.jobs()) >= 3, what="the waiting call to register")
+        app.cancel(holder)
+        waiter.join(DEADLINE)
+    assert results == ["released"]
