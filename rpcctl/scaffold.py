@@ -21,6 +21,7 @@ command = ["python", "-m", "{module}"]
 node = "unix:run/{name}.sock"
 # cwd = "."
 # env = {{ LOG_LEVEL = "info" }}
+# cookie_file = "cookie"  # required for tcp:// nodes: `rpcctl cookie generate cookie`
 # ready_timeout = 30      # seconds for the agent to answer ping after the app starts
 # stop_timeout = 10       # seconds between SIGTERM and SIGKILL
 
