@@ -21,6 +21,8 @@ from app_agent import task
 
 # How often the cooperative tasks below look at what they wait for (a file, cancellation).
 TICK = 0.01
+# How long the "slow" fleet node's task takes: far past any fleet test's deadline.
+SLOW_NODE_SECONDS = 120
 
 _counter_lock = threading.Lock()
 _counter = 0
@@ -156,7 +158,7 @@ def whoami() -> str:
         msg = "this node is broken"
         raise RuntimeError(msg)
     if role == "slow":
-        time.sleep(120)
+        time.sleep(SLOW_NODE_SECONDS)
     return os.environ.get("SAMPLEAPP_NAME", str(os.getpid()))
 
 
