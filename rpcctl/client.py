@@ -169,6 +169,9 @@ class Client:
         from rpyc.core import consts
         from rpyc.core.async_ import AsyncResultTimeout
 
+        # Until the answer arrives the connection is owed a reply: if we leave early (a
+        # timeout, Ctrl-C), close() must not wait politely for a busy agent.
+        self._abandoned = True
         try:
             if method == "root":
                 result = self._conn.async_request(consts.HANDLE_GETROOT, timeout=timeout)
@@ -177,9 +180,10 @@ class Client:
                 result = self._conn.async_request(
                     self._callattr, self._root, method, args, (), timeout=timeout
                 )
-            return result.value
+            value = result.value
+            self._abandoned = False
+            return value
         except AsyncResultTimeout:
-            self._abandoned = True
             msg = f"{self.address}: no answer to {method} within {timeout:g}s"
             raise CallTimeout(msg) from None
         except (EOFError, OSError) as exc:
