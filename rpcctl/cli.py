@@ -588,17 +588,19 @@ def logs(settings: Settings, job_id: str, follow: bool) -> None:
     printer = EventPrinter(settings.json)
     with settings.connect() as conn:
         try:
-            if follow:
+            snapshot = conn.events(job_id, 0, 0.0)  # an unknown job is an error (exit 2)
+            if snapshot.get("dropped"):
+                click.echo(f"({snapshot['dropped']} earlier events were dropped)", err=True)
+            for event in snapshot["events"]:
+                printer(event)
+            if follow and snapshot["state"] == "running":
+                # How the job ends is `rpcctl wait`'s business; logs only shows its output.
                 with contextlib.suppress(RpcctlError):
-                    conn.follow(job_id, on_event=printer)  # its outcome is `wait`'s business
-            else:
-                snapshot = conn.events(job_id, 0, 0.0)
-                if snapshot.get("dropped"):
-                    click.echo(f"({snapshot['dropped']} earlier events were dropped)", err=True)
-                for event in snapshot["events"]:
-                    printer(event)
+                    conn.follow(job_id, since=snapshot["cursor"], on_event=printer)
         finally:
             printer.close()
+        if settings.json:
+            emit_json({"ok": True, "result": conn.job(job_id)})
 
 
 @cli.command()

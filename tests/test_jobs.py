@@ -119,6 +119,16 @@ def test_detach_jobs_logs_wait_from_other_processes(sample_app: AppProcess) -> N
     assert (waited.returncode, waited.stdout) == (0, "3\n")
     replay = sample_app.rpcctl("logs", job_id)  # after the end: replayed from the start
     assert replay.stdout == "line 1\nline 2\nline 3\n"
+    as_json = [
+        json.loads(line) for line in sample_app.rpcctl("logs", "--json", job_id).stdout.splitlines()
+    ]
+    assert [e["line"] for e in as_json[:-1] if e.get("type") == "stdout"] == [
+        "line 1",
+        "line 2",
+        "line 3",
+    ]
+    assert as_json[-1]["ok"] is True
+    assert as_json[-1]["result"]["state"] == "succeeded"
     finished = {j["id"]: j for j in jobs(sample_app)}[job_id]
     assert (finished["state"], finished["result"]) == ("succeeded", 3)
 
@@ -145,8 +155,8 @@ def test_cancel_an_async_task(sample_app: AppProcess) -> None:
 
 
 def test_unknown_job_is_a_usage_error(sample_app: AppProcess) -> None:
-    for command in ("logs", "wait", "cancel"):
-        result = sample_app.rpcctl(command, "deadbeef")
+    for command in (["logs"], ["logs", "--follow"], ["wait"], ["cancel"]):
+        result = sample_app.rpcctl(*command, "deadbeef")
         assert result.returncode == 2, command
         assert "no job 'deadbeef'" in result.stderr
 
