@@ -418,7 +418,7 @@ def info(settings: Settings, timeout: float, parallel: int, min_ok: int | None) 
     jobs = details.get("jobs", [])
     click.echo(f"jobs:     {len(jobs)} running")
     for job in jobs:
-        click.echo(f"  {job['id']}  {job['task']}  {job['running_s']}s  {job['caller']}")
+        click.echo(f"  {job['id']}  {job['task']}  {job['duration_s']}s  {job['caller']}")
 
 
 @cli.command()

@@ -143,6 +143,9 @@ def test_ping_answers_while_a_long_task_runs(sample_app: AppProcess) -> None:
             return any(j["task"] == "sampleapp.sleep" for j in info["result"]["jobs"])
 
         wait_until(task_running, what="the 5-second task to start")
+        shown = sample_app.rpcctl("info")
+        assert "jobs:     1 running" in shown.stdout, shown.stderr
+        assert "sampleapp.sleep" in shown.stdout
         for _ in range(3):
             assert sample_app.rpcctl("ping").stdout == "pong\n"
             assert sample_app.rpcctl("rpc", "add(1, 1)").stdout == "2\n"
