@@ -76,6 +76,7 @@ class Job:
         self._partial: dict[str, str] = {"stdout": "", "stderr": ""}
         self._cancel_hook: Callable[[], None] | None = None
         self.audit: dict[str, Any] = {}
+        self.timer: threading.Timer | None = None  # the task's own timeout, if it has one
         self.on_finish: Callable[[], None] | None = None
 
     # -- output ------------------------------------------------------------------------------
@@ -124,8 +125,7 @@ class Job:
                 self.result = result
                 self.error = error
                 self.finished_at = time.time()
-            else:  # already timed out: keep that, but record how the task really ended
-                self.result = result if self.result is None else self.result
+            # else: it timed out already; that stays its outcome.
             self._cond.notify_all()
 
     @property
@@ -252,6 +252,8 @@ class JobTable:
 
     def _retire(self, job: Job) -> None:
         """Move a finished job to the history, forgetting the oldest beyond HISTORY."""
+        if job.timer is not None:
+            job.timer.cancel()  # its thread would otherwise wait out the whole timeout
         with self._lock:
             if self._running.pop(job.id, None) is not None:
                 self._finished[job.id] = job
@@ -285,9 +287,9 @@ class JobTable:
         switch to every call)."""
         lease = self._acquire(job, lock_wait)  # Busy goes to the caller, before any thread
         if job.task.timeout is not None:
-            timer = threading.Timer(job.task.timeout, job.expire)
-            timer.daemon = True
-            timer.start()
+            job.timer = threading.Timer(job.task.timeout, job.expire)
+            job.timer.daemon = True
+            job.timer.start()
         if inline:
             self._run(job, args, kwargs, lease)
         else:

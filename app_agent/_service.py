@@ -191,11 +191,9 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
         task, job, args, kwargs, options = prepared
         # Tasks without an agent-side timeout run on this connection's thread.
         inline = task.timeout is None
-        try:
-            self._state.jobs.start(job, args, kwargs, options["lock_wait"], inline=inline)
-        except Busy as busy:
-            self._log_finished(job, started)
-            return wire.error(ErrorKind.BUSY, str(busy), job=job.id)
+        busy = self._start(job, args, kwargs, options, started, inline=inline)
+        if busy is not None:
+            return busy
         if not inline:
             job.wait(None)
         self._after_reply.append(lambda: self._log_finished(job, started))
@@ -211,11 +209,9 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
             return prepared
         task, job, args, kwargs, options = prepared
         job.on_finish = lambda: self._log_finished(job, started)
-        try:
-            self._state.jobs.start(job, args, kwargs, options["lock_wait"])
-        except Busy as busy:
-            self._log_finished(job, started)
-            return wire.error(ErrorKind.BUSY, str(busy), job=job.id)
+        busy = self._start(job, args, kwargs, options, started)
+        if busy is not None:
+            return busy
         self._state.log.info("job.started", job=job.id, task=task.name, caller=self._caller)
         wait = 0.0 if options["detach"] else options["wait"]
         return wire.ok(job.events_since(0, wait))
@@ -279,6 +275,23 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
         if task.log_values:
             job.audit["values"] = named
         return task, job, bound_args, bound_kwargs, options
+
+    def _start(
+        self,
+        job: Job,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        options: dict[str, Any],
+        started: float,
+        inline: bool = False,
+    ) -> str | None:
+        """Start *job*; the busy-lock error reply when its lock stays held, else None."""
+        try:
+            self._state.jobs.start(job, args, kwargs, options["lock_wait"], inline=inline)
+        except Busy as busy:
+            self._log_finished(job, started)
+            return wire.error(ErrorKind.BUSY, str(busy), job=job.id)
+        return None
 
     def _log_finished(self, job: Job, started: float) -> None:
         fields = {"task": job.task.name, "job": job.id, "outcome": job.state, **job.audit}

@@ -34,10 +34,16 @@ class Settings:
         self.tls: dict[str, str | None] = {}
         self.json = False
         self._config_cookie: Path | None = None
+        self._security: Security | None = None
 
     def security(self) -> Security:
         """--cookie-file, else RPCCTL_COOKIE(_FILE), else the cookie_file of the config that
-        gave the node; TLS files from the options or RPCCTL_TLS_*."""
+        gave the node; TLS files from the options or RPCCTL_TLS_*. Read once per command."""
+        if self._security is None:
+            self._security = self._resolve_security()
+        return self._security
+
+    def _resolve_security(self) -> Security:
         cookie_file: str | Path | None = self.cookie_file
         if cookie_file is None and not (
             os.environ.get(COOKIE_ENV) or os.environ.get(COOKIE_FILE_ENV)

@@ -158,12 +158,14 @@ def wait_until(condition: object, timeout: float = DEADLINE, what: str = "condit
     pytest.fail(f"timed out waiting for {what}")
 
 
+SAMPLEAPP = [sys.executable, str(APPS / "sampleapp.py")]
+"""The command that runs tests/apps/sampleapp.py (it prints READY once its agent listens)."""
+
+
 @pytest.fixture
 def sample_app(short_tmp: Path) -> Iterator[AppProcess]:
     """tests/apps/sampleapp.py running with its agent on a UNIX socket."""
-    app = AppProcess(
-        [sys.executable, str(APPS / "sampleapp.py")], node=f"unix:{short_tmp}/run/agent.sock"
-    )
+    app = AppProcess(SAMPLEAPP, node=f"unix:{short_tmp}/run/agent.sock")
     try:
         yield app
     finally:
@@ -174,9 +176,7 @@ def sample_app(short_tmp: Path) -> Iterator[AppProcess]:
 def shared_sample_app() -> Iterator[AppProcess]:
     """One sampleapp for a whole module of read-mostly tests."""
     tmp = Path(tempfile.mkdtemp(prefix="rpcctl-", dir="/tmp"))
-    app = AppProcess(
-        [sys.executable, str(APPS / "sampleapp.py")], node=f"unix:{tmp}/run/agent.sock"
-    )
+    app = AppProcess(SAMPLEAPP, node=f"unix:{tmp}/run/agent.sock")
     try:
         yield app
     finally:

@@ -6,7 +6,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 import pytest
 
 import rpcctl
-from conftest import APPS, DEADLINE, AppProcess, rpcctl_executable, run_rpcctl
+from conftest import DEADLINE, SAMPLEAPP, AppProcess, rpcctl_executable, run_rpcctl
 from rpcctl import fleet
 
 FLEET = 20
@@ -24,7 +23,7 @@ NODE_DEADLINE = 3.0
 def start_many(envs: list[dict[str, str]], nodes: list[str]) -> list[AppProcess]:
     """Start every app at once, then wait for each: the start-ups overlap."""
     apps = [
-        AppProcess([sys.executable, str(APPS / "sampleapp.py")], node=n, env=e, ready_line=None)
+        AppProcess(SAMPLEAPP, node=n, env=e, ready_line=None)
         for n, e in zip(nodes, envs, strict=True)
     ]
     for app in apps:

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from conftest import APPS, DEADLINE, AppProcess, rpcctl_executable, wait_until
+from conftest import DEADLINE, SAMPLEAPP, AppProcess, rpcctl_executable, wait_until
 
 
 def popen_rpcctl(node: str, *args: str) -> subprocess.Popen[str]:
@@ -240,7 +239,7 @@ def two_apps(short_tmp: Path, locks: str) -> tuple[AppProcess, AppProcess]:
     for n in (1, 2):
         apps.append(
             AppProcess(
-                [sys.executable, str(APPS / "sampleapp.py")],
+                SAMPLEAPP,
                 node=f"unix:{short_tmp}/app{n}.sock",
                 env={"SAMPLEAPP_LOCKS": locks},
             )

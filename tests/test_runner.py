@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from conftest import APPS, DEADLINE, rpcctl_executable, run_rpcctl, wait_until
+from conftest import APPS, DEADLINE, SAMPLEAPP, rpcctl_executable, run_rpcctl, wait_until
 
 # A hook body that records which hook ran and the app pid it saw.
 RECORD = (
@@ -344,7 +344,7 @@ def test_stop_that_does_not_finish_in_time_exits_4(short_tmp: Path) -> None:
     from conftest import AppProcess
 
     app = AppProcess(
-        [sys.executable, str(APPS / "sampleapp.py")],
+        SAMPLEAPP,
         node=f"unix:{short_tmp}/stubborn.sock",
         env={"SAMPLEAPP_IGNORE_TERM": "1"},
     )

@@ -8,7 +8,6 @@ import socket
 import ssl
 import stat
 import struct
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +23,7 @@ import rpcctl
 import sampleapp  # noqa: F401  (registers the tasks the in-process agents serve)
 from app_agent import _auth, wire
 from app_agent.exceptions import ConfigurationError
-from conftest import APPS, DEADLINE, AppProcess, run_rpcctl, wait_until
+from conftest import DEADLINE, SAMPLEAPP, AppProcess, run_rpcctl, wait_until
 
 EXAMPLES = int(os.environ.get("RPCCTL_HOSTILE_EXAMPLES", "1000"))
 
@@ -43,7 +42,7 @@ def guarded_app(short_tmp: Path) -> Iterator[AppProcess]:
     """sampleapp with a cookie, on a UNIX socket."""
     cookie = cookie_file(short_tmp)
     app = AppProcess(
-        [sys.executable, str(APPS / "sampleapp.py")],
+        SAMPLEAPP,
         node=f"unix:{short_tmp}/run/agent.sock",
         env={"RPCCTL_COOKIE_FILE": str(cookie)},
     )
@@ -332,7 +331,7 @@ def target() -> Iterator[AppProcess]:
     tmp = Path(tempfile.mkdtemp(prefix="rpcctl-", dir="/tmp"))
     cookie = cookie_file(tmp)
     app = AppProcess(
-        [sys.executable, str(APPS / "sampleapp.py")],
+        SAMPLEAPP,
         node=f"unix:{tmp}/run/agent.sock",
         env={"RPCCTL_COOKIE_FILE": str(cookie), "RPCCTL_LOG_LEVEL": "error"},
     )
