@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import AppProcess, rpcctl_executable, run_rpcctl, wait_until
+from conftest import SAMPLEAPP, AppProcess, rpcctl_executable, run_rpcctl, wait_until
 
 
 def assert_still_serving(app: AppProcess) -> None:
@@ -107,7 +107,7 @@ def test_ping_wait_sees_an_agent_that_starts_late(short_tmp: Path) -> None:
     try:
         assert waiter.poll() is None  # nothing there yet: still waiting
         app = AppProcess(
-            [__import__("sys").executable, str(Path(__file__).parent / "apps" / "sampleapp.py")],
+            SAMPLEAPP,
             node=node,
             env={"SAMPLEAPP_AGENT_DELAY": "0.5"},
         )
