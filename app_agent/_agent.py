@@ -14,112 +14,38 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from rpyc.core import Channel
-from rpyc.utils.helpers import classpartial
-from rpyc.utils.server import ThreadedServer
+import rpyc
 
 from app_agent import _auth, _capture, wire
 from app_agent import _readiness as readiness
-from app_agent._gate import Gate, describe_peer, server_tls_context
+from app_agent._gate import Gate, server_tls_context
 from app_agent._locks import Backend, MemoryLocks
 from app_agent._locks import backend as lock_backends
 from app_agent._logging import get_logger
 from app_agent._registry import Registry, import_task_modules, registry
 from app_agent._service import PROTOCOL_CONFIG, AgentService, AgentState
-from app_agent._stream import TLSAwareStream
+from app_agent._stream import BufferedSocketStream
 from app_agent.exceptions import AddressInUse, AgentAlreadyRunning, ConfigurationError
 from app_agent.wire import Address
 
-# RPyC logs every accepted connection at INFO through stdlib logging; the agent logs its own
-# events with structlog, so RPyC's chatter is kept to warnings and above.
+# RPyC logs through stdlib logging; the agent logs its own events with structlog, so RPyC's
+# chatter is kept to warnings and above.
 _rpyc_logger = logging.getLogger("app_agent.rpyc")
 _rpyc_logger.setLevel(logging.WARNING)
 
 _UNIX_PATH_MAX = 107  # sun_path is 108 bytes on Linux, NUL included
-
-
-class _Server(ThreadedServer):  # type: ignore[misc]
-    """RPyC's ThreadedServer with rpcctl's gate in front of every connection."""
-
-    def __init__(self, agent: Agent, **kwargs: Any) -> None:
-        self._agent = agent
-        # Idle or slow peers must not starve real callers. Established connections are
-        # capped (past the cap a new one is closed at once); connections still in their
-        # handshake are capped too, and a new arrival evicts the oldest of those: a real
-        # handshake takes a millisecond, so only a stalled peer is ever old enough to go.
-        self._connections = threading.BoundedSemaphore(agent.max_connections)
-        self._pending_lock = threading.Lock()
-        self._pending: dict[socket.socket, None] = {}  # insertion-ordered: oldest first
-        super().__init__(
-            classpartial(AgentService, agent.state),
-            protocol_config=dict(PROTOCOL_CONFIG),
-            logger=_rpyc_logger,
-            auto_register=False,
-            # A blocking accept: the idle agent costs nothing (RPyC's default polls twice a second).
-            listener_timeout=None,
-            **kwargs,
-        )
-
-    def _accept_method(self, sock: socket.socket) -> None:
-        if not self._connections.acquire(blocking=False):
-            self._agent.log.warning(
-                "connection.refused", peer=describe_peer(sock), reason="too many connections"
-            )
-            self.clients.discard(sock)
-            sock.close()
-            return
-        with self._pending_lock:
-            if len(self._pending) >= self._agent.max_handshakes:
-                oldest = next(iter(self._pending))
-                del self._pending[oldest]
-                self._agent.log.warning(
-                    "connection.evicted",
-                    peer=describe_peer(oldest),
-                    reason="still in its handshake while newer connections wait",
-                )
-                # Wakes the stalled recv on that connection's thread, which then cleans up.
-                with contextlib.suppress(OSError):
-                    oldest.shutdown(socket.SHUT_RDWR)
-            self._pending[sock] = None
-        threading.Thread(
-            target=self._authenticate_and_serve_client,
-            args=(sock,),
-            name="rpcctl-agent-conn",
-            daemon=True,
-        ).start()
-
-    def _handshake_done(self, sock: socket.socket) -> None:
-        with self._pending_lock:
-            self._pending.pop(sock, None)
-
-    def _authenticate_and_serve_client(self, sock: socket.socket) -> None:
-        served = sock
-        try:
-            admitted = self._agent.gate.admit(sock)
-            self._handshake_done(sock)
-            if admitted is not None:
-                served, credentials = admitted
-                self._serve_client(served, credentials)
-        except (OSError, EOFError) as exc:
-            # A peer that vanished mid-conversation ends only its own connection.
-            self._agent.log.debug("connection.closed", error=repr(exc))
-        finally:
-            self._handshake_done(sock)
-            self._connections.release()
-            for s in {served, sock}:
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-                s.close()
-            self.clients.discard(sock)
-
-    def _serve_client(self, sock: socket.socket, credentials: dict[str, str]) -> None:
-        config = dict(self.protocol_config, credentials=credentials, logger=self.logger)
-        conn = self.service._connect(Channel(TLSAwareStream(sock)), config)
-        self._handle_connection(conn)
+IDLE_TIMEOUT_ENV = "RPCCTL_IDLE_TIMEOUT"
+DEFAULT_IDLE_TIMEOUT = 300.0
+"""Seconds an authenticated connection may sit idle before the agent closes it."""
 
 
 class Agent:
-    """A running agent: an RPyC server on a background daemon thread."""
+    """A running agent: a gate on the agent's thread, one thread per served connection.
+
+    The gate (:class:`app_agent._gate.Gate`) accepts, checks and answers pings itself; an
+    admitted connection gets its own thread running RPyC's protocol over it (``connect_stream``
+    and ``serve``), so a slow task blocks only its caller.
+    """
 
     def __init__(
         self,
@@ -131,9 +57,10 @@ class Agent:
         cookie: bytes | None = None,
         tls: ssl.SSLContext | None = None,
         max_connections: int = 256,
-        max_handshakes: int = 32,
+        max_handshakes: int = 128,
         locks: Backend | None = None,
         loop: Any = None,
+        idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
     ) -> None:
         self.address = address
         self.log = get_logger()
@@ -147,14 +74,26 @@ class Agent:
         )
         self.state.stop_handler = on_stop
         self.max_connections = max_connections
-        self.max_handshakes = max_handshakes
+        self.idle_timeout = idle_timeout
         uids = frozenset(allowed_uids) if allowed_uids is not None else frozenset({os.geteuid(), 0})
         self._check_transport(address, cookie, tls)
-        self.gate = Gate(self.log, uids, cookie, tls)
+        self._served_lock = threading.Lock()
+        self._served: set[Any] = set()
         self._socket_inode: tuple[int, int] | None = None
         self._stopped = threading.Event()
-        self._server = self._bind()
-        self._thread = threading.Thread(target=self._server.start, name="rpcctl-agent", daemon=True)
+        self.gate = Gate(
+            self._bind(),
+            self.log,
+            uids,
+            cookie,
+            tls,
+            has_room=self._has_room,
+            hand_over=self._hand_over,
+            max_pending=max_handshakes,
+        )
+        self._thread = threading.Thread(
+            target=self.gate.serve_forever, name="rpcctl-agent", daemon=True
+        )
 
     @property
     def node(self) -> str:
@@ -194,26 +133,33 @@ class Agent:
                 "network in clear text (the cookie itself never does); use tls://",
             )
 
-    def _bind(self) -> _Server:
+    def _bind(self) -> socket.socket:
         if self.address.is_unix:
             return self._bind_unix(self.address.path)
+        host, port = self.address.host, self.address.port
         try:
-            server = _Server(
-                self,
-                hostname=self.address.host,
-                port=self.address.port,
-                ipv6=":" in self.address.host,
-            )
+            family, _type, _proto, _name, target = socket.getaddrinfo(
+                host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )[0]
+        except socket.gaierror as exc:
+            msg = f"{self.address}: cannot resolve {host!r} ({exc.strerror})"
+            raise ConfigurationError(msg) from None
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(target)
+            listener.listen(socket.SOMAXCONN)
         except OSError as exc:
+            listener.close()
             if exc.errno == errno.EADDRINUSE:
                 msg = f"{self.address}: the address is already in use"
                 raise AddressInUse(msg) from None
             raise
-        host, port = server.listener.getsockname()[:2]
+        host, port = listener.getsockname()[:2]
         self.state.node = str(Address(self.address.scheme, host=host, port=port))
-        return server
+        return listener
 
-    def _bind_unix(self, path: str) -> _Server:
+    def _bind_unix(self, path: str) -> socket.socket:
         if len(os.fsencode(path)) > _UNIX_PATH_MAX:
             msg = f"unix:{path}: the socket path is longer than {_UNIX_PATH_MAX} bytes"
             raise ConfigurationError(msg)
@@ -222,11 +168,67 @@ class Agent:
             # Owner-only: nobody else may even reach the socket file.
             os.makedirs(directory, mode=0o700, exist_ok=True)
         self._clear_stale_socket(path)
-        server = _Server(self, socket_path=path)
-        os.chmod(path, 0o600)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(path)
+            os.chmod(path, 0o600)
+            listener.listen(socket.SOMAXCONN)
+        except OSError as exc:
+            listener.close()
+            if exc.errno == errno.EADDRINUSE:
+                msg = f"unix:{path}: another agent is already listening on this socket"
+                raise AddressInUse(msg) from None
+            raise
         st = os.stat(path)
         self._socket_inode = (st.st_dev, st.st_ino)
-        return server
+        return listener
+
+    # -- serving admitted connections ----------------------------------------------------------
+
+    def _has_room(self) -> bool:
+        with self._served_lock:
+            return len(self._served) < self.max_connections
+
+    def _hand_over(self, sock: Any, peer: str, auth: str) -> None:
+        """Serve an admitted connection on a thread of its own (called on the gate's thread)."""
+        with self._served_lock:
+            self._served.add(sock)
+        threading.Thread(
+            target=self._serve, args=(sock, peer, auth), name="rpcctl-agent-conn", daemon=True
+        ).start()
+
+    def _serve(self, sock: Any, peer: str, auth: str) -> None:
+        service = AgentService(self.state, caller=peer, auth=auth)
+        conn = None
+        try:
+            conn = rpyc.connect_stream(
+                BufferedSocketStream(sock),
+                service=service,
+                config=dict(PROTOCOL_CONFIG, logger=_rpyc_logger),
+            )
+            while not conn.closed:
+                if not conn.serve(self.idle_timeout):
+                    self.log.info("connection.idle_closed", peer=peer, idle_s=self.idle_timeout)
+                    break
+                service.run_after_reply()
+        except (EOFError, OSError) as exc:
+            if getattr(sock, "tampered", False):
+                self.log.warning(
+                    "connection.tampered", peer=peer, auth=auth, reason=str(_cause(exc))
+                )
+            else:
+                # A peer that vanished mid-conversation ends only its own connection.
+                self.log.debug("connection.closed", peer=peer, error=repr(exc))
+        finally:
+            service.run_after_reply()
+            with self._served_lock:
+                self._served.discard(sock)
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            if conn is not None:
+                with contextlib.suppress(EOFError, OSError):
+                    conn.close()
+            sock.close()
 
     @staticmethod
     def _clear_stale_socket(path: str) -> None:
@@ -255,7 +257,6 @@ class Agent:
     # -- lifecycle -------------------------------------------------------------------------
 
     def _start(self) -> None:
-        self._server._listen()
         _capture.install()
         self._thread.start()
         self.log.info("agent.started", node=self.node, app=self.state.app, pid=os.getpid())
@@ -265,8 +266,13 @@ class Agent:
         if self._stopped.is_set():
             return
         self._stopped.set()
-        self._server.close()
+        self.gate.close()
         self._thread.join(timeout=5)
+        with self._served_lock:
+            served = list(self._served)
+        for sock in served:  # wakes each connection's thread, which then cleans up
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
         _capture.uninstall()
         if self.address.is_unix and self._socket_inode is not None:
             self._remove_own_socket(self.address.path)
@@ -289,7 +295,8 @@ class Agent:
         so the child neither serves nor deletes what its parent owns."""
         self._stopped.set()
         self._socket_inode = None
-        for sock in [self._server.listener, *list(self._server.clients)]:
+        self.gate.abandon()
+        for sock in list(self._served):
             with contextlib.suppress(OSError):
                 sock.close()
 
@@ -327,6 +334,7 @@ def start(
     tls_client_ca: str | None = None,
     locks: str | None = None,
     ready: bool | None = None,
+    idle_timeout: float | None = None,
 ) -> Agent:
     """Start this process's agent and return it once it listens.
 
@@ -343,7 +351,9 @@ def start(
     certificates mandatory. *locks* (``RPCCTL_LOCKS``) chooses where ``@task(lock=...)``
     locks live: ``memory`` (default, this process), ``file:DIRECTORY`` (this host) or a
     ``postgresql://`` URL (every replica using that database). *ready* sets the app's
-    readiness (see :func:`app_agent.set_ready`).
+    readiness (see :func:`app_agent.set_ready`). *idle_timeout* (``RPCCTL_IDLE_TIMEOUT``,
+    default 300) is how many seconds an authenticated connection may stay silent before the
+    agent closes it.
 
     Started inside a running asyncio event loop, the agent runs ``async def`` tasks on that
     loop, so they can use the app's async resources; sync tasks always run on threads.
@@ -370,6 +380,7 @@ def start(
             lock_backend = lock_backends(locks or os.environ.get("RPCCTL_LOCKS"))
         except (ValueError, RuntimeError, OSError) as exc:
             raise ConfigurationError(f"locks: {exc}") from None
+        idle = _idle_timeout(idle_timeout)
         import_task_modules(tasks)
         if ready is not None:
             readiness.set_ready(ready)
@@ -383,6 +394,7 @@ def start(
             tls=tls,
             locks=lock_backend,
             loop=_running_loop(),
+            idle_timeout=idle,
         )
         agent._start()
         _current = agent
@@ -404,6 +416,27 @@ def _tls_context(
     except (OSError, ssl.SSLError) as exc:
         msg = f"{address}: cannot load the TLS certificate/key ({exc})"
         raise ConfigurationError(msg) from None
+
+
+def _idle_timeout(given: float | None) -> float:
+    text = os.environ.get(IDLE_TIMEOUT_ENV)
+    if given is None and text:
+        try:
+            given = float(text)
+        except ValueError:
+            msg = f"{IDLE_TIMEOUT_ENV}={text!r}: expected a number of seconds"
+            raise ConfigurationError(msg) from None
+    value = DEFAULT_IDLE_TIMEOUT if given is None else given
+    if not value > 0:
+        msg = f"idle_timeout must be a positive number of seconds, not {value!r}"
+        raise ConfigurationError(msg)
+    return value
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """The error under RPyC's EOFError (it wraps the socket's own error as its argument)."""
+    inner = exc.args[0] if exc.args else None
+    return inner if isinstance(inner, BaseException) else exc
 
 
 def _running_loop() -> Any:

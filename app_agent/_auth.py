@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 COOKIE_ENV: Final = "RPCCTL_COOKIE"
 COOKIE_FILE_ENV: Final = "RPCCTL_COOKIE_FILE"
 NONCE_BYTES: Final = 16
+MAX_COOKIE_BYTES: Final = 4096
+"""A cookie file longer than this is refused, never cut short."""
 _HEX: Final = frozenset("0123456789abcdef")
 
 
@@ -48,9 +50,16 @@ def read_cookie_file(path: str | os.PathLike[str]) -> bytes:
             )
             raise CookieError(msg)
         with os.fdopen(fd, "rb", closefd=False) as f:
-            cookie = f.read(4096).strip()
+            raw = f.read(MAX_COOKIE_BYTES + 1)
     finally:
         os.close(fd)
+    if len(raw) > MAX_COOKIE_BYTES:
+        msg = (
+            f"cookie file {path} is longer than {MAX_COOKIE_BYTES} bytes; a cookie is one "
+            f"short line (make a new one with `rpcctl cookie generate --force {path}`)"
+        )
+        raise CookieError(msg)
+    cookie = raw.strip()
     if not cookie:
         msg = f"cookie file {path} is empty"
         raise CookieError(msg)
@@ -108,16 +117,38 @@ def is_nonce(value: object) -> bool:
     return isinstance(value, str) and len(value) == 2 * NONCE_BYTES and set(value) <= _HEX
 
 
-def proof(cookie: bytes, role: str, client_nonce: str, agent_nonce: str, op: str) -> str:
-    """HMAC-SHA256 over both nonces, bound to the role ("client"/"agent") and operation."""
+def proof(
+    cookie: bytes, role: str, client_nonce: str, agent_nonce: str, op: str, answer: str = ""
+) -> str:
+    """HMAC-SHA256 over both nonces, bound to the role ("client"/"agent") and operation; the
+    agent's proof also covers *answer* (:func:`answer_digest` of what it reports)."""
     import hashlib
     import hmac
 
-    message = f"rpcctl-v1\n{role}\n{client_nonce}\n{agent_nonce}\n{op}".encode()
+    message = f"rpcctl-v2\n{role}\n{client_nonce}\n{agent_nonce}\n{op}\n{answer}".encode()
     return hmac.new(cookie, message, hashlib.sha256).hexdigest()
+
+
+def answer_digest(fields: dict[str, object]) -> str:
+    """The part of the agent's final answer its proof covers: what a relay must not alter."""
+    return f"pid={fields.get('pid')!r} ready={fields.get('ready')!r} pong={fields.get('pong')!r}"
 
 
 def proof_matches(expected: str, given: object) -> bool:
     import hmac
 
-    return isinstance(given, str) and hmac.compare_digest(expected, given)
+    # compare_digest refuses non-ASCII text with TypeError: such a proof is simply wrong.
+    return isinstance(given, str) and given.isascii() and hmac.compare_digest(expected, given)
+
+
+def frame_keys(cookie: bytes, client_nonce: str, agent_nonce: str, op: str) -> tuple[bytes, bytes]:
+    """The two record keys of one connection, (client to agent, agent to client): derived from
+    the cookie and both nonces, so they exist for this connection only."""
+    import hashlib
+    import hmac
+
+    base = f"rpcctl-v2-records\n{client_nonce}\n{agent_nonce}\n{op}\n"
+    return (
+        hmac.new(cookie, (base + "client-to-agent").encode(), hashlib.sha256).digest(),
+        hmac.new(cookie, (base + "agent-to-client").encode(), hashlib.sha256).digest(),
+    )

@@ -1,21 +1,41 @@
-"""The agent's side of the handshake: who may talk to the agent, checked before any RPyC frame.
+"""The agent's front door: who may talk to the agent, checked before any RPyC frame.
 
-In order: the peer's uid (UNIX sockets, SO_PEERCRED), TLS (tls:// addresses), the hello
-line (protocol version, operation, client nonce), then, when a cookie is configured, the
-challenge-response that proves the cookie both ways. Every refusal is logged with its reason.
+One thread (the agent's own) runs a selector loop over the listening socket and every
+connection still in its handshake. Accepting costs no thread, a doomed connection costs a
+descriptor and a few bytes until its deadline, and pings are answered right here, so a
+flood of bad connections cannot starve a liveness probe. Only an authenticated ``rpc``
+connection is handed over to a thread of its own (see :mod:`app_agent._agent`).
+
+The checks, in order: the peer's uid (UNIX sockets, SO_PEERCRED), TLS (tls:// addresses),
+the hello line (protocol version, operation, client nonce), then, when a cookie is
+configured, the challenge-response that proves the cookie both ways. The whole exchange
+has one deadline per connection. Refusals are logged with their reason, the first few of
+each window one by one and the rest as one summary, so a flood cannot fill the app's log.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import errno
+import os
+import selectors
 import socket
 import ssl
 import struct
+import time
+from collections.abc import Callable
 from typing import Any
 
 from app_agent import _auth, wire
 from app_agent import _readiness as readiness
+from app_agent._records import RecordSocket
 from app_agent.wire import ErrorKind
+
+_READ = selectors.EVENT_READ
+_WRITE = selectors.EVENT_WRITE
+_ACCEPT_BATCH = 64
+"""Connections accepted per wake-up, so handshakes in progress keep their turn."""
 
 
 class Refused(Exception):
@@ -28,173 +48,421 @@ class Refused(Exception):
         self.message = message or reason
 
 
+class _Pending:
+    """One connection in its handshake."""
+
+    __slots__ = (
+        "agent_nonce",
+        "buffer",
+        "client_nonce",
+        "deadline",
+        "events",
+        "methods",
+        "op",
+        "peer",
+        "phase",
+        "sock",
+    )
+
+    def __init__(self, sock: socket.socket, peer: str, deadline: float) -> None:
+        self.sock = sock
+        self.peer = peer
+        self.deadline = deadline
+        self.phase = "hello"  # "tls", "hello", "proof"
+        self.buffer = b""
+        self.client_nonce = ""
+        self.agent_nonce = ""
+        self.op = ""
+        self.methods: list[str] = []
+        self.events = _READ
+
+
+class RefusalLog:
+    """Logs the first *burst* refusals of each *window* seconds, then counts the rest."""
+
+    def __init__(self, log: Any, burst: int = 5, window: float = 10.0) -> None:
+        self.log = log
+        self.burst = burst
+        self.window = window
+        self._window_end = 0.0
+        self._logged = 0
+        self._suppressed: collections.Counter[str] = collections.Counter()
+
+    def note(self, peer: str, reason: str, auth: str) -> None:
+        now = time.monotonic()
+        if now >= self._window_end:
+            self.flush()
+            self._window_end = now + self.window
+            self._logged = 0
+        if self._logged < self.burst:
+            self._logged += 1
+            self.log.warning("connection.refused", peer=peer, reason=reason, auth=auth)
+        else:
+            self._suppressed[reason] += 1
+
+    def due(self) -> float | None:
+        """When the summary of suppressed refusals is due, if there is one."""
+        return self._window_end if self._suppressed else None
+
+    def flush(self) -> None:
+        if not self._suppressed:
+            return
+        self.log.warning(
+            "connection.refused_summary",
+            refused=sum(self._suppressed.values()),
+            reasons=dict(self._suppressed.most_common(10)),
+            window_s=self.window,
+        )
+        self._suppressed.clear()
+
+
 class Gate:
-    """Admits or refuses one connection at a time (called on the connection's thread)."""
+    """Accepts connections on *listener* and runs their handshakes on one thread.
+
+    *has_room* says whether another RPyC connection may be served; *hand_over* takes an
+    admitted connection (socket-like, peer, auth) and serves it elsewhere.
+    """
 
     def __init__(
         self,
+        listener: socket.socket,
         log: Any,
         allowed_uids: frozenset[int],
         cookie: bytes | None,
         tls: ssl.SSLContext | None,
+        has_room: Callable[[], bool],
+        hand_over: Callable[[Any, str, str], None],
+        max_pending: int = 128,
+        handshake_timeout: float = wire.HANDSHAKE_TIMEOUT,
     ) -> None:
+        self.listener = listener
         self.log = log
         self.allowed_uids = allowed_uids
         self.cookie = cookie
         self.tls = tls
+        self.has_room = has_room
+        self.hand_over = hand_over
+        self.max_pending = max_pending
+        self.handshake_timeout = handshake_timeout
+        self.refusals = RefusalLog(log)
+        self._unix = listener.family == socket.AF_UNIX
+        self._pending: dict[int, _Pending] = {}  # by fd, insertion-ordered: oldest first
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._closing = False
+        self._accept_paused_until: float | None = None
 
-    def admit(self, sock: socket.socket) -> tuple[socket.socket, dict[str, str]] | None:
-        """The socket to serve RPyC on and the caller's credentials, or None when done.
+    # -- the loop ------------------------------------------------------------------------------
 
-        None means the connection is finished: refused (and logged), or a ping answered.
-        """
-        wrapped: list[socket.socket] = []
-        admitted = self._checks(sock, wrapped)
-        if admitted is None:
-            # A TLS wrapper made here and not handed on is closed here; the caller closes
-            # the plain socket it gave us.
-            for tls_sock in wrapped:
-                with contextlib.suppress(OSError):
-                    tls_sock.close()
-        return admitted
-
-    def _checks(
-        self, sock: socket.socket, wrapped: list[socket.socket]
-    ) -> tuple[socket.socket, dict[str, str]] | None:
-        peer = describe_peer(sock)
-        log = self.log.bind(peer=peer)
-        methods: list[str] = []
+    def serve_forever(self) -> None:
+        self.listener.setblocking(False)
+        self._wake_r.setblocking(False)
+        self._selector.register(self.listener, _READ, "listener")
+        self._selector.register(self._wake_r, _READ, "wake")
         try:
-            sock.settimeout(wire.HANDSHAKE_TIMEOUT)
-            if sock.family == socket.AF_UNIX:
-                self._check_uid(sock)
-                methods.append("peer-uid")
+            while not self._closing:
+                for key, _mask in self._selector.select(self._next_timeout()):
+                    if key.data == "listener":
+                        self._accept()
+                    elif key.data == "wake":
+                        with contextlib.suppress(OSError):
+                            self._wake_r.recv(64)
+                    else:
+                        self._step(key.data)
+                self._housekeeping()
+        finally:
+            for pending in list(self._pending.values()):
+                self._close(pending)
+            self.refusals.flush()
+            self._selector.close()
+            for sock in (self._wake_r, self._wake_w, self.listener):
+                sock.close()
+
+    def close(self) -> None:
+        """Ask the loop to end (from any thread); it closes the listener on its way out."""
+        self._closing = True
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+
+    def abandon(self) -> None:
+        """In a forked child: close this process's copies of the descriptors, nothing more."""
+        for pending in self._pending.values():
+            pending.sock.close()
+        for sock in (self._wake_r, self._wake_w, self.listener):
+            sock.close()
+
+    def _next_timeout(self) -> float | None:
+        times = [
+            t
+            for t in (
+                next(iter(self._pending.values())).deadline if self._pending else None,
+                self.refusals.due(),
+                self._accept_paused_until,
+            )
+            if t is not None
+        ]
+        return max(min(times) - time.monotonic(), 0.0) if times else None
+
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        while self._pending:
+            oldest = next(iter(self._pending.values()))
+            if oldest.deadline > now:
+                break
+            self._refuse(oldest, Refused("handshake timed out"))
+        due = self.refusals.due()
+        if due is not None and due <= now:
+            self.refusals.flush()
+        if self._accept_paused_until is not None and self._accept_paused_until <= now:
+            self._accept_paused_until = None
+            self._selector.register(self.listener, _READ, "listener")
+
+    # -- accepting -----------------------------------------------------------------------------
+
+    def _accept(self) -> None:
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                sock, address = self.listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    raise
+                # Out of descriptors: stop accepting for a moment instead of spinning on a
+                # listener that stays readable.
+                self.refusals.note("unknown", f"cannot accept: {exc.strerror}", "none")
+                self._selector.unregister(self.listener)
+                self._accept_paused_until = time.monotonic() + 0.1
+                return
+            self._admit_new(sock, address)
+
+    def _admit_new(self, sock: socket.socket, address: Any) -> None:
+        sock.setblocking(False)
+        if len(self._pending) >= self.max_pending:
+            oldest = next(iter(self._pending.values()))
+            self._refuse(oldest, Refused("evicted: still in its handshake while newer ones wait"))
+        if self._unix:
+            pid, uid, _gid = peer_credentials(sock)
+            peer = f"uid={uid} pid={pid}"
+        else:
+            peer = f"{address[0]}:{address[1]}"
+        pending = _Pending(sock, peer, time.monotonic() + self.handshake_timeout)
+        try:
+            if self._unix:
+                pending.methods.append("peer-uid")
+                if uid not in self.allowed_uids:
+                    reason = f"peer uid {uid} is not allowed (allowed: {sorted(self.allowed_uids)})"
+                    raise Refused(reason, ErrorKind.AUTH)
             if self.tls is not None:
-                sock = self._wrap_tls(sock)
-                wrapped.append(sock)
-                methods.append("tls-client-cert" if self._mutual_tls else "tls")
-            hello = wire.decode_line(read_line(sock))
-            op = self._check_hello(hello)
-            fields: dict[str, Any] = {"ok": True}
-            if self.cookie is not None:
-                fields["proof"] = self._challenge(sock, hello["nonce"], op)
-                methods.append("cookie")
-            if op == "ping":
-                fields["pong"] = True
-                fields["ready"] = readiness.ready
-            _send(sock, fields)
+                pending.sock = self.tls.wrap_socket(
+                    sock, server_side=True, do_handshake_on_connect=False
+                )
+                pending.phase = "tls"
         except Refused as refused:
-            log.warning("connection.refused", reason=refused.reason, auth="+".join(methods))
-            if refused.kind is not None:
-                _send(sock, {"ok": False, "kind": str(refused.kind), "message": refused.message})
-            return None
-        except TimeoutError:
-            log.warning("connection.refused", reason="handshake timed out")
-            return None
-        except ValueError as exc:  # not a handshake line at all
-            log.warning("connection.refused", reason=str(exc))
-            return None
+            self._refuse(pending, refused, registered=False)
+            return
+        except (OSError, ValueError) as exc:
+            self._refuse(pending, Refused(f"cannot set up the connection ({exc})"), False)
+            return
+        self._pending[pending.sock.fileno()] = pending
+        self._selector.register(pending.sock, _READ, pending)
+
+    # -- one connection's handshake ------------------------------------------------------------
+
+    def _step(self, pending: _Pending) -> None:
+        try:
+            if pending.phase == "tls":
+                if not self._tls_handshake(pending):
+                    return
+                pending.phase = "hello"
+                pending.methods.append("tls-client-cert" if self._mutual_tls else "tls")
+            line = self._read_line(pending)
+            if line is None:
+                return
+            if pending.phase == "hello":
+                self._on_hello(pending, line)
+            else:
+                self._on_proof(pending, line)
+        except Refused as refused:
+            self._refuse(pending, refused)
+        except ValueError as exc:  # not a well-formed handshake line
+            self._refuse(pending, Refused(str(exc)))
         except ssl.SSLError as exc:
-            log.warning("connection.refused", reason=f"TLS handshake failed: {exc.reason}")
-            return None
-        auth = "+".join(methods) or "none"
-        log.info("connection.accepted", op=op, auth=auth)
-        if op == "ping":
-            return None
-        sock.settimeout(None)
-        return sock, {"peer": peer, "auth": auth}
+            self._refuse(pending, Refused(f"TLS handshake failed: {exc.reason or exc}"))
+        except OSError as exc:
+            reason = f"connection failed during the handshake ({exc.strerror or exc})"
+            self._refuse(pending, Refused(reason))
 
-    @property
-    def _mutual_tls(self) -> bool:
-        return self.tls is not None and self.tls.verify_mode == ssl.CERT_REQUIRED
+    def _tls_handshake(self, pending: _Pending) -> bool:
+        sock: Any = pending.sock
+        try:
+            sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._want(pending, _READ)
+            return False
+        except ssl.SSLWantWriteError:
+            self._want(pending, _WRITE)
+            return False
+        self._want(pending, _READ)
+        return True
 
-    def _check_uid(self, sock: socket.socket) -> None:
-        _pid, uid, _gid = peer_credentials(sock)
-        if uid not in self.allowed_uids:
-            reason = f"peer uid {uid} is not allowed (allowed: {sorted(self.allowed_uids)})"
-            raise Refused(reason, ErrorKind.AUTH)
+    def _want(self, pending: _Pending, events: int) -> None:
+        if pending.events != events:
+            pending.events = events
+            self._selector.modify(pending.sock, events, pending)
 
-    def _wrap_tls(self, sock: socket.socket) -> socket.socket:
-        assert self.tls is not None
-        return self.tls.wrap_socket(sock, server_side=True)
+    def _read_line(self, pending: _Pending) -> bytes | None:
+        """One whole handshake line, or None while it is still arriving."""
+        while True:
+            try:
+                chunk = pending.sock.recv(wire.MAX_HELLO_BYTES - len(pending.buffer))
+            except (BlockingIOError, ssl.SSLWantReadError):
+                return None
+            except ssl.SSLWantWriteError:
+                self._want(pending, _WRITE)
+                return None
+            if not chunk:
+                raise Refused("connection closed during the handshake")
+            pending.buffer += chunk
+            line, newline, rest = pending.buffer.partition(b"\n")
+            if newline:
+                if rest:
+                    # The client waits for each answer before it sends more.
+                    raise Refused("data after the handshake line")
+                pending.buffer = b""
+                return line + newline
+            if len(pending.buffer) >= wire.MAX_HELLO_BYTES:
+                raise Refused("handshake line too long")
 
-    def _check_hello(self, hello: dict[str, Any]) -> str:
+    def _on_hello(self, pending: _Pending, line: bytes) -> None:
+        hello = wire.decode_line(line)
         version = hello.get("rpcctl")
         if version != wire.PROTOCOL_VERSION:
             reason = (
-                f"protocol version mismatch: the client speaks {version!r}, "
+                f"protocol version mismatch: the client speaks {_short(version)}, "
                 f"this agent speaks {wire.PROTOCOL_VERSION}"
             )
             raise Refused(reason, ErrorKind.USAGE)
         op = hello.get("op")
         if op not in ("rpc", "ping"):
-            raise Refused(f"unknown operation {op!r}", ErrorKind.USAGE)
-        if not _auth.is_nonce(hello.get("nonce")):
+            raise Refused(f"unknown operation {_short(op)}", ErrorKind.USAGE)
+        nonce = hello.get("nonce")
+        if not _auth.is_nonce(nonce):
             raise Refused("the hello carries no valid nonce", ErrorKind.USAGE)
-        return str(op)
+        pending.op = str(op)
+        pending.client_nonce = str(nonce)
+        if self.cookie is None:
+            self._finish(pending)
+            return
+        pending.agent_nonce = _auth.new_nonce()
+        pending.phase = "proof"
+        self._send(pending, {"challenge": pending.agent_nonce})
 
-    def _challenge(self, sock: socket.socket, client_nonce: str, op: str) -> str:
-        """Challenge the client; its proof checked, return the agent's own proof."""
+    def _on_proof(self, pending: _Pending, line: bytes) -> None:
         assert self.cookie is not None
-        agent_nonce = _auth.new_nonce()
-        _send(sock, {"challenge": agent_nonce})
-        answer = wire.decode_line(read_line(sock))
-        given = answer.get("proof")
+        given = wire.decode_line(line).get("proof")
         if given is None:
             raise Refused(
                 "no cookie: the client did not send a proof",
                 ErrorKind.AUTH,
                 "this agent requires a cookie",
             )
-        expected = _auth.proof(self.cookie, "client", client_nonce, agent_nonce, op)
+        expected = _auth.proof(
+            self.cookie, "client", pending.client_nonce, pending.agent_nonce, pending.op
+        )
         if not _auth.proof_matches(expected, given):
             raise Refused(
-                "wrong cookie: the client's proof does not match",
-                ErrorKind.AUTH,
-                "wrong cookie",
+                "wrong cookie: the client's proof does not match", ErrorKind.AUTH, "wrong cookie"
             )
-        return _auth.proof(self.cookie, "agent", client_nonce, agent_nonce, op)
+        pending.methods.append("cookie")
+        self._finish(pending)
+
+    def _finish(self, pending: _Pending) -> None:
+        fields: dict[str, Any] = {"ok": True, "pid": os.getpid()}
+        if pending.op == "ping":
+            fields["pong"] = True
+            fields["ready"] = readiness.ready
+        elif not self.has_room():
+            raise Refused(
+                "too many connections",
+                ErrorKind.UNREACHABLE,
+                "the agent serves as many connections as it may; try again shortly",
+            )
+        if self.cookie is not None:
+            fields["proof"] = _auth.proof(
+                self.cookie,
+                "agent",
+                pending.client_nonce,
+                pending.agent_nonce,
+                pending.op,
+                _auth.answer_digest(fields),
+            )
+        self._send(pending, fields)
+        self._forget(pending)
+        auth = "+".join(pending.methods) or "none"
+        # Probes connect every few seconds: only refusals, stops and calls log at info.
+        self.log.debug("connection.accepted", peer=pending.peer, op=pending.op, auth=auth)
+        if pending.op == "ping":
+            pending.sock.close()
+            return
+        sock: Any = pending.sock
+        sock.setblocking(True)
+        if self.cookie is not None and self.tls is None:
+            to_agent, to_client = _auth.frame_keys(
+                self.cookie, pending.client_nonce, pending.agent_nonce, pending.op
+            )
+            sock = RecordSocket(sock, send_key=to_client, recv_key=to_agent)
+        self.hand_over(sock, pending.peer, auth)
+
+    # -- endings -------------------------------------------------------------------------------
+
+    def _send(self, pending: _Pending, fields: dict[str, Any]) -> None:
+        data = wire.encode_line({"rpcctl": wire.PROTOCOL_VERSION, **fields})
+        try:
+            sent = pending.sock.send(data)
+        except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            sent = 0
+        if sent != len(data):
+            # A few hundred bytes fit any socket buffer: a peer that does not read them is
+            # not a client.
+            raise Refused("the peer does not read its answers")
+
+    def _refuse(self, pending: _Pending, refused: Refused, registered: bool = True) -> None:
+        if refused.kind is not None:
+            answer = {"ok": False, "kind": str(refused.kind), "message": refused.message}
+            with contextlib.suppress(OSError, ValueError, Refused):
+                self._send(pending, answer)
+        self.refusals.note(pending.peer, refused.reason, "+".join(pending.methods) or "none")
+        if registered:
+            self._close(pending)
+        else:
+            pending.sock.close()
+
+    def _forget(self, pending: _Pending) -> None:
+        self._pending.pop(pending.sock.fileno(), None)
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(pending.sock)
+
+    def _close(self, pending: _Pending) -> None:
+        self._forget(pending)
+        pending.sock.close()
+
+    @property
+    def _mutual_tls(self) -> bool:
+        return self.tls is not None and self.tls.verify_mode == ssl.CERT_REQUIRED
 
 
-def _send(sock: socket.socket, fields: dict[str, Any]) -> None:
-    with contextlib.suppress(OSError):
-        sock.sendall(wire.encode_line({"rpcctl": wire.PROTOCOL_VERSION, **fields}))
-
-
-def describe_peer(sock: socket.socket) -> str:
-    if sock.family == socket.AF_UNIX:
-        pid, uid, _gid = peer_credentials(sock)
-        return f"uid={uid} pid={pid}"
-    try:
-        host, port = sock.getpeername()[:2]
-    except OSError:
-        return "unknown"
-    return f"{host}:{port}"
+def _short(value: object) -> str:
+    """A peer-supplied value, as much of it as a log line should carry."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end of a UNIX socket."""
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     pid, uid, gid = struct.unpack("3i", raw)
     return pid, uid, gid
-
-
-def read_line(sock: socket.socket) -> bytes:
-    """One handshake line. The client waits for our answer before it sends anything more,
-    so reading past the newline cannot swallow the start of an RPyC frame."""
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = sock.recv(wire.MAX_HELLO_BYTES - len(data))
-        if not chunk:
-            msg = "connection closed during the handshake"
-            raise ValueError(msg)
-        data += chunk
-        if len(data) >= wire.MAX_HELLO_BYTES and not data.endswith(b"\n"):
-            msg = "handshake line too long"
-            raise ValueError(msg)
-    if data.count(b"\n") != 1:
-        msg = "data after the handshake line"
-        raise ValueError(msg)
-    return data
 
 
 def server_tls_context(cert: str, key: str | None, client_ca: str | None) -> ssl.SSLContext:

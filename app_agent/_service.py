@@ -17,7 +17,6 @@ import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import rpyc
-from rpyc.core.protocol import Connection
 
 from app_agent import _readiness as readiness
 from app_agent import wire
@@ -84,21 +83,6 @@ class AgentState:
         return "signal"
 
 
-class _AgentConnection(Connection):  # type: ignore[misc]
-    """RPyC's connection, running its service's after-reply actions once a reply is sent.
-
-    The per-call audit line costs about as much as the rest of the agent's work on a call;
-    written after the reply has left, it no longer delays the caller, and it stays on the
-    connection's own thread, in call order.
-    """
-
-    def _dispatch_request(self, seq: Any, raw_args: Any) -> None:
-        super()._dispatch_request(seq, raw_args)
-        service = self._local_root
-        if isinstance(service, AgentService):
-            service.run_after_reply()
-
-
 class AgentService(rpyc.Service):  # type: ignore[misc]
     """One instance per connection; the caller can reach only ``EXPOSED``."""
 
@@ -106,23 +90,18 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
         {"ping", "info", "tasks", "call", "run", "events", "jobs", "cancel", "stop"}
     )
 
-    _protocol = _AgentConnection
-
-    def __init__(self, state: AgentState) -> None:
+    def __init__(self, state: AgentState, caller: str = "unknown", auth: str = "none") -> None:
         self._state = state
-        self._caller = "unknown"
-        self._auth = "none"
+        self._caller = caller
+        self._auth = auth
         self._after_reply: list[Callable[[], None]] = []
 
     def run_after_reply(self) -> None:
+        """Run what waits for the reply to have left (the audit line of a call): the
+        connection's thread calls this after each request it served, so the line costs the
+        caller nothing and stays in call order."""
         while self._after_reply:
             self._after_reply.pop(0)()
-
-    def on_connect(self, conn: Any) -> None:
-        credentials = conn._config.get("credentials")
-        if isinstance(credentials, dict):
-            self._caller = str(credentials.get("peer", "unknown"))
-            self._auth = str(credentials.get("auth", "none"))
 
     def _rpyc_getattr(self, name: Any) -> Any:
         if type(name) is str and name in self.EXPOSED:

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import ssl
-
 from rpyc.core.stream import SocketStream
 
 
-class TLSAwareStream(SocketStream):  # type: ignore[misc]
-    """RPyC's socket stream, aware of bytes TLS has already decrypted and buffered.
+class BufferedSocketStream(SocketStream):  # type: ignore[misc]
+    """RPyC's socket stream, aware of bytes a layer under it has already taken off the socket.
 
-    RPyC polls the file descriptor before each read; bytes that TLS has already taken off
-    the socket are invisible to that poll, so without this a whole frame could sit unread.
+    RPyC polls the file descriptor before each read; bytes that TLS (an ``SSLSocket``) or
+    the record layer (:class:`app_agent._records.RecordSocket`) already hold are invisible to
+    that poll, so without this a whole frame could sit unread.
     """
 
     def poll(self, timeout: float | None) -> bool:
-        if isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
+        pending = getattr(self.sock, "pending", None)
+        if pending is not None and pending():
             return True
         return bool(super().poll(timeout))

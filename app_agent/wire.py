@@ -17,14 +17,16 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Final
 
-PROTOCOL_VERSION: Final = 1
-"""Bumped whenever the handshake or the service's methods change incompatibly."""
+PROTOCOL_VERSION: Final = 2
+"""Bumped whenever the handshake or the service's methods change incompatibly (2: the agent's
+proof covers its answer, and cookie connections without TLS carry authenticated records)."""
 
 MAX_HELLO_BYTES: Final = 4096
 """Upper bound of one handshake line; anything longer is refused before it is parsed."""
 
 HANDSHAKE_TIMEOUT: Final = 2.0
-"""Seconds a peer gets to complete the handshake before the agent drops it."""
+"""Seconds a peer gets to complete the whole handshake (TLS included) before the agent drops
+it: one deadline per connection, however slowly its bytes arrive."""
 
 NODE_ENV: Final = "RPCCTL_NODE"
 RUNNER_ENV: Final = "RPCCTL_RUNNER_PID"
@@ -277,13 +279,25 @@ def encode_line(message: Mapping[str, Any]) -> bytes:
 
 
 def decode_line(line: bytes) -> dict[str, Any]:
-    """Parse one handshake line; ValueError when it is not a JSON object."""
+    """Parse one handshake line; ValueError (with a reason fit for the audit log) when it is
+    not a flat JSON object carrying ``rpcctl``.
+
+    The line comes from a peer that has not authenticated yet, so every failure is a
+    ValueError: deep nesting (RecursionError in the parser) and nested values are refused,
+    and each value's type is checked where it is used.
+    """
     try:
         message = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        msg = "not an rpcctl handshake"
-        raise ValueError(msg) from exc
+    except UnicodeDecodeError:
+        msg = "not an rpcctl handshake (not UTF-8)"
+        raise ValueError(msg) from None
+    except (json.JSONDecodeError, RecursionError):
+        msg = "not an rpcctl handshake (not JSON)"
+        raise ValueError(msg) from None
     if not isinstance(message, dict) or "rpcctl" not in message:
         msg = "not an rpcctl handshake"
+        raise ValueError(msg)
+    if any(isinstance(v, dict | list) for v in message.values()):
+        msg = "malformed handshake: nested values"
         raise ValueError(msg)
     return message

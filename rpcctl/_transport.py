@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import stat
+import struct
 import sys
 import time
 
@@ -88,7 +90,9 @@ class Security:
 def open_socket(address: Address, timeout: float, security: Security) -> socket.socket:
     """Connect to *address* (TLS for tls://); Unreachable or CallTimeout when that fails."""
     deadline = time.monotonic() + timeout
+    directory_owner = None
     if address.is_unix:
+        directory_owner = _check_socket_directory(address)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         target: Any = address.path
     else:
@@ -102,7 +106,7 @@ def open_socket(address: Address, timeout: float, security: Security) -> socket.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.settimeout(timeout)
     try:
-        sock.connect(target)
+        _connect(sock, target, deadline)
     except TimeoutError:
         sock.close()
         msg = f"{address}: no answer within {timeout:g}s"
@@ -121,9 +125,68 @@ def open_socket(address: Address, timeout: float, security: Security) -> socket.
         msg = f"{address}: cannot connect ({exc.strerror or exc})"
         raise Unreachable(msg) from None
     sock.settimeout(max(deadline - time.monotonic(), 0.001))
+    if address.is_unix:
+        try:
+            _check_peer(sock, address, directory_owner)
+        except BaseException:
+            sock.close()
+            raise
     if address.scheme == "tls":
         sock = _wrap_tls(sock, address, security)
     return sock
+
+
+def _connect(sock: socket.socket, target: Any, deadline: float) -> None:
+    """Connect; a UNIX socket whose listen queue is full (the agent is busy accepting, say
+    under a connect flood) is tried again until the deadline rather than given up at once."""
+    delay = 0.001
+    while True:
+        try:
+            sock.connect(target)
+        except BlockingIOError:
+            if time.monotonic() + delay >= deadline:
+                raise TimeoutError from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.02)
+        else:
+            return
+
+
+def _check_socket_directory(address: Address) -> int | None:
+    """The uid owning the socket's directory; AuthenticationFailed when others may write it
+    (anyone who can write there could have put an impostor's socket in the agent's place)."""
+    directory = os.path.dirname(address.path)
+    try:
+        st = os.stat(directory)
+    except OSError:
+        return None  # connecting will say what is wrong
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        who = "anyone" if mode & stat.S_IWOTH else "its group"
+        msg = (
+            f"{address}: refusing the socket: its directory {directory} is writable by {who} "
+            f"(mode {mode:04o}), so another user could have put an impostor there; keep the "
+            "socket in a directory only its owner can write (e.g. one made with mode 0700)"
+        )
+        raise AuthenticationFailed(msg)
+    return st.st_uid
+
+
+def _check_peer(sock: socket.socket, address: Address, directory_owner: int | None) -> None:
+    """Trust the process at the other end only when it runs as us, as root, or as the owner of
+    the socket's directory (an app run as its own user, operated by root)."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, _gid = struct.unpack("3i", raw)
+    trusted = {os.geteuid(), 0}
+    if directory_owner is not None:
+        trusted.add(directory_owner)
+    if uid not in trusted:
+        msg = (
+            f"{address}: refusing to talk to the process listening there (pid {pid}, uid {uid}): "
+            f"it is neither us (uid {os.geteuid()}), root, nor the owner of the socket's "
+            f"directory (uid {directory_owner}), so it may be an impostor"
+        )
+        raise AuthenticationFailed(msg)
 
 
 def _wrap_tls(sock: socket.socket, address: Address, security: Security) -> socket.socket:
@@ -149,8 +212,12 @@ def _wrap_tls(sock: socket.socket, address: Address, security: Security) -> sock
         raise Unreachable(msg) from None
 
 
-def handshake(sock: socket.socket, address: Address, op: str, security: Security) -> dict[str, Any]:
-    """Say hello for *op*, prove the cookie and check the agent's proof; the agent's answer."""
+def handshake(
+    sock: socket.socket, address: Address, op: str, security: Security
+) -> tuple[dict[str, Any], tuple[bytes, bytes] | None]:
+    """Say hello for *op*, prove the cookie and check the agent's proof: the agent's answer,
+    and the record keys (client to agent, agent to client) when the connection must carry
+    authenticated records from now on (a cookie without TLS)."""
     client_nonce = _auth.new_nonce()
     try:
         answer = _exchange(sock, address, {"op": op, "nonce": client_nonce})
@@ -168,14 +235,18 @@ def handshake(sock: socket.socket, address: Address, op: str, security: Security
             answer = _exchange(sock, address, {"proof": mine})
             _check(answer, address, had_cookie=cookie is not None)
             assert cookie is not None  # an agent that challenges refuses a missing proof
-            theirs = _auth.proof(cookie, "agent", client_nonce, agent_nonce, op)
+            digest = _auth.answer_digest(answer)
+            theirs = _auth.proof(cookie, "agent", client_nonce, agent_nonce, op, digest)
             if not _auth.proof_matches(theirs, answer.get("proof")):
                 msg = (
                     f"{address}: the agent's proof does not match our cookie: "
-                    "it is not the agent we share the cookie with"
+                    "it is not the agent we share the cookie with (or its answer was altered)"
                 )
                 raise AuthenticationFailed(msg)
-            return answer
+            keys = None
+            if address.scheme != "tls":
+                keys = _auth.frame_keys(cookie, client_nonce, agent_nonce, op)
+            return answer, keys
         _check(answer, address, had_cookie=security.cookie is not None)
         if security.cookie is not None:
             msg = (
@@ -183,7 +254,7 @@ def handshake(sock: socket.socket, address: Address, op: str, security: Security
                 "configure the same cookie on the agent, or drop ours"
             )
             raise AuthenticationFailed(msg)
-        return answer
+        return answer, None
     except TimeoutError:
         msg = f"{address}: the agent did not answer the handshake in time"
         raise CallTimeout(msg) from None
@@ -228,7 +299,7 @@ def ping(address: Address, timeout: float, security: Security, ready: bool = Fal
     must also have declared itself ready (NotReady otherwise)."""
     sock = open_socket(address, timeout, security)
     try:
-        answer = handshake(sock, address, "ping", security)
+        answer, _keys = handshake(sock, address, "ping", security)
     finally:
         sock.close()
     if ready and answer.get("ready") is False:

@@ -13,6 +13,7 @@ from rpcctl import _transport
 from rpcctl._transport import Security
 from rpcctl.exceptions import (
     BY_KIND,
+    AuthenticationFailed,
     CallTimeout,
     ConfigError,
     TaskFailed,
@@ -68,19 +69,23 @@ class Client:
         import rpyc
         from rpyc.core import consts
 
-        from app_agent._stream import TLSAwareStream
+        from app_agent._records import RecordSocket
+        from app_agent._stream import BufferedSocketStream
 
         self.address = address
         self.timeout = timeout
         security = security if security is not None else Security.resolve()
         sock = _transport.open_socket(address, timeout, security)
-        self._sock = sock
+        self._sock: Any = sock
         self._abandoned = False
         try:
-            _transport.handshake(sock, address, "rpc", security)
+            _answer, keys = _transport.handshake(sock, address, "rpc", security)
             sock.settimeout(None)
+            if keys is not None:
+                to_agent, to_client = keys
+                self._sock = RecordSocket(sock, send_key=to_agent, recv_key=to_client)
             self._conn = rpyc.utils.factory.connect_stream(
-                TLSAwareStream(sock), config=dict(_CLIENT_CONFIG)
+                BufferedSocketStream(self._sock), config=dict(_CLIENT_CONFIG)
             )
         except BaseException:
             sock.close()
@@ -187,6 +192,17 @@ class Client:
             msg = f"{self.address}: no answer to {method} within {timeout:g}s"
             raise CallTimeout(msg) from None
         except (EOFError, OSError) as exc:
+            if getattr(self._sock, "tampered", False):
+                what = (
+                    "the agent found our request altered on the way"
+                    if self._sock.peer_alerted
+                    else "the agent's reply failed its integrity check"
+                )
+                msg = (
+                    f"{self.address}: {what}: someone between us tampered with the "
+                    "connection, so it was dropped (use tls:// across networks)"
+                )
+                raise AuthenticationFailed(msg) from None
             msg = f"{self.address}: the connection was lost ({exc or type(exc).__name__})"
             raise Unreachable(msg) from None
 

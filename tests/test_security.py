@@ -24,6 +24,7 @@ import sampleapp  # noqa: F401  (registers the tasks the in-process agents serve
 from app_agent import _auth, wire
 from app_agent.exceptions import ConfigurationError
 from conftest import DEADLINE, SAMPLEAPP, AppProcess, run_rpcctl, wait_until
+from rpcctl.client import Security
 
 EXAMPLES = int(os.environ.get("RPCCTL_HOSTILE_EXAMPLES", "1000"))
 
@@ -93,8 +94,10 @@ def test_cookie_is_required_checked_and_logged(guarded_app: AppProcess, short_tm
     reasons = [e["reason"] for e in log if e["event"] == "connection.refused"]
     assert reasons.count("no cookie: the client did not send a proof") == 1
     assert reasons.count("wrong cookie: the client's proof does not match") == 2
-    accepted = [e for e in log if e["event"] == "connection.accepted"]
-    assert {e["auth"] for e in accepted} == {"peer-uid+cookie"}
+    # Accepted connections log at debug (a probe would flood the log); each call names how
+    # its caller authenticated.
+    calls = [e for e in log if e["event"] == "call.finished"]
+    assert {e["auth"] for e in calls} == {"peer-uid+cookie"}
     # The cookie never appears in the agent's log, nor in what the client printed.
     everything = json.dumps(log) + missing.stderr + wrong.stderr + ok_env.stderr
     assert secret not in everything
@@ -104,7 +107,7 @@ def test_a_replayed_handshake_is_refused(guarded_app: AppProcess) -> None:
     secret = guarded_app.cookie.read_text().strip().encode()  # type: ignore[attr-defined]
     path = wire.parse_node(guarded_app.node).path
     nonce = _auth.new_nonce()
-    hello = wire.encode_line({"rpcctl": 1, "op": "ping", "nonce": nonce})
+    hello = wire.encode_line({"rpcctl": wire.PROTOCOL_VERSION, "op": "ping", "nonce": nonce})
 
     def handshake(proof_for: str | None) -> tuple[dict[str, Any], bytes]:
         with socket.socket(socket.AF_UNIX) as sock:
@@ -112,7 +115,7 @@ def test_a_replayed_handshake_is_refused(guarded_app: AppProcess) -> None:
             sock.sendall(hello)
             challenge = wire.decode_line(sock.recv(4096))["challenge"]
             proof = _auth.proof(secret, "client", nonce, proof_for or challenge, "ping")
-            line = wire.encode_line({"rpcctl": 1, "proof": proof})
+            line = wire.encode_line({"rpcctl": wire.PROTOCOL_VERSION, "proof": proof})
             sock.sendall(line)
             return wire.decode_line(sock.recv(4096)), line
 
@@ -125,7 +128,12 @@ def test_a_replayed_handshake_is_refused(guarded_app: AppProcess) -> None:
         wire.decode_line(sock.recv(4096))
         sock.sendall(recorded_line)
         answer = wire.decode_line(sock.recv(4096))
-    assert answer == {"rpcctl": 1, "ok": False, "kind": "auth", "message": "wrong cookie"}
+    assert answer == {
+        "rpcctl": wire.PROTOCOL_VERSION,
+        "ok": False,
+        "kind": "auth",
+        "message": "wrong cookie",
+    }
     assert wire.ErrorKind(answer["kind"]).exit_code == 5
     assert guarded_app.rpcctl("ping").returncode == 5  # still refusing strangers
     result = run_rpcctl("-n", guarded_app.node, "ping", env={"RPCCTL_COOKIE": secret.decode()})
@@ -145,9 +153,15 @@ def test_the_client_verifies_the_agent(short_tmp: Path) -> None:
         conn, _ = listener.accept()
         with conn:
             conn.recv(4096)
-            conn.sendall(wire.encode_line({"rpcctl": 1, "challenge": "ab" * 16}))
+            conn.sendall(
+                wire.encode_line({"rpcctl": wire.PROTOCOL_VERSION, "challenge": "ab" * 16})
+            )
             conn.recv(4096)
-            conn.sendall(wire.encode_line({"rpcctl": 1, "ok": True, "pong": True, "proof": "00"}))
+            conn.sendall(
+                wire.encode_line(
+                    {"rpcctl": wire.PROTOCOL_VERSION, "ok": True, "pong": True, "proof": "00"}
+                )
+            )
 
     thread = threading.Thread(target=impostor, daemon=True)
     thread.start()
@@ -349,6 +363,13 @@ def still_answers(app: AppProcess) -> None:
     assert app.alive()
 
 
+def answers(app: AppProcess) -> None:
+    """The cheap check after each generated input: a ping through the Python API."""
+    security = Security.resolve(cookie_file=app.cookie)  # type: ignore[attr-defined]
+    rpcctl.ping(app.node, timeout=DEADLINE, security=security)
+    assert app.alive()
+
+
 def settle(app: AppProcess, baseline: tuple[int, int]) -> None:
     """File descriptors back to the baseline, memory within a few MiB of it."""
     wait_until(lambda: resources(app.proc.pid)[0] <= baseline[0], what="descriptors to return")
@@ -368,9 +389,9 @@ FIXED_GARBAGE = [
     os.urandom(70000),
     b"\n" * 5000,
     b"{" * 5000,
-    b'{"rpcctl": 1, "op": "rpc"}',  # truncated: no newline, then EOF
-    b'{"rpcctl": 1, "op": "rpc", "nonce": "' + b"a" * 32 + b'"}\n{"proof": null}',
-    b'{"rpcctl": 1, "op": "ping", "nonce": "' + b"a" * 32 + b'"}\n' + b"x" * 100000,
+    b'{"rpcctl": 2, "op": "rpc"}',  # truncated: no newline, then EOF
+    b'{"rpcctl": 2, "op": "rpc", "nonce": "' + b"a" * 32 + b'"}\n{"proof": null}',
+    b'{"rpcctl": 2, "op": "ping", "nonce": "' + b"a" * 32 + b'"}\n' + b"x" * 100000,
     struct.pack("!LB", 0xFFFFFFFF, 0) + b"garbage",  # an RPyC frame header claiming 4 GiB
     b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
     b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",  # a TLS ClientHello start
@@ -389,6 +410,7 @@ def test_fixed_garbage_never_hurts_the_agent(target: AppProcess, baseline: tuple
 @given(payload=st.binary(max_size=6000))
 def test_random_bytes(target: AppProcess, baseline: tuple[int, int], payload: bytes) -> None:
     blast(wire.parse_node(target.node).path, payload)
+    answers(target)
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
@@ -411,6 +433,7 @@ def test_generated_handshakes(
 ) -> None:
     payload = (json.dumps(hello) + "\n").encode() + second
     blast(wire.parse_node(target.node).path, payload)
+    answers(target)
 
 
 def test_after_the_fuzzing_it_still_answers_and_releases_everything(
@@ -434,10 +457,12 @@ def test_garbage_after_a_valid_handshake(target: AppProcess, baseline: tuple[int
             sock.settimeout(DEADLINE)
             sock.connect(path)
             nonce = _auth.new_nonce()
-            sock.sendall(wire.encode_line({"rpcctl": 1, "op": "rpc", "nonce": nonce}))
+            sock.sendall(
+                wire.encode_line({"rpcctl": wire.PROTOCOL_VERSION, "op": "rpc", "nonce": nonce})
+            )
             challenge = wire.decode_line(sock.recv(4096))["challenge"]
             proof = _auth.proof(secret, "client", nonce, challenge, "rpc")
-            sock.sendall(wire.encode_line({"rpcctl": 1, "proof": proof}))
+            sock.sendall(wire.encode_line({"rpcctl": wire.PROTOCOL_VERSION, "proof": proof}))
             assert wire.decode_line(sock.recv(4096))["ok"] is True
             try:
                 sock.sendall(frame)

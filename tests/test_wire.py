@@ -128,9 +128,9 @@ def test_is_plain_accepts_only_json_data() -> None:
 
 
 def test_handshake_lines() -> None:
-    line = wire.encode_line({"rpcctl": 1, "op": "ping"})
+    line = wire.encode_line({"rpcctl": wire.PROTOCOL_VERSION, "op": "ping"})
     assert line.endswith(b"\n")
-    assert wire.decode_line(line) == {"rpcctl": 1, "op": "ping"}
+    assert wire.decode_line(line) == {"rpcctl": wire.PROTOCOL_VERSION, "op": "ping"}
     for bad in (b"\xff\n", b"[1]\n", b'{"other": 1}\n', b"GET / HTTP/1.1\r\n"):
         with pytest.raises(ValueError, match="not an rpcctl handshake"):
             wire.decode_line(bad)
