@@ -74,9 +74,9 @@ def configure_logging(
     json: bool | None = None, stream: TextIO | None = None, level: str | int | None = None
 ) -> None:
     """Configure structlog for an app without its own set-up: JSON unless on a terminal."""
-    from app_agent import _logging
+    from app_agent import logs
 
-    _logging.configure_logging(json=json, stream=stream, level=level)
+    logs.configure_logging(json=json, stream=stream, level=level)
 
 
 def __getattr__(name: str) -> object:

@@ -16,17 +16,19 @@ from typing import Any
 
 import rpyc
 
-from app_agent import _auth, _capture, wire
+from app_agent import _capture, wire
 from app_agent import _readiness as readiness
 from app_agent._gate import Gate, server_tls_context
 from app_agent._locks import Backend, MemoryLocks
 from app_agent._locks import backend as lock_backends
-from app_agent._logging import get_logger
-from app_agent._registry import Registry, import_task_modules, registry
+from app_agent._registry import Registry, import_task_modules
+from app_agent._registry import registry as global_registry
 from app_agent._service import PROTOCOL_CONFIG, AgentService, AgentState
-from app_agent._stream import BufferedSocketStream
 from app_agent.exceptions import AddressInUse, AgentAlreadyRunning, ConfigurationError
-from app_agent.wire import Address
+from app_agent.logs import get_logger
+from app_agent.streams import BufferedSocketStream
+from app_agent.wire import Address, cookies
+from app_agent.wire import environment as env
 
 # RPyC logs through stdlib logging; the agent logs its own events with structlog, so RPyC's
 # chatter is kept to warnings and above.
@@ -34,7 +36,6 @@ _rpyc_logger = logging.getLogger("app_agent.rpyc")
 _rpyc_logger.setLevel(logging.WARNING)
 
 _UNIX_PATH_MAX = 107  # sun_path is 108 bytes on Linux, NUL included
-IDLE_TIMEOUT_ENV = "RPCCTL_IDLE_TIMEOUT"
 DEFAULT_IDLE_TIMEOUT = 300.0
 """Seconds an authenticated connection may sit idle before the agent closes it."""
 
@@ -50,14 +51,14 @@ class Agent:
     def __init__(
         self,
         address: Address,
-        registry: Registry,
-        app: str,
+        registry: Registry | None = None,
+        app: str = "app",
         allowed_uids: Iterable[int] | None = None,
         on_stop: Callable[[], None] | None = None,
         cookie: bytes | None = None,
         tls: ssl.SSLContext | None = None,
         max_connections: int = 256,
-        max_handshakes: int = 128,
+        max_handshakes: int = 512,
         locks: Backend | None = None,
         loop: Any = None,
         idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
@@ -65,7 +66,7 @@ class Agent:
         self.address = address
         self.log = get_logger()
         self.state = AgentState(
-            registry,
+            registry if registry is not None else global_registry,
             node=str(address),
             app=app,
             log=self.log,
@@ -113,7 +114,7 @@ class Agent:
         if cookie is None:
             msg = (
                 f"{address}: the agent listens on TCP only with a cookie; set "
-                f"{_auth.COOKIE_ENV} or {_auth.COOKIE_FILE_ENV} (or pass cookie_file=)"
+                f"{env.COOKIE} or {env.COOKIE_FILE} (or pass cookie_file=)"
             )
             raise ConfigurationError(msg)
         if address.scheme == "tls" and tls is None:
@@ -256,7 +257,9 @@ class Agent:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def _start(self) -> None:
+    def serve(self) -> None:
+        """Start serving on the agent's thread (``app_agent.start`` does this; an Agent made
+        directly, as the benchmark makes many in one process, must call it)."""
         _capture.install()
         self._thread.start()
         self.log.info("agent.started", node=self.node, app=self.state.app, pid=os.getpid())
@@ -363,21 +366,21 @@ def start(
         if _current is not None:
             msg = f"an agent is already running in this process on {_current.node}"
             raise AgentAlreadyRunning(msg)
-        text = node if node is not None else os.environ.get(wire.NODE_ENV)
+        text = node if node is not None else os.environ.get(env.NODE)
         if not text:
-            msg = f"no node address: pass node= or set {wire.NODE_ENV} (e.g. unix:run/app.sock)"
+            msg = f"no node address: pass node= or set {env.NODE} (e.g. unix:run/app.sock)"
             raise ConfigurationError(msg)
         try:
             address = wire.parse_node(text)
         except wire.AddressError as exc:
             raise ConfigurationError(str(exc)) from None
         try:
-            secret = _auth.resolve_cookie(cookie, cookie_file)
-        except _auth.CookieError as exc:
+            secret = cookies.resolve_cookie(cookie, cookie_file)
+        except cookies.CookieError as exc:
             raise ConfigurationError(str(exc)) from None
         tls = _tls_context(address, tls_cert, tls_key, tls_client_ca)
         try:
-            lock_backend = lock_backends(locks or os.environ.get("RPCCTL_LOCKS"))
+            lock_backend = lock_backends(locks or os.environ.get(env.LOCKS))
         except (ValueError, RuntimeError, OSError) as exc:
             raise ConfigurationError(f"locks: {exc}") from None
         idle = _idle_timeout(idle_timeout)
@@ -386,7 +389,7 @@ def start(
             readiness.set_ready(ready)
         agent = Agent(
             address,
-            registry,
+            global_registry,
             app=app or _default_app_name(),
             allowed_uids=allowed_uids,
             on_stop=on_stop,
@@ -396,7 +399,7 @@ def start(
             loop=_running_loop(),
             idle_timeout=idle,
         )
-        agent._start()
+        agent.serve()
         _current = agent
         return agent
 
@@ -404,9 +407,9 @@ def start(
 def _tls_context(
     address: Address, cert: str | None, key: str | None, client_ca: str | None
 ) -> ssl.SSLContext | None:
-    cert = cert or os.environ.get("RPCCTL_TLS_CERT")
-    key = key or os.environ.get("RPCCTL_TLS_KEY")
-    client_ca = client_ca or os.environ.get("RPCCTL_TLS_CLIENT_CA")
+    cert = cert or os.environ.get(env.TLS_CERT)
+    key = key or os.environ.get(env.TLS_KEY)
+    client_ca = client_ca or os.environ.get(env.TLS_CLIENT_CA)
     if address.scheme != "tls" and not (cert or key):
         return None
     if not cert:
@@ -419,12 +422,12 @@ def _tls_context(
 
 
 def _idle_timeout(given: float | None) -> float:
-    text = os.environ.get(IDLE_TIMEOUT_ENV)
+    text = os.environ.get(env.IDLE_TIMEOUT)
     if given is None and text:
         try:
             given = float(text)
         except ValueError:
-            msg = f"{IDLE_TIMEOUT_ENV}={text!r}: expected a number of seconds"
+            msg = f"{env.IDLE_TIMEOUT}={text!r}: expected a number of seconds"
             raise ConfigurationError(msg) from None
     value = DEFAULT_IDLE_TIMEOUT if given is None else given
     if not value > 0:
@@ -470,4 +473,4 @@ def _default_app_name() -> str:
     program = sys.argv[0] or "python"
     if os.path.basename(program) == "__main__.py":  # python -m pkg: the package's name
         program = os.path.dirname(program)
-    return os.environ.get("RPCCTL_APP") or os.path.basename(program)
+    return os.environ.get(env.APP) or os.path.basename(program)

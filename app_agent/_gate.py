@@ -27,10 +27,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from app_agent import _auth, wire
 from app_agent import _readiness as readiness
-from app_agent._records import RecordSocket
-from app_agent.wire import ErrorKind
+from app_agent import wire
+from app_agent.wire import ErrorKind, cookies
+from app_agent.wire.records import RecordSocket
 
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
@@ -53,7 +53,6 @@ class _Pending:
 
     __slots__ = (
         "agent_nonce",
-        "buffer",
         "client_nonce",
         "deadline",
         "events",
@@ -61,6 +60,7 @@ class _Pending:
         "op",
         "peer",
         "phase",
+        "reader",
         "sock",
     )
 
@@ -69,7 +69,7 @@ class _Pending:
         self.peer = peer
         self.deadline = deadline
         self.phase = "hello"  # "tls", "hello", "proof"
-        self.buffer = b""
+        self.reader = wire.LineReader()
         self.client_nonce = ""
         self.agent_nonce = ""
         self.op = ""
@@ -132,7 +132,7 @@ class Gate:
         tls: ssl.SSLContext | None,
         has_room: Callable[[], bool],
         hand_over: Callable[[Any, str, str], None],
-        max_pending: int = 128,
+        max_pending: int = 512,
         handshake_timeout: float = wire.HANDSHAKE_TIMEOUT,
     ) -> None:
         self.listener = listener
@@ -161,14 +161,20 @@ class Gate:
         self._selector.register(self._wake_r, _READ, "wake")
         try:
             while not self._closing:
-                for key, _mask in self._selector.select(self._next_timeout()):
+                ready = self._selector.select(self._next_timeout())
+                accept = False
+                # Handshakes first, then new connections: a caller whose line has arrived is
+                # answered before a flood of arrivals can evict it.
+                for key, _mask in ready:
                     if key.data == "listener":
-                        self._accept()
+                        accept = True
                     elif key.data == "wake":
                         with contextlib.suppress(OSError):
                             self._wake_r.recv(64)
                     else:
                         self._step(key.data)
+                if accept:
+                    self._accept()
                 self._housekeeping()
         finally:
             for pending in list(self._pending.values()):
@@ -315,7 +321,7 @@ class Gate:
         """One whole handshake line, or None while it is still arriving."""
         while True:
             try:
-                chunk = pending.sock.recv(wire.MAX_HELLO_BYTES - len(pending.buffer))
+                chunk = pending.sock.recv(pending.reader.room)
             except (BlockingIOError, ssl.SSLWantReadError):
                 return None
             except ssl.SSLWantWriteError:
@@ -323,16 +329,9 @@ class Gate:
                 return None
             if not chunk:
                 raise Refused("connection closed during the handshake")
-            pending.buffer += chunk
-            line, newline, rest = pending.buffer.partition(b"\n")
-            if newline:
-                if rest:
-                    # The client waits for each answer before it sends more.
-                    raise Refused("data after the handshake line")
-                pending.buffer = b""
-                return line + newline
-            if len(pending.buffer) >= wire.MAX_HELLO_BYTES:
-                raise Refused("handshake line too long")
+            line = pending.reader.feed(chunk)
+            if line is not None:
+                return line
 
     def _on_hello(self, pending: _Pending, line: bytes) -> None:
         hello = wire.decode_line(line)
@@ -347,14 +346,14 @@ class Gate:
         if op not in ("rpc", "ping"):
             raise Refused(f"unknown operation {_short(op)}", ErrorKind.USAGE)
         nonce = hello.get("nonce")
-        if not _auth.is_nonce(nonce):
+        if not cookies.is_nonce(nonce):
             raise Refused("the hello carries no valid nonce", ErrorKind.USAGE)
         pending.op = str(op)
         pending.client_nonce = str(nonce)
         if self.cookie is None:
             self._finish(pending)
             return
-        pending.agent_nonce = _auth.new_nonce()
+        pending.agent_nonce = cookies.new_nonce()
         pending.phase = "proof"
         self._send(pending, {"challenge": pending.agent_nonce})
 
@@ -367,10 +366,10 @@ class Gate:
                 ErrorKind.AUTH,
                 "this agent requires a cookie",
             )
-        expected = _auth.proof(
+        expected = cookies.proof(
             self.cookie, "client", pending.client_nonce, pending.agent_nonce, pending.op
         )
-        if not _auth.proof_matches(expected, given):
+        if not cookies.proof_matches(expected, given):
             raise Refused(
                 "wrong cookie: the client's proof does not match", ErrorKind.AUTH, "wrong cookie"
             )
@@ -389,13 +388,13 @@ class Gate:
                 "the agent serves as many connections as it may; try again shortly",
             )
         if self.cookie is not None:
-            fields["proof"] = _auth.proof(
+            fields["proof"] = cookies.proof(
                 self.cookie,
                 "agent",
                 pending.client_nonce,
                 pending.agent_nonce,
                 pending.op,
-                _auth.answer_digest(fields),
+                cookies.answer_digest(fields),
             )
         self._send(pending, fields)
         self._forget(pending)
@@ -408,7 +407,7 @@ class Gate:
         sock: Any = pending.sock
         sock.setblocking(True)
         if self.cookie is not None and self.tls is None:
-            to_agent, to_client = _auth.frame_keys(
+            to_agent, to_client = cookies.frame_keys(
                 self.cookie, pending.client_nonce, pending.agent_nonce, pending.op
             )
             sock = RecordSocket(sock, send_key=to_client, recv_key=to_agent)

@@ -42,13 +42,13 @@ def spin(seconds: float) -> int:
 def many(directory: str, count: int) -> None:
     """Agents for a fleet: the public start() allows one per process, so this uses the
     Agent class directly (the server side is the same code)."""
-    from app_agent import _agent, wire
-    from app_agent._registry import registry
+    import app_agent
+    from app_agent import wire
 
     agents = []
     for i in range(count):
-        agent = _agent.Agent(wire.parse_node(f"unix:{directory}/{i}.sock"), registry, app=f"a{i}")
-        agent._start()
+        agent = app_agent.Agent(wire.parse_node(f"unix:{directory}/{i}.sock"), app=f"a{i}")
+        agent.serve()
         agents.append(agent)
     print(f"LISTENING {time.time():.6f}", flush=True)
     sys.stdin.read()
@@ -84,7 +84,7 @@ def main() -> None:
     import app_agent
 
     agent = app_agent.start(node=node, tasks=["bench_tasks"], app="bench-host")
-    print(f"LISTENING {time.time():.6f}", flush=True)
+    print(f"LISTENING {time.time():.6f} {agent.node}", flush=True)
     after = rss_kib()
     print(f"RSS {before} {after}", flush=True)
     if mode == "spin":

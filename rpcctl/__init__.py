@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from app_agent._version import __version__
+from app_agent import __version__
 from rpcctl.client import Client, connect, ping, wait_for
 from rpcctl.exceptions import (
     AuthenticationFailed,

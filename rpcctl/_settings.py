@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import os
 
-from app_agent._auth import COOKIE_ENV, COOKIE_FILE_ENV
 from app_agent.wire import NODE_ENV, Address
+from app_agent.wire.cookies import COOKIE_ENV, COOKIE_FILE_ENV
 from rpcctl import client as client_mod
 from rpcctl._transport import Security
 from rpcctl.exceptions import ConfigError

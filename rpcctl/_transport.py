@@ -13,8 +13,8 @@ import struct
 import sys
 import time
 
-from app_agent import _auth, wire
-from app_agent.wire import Address, ErrorKind
+from app_agent import wire
+from app_agent.wire import Address, ErrorKind, cookies
 from rpcctl.exceptions import (
     BY_KIND,
     AuthenticationFailed,
@@ -64,14 +64,14 @@ class Security:
         """From the arguments, else ``RPCCTL_COOKIE``/``RPCCTL_COOKIE_FILE`` and
         ``RPCCTL_TLS_CA``/``RPCCTL_TLS_CERT``/``RPCCTL_TLS_KEY``."""
         try:
-            secret = _auth.resolve_cookie(cookie, cookie_file)
-        except _auth.CookieError as exc:
+            secret = cookies.resolve_cookie(cookie, cookie_file)
+        except cookies.CookieError as exc:
             raise ConfigError(str(exc)) from None
         return cls(
             secret,
-            tls_ca or os.environ.get("RPCCTL_TLS_CA"),
-            tls_cert or os.environ.get("RPCCTL_TLS_CERT"),
-            tls_key or os.environ.get("RPCCTL_TLS_KEY"),
+            tls_ca or os.environ.get(wire.environment.TLS_CA),
+            tls_cert or os.environ.get(wire.environment.TLS_CERT),
+            tls_key or os.environ.get(wire.environment.TLS_KEY),
         )
 
     def tls_context(self) -> ssl.SSLContext:
@@ -218,26 +218,26 @@ def handshake(
     """Say hello for *op*, prove the cookie and check the agent's proof: the agent's answer,
     and the record keys (client to agent, agent to client) when the connection must carry
     authenticated records from now on (a cookie without TLS)."""
-    client_nonce = _auth.new_nonce()
+    client_nonce = cookies.new_nonce()
     try:
         answer = _exchange(sock, address, {"op": op, "nonce": client_nonce})
         if "challenge" in answer:
             agent_nonce = answer["challenge"]
-            if not _auth.is_nonce(agent_nonce):
+            if not cookies.is_nonce(agent_nonce):
                 msg = f"{address}: the agent sent a malformed challenge"
                 raise AuthenticationFailed(msg)
             cookie = security.cookie
             mine = (
                 None
                 if cookie is None
-                else _auth.proof(cookie, "client", client_nonce, agent_nonce, op)
+                else cookies.proof(cookie, "client", client_nonce, agent_nonce, op)
             )
             answer = _exchange(sock, address, {"proof": mine})
             _check(answer, address, had_cookie=cookie is not None)
             assert cookie is not None  # an agent that challenges refuses a missing proof
-            digest = _auth.answer_digest(answer)
-            theirs = _auth.proof(cookie, "agent", client_nonce, agent_nonce, op, digest)
-            if not _auth.proof_matches(theirs, answer.get("proof")):
+            digest = cookies.answer_digest(answer)
+            theirs = cookies.proof(cookie, "agent", client_nonce, agent_nonce, op, digest)
+            if not cookies.proof_matches(theirs, answer.get("proof")):
                 msg = (
                     f"{address}: the agent's proof does not match our cookie: "
                     "it is not the agent we share the cookie with (or its answer was altered)"
@@ -245,7 +245,7 @@ def handshake(
                 raise AuthenticationFailed(msg)
             keys = None
             if address.scheme != "tls":
-                keys = _auth.frame_keys(cookie, client_nonce, agent_nonce, op)
+                keys = cookies.frame_keys(cookie, client_nonce, agent_nonce, op)
             return answer, keys
         _check(answer, address, had_cookie=security.cookie is not None)
         if security.cookie is not None:
@@ -271,11 +271,11 @@ def _exchange(sock: socket.socket, address: Address, fields: dict[str, Any]) -> 
     # An agent that refused before reading has closed: its reason may still be waiting.
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):
         sock.sendall(wire.encode_line({"rpcctl": wire.PROTOCOL_VERSION, **fields}))
-    line = _read_line(sock)
-    if not line:
-        msg = f"{address}: the agent closed the connection during the handshake"
-        raise Unreachable(msg)
     try:
+        line = _read_line(sock)
+        if not line:
+            msg = f"{address}: the agent closed the connection during the handshake"
+            raise Unreachable(msg)
         return wire.decode_line(line)
     except ValueError:
         msg = f"{address}: this is not an rpcctl agent (unexpected handshake answer)"
@@ -308,16 +308,18 @@ def ping(address: Address, timeout: float, security: Security, ready: bool = Fal
 
 
 def _read_line(sock: socket.socket) -> bytes:
-    data = b""
-    while not data.endswith(b"\n") and len(data) < wire.MAX_HELLO_BYTES:
+    """The agent's answer line; b"" when it closed first. ValueError when it is too long."""
+    reader = wire.LineReader()
+    while True:
         try:
-            chunk = sock.recv(wire.MAX_HELLO_BYTES - len(data))
+            chunk = sock.recv(reader.room)
         except ConnectionResetError:
-            break
+            return b""
         if not chunk:
-            break
-        data += chunk
-    return data
+            return reader.buffer
+        line = reader.feed(chunk)
+        if line is not None:
+            return line
 
 
 def _is_tls_error(exc: OSError) -> bool:

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import click
 
-from app_agent._version import __version__
+from app_agent import __version__
 from app_agent.wire import Address
 from rpcctl import client as client_mod
 from rpcctl import expr
@@ -487,8 +487,8 @@ def start(settings: Settings) -> None:
     to be killed.
     """
     settings.single("start")
-    from app_agent._logging import configure_logging
-    from app_agent._logging import get_logger as agent_logger
+    from app_agent.logs import configure_logging
+    from app_agent.logs import get_logger as agent_logger
     from rpcctl.runner import Runner
 
     configure_logging()
@@ -537,7 +537,7 @@ def cookie_generate(settings: Settings, file: str, force: bool) -> None:
     The cookie is never printed. Point the agent and its callers at FILE with
     cookie_file in rpcctl.toml, --cookie-file, or RPCCTL_COOKIE_FILE.
     """
-    from app_agent._auth import CookieError, generate_cookie_file
+    from app_agent.wire.cookies import CookieError, generate_cookie_file
 
     try:
         generate_cookie_file(file, force=force)

@@ -69,8 +69,8 @@ class Client:
         import rpyc
         from rpyc.core import consts
 
-        from app_agent._records import RecordSocket
-        from app_agent._stream import BufferedSocketStream
+        from app_agent.streams import BufferedSocketStream
+        from app_agent.wire.records import RecordSocket
 
         self.address = address
         self.timeout = timeout

@@ -18,8 +18,8 @@ import threading
 import time
 from typing import Any, Final
 
-from app_agent._auth import COOKIE_FILE_ENV
 from app_agent.wire import NODE_ENV, RUNNER_ENV, pid_alive
+from app_agent.wire.cookies import COOKIE_FILE_ENV
 from rpcctl import _transport, hooks
 from rpcctl._transport import Security
 from rpcctl.config import Config, rpcctl_executable

@@ -294,17 +294,17 @@ def test_completion_of_commands() -> None:
 
 
 def test_no_color_and_no_tty_mean_no_colour(monkeypatch: pytest.MonkeyPatch) -> None:
-    from app_agent import _logging
+    from app_agent import logs
 
     class Tty:
         def isatty(self) -> bool:
             return True
 
     monkeypatch.delenv("NO_COLOR", raising=False)
-    assert _logging._colour_allowed(Tty()) is True  # type: ignore[arg-type]
+    assert logs._colour_allowed(Tty()) is True  # type: ignore[arg-type]
     monkeypatch.setenv("NO_COLOR", "1")
-    assert _logging._colour_allowed(Tty()) is False  # type: ignore[arg-type]
-    assert _logging._colour_allowed(sys.stderr) is False  # pytest's stderr is not a TTY
+    assert logs._colour_allowed(Tty()) is False  # type: ignore[arg-type]
+    assert logs._colour_allowed(sys.stderr) is False  # pytest's stderr is not a TTY
 
 
 def test_every_command_has_json() -> None:

@@ -24,8 +24,9 @@ import pytest
 
 import app_agent
 import sampleapp  # noqa: F401  (registers the tasks the in-process agents serve)
-from app_agent import _auth, wire
+from app_agent import wire
 from app_agent.exceptions import ConfigurationError
+from app_agent.wire import cookies
 from conftest import DEADLINE, SAMPLEAPP, AppProcess, run_rpcctl, wait_until
 
 COOKIE = "hardening-cookie-0123456789abcdef"
@@ -405,7 +406,7 @@ def test_malformed_pre_auth_lines_are_clean_audited_refusals(short_tmp: Path) ->
             raw_exchange(path, [line])
         # A non-ASCII proof, and one of the wrong type, after a valid hello.
         for proof in ("é" * 64, 12345, ["x"]):
-            hello = {"rpcctl": wire.PROTOCOL_VERSION, "op": "ping", "nonce": _auth.new_nonce()}
+            hello = {"rpcctl": wire.PROTOCOL_VERSION, "op": "ping", "nonce": cookies.new_nonce()}
             second = (json.dumps({"rpcctl": 2, "proof": proof}) + "\n").encode()
             raw_exchange(path, [wire.encode_line(hello), second])
         ping = run_rpcctl("-n", app.node, "ping", env={"RPCCTL_COOKIE": COOKIE})
@@ -447,7 +448,7 @@ def test_a_flood_of_bad_connections_writes_a_bounded_log(short_tmp: Path) -> Non
 
 def test_an_over_long_cookie_file_is_refused_on_both_sides(short_tmp: Path) -> None:
     path = short_tmp / "cookie"
-    path.write_text("x" * (_auth.MAX_COOKIE_BYTES + 1))
+    path.write_text("x" * (cookies.MAX_COOKIE_BYTES + 1))
     path.chmod(0o600)
     with pytest.raises(ConfigurationError, match="longer than 4096 bytes"):
         app_agent.start(node=f"unix:{short_tmp}/a.sock", cookie_file=path)
@@ -464,7 +465,7 @@ def open_rpc(path: str) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX)
     sock.settimeout(DEADLINE)
     sock.connect(path)
-    hello = {"rpcctl": wire.PROTOCOL_VERSION, "op": "rpc", "nonce": _auth.new_nonce()}
+    hello = {"rpcctl": wire.PROTOCOL_VERSION, "op": "rpc", "nonce": cookies.new_nonce()}
     sock.sendall(wire.encode_line(hello))
     answer = wire.decode_line(sock.recv(4096))
     assert answer["ok"] is True, answer

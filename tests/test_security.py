@@ -21,8 +21,9 @@ from hypothesis import strategies as st
 import app_agent
 import rpcctl
 import sampleapp  # noqa: F401  (registers the tasks the in-process agents serve)
-from app_agent import _auth, wire
+from app_agent import wire
 from app_agent.exceptions import ConfigurationError
+from app_agent.wire import cookies
 from conftest import DEADLINE, SAMPLEAPP, AppProcess, run_rpcctl, wait_until
 from rpcctl.client import Security
 
@@ -106,7 +107,7 @@ def test_cookie_is_required_checked_and_logged(guarded_app: AppProcess, short_tm
 def test_a_replayed_handshake_is_refused(guarded_app: AppProcess) -> None:
     secret = guarded_app.cookie.read_text().strip().encode()  # type: ignore[attr-defined]
     path = wire.parse_node(guarded_app.node).path
-    nonce = _auth.new_nonce()
+    nonce = cookies.new_nonce()
     hello = wire.encode_line({"rpcctl": wire.PROTOCOL_VERSION, "op": "ping", "nonce": nonce})
 
     def handshake(proof_for: str | None) -> tuple[dict[str, Any], bytes]:
@@ -114,7 +115,7 @@ def test_a_replayed_handshake_is_refused(guarded_app: AppProcess) -> None:
             sock.connect(path)
             sock.sendall(hello)
             challenge = wire.decode_line(sock.recv(4096))["challenge"]
-            proof = _auth.proof(secret, "client", nonce, proof_for or challenge, "ping")
+            proof = cookies.proof(secret, "client", nonce, proof_for or challenge, "ping")
             line = wire.encode_line({"rpcctl": wire.PROTOCOL_VERSION, "proof": proof})
             sock.sendall(line)
             return wire.decode_line(sock.recv(4096)), line
@@ -456,12 +457,12 @@ def test_garbage_after_a_valid_handshake(target: AppProcess, baseline: tuple[int
         with socket.socket(socket.AF_UNIX) as sock:
             sock.settimeout(DEADLINE)
             sock.connect(path)
-            nonce = _auth.new_nonce()
+            nonce = cookies.new_nonce()
             sock.sendall(
                 wire.encode_line({"rpcctl": wire.PROTOCOL_VERSION, "op": "rpc", "nonce": nonce})
             )
             challenge = wire.decode_line(sock.recv(4096))["challenge"]
-            proof = _auth.proof(secret, "client", nonce, challenge, "rpc")
+            proof = cookies.proof(secret, "client", nonce, challenge, "rpc")
             sock.sendall(wire.encode_line({"rpcctl": wire.PROTOCOL_VERSION, "proof": proof}))
             assert wire.decode_line(sock.recv(4096))["ok"] is True
             try:

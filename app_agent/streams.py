@@ -9,7 +9,7 @@ class BufferedSocketStream(SocketStream):  # type: ignore[misc]
     """RPyC's socket stream, aware of bytes a layer under it has already taken off the socket.
 
     RPyC polls the file descriptor before each read; bytes that TLS (an ``SSLSocket``) or
-    the record layer (:class:`app_agent._records.RecordSocket`) already hold are invisible to
+    the record layer (:class:`app_agent.wire.records.RecordSocket`) already hold are invisible to
     that poll, so without this a whole frame could sit unread.
     """
 

@@ -13,13 +13,15 @@ from __future__ import annotations
 import os
 import stat
 
+from app_agent.wire import environment
+
 # Without importing typing (which costs the ping path ~10 ms); mypy knows this name.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Final
 
-COOKIE_ENV: Final = "RPCCTL_COOKIE"
-COOKIE_FILE_ENV: Final = "RPCCTL_COOKIE_FILE"
+COOKIE_ENV: Final = environment.COOKIE
+COOKIE_FILE_ENV: Final = environment.COOKIE_FILE
 NONCE_BYTES: Final = 16
 MAX_COOKIE_BYTES: Final = 4096
 """A cookie file longer than this is refused, never cut short."""

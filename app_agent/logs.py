@@ -14,7 +14,9 @@ from typing import Any, TextIO
 
 import structlog
 
-LEVEL_ENV = "RPCCTL_LOG_LEVEL"
+from app_agent.wire import environment
+
+LEVEL_ENV = environment.LOG_LEVEL
 
 
 def _level(level: str | int | None) -> int:

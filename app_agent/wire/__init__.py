@@ -1,0 +1,56 @@
+"""The contract both sides share, one concept a module, standard library only.
+
+- :mod:`~app_agent.wire.addresses`: node addresses (``unix:``, ``tcp://``, ``tls://``)
+- :mod:`~app_agent.wire.codec`: the JSON codec, the conversion rule, reply envelopes
+- :mod:`~app_agent.wire.errors`: error kinds and their exit codes
+- :mod:`~app_agent.wire.handshake`: the handshake's lines, version, limits and deadline
+- :mod:`~app_agent.wire.cookies`: the cookie, its files, the proofs and record keys
+- :mod:`~app_agent.wire.records`: authenticated records after a cookie handshake
+- :mod:`~app_agent.wire.environment`: every ``RPCCTL_*`` variable's name
+- :mod:`~app_agent.wire.processes`: whether a process exists
+
+The names most code needs are re-exported here; ``cookies`` and ``records`` (hashing) load
+only when imported. The ``rpcctl ping`` path loads this package and must stay cheap.
+"""
+
+from __future__ import annotations
+
+from app_agent.wire import environment
+from app_agent.wire.addresses import Address, AddressError, parse_node
+from app_agent.wire.codec import dumps, error, is_plain, loads, ok, to_plain
+from app_agent.wire.errors import ErrorKind
+from app_agent.wire.handshake import (
+    HANDSHAKE_TIMEOUT,
+    MAX_HELLO_BYTES,
+    PROTOCOL_VERSION,
+    LineReader,
+    decode_line,
+    encode_line,
+)
+from app_agent.wire.processes import pid_alive
+
+NODE_ENV = environment.NODE
+RUNNER_ENV = environment.RUNNER_PID
+
+__all__ = [
+    "HANDSHAKE_TIMEOUT",
+    "MAX_HELLO_BYTES",
+    "NODE_ENV",
+    "PROTOCOL_VERSION",
+    "RUNNER_ENV",
+    "Address",
+    "AddressError",
+    "ErrorKind",
+    "LineReader",
+    "decode_line",
+    "dumps",
+    "encode_line",
+    "environment",
+    "error",
+    "is_plain",
+    "loads",
+    "ok",
+    "parse_node",
+    "pid_alive",
+    "to_plain",
+]

@@ -1,0 +1,35 @@
+"""Every environment variable rpcctl reads or sets, named once.
+
+Both sides, the runner and the hooks use these names; docs/design.md lists what each means.
+"""
+
+from __future__ import annotations
+
+# Without importing typing (which costs the ping path ~10 ms); mypy knows this name.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
+
+NODE: Final = "RPCCTL_NODE"
+"""The node address, on both sides, when none is given."""
+COOKIE: Final = "RPCCTL_COOKIE"
+COOKIE_FILE: Final = "RPCCTL_COOKIE_FILE"
+TLS_CERT: Final = "RPCCTL_TLS_CERT"
+"""The agent's certificate on tls:// (and the client's own, for mutual TLS)."""
+TLS_KEY: Final = "RPCCTL_TLS_KEY"
+TLS_CLIENT_CA: Final = "RPCCTL_TLS_CLIENT_CA"
+"""The agent's CA for client certificates: set, they are required."""
+TLS_CA: Final = "RPCCTL_TLS_CA"
+"""The client's CA for the agent's certificate."""
+LOCKS: Final = "RPCCTL_LOCKS"
+IDLE_TIMEOUT: Final = "RPCCTL_IDLE_TIMEOUT"
+LOG_LEVEL: Final = "RPCCTL_LOG_LEVEL"
+APP: Final = "RPCCTL_APP"
+"""The app's name: set by the runner for the app and its hooks, read by the agent."""
+RUNNER_PID: Final = "RPCCTL_RUNNER_PID"
+"""Set by ``rpcctl start`` for the app and its hooks: the runner's pid."""
+APP_PID: Final = "RPCCTL_APP_PID"
+ROOT: Final = "RPCCTL_ROOT"
+HOOK: Final = "RPCCTL_HOOK"
+RPCCTL: Final = "RPCCTL"
+"""For hooks: a command that reaches this app."""
