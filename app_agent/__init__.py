@@ -25,9 +25,9 @@ if TYPE_CHECKING:
 
     from app_agent._agent import Agent
     from app_agent._capture import cancelled, progress
-    from app_agent._options import StartOptions
     from app_agent._readiness import set_ready
     from app_agent._registry import Task, reset_registry, task
+    from app_agent.config import StartOptions
 
 __all__ = [
     "AddressInUse",
@@ -55,8 +55,7 @@ def start(
     """Start this process's agent and return it once it listens.
 
     *node* defaults to ``RPCCTL_NODE``; *tasks* names modules whose ``@task`` functions
-    register. The options (app, allowed_uids, on_stop, cookie, cookie_file, tls_cert,
-    tls_key, tls_client_ca) are described at :func:`app_agent._agent.start`.
+    register. The options are described at :class:`app_agent.config.StartOptions`.
     """
     from app_agent import _agent
 

@@ -7,28 +7,28 @@ import errno
 import logging
 import os
 import socket
-import ssl
 import stat
 import sys
 import threading
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Unpack
 
 import rpyc
 
-from app_agent import _capture, wire
+from app_agent import _capture
 from app_agent import _readiness as readiness
-from app_agent._gate import Gate, server_tls_context
-from app_agent._locks import Backend, MemoryLocks
+from app_agent._gate import Gate
+from app_agent._locks import Backend
 from app_agent._locks import backend as lock_backends
 from app_agent._registry import Registry, import_task_modules
 from app_agent._registry import registry as global_registry
 from app_agent._service import PROTOCOL_CONFIG, AgentService, AgentState
+from app_agent.config import AgentConfig, StartOptions
+from app_agent.config import load as load_config
 from app_agent.exceptions import AddressInUse, AgentAlreadyRunning, ConfigurationError
 from app_agent.logs import get_logger
 from app_agent.streams import BufferedSocketStream
-from app_agent.wire import Address, cookies
-from app_agent.wire import environment as env
+from app_agent.wire import Address
 
 # RPyC logs through stdlib logging; the agent logs its own events with structlog, so RPyC's
 # chatter is kept to warnings and above.
@@ -36,8 +36,6 @@ _rpyc_logger = logging.getLogger("app_agent.rpyc")
 _rpyc_logger.setLevel(logging.WARNING)
 
 _UNIX_PATH_MAX = 107  # sun_path is 108 bytes on Linux, NUL included
-DEFAULT_IDLE_TIMEOUT = 300.0
-"""Seconds an authenticated connection may sit idle before the agent closes it."""
 
 
 class Agent:
@@ -50,34 +48,32 @@ class Agent:
 
     def __init__(
         self,
-        address: Address,
+        config: AgentConfig,
         registry: Registry | None = None,
-        app: str = "app",
-        allowed_uids: Iterable[int] | None = None,
-        on_stop: Callable[[], None] | None = None,
-        cookie: bytes | None = None,
-        tls: ssl.SSLContext | None = None,
-        max_connections: int = 256,
-        max_handshakes: int = 512,
         locks: Backend | None = None,
         loop: Any = None,
-        idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
     ) -> None:
-        self.address = address
+        self.config = config
+        self.address = config.address
         self.log = get_logger()
         self.state = AgentState(
             registry if registry is not None else global_registry,
-            node=str(address),
-            app=app,
+            node=str(config.address),
+            app=config.app,
             log=self.log,
-            locks=locks or MemoryLocks(),
+            locks=locks if locks is not None else lock_backend(config),
             loop=loop,
         )
-        self.state.stop_handler = on_stop
-        self.max_connections = max_connections
-        self.idle_timeout = idle_timeout
-        uids = frozenset(allowed_uids) if allowed_uids is not None else frozenset({os.geteuid(), 0})
-        self._check_transport(address, cookie, tls)
+        self.state.stop_handler = config.on_stop
+        self.max_connections = config.max_connections
+        self.idle_timeout = config.idle_timeout
+        if config.insecure:
+            self.log.warning(
+                "agent.insecure_transport",
+                node=str(config.address),
+                reason="listening beyond loopback without TLS: calls and results cross the "
+                "network readable (authenticated, never the cookie itself); use tls://",
+            )
         self._served_lock = threading.Lock()
         self._served: set[Any] = set()
         self._socket_inode: tuple[int, int] | None = None
@@ -85,12 +81,12 @@ class Agent:
         self.gate = Gate(
             self._bind(),
             self.log,
-            uids,
-            cookie,
-            tls,
+            config.allowed_uids,
+            config.cookie,
+            config.tls,
             has_room=self._has_room,
             hand_over=self._hand_over,
-            max_pending=max_handshakes,
+            max_pending=config.max_handshakes,
         )
         self._thread = threading.Thread(
             target=self.gate.serve_forever, name="rpcctl-agent", daemon=True
@@ -102,37 +98,6 @@ class Agent:
         return self.state.node
 
     # -- binding ---------------------------------------------------------------------------
-
-    def _check_transport(
-        self, address: Address, cookie: bytes | None, tls: ssl.SSLContext | None
-    ) -> None:
-        if address.is_unix:
-            if tls is not None:
-                msg = f"{address}: TLS applies to tls:// addresses, not UNIX sockets"
-                raise ConfigurationError(msg)
-            return
-        if cookie is None:
-            msg = (
-                f"{address}: the agent listens on TCP only with a cookie; set "
-                f"{env.COOKIE} or {env.COOKIE_FILE} (or pass cookie_file=)"
-            )
-            raise ConfigurationError(msg)
-        if address.scheme == "tls" and tls is None:
-            msg = (
-                f"{address}: a tls:// agent needs a certificate and key "
-                "(tls_cert=/tls_key=, or RPCCTL_TLS_CERT and RPCCTL_TLS_KEY)"
-            )
-            raise ConfigurationError(msg)
-        if address.scheme == "tcp" and tls is not None:
-            msg = f"{address}: a certificate was given for a tcp:// address; use tls://"
-            raise ConfigurationError(msg)
-        if not address.is_loopback and tls is None:
-            self.log.warning(
-                "agent.insecure_transport",
-                node=str(address),
-                reason="listening beyond loopback without TLS: calls and results cross the "
-                "network in clear text (the cookie itself never does); use tls://",
-            )
 
     def _bind(self) -> socket.socket:
         if self.address.is_unix:
@@ -324,39 +289,12 @@ def _forget(agent: Agent) -> None:
 
 
 def start(
-    node: str | None = None,
-    tasks: Iterable[str] = (),
-    *,
-    app: str | None = None,
-    allowed_uids: Iterable[int] | None = None,
-    on_stop: Callable[[], None] | None = None,
-    cookie: str | bytes | None = None,
-    cookie_file: str | os.PathLike[str] | None = None,
-    tls_cert: str | None = None,
-    tls_key: str | None = None,
-    tls_client_ca: str | None = None,
-    locks: str | None = None,
-    ready: bool | None = None,
-    idle_timeout: float | None = None,
+    node: str | None = None, tasks: Iterable[str] = (), **options: Unpack[StartOptions]
 ) -> Agent:
     """Start this process's agent and return it once it listens.
 
     *node* defaults to ``RPCCTL_NODE``; *tasks* names modules to import so their ``@task``
-    functions register; *app* defaults to ``RPCCTL_APP`` or the program's name. On a UNIX
-    socket only the agent's own euid and root may connect, unless *allowed_uids* says
-    otherwise. *on_stop* is what ``rpcctl stop`` runs (on its own thread) when the app is
-    not under ``rpcctl start``; by default the process sends itself SIGTERM.
-
-    The cookie comes from *cookie*, *cookie_file*, ``RPCCTL_COOKIE`` or
-    ``RPCCTL_COOKIE_FILE``; with one, every caller must prove it (TCP requires one). A
-    ``tls://`` address needs *tls_cert* and *tls_key* (or ``RPCCTL_TLS_CERT`` and
-    ``RPCCTL_TLS_KEY``); *tls_client_ca* (``RPCCTL_TLS_CLIENT_CA``) makes client
-    certificates mandatory. *locks* (``RPCCTL_LOCKS``) chooses where ``@task(lock=...)``
-    locks live: ``memory`` (default, this process), ``file:DIRECTORY`` (this host) or a
-    ``postgresql://`` URL (every replica using that database). *ready* sets the app's
-    readiness (see :func:`app_agent.set_ready`). *idle_timeout* (``RPCCTL_IDLE_TIMEOUT``,
-    default 300) is how many seconds an authenticated connection may stay silent before the
-    agent closes it.
+    functions register; the options are those of :class:`app_agent.config.StartOptions`.
 
     Started inside a running asyncio event loop, the agent runs ``async def`` tasks on that
     loop, so they can use the app's async resources; sync tasks always run on threads.
@@ -366,74 +304,23 @@ def start(
         if _current is not None:
             msg = f"an agent is already running in this process on {_current.node}"
             raise AgentAlreadyRunning(msg)
-        text = node if node is not None else os.environ.get(env.NODE)
-        if not text:
-            msg = f"no node address: pass node= or set {env.NODE} (e.g. unix:run/app.sock)"
-            raise ConfigurationError(msg)
-        try:
-            address = wire.parse_node(text)
-        except wire.AddressError as exc:
-            raise ConfigurationError(str(exc)) from None
-        try:
-            secret = cookies.resolve_cookie(cookie, cookie_file)
-        except cookies.CookieError as exc:
-            raise ConfigurationError(str(exc)) from None
-        tls = _tls_context(address, tls_cert, tls_key, tls_client_ca)
-        try:
-            lock_backend = lock_backends(locks or os.environ.get(env.LOCKS))
-        except (ValueError, RuntimeError, OSError) as exc:
-            raise ConfigurationError(f"locks: {exc}") from None
-        idle = _idle_timeout(idle_timeout)
+        config = load_config(node, **options)
+        locks = lock_backend(config)
         import_task_modules(tasks)
-        if ready is not None:
-            readiness.set_ready(ready)
-        agent = Agent(
-            address,
-            global_registry,
-            app=app or _default_app_name(),
-            allowed_uids=allowed_uids,
-            on_stop=on_stop,
-            cookie=secret,
-            tls=tls,
-            locks=lock_backend,
-            loop=_running_loop(),
-            idle_timeout=idle,
-        )
+        if config.ready is not None:
+            readiness.set_ready(config.ready)
+        agent = Agent(config, locks=locks, loop=_running_loop())
         agent.serve()
         _current = agent
         return agent
 
 
-def _tls_context(
-    address: Address, cert: str | None, key: str | None, client_ca: str | None
-) -> ssl.SSLContext | None:
-    cert = cert or os.environ.get(env.TLS_CERT)
-    key = key or os.environ.get(env.TLS_KEY)
-    client_ca = client_ca or os.environ.get(env.TLS_CLIENT_CA)
-    if address.scheme != "tls" and not (cert or key):
-        return None
-    if not cert:
-        return None  # reported by Agent._check_transport with the whole picture
+def lock_backend(config: AgentConfig) -> Backend:
+    """Where the agent's task locks live, as configured; ConfigurationError when unusable."""
     try:
-        return server_tls_context(cert, key, client_ca)
-    except (OSError, ssl.SSLError) as exc:
-        msg = f"{address}: cannot load the TLS certificate/key ({exc})"
-        raise ConfigurationError(msg) from None
-
-
-def _idle_timeout(given: float | None) -> float:
-    text = os.environ.get(env.IDLE_TIMEOUT)
-    if given is None and text:
-        try:
-            given = float(text)
-        except ValueError:
-            msg = f"{env.IDLE_TIMEOUT}={text!r}: expected a number of seconds"
-            raise ConfigurationError(msg) from None
-    value = DEFAULT_IDLE_TIMEOUT if given is None else given
-    if not value > 0:
-        msg = f"idle_timeout must be a positive number of seconds, not {value!r}"
-        raise ConfigurationError(msg)
-    return value
+        return lock_backends(config.locks)
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise ConfigurationError(f"locks: {exc}") from None
 
 
 def _cause(exc: BaseException) -> BaseException:
@@ -467,10 +354,3 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 def current() -> Agent | None:
     """The running agent of this process, if any."""
     return _current
-
-
-def _default_app_name() -> str:
-    program = sys.argv[0] or "python"
-    if os.path.basename(program) == "__main__.py":  # python -m pkg: the package's name
-        program = os.path.dirname(program)
-    return os.environ.get(env.APP) or os.path.basename(program)

@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import rpyc
 
@@ -30,9 +30,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 PROTOCOL_CONFIG: dict[str, Any] = {
-    # Only the service's allow-listed methods are reachable (see AgentService._rpyc_getattr).
+    # Only the service's exposed_ methods are reachable: RPyC's own rule, nothing else on.
     "allow_safe_attrs": False,
-    "allow_exposed_attrs": False,
+    "allow_exposed_attrs": True,
     "allow_public_attrs": False,
     "allow_all_attrs": False,
     "allow_setattr": False,
@@ -84,11 +84,8 @@ class AgentState:
 
 
 class AgentService(rpyc.Service):  # type: ignore[misc]
-    """One instance per connection; the caller can reach only ``EXPOSED``."""
-
-    EXPOSED: ClassVar[frozenset[str]] = frozenset(
-        {"ping", "info", "tasks", "call", "run", "events", "jobs", "cancel", "stop"}
-    )
+    """One instance per connection; a caller reaches only its ``exposed_`` methods (RPyC's
+    ``allow_exposed_attrs``, every other kind of attribute access off)."""
 
     def __init__(self, state: AgentState, caller: str = "unknown", auth: str = "none") -> None:
         self._state = state
@@ -102,20 +99,6 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
         caller nothing and stays in call order."""
         while self._after_reply:
             self._after_reply.pop(0)()
-
-    def _rpyc_getattr(self, name: Any) -> Any:
-        if type(name) is str and name in self.EXPOSED:
-            return getattr(self, f"exposed_{name}")
-        msg = "access denied"
-        raise AttributeError(msg)
-
-    def _rpyc_setattr(self, name: Any, value: Any) -> None:
-        msg = "access denied"
-        raise AttributeError(msg)
-
-    def _rpyc_delattr(self, name: Any) -> None:
-        msg = "access denied"
-        raise AttributeError(msg)
 
     # -- the exposed methods ------------------------------------------------------------
 

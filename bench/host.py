@@ -43,11 +43,11 @@ def many(directory: str, count: int) -> None:
     """Agents for a fleet: the public start() allows one per process, so this uses the
     Agent class directly (the server side is the same code)."""
     import app_agent
-    from app_agent import wire
+    from app_agent import config
 
     agents = []
     for i in range(count):
-        agent = app_agent.Agent(wire.parse_node(f"unix:{directory}/{i}.sock"), app=f"a{i}")
+        agent = app_agent.Agent(config.load(f"unix:{directory}/{i}.sock", app=f"a{i}"))
         agent.serve()
         agents.append(agent)
     print(f"LISTENING {time.time():.6f}", flush=True)

@@ -67,7 +67,6 @@ class Client:
         security: Security | None = None,
     ) -> None:
         import rpyc
-        from rpyc.core import consts
 
         from app_agent.streams import BufferedSocketStream
         from app_agent.wire.records import RecordSocket
@@ -84,14 +83,17 @@ class Client:
             if keys is not None:
                 to_agent, to_client = keys
                 self._sock = RecordSocket(sock, send_key=to_agent, recv_key=to_client)
-            self._conn = rpyc.utils.factory.connect_stream(
-                BufferedSocketStream(self._sock), config=dict(_CLIENT_CONFIG)
-            )
+            # The connection's own requests (the root, a method's netref, the polite close)
+            # wait at most *timeout*; calls carry their own expiry.
+            config = dict(_CLIENT_CONFIG, sync_request_timeout=timeout)
+            self._conn = rpyc.connect_stream(BufferedSocketStream(self._sock), config=config)
         except BaseException:
             sock.close()
             raise
-        self._callattr = consts.HANDLE_CALLATTR
-        self._root = self._request("root", timeout)
+        self._async = rpyc.async_
+        # Each exposed method is fetched once and kept (a netref): one round trip per call.
+        self._methods: dict[str, Any] = {}
+        self._root = self._guarded("root", lambda: self._conn.root)
 
     def close(self) -> None:
         if self._abandoned:
@@ -171,25 +173,36 @@ class Client:
     # -- plumbing ----------------------------------------------------------------------------
 
     def _request(self, method: str, timeout: float | None, *args: str | bool | float) -> Any:
-        from rpyc.core import consts
+        """Call the agent's exposed *method* with plain arguments, within *timeout* seconds."""
+
+        def call() -> Any:
+            bound = self._methods.get(method)
+            if bound is None:
+                bound = self._methods[method] = self._async(getattr(self._root, method))
+            result = bound(*args)
+            if timeout is not None:
+                result.set_expiry(timeout)
+            return result.value
+
+        return self._guarded(method, call, timeout)
+
+    def _guarded(
+        self, method: str, request: Callable[[], Any], timeout: float | None = None
+    ) -> Any:
+        """Run *request*, turning RPyC's and the socket's failures into rpcctl's errors."""
         from rpyc.core.async_ import AsyncResultTimeout
 
+        timeout = self.timeout if timeout is None and method == "root" else timeout
         # Until the answer arrives the connection is owed a reply: if we leave early (a
         # timeout, Ctrl-C), close() must not wait politely for a busy agent.
         self._abandoned = True
         try:
-            if method == "root":
-                result = self._conn.async_request(consts.HANDLE_GETROOT, timeout=timeout)
-            else:
-                # One round trip: call the method by name on the root, no attribute fetch.
-                result = self._conn.async_request(
-                    self._callattr, self._root, method, args, (), timeout=timeout
-                )
-            value = result.value
+            value = request()
             self._abandoned = False
             return value
         except AsyncResultTimeout:
-            msg = f"{self.address}: no answer to {method} within {timeout:g}s"
+            waited = timeout if timeout is not None else self.timeout
+            msg = f"{self.address}: no answer to {method} within {waited:g}s"
             raise CallTimeout(msg) from None
         except (EOFError, OSError) as exc:
             if getattr(self._sock, "tampered", False):

@@ -1,0 +1,186 @@
+"""The agent's settings: every start option, resolved once into an :class:`AgentConfig`.
+
+``app_agent.start(node, tasks, **options)`` takes the options typed by :class:`StartOptions`
+(the one definition of them); :func:`load` resolves those and the environment (``RPCCTL_*``,
+see :mod:`app_agent.wire.environment`) into a frozen config, checking what goes together
+(TCP needs a cookie, tls:// a certificate), and the agent is built from that config, the way
+uvicorn separates its ``Config`` from its ``Server``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import ssl
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any, TypedDict
+
+from app_agent import wire
+from app_agent.exceptions import ConfigurationError
+from app_agent.wire import cookies
+from app_agent.wire import environment as env
+
+DEFAULT_IDLE_TIMEOUT = 300.0
+"""Seconds an authenticated connection may sit idle before the agent closes it."""
+
+
+class StartOptions(TypedDict, total=False):
+    """Keyword options of :func:`app_agent.start`.
+
+    - ``app``: the app's name (default ``RPCCTL_APP`` or the program's name).
+    - ``allowed_uids``: who may connect on a UNIX socket (default: the agent's euid and root).
+    - ``on_stop``: what ``rpcctl stop`` runs (on its own thread) when the app is not under
+      ``rpcctl start``; by default the process sends itself SIGTERM.
+    - ``cookie``, ``cookie_file``: the cookie (else ``RPCCTL_COOKIE``, ``RPCCTL_COOKIE_FILE``);
+      with one, every caller must prove it. TCP requires one.
+    - ``tls_cert``, ``tls_key``, ``tls_client_ca``: for ``tls://`` (else ``RPCCTL_TLS_*``);
+      a client CA makes client certificates mandatory.
+    - ``locks``: where ``@task(lock=...)`` locks live: ``memory`` (default), ``file:DIR`` or a
+      ``postgresql://`` URL (else ``RPCCTL_LOCKS``).
+    - ``ready``: the app's readiness (see :func:`app_agent.set_ready`).
+    - ``idle_timeout``: seconds an authenticated connection may stay silent (else
+      ``RPCCTL_IDLE_TIMEOUT``, default 300).
+    """
+
+    app: str | None
+    allowed_uids: Iterable[int] | None
+    on_stop: Callable[[], None] | None
+    cookie: str | bytes | None
+    cookie_file: str | os.PathLike[str] | None
+    tls_cert: str | None
+    tls_key: str | None
+    tls_client_ca: str | None
+    locks: str | None
+    ready: bool | None
+    idle_timeout: float | None
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentConfig:
+    """Everything the agent needs, resolved and checked."""
+
+    address: wire.Address
+    app: str
+    allowed_uids: frozenset[int]
+    cookie: bytes | None = None
+    tls: ssl.SSLContext | None = None
+    locks: str | None = None
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    on_stop: Callable[[], None] | None = None
+    ready: bool | None = None
+    max_connections: int = 256
+    max_handshakes: int = 512
+
+    @property
+    def insecure(self) -> bool:
+        """Listening beyond loopback without TLS: what crosses can be read on the way."""
+        return not self.address.is_loopback and self.tls is None
+
+
+def load(node: str | None = None, **options: Any) -> AgentConfig:
+    """Resolve *node* and the start *options* (see :class:`StartOptions`) with the
+    environment; ConfigurationError naming what is wrong and how to fix it."""
+    text = node if node is not None else os.environ.get(env.NODE)
+    if not text:
+        msg = f"no node address: pass node= or set {env.NODE} (e.g. unix:run/app.sock)"
+        raise ConfigurationError(msg)
+    try:
+        address = wire.parse_node(text)
+    except wire.AddressError as exc:
+        raise ConfigurationError(str(exc)) from None
+    try:
+        secret = cookies.resolve_cookie(options.get("cookie"), options.get("cookie_file"))
+    except cookies.CookieError as exc:
+        raise ConfigurationError(str(exc)) from None
+    tls = _tls_context(
+        address, options.get("tls_cert"), options.get("tls_key"), options.get("tls_client_ca")
+    )
+    _check_transport(address, secret, tls)
+    uids = options.get("allowed_uids")
+    return AgentConfig(
+        address=address,
+        app=options.get("app") or _default_app_name(),
+        allowed_uids=frozenset(uids) if uids is not None else frozenset({os.geteuid(), 0}),
+        cookie=secret,
+        tls=tls,
+        locks=options.get("locks") or os.environ.get(env.LOCKS),
+        idle_timeout=_idle_timeout(options.get("idle_timeout")),
+        on_stop=options.get("on_stop"),
+        ready=options.get("ready"),
+    )
+
+
+def _check_transport(
+    address: wire.Address, cookie: bytes | None, tls: ssl.SSLContext | None
+) -> None:
+    if address.is_unix:
+        if tls is not None:
+            msg = f"{address}: TLS applies to tls:// addresses, not UNIX sockets"
+            raise ConfigurationError(msg)
+        return
+    if cookie is None:
+        msg = (
+            f"{address}: the agent listens on TCP only with a cookie; set "
+            f"{env.COOKIE} or {env.COOKIE_FILE} (or pass cookie_file=)"
+        )
+        raise ConfigurationError(msg)
+    if address.scheme == "tls" and tls is None:
+        msg = (
+            f"{address}: a tls:// agent needs a certificate and key "
+            f"(tls_cert=/tls_key=, or {env.TLS_CERT} and {env.TLS_KEY})"
+        )
+        raise ConfigurationError(msg)
+    if address.scheme == "tcp" and tls is not None:
+        msg = f"{address}: a certificate was given for a tcp:// address; use tls://"
+        raise ConfigurationError(msg)
+
+
+def _tls_context(
+    address: wire.Address, cert: str | None, key: str | None, client_ca: str | None
+) -> ssl.SSLContext | None:
+    cert = cert or os.environ.get(env.TLS_CERT)
+    key = key or os.environ.get(env.TLS_KEY)
+    client_ca = client_ca or os.environ.get(env.TLS_CLIENT_CA)
+    if address.scheme != "tls" and not (cert or key):
+        return None
+    if not cert:
+        return None  # reported by _check_transport with the whole picture
+    try:
+        return server_tls_context(cert, key, client_ca)
+    except (OSError, ssl.SSLError) as exc:
+        msg = f"{address}: cannot load the TLS certificate/key ({exc})"
+        raise ConfigurationError(msg) from None
+
+
+def server_tls_context(cert: str, key: str | None, client_ca: str | None) -> ssl.SSLContext:
+    """TLS for the agent: its certificate, and client certificates required with *client_ca*."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    if client_ca:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(client_ca)
+    return context
+
+
+def _idle_timeout(given: float | None) -> float:
+    text = os.environ.get(env.IDLE_TIMEOUT)
+    if given is None and text:
+        try:
+            given = float(text)
+        except ValueError:
+            msg = f"{env.IDLE_TIMEOUT}={text!r}: expected a number of seconds"
+            raise ConfigurationError(msg) from None
+    value = DEFAULT_IDLE_TIMEOUT if given is None else given
+    if not value > 0:
+        msg = f"idle_timeout must be a positive number of seconds, not {value!r}"
+        raise ConfigurationError(msg)
+    return value
+
+
+def _default_app_name() -> str:
+    program = sys.argv[0] or "python"
+    if os.path.basename(program) == "__main__.py":  # python -m pkg: the package's name
+        program = os.path.dirname(program)
+    return os.environ.get(env.APP) or os.path.basename(program)
