@@ -8,3 +8,6 @@ workers = int(os.environ.get("DJANGOAPP_WORKERS", "2"))
 # and a worker never inherits it. Without preload, each worker loads Django; keep one worker
 # then (the agent lives in it), or every worker but the first finds the node taken.
 preload_app = os.environ.get("DJANGOAPP_PRELOAD", "1") == "1"
+# gunicorn 25+ opens a control socket per user (~/.gunicorn/gunicorn.ctl), which replicas on
+# one host would share; the example does not use it. (Older versions ignore the name.)
+control_socket_disable = True

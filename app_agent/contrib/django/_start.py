@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import errno
 import os
 import sys
 
@@ -35,9 +36,12 @@ def autostart() -> Agent | None:
         return None
     try:
         return start_agent()
-    except AddressInUse as exc:
+    except (AddressInUse, OSError) as exc:
         # Another process of the same server holds the node, e.g. a sibling worker when the
-        # app is loaded per worker: preload_app = True puts the agent once in the arbiter.
+        # app is loaded per worker (preload_app = True puts the agent once in the arbiter);
+        # OSError: the sibling won the race for the socket between the check and the bind.
+        if not isinstance(exc, AddressInUse) and exc.errno != errno.EADDRINUSE:
+            raise
         log.warning("agent.not_started", reason=str(exc), pid=os.getpid())
         return None
 
