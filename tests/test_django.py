@@ -152,15 +152,16 @@ def popen_rpcctl(node: str, *args: str) -> subprocess.Popen[str]:
     )
 
 
-def read_until(proc: subprocess.Popen[str], wanted: str) -> list[str]:
-    """Lines of *proc*'s stdout up to the one that contains *wanted*."""
-    assert proc.stdout is not None
+def read_until(proc: subprocess.Popen[str], wanted: str, stream: str = "stdout") -> list[str]:
+    """Lines of *proc*'s *stream* up to the one that contains *wanted*."""
+    pipe = getattr(proc, stream)
+    assert pipe is not None
     lines: list[str] = []
     deadline = time.monotonic() + DEADLINE
     with selectors.DefaultSelector() as selector:
-        selector.register(proc.stdout, selectors.EVENT_READ)
+        selector.register(pipe, selectors.EVENT_READ)
         while time.monotonic() < deadline and selector.select(deadline - time.monotonic()):
-            line = proc.stdout.readline()
+            line = pipe.readline()
             if not line:
                 break
             lines.append(line)
@@ -729,3 +730,52 @@ def test_health_checks_register_only_where_the_feature_exists(
     ]
     assert checks.database_check() == ["default"]
     assert checks.system_checks() == 0
+
+
+def run_manage(tmp: Path, *argv: str, **env: str) -> subprocess.CompletedProcess[str]:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("RPCCTL_")}
+    full.update(django_env(tmp, **env))
+    return subprocess.run(
+        [sys.executable, "manage.py", *argv],
+        cwd=DJANGOAPP,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE * 3,
+        check=False,
+    )
+
+
+def test_an_unusable_node_stops_the_server_with_a_clear_message(short_tmp: Path) -> None:
+    result = run_manage(
+        short_tmp, "runserver", "--noreload", "127.0.0.1:0", RPCCTL_NODE="tcp://127.0.0.1:0"
+    )
+    assert result.returncode == 1
+    assert (
+        "ImproperlyConfigured: rpcctl agent: tcp://127.0.0.1:0: the agent listens on TCP only "
+        "with a cookie"
+    ) in result.stderr
+
+
+def test_no_node_serves_without_an_agent_and_says_why(short_tmp: Path) -> None:
+    server = subprocess.Popen(
+        [sys.executable, "manage.py", "runserver", "--noreload", "127.0.0.1:0"],
+        cwd=DJANGOAPP,
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("RPCCTL_")},
+            **django_env(short_tmp),
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = read_until(server, "agent.not_started", stream="stderr")[-1]
+        assert "no node address: set RPCCTL_NODE in the settings or the environment" in line
+        read_until(server, "Quit the server with CONTROL-C.")  # it serves all the same
+        server.send_signal(signal.SIGINT)
+        assert server.wait(timeout=DEADLINE) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+        server.communicate()
