@@ -1,0 +1,1 @@
+"""djangoapp: a small Django project whose live site runs its own migrations through rpcctl."""

@@ -1,0 +1,781 @@
+"""app_agent.contrib.django: the example Django project under real servers (gunicorn,
+runserver), with the real rpcctl executable; and the pieces that decide and check."""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from test_example import pg_database  # noqa: F401  (a fixture)
+
+from conftest import DEADLINE, ROOT, AppProcess, rpcctl_executable, run_rpcctl, wait_until
+
+DJANGOAPP = ROOT / "examples" / "djangoapp"
+ALL_MIGRATIONS = [
+    "contenttypes.0001_initial",
+    "contenttypes.0002_remove_content_type_name",
+    "polls.0001_initial",
+    "polls.0002_first_question",
+]
+QUESTION = "Does the live site migrate itself?"
+
+# A test-only app whose first migration runs before all the others, says so, and then waits
+# for a file: a migration that is certainly still running while the test looks.
+GATE_MIGRATION = """
+import os, sys, time
+from django.db import migrations
+
+def wait(apps, schema_editor):
+    print("gate: waiting", flush=True)
+    deadline = time.monotonic() + 120
+    while not os.path.exists(os.environ["DJANGO_TEST_GATE"]):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the test never opened the gate")
+        time.sleep(0.01)
+    print("gate: open", flush=True)
+
+class Migration(migrations.Migration):
+    run_before = [("contenttypes", "0001_initial"), ("polls", "0001_initial")]
+    operations = [migrations.RunPython(wait, migrations.RunPython.noop)]
+"""
+
+
+def write_settings(directory: Path, name: str, extra: str) -> str:
+    """A settings module in *directory*: the example's settings plus *extra*."""
+    (directory / f"{name}.py").write_text(f"from djangoapp.settings import *  # noqa\n{extra}\n")
+    return name
+
+
+def add_gate_app(directory: Path) -> str:
+    migrations = directory / "gate" / "migrations"
+    migrations.mkdir(parents=True)
+    (directory / "gate" / "__init__.py").write_text("")
+    (migrations / "__init__.py").write_text("")
+    (migrations / "0001_gate.py").write_text(GATE_MIGRATION)
+    return write_settings(directory, "gatesettings", 'INSTALLED_APPS = ["gate", *INSTALLED_APPS]')
+
+
+def django_env(tmp: Path, **extra: str) -> dict[str, str]:
+    return {
+        "PYTHONPATH": f"{tmp}{os.pathsep}{DJANGOAPP}",
+        "DATABASE_URL": f"sqlite:///{tmp}/db.sqlite3",
+        **extra,
+    }
+
+
+def start_gunicorn(
+    tmp: Path, node: str, workers: int = 2, preload: bool = True, **env: str
+) -> tuple[AppProcess, str]:
+    http = f"{tmp}/http.sock"
+    app = AppProcess(
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "djangoapp.wsgi"],
+        node=node,
+        env=django_env(
+            tmp,
+            DJANGOAPP_BIND=f"unix:{http}",
+            DJANGOAPP_WORKERS=str(workers),
+            DJANGOAPP_PRELOAD="1" if preload else "0",
+            **env,
+        ),
+        cwd=DJANGOAPP,
+        ready_line=None,
+    )
+    waited = run_rpcctl("-n", node, "ping", "--wait", str(DEADLINE))
+    if waited.returncode != 0:
+        pytest.fail(f"gunicorn's agent never answered: {waited.stderr}\n{app.stderr()}")
+    return app, http
+
+
+def http_get(path: str, url: str) -> tuple[int, dict[str, Any]]:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(DEADLINE)
+        sock.connect(path)
+        sock.sendall(f"GET {url} HTTP/1.0\r\nHost: test\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    return status, json.loads(body)
+
+
+def rpc_result(node: str, *args: str) -> Any:
+    """The result of `rpcctl rpc --json ...` (the envelope is its last line)."""
+    result = run_rpcctl("-n", node, "rpc", "--json", *args)
+    envelope = json.loads(result.stdout.splitlines()[-1])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert envelope["ok"], envelope
+    return envelope["result"]
+
+
+def info(node: str) -> dict[str, Any]:
+    answer: dict[str, Any] = json.loads(run_rpcctl("-n", node, "info", "--json").stdout)["result"]
+    return answer
+
+
+def parent_pid(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def open_files(pid: int, needle: str) -> list[str]:
+    found = []
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except FileNotFoundError:  # closed while we looked
+            continue
+        if needle in target:
+            found.append(target)
+    return found
+
+
+def popen_rpcctl(node: str, *args: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RPCCTL_")}
+    return subprocess.Popen(
+        [rpcctl_executable(), "-n", node, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def read_until(proc: subprocess.Popen[str], wanted: str, stream: str = "stdout") -> list[str]:
+    """Lines of *proc*'s *stream* up to the one that contains *wanted*."""
+    pipe = getattr(proc, stream)
+    assert pipe is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + DEADLINE
+    with selectors.DefaultSelector() as selector:
+        selector.register(pipe, selectors.EVENT_READ)
+        while time.monotonic() < deadline and selector.select(deadline - time.monotonic()):
+            line = pipe.readline()
+            if not line:
+                break
+            lines.append(line)
+            if wanted in line:
+                return lines
+    proc.kill()
+    pytest.fail(f"never saw {wanted!r}; got {lines}")
+
+
+# -- which process starts the agent ---------------------------------------------------------
+
+SERVING = [
+    (["/venv/bin/gunicorn", "-c", "gunicorn.conf.py", "mysite.wsgi"], {}, True),
+    (["/venv/lib/python3.12/site-packages/gunicorn/__main__.py", "mysite.wsgi"], {}, True),
+    (["/venv/bin/uvicorn", "mysite.asgi:application"], {}, True),
+    (["daphne", "mysite.asgi:application"], {}, True),
+    (["manage.py", "runserver"], {"RUN_MAIN": "true"}, True),  # the autoreloader's child
+    (["manage.py", "runserver"], {}, False),  # the autoreloader's parent
+    (["/srv/mysite/manage.py", "runserver", "--noreload"], {}, True),
+    (["django-admin", "runserver", "0:8000"], {"RUN_MAIN": "true"}, True),
+    (["manage.py", "migrate"], {"RUN_MAIN": "true"}, False),
+    (["manage.py", "shell"], {}, False),
+    (["manage.py", "check", "--noreload"], {}, False),
+    (["manage.py"], {}, False),
+    (["/venv/bin/pytest", "tests"], {}, False),
+    (["/venv/bin/celery", "-A", "mysite", "worker"], {}, False),
+    ([], {}, False),
+]
+
+
+@pytest.mark.parametrize(("argv", "environ", "serving"), SERVING)
+def test_serving_process_detection(argv: list[str], environ: dict[str, str], serving: bool) -> None:
+    from app_agent.contrib.django._serving import is_serving
+
+    assert is_serving(argv, environ) is serving
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["manage.py", "migrate"], ""),
+        (["manage.py", "shell", "-c", "import app_agent; print(app_agent.current())"], "None\n"),
+        (["manage.py", "check"], "System check identified no issues (0 silenced).\n"),
+    ],
+)
+def test_management_commands_never_start_the_agent(
+    short_tmp: Path, argv: list[str], expected: str
+) -> None:
+    node = short_tmp / "agent.sock"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RPCCTL_")}
+    env.update(django_env(short_tmp, RPCCTL_NODE=f"unix:{node}"))
+    result = subprocess.run(
+        [sys.executable, *argv],
+        cwd=DJANGOAPP,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE * 3,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "agent.started" not in result.stderr
+    assert not node.exists()
+    if expected:
+        assert result.stdout.endswith(expected)  # Django 5.2's shell may say what it imported
+    else:
+        assert "Applying polls.0001_initial... OK" in result.stdout
+
+
+def test_autostart_setting_forces_the_agent_into_any_process(short_tmp: Path) -> None:
+    """The other side of the test above: the check there can see an agent when one runs."""
+    node = short_tmp / "agent.sock"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RPCCTL_")}
+    env.update(django_env(short_tmp, RPCCTL_NODE=f"unix:{node}", RPCCTL_DJANGO_AUTOSTART="true"))
+    script = (
+        "import app_agent, os; a = app_agent.current(); print(a.node, os.path.exists(a.node[5:]))"
+    )
+    result = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", script],
+        cwd=DJANGOAPP,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE * 3,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.endswith(f"unix:{node} True\n")
+    assert not node.exists()  # stopped at exit
+
+
+def test_bad_commands_setting_stops_django_with_a_clear_message(short_tmp: Path) -> None:
+    write_settings(short_tmp, "badsettings", 'RPCCTL_DJANGO_COMMANDS = "migrate"')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RPCCTL_")}
+    env.update(django_env(short_tmp, DJANGO_SETTINGS_MODULE="badsettings"))
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=DJANGOAPP,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE * 3,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert (
+        "ImproperlyConfigured: RPCCTL_DJANGO_COMMANDS must be a list of command names, "
+        "got 'migrate'" in result.stderr
+    )
+
+
+# -- gunicorn -------------------------------------------------------------------------------
+
+
+def test_gunicorn_preloaded_runs_the_agent_once_in_the_arbiter_and_migrates_the_live_site(
+    short_tmp: Path,
+) -> None:
+    node = f"unix:{short_tmp}/agent.sock"
+    app, http = start_gunicorn(short_tmp, node, workers=2)
+    try:
+        assert info(node)["pid"] == app.proc.pid  # the arbiter
+        assert info(node)["app"] == "djangoapp"
+        status, body = http_get(http, "/polls/")
+        assert status == 503
+        assert "polls_question" in body["error"]
+
+        assert rpc_result(node, "django.migrate") == ALL_MIGRATIONS
+        assert http_get(http, "/polls/") == (200, {"questions": [QUESTION]})
+        again = run_rpcctl("-n", node, "rpc", "django.migrate")
+        assert again.returncode == 0, again.stderr
+        assert "No migrations to apply." in again.stdout
+        assert again.stdout.endswith("[]\n")
+        assert http_get(http, "/polls/") == (200, {"questions": [QUESTION]})
+        # The agent's threads kept no database connection open (sqlite: an open file).
+        assert open_files(app.proc.pid, "db.sqlite3") == []
+
+        assert rpc_result(node, "django.showmigrations") == {
+            "contenttypes": {
+                "applied": ["0001_initial", "0002_remove_content_type_name"],
+                "pending": [],
+            },
+            "polls": {"applied": ["0001_initial", "0002_first_question"], "pending": []},
+        }
+        checked = rpc_result(node, "django.check(deploy=True)")
+        assert "security.W001" in {m["id"] for m in checked}  # no SecurityMiddleware
+        assert {m["level"] for m in checked} == {"WARNING"}
+        assert rpc_result(node, "django.check") == []
+        assert open_files(app.proc.pid, "db.sqlite3") == []
+        workers = {http_get(http, "/health")[1]["status"] for _ in range(3)}
+        assert workers == {"ok"}
+        app.proc.send_signal(signal.SIGTERM)
+        assert app.proc.wait(timeout=DEADLINE) == 0
+        assert not (short_tmp / "agent.sock").exists()  # stopped at exit
+        assert app.stderr().count('"agent.started"') == 1
+    finally:
+        app.close()
+
+
+def test_gunicorn_single_worker_without_preload_runs_the_agent_in_the_worker(
+    short_tmp: Path,
+) -> None:
+    node = f"unix:{short_tmp}/agent.sock"
+    app, http = start_gunicorn(short_tmp, node, workers=1, preload=False)
+    try:
+        where = info(node)["pid"]
+        assert where != app.proc.pid
+        assert parent_pid(where) == app.proc.pid  # a worker of this arbiter
+        assert rpc_result(node, "django.migrate") == ALL_MIGRATIONS
+        assert http_get(http, "/polls/") == (200, {"questions": [QUESTION]})
+        assert open_files(where, "db.sqlite3") == []
+        app.proc.send_signal(signal.SIGTERM)
+        app.proc.wait(timeout=DEADLINE)
+        assert not (short_tmp / "agent.sock").exists()
+    finally:
+        app.close()
+
+
+def test_allowed_commands_run_and_others_are_refused(short_tmp: Path) -> None:
+    node = f"unix:{short_tmp}/agent.sock"
+    app, _ = start_gunicorn(short_tmp, node, workers=1)
+    try:
+        shown = run_rpcctl("-n", node, "rpc", 'django.call_command("showmigrations", "polls")')
+        assert shown.returncode == 0, shown.stderr
+        assert shown.stdout == "polls\n [ ] 0001_initial\n [ ] 0002_first_question\n"
+        refused = run_rpcctl("-n", node, "rpc", 'django.call_command("flush")')
+        assert refused.returncode == 2
+        assert refused.stdout == ""
+        assert (
+            "rpcctl: error: django.call_command: the management command 'flush' is not "
+            "allowed remotely; RPCCTL_DJANGO_COMMANDS allows: migrate, showmigrations, check"
+        ) in refused.stderr
+        # migrate goes through django.migrate, which holds the lock.
+        bypass = run_rpcctl("-n", node, "rpc", 'django.call_command("migrate")')
+        assert bypass.returncode == 2
+        assert "run migrate as django.migrate(app_label, migration_name)" in bypass.stderr
+        not_a_name = run_rpcctl("-n", node, "rpc", "django.call_command(3)")
+        assert not_a_name.returncode == 2
+        assert "name must be a management command's name, got 3" in not_a_name.stderr
+        unknown = run_rpcctl("-n", node, "rpc", 'django.call_command("nosuchcommand")')
+        assert unknown.returncode == 2
+        assert "'nosuchcommand' is not allowed remotely" in unknown.stderr
+        # Nothing ran: the database is still empty.
+        assert rpc_result(node, "django.showmigrations")["polls"]["applied"] == []
+        assert rpc_result(node, 'django.migrate("polls", "0001_initial")') == ["polls.0001_initial"]
+        assert rpc_result(node, "django.showmigrations")["polls"] == {
+            "applied": ["0001_initial"],
+            "pending": ["0002_first_question"],
+        }
+        missing = run_rpcctl("-n", node, "rpc", 'django.migrate(migration_name="0001_initial")')
+        assert missing.returncode == 1
+        assert "migration_name needs app_label" in missing.stderr
+    finally:
+        app.close()
+
+
+def test_a_narrower_allow_list(short_tmp: Path) -> None:
+    """RPCCTL_DJANGO_COMMANDS also decides which of the ready-made tasks exist."""
+    settings = write_settings(
+        short_tmp, "narrow", 'RPCCTL_DJANGO_COMMANDS = ["check", "diffsettings"]'
+    )
+    node = f"unix:{short_tmp}/agent.sock"
+    app, _ = start_gunicorn(short_tmp, node, workers=1, DJANGO_SETTINGS_MODULE=settings)
+    try:
+        names = {
+            t["name"]
+            for t in json.loads(run_rpcctl("-n", node, "tasks", "--json").stdout)["result"]
+        }
+        assert names == {"django.check", "django.call_command"}
+        gone = run_rpcctl("-n", node, "rpc", "django.migrate")
+        assert gone.returncode == 6
+        listed = run_rpcctl("-n", node, "rpc", 'django.call_command("diffsettings", all=True)')
+        assert listed.returncode == 0, listed.stderr
+        assert "RPCCTL_DJANGO_COMMANDS = ['check', 'diffsettings']" in listed.stdout
+        refused = run_rpcctl("-n", node, "rpc", 'django.call_command("showmigrations")')
+        assert refused.returncode == 2
+        assert "RPCCTL_DJANGO_COMMANDS allows: check, diffsettings" in refused.stderr
+    finally:
+        app.close()
+
+
+# -- live output and the migrations lock ------------------------------------------------------
+
+
+def test_output_streams_live_and_a_second_migrate_finds_the_lock_held(short_tmp: Path) -> None:
+    settings = add_gate_app(short_tmp)
+    gate = short_tmp / "gate-open"
+    node = f"unix:{short_tmp}/agent.sock"
+    app, _ = start_gunicorn(
+        short_tmp, node, workers=1, DJANGO_SETTINGS_MODULE=settings, DJANGO_TEST_GATE=str(gate)
+    )
+    first = popen_rpcctl(node, "rpc", "django.migrate")
+    waiter = None
+    try:
+        lines = read_until(first, "gate: waiting")
+        assert "Running migrations:\n" in lines
+        assert first.poll() is None  # Django's lines arrived while the migration runs
+        busy = run_rpcctl("-n", node, "rpc", "django.migrate")
+        assert busy.returncode == 7
+        assert "lock 'migrations' is held by job" in busy.stderr
+        assert "(django.migrate, called by" in busy.stderr
+        waiter = popen_rpcctl(node, "rpc", "--json", "--lock-wait", str(DEADLINE), "django.migrate")
+        wait_until(
+            lambda: sorted(j["state"] for j in rpc_jobs(node)) == ["failed", "running", "running"],
+            what="the second call to wait for the lock",
+        )
+        gate.touch()
+        out, err = first.communicate(timeout=DEADLINE)
+        assert first.returncode == 0, err
+        assert "gate: open" in out
+        assert json.loads(out[out.index("[\n") :]) == ["gate.0001_gate", *ALL_MIGRATIONS]
+        out, err = waiter.communicate(timeout=DEADLINE)
+        assert waiter.returncode == 0, err
+        assert json.loads(out.splitlines()[-1]) == {"ok": True, "result": []}
+    finally:
+        gate.touch()
+        for proc in (first, waiter):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        app.close()
+
+
+def rpc_jobs(node: str) -> list[dict[str, Any]]:
+    listed: list[dict[str, Any]] = json.loads(run_rpcctl("-n", node, "jobs", "--json").stdout)[
+        "result"
+    ]
+    return listed
+
+
+@pytest.mark.pg
+def test_two_replicas_on_postgresql_apply_each_migration_exactly_once(
+    short_tmp: Path,
+    pg_database: str,  # noqa: F811
+) -> None:
+    settings = add_gate_app(short_tmp)
+    gate = short_tmp / "gate-open"
+    env = {
+        "DJANGO_SETTINGS_MODULE": settings,
+        "DJANGO_TEST_GATE": str(gate),
+        "DATABASE_URL": pg_database,
+        "RPCCTL_LOCKS": pg_database,
+        "PYTHONPATH": f"{short_tmp}{os.pathsep}{DJANGOAPP}",  # the gate's settings and app
+    }
+    (short_tmp / "a").mkdir()
+    (short_tmp / "b").mkdir()
+    replicas = []
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        for name in ("a", "b"):
+            node = f"unix:{short_tmp}/{name}/agent.sock"
+            app, http = start_gunicorn(short_tmp / name, node, workers=1, **env)
+            replicas.append((app, node, http))
+        (_, node_a, _), (_, node_b, http_b) = replicas
+        # Both replicas are told to migrate at once; one holds the lock inside the gate.
+        procs = [
+            popen_rpcctl(n, "rpc", "--json", "--lock-wait", str(DEADLINE * 2), "django.migrate")
+            for n in (node_a, node_b)
+        ]
+        holder = wait_for_lock_holder([node_a, node_b])
+        other = node_b if holder == node_a else node_a
+        busy = run_rpcctl("-n", other, "rpc", "django.migrate")
+        assert busy.returncode == 7
+        holder_pid = info(holder)["pid"]
+        assert f"pid {holder_pid}) since" in busy.stderr  # the holder, seen across processes
+        gate.touch()
+        results = []
+        for proc in procs:
+            out, err = proc.communicate(timeout=DEADLINE * 2)
+            assert proc.returncode == 0, err
+            results.append(json.loads(out.splitlines()[-1])["result"])
+        assert sorted(results, key=len) == [[], ["gate.0001_gate", *ALL_MIGRATIONS]]
+        engine = sa.create_engine(pg_database)
+        try:
+            with engine.connect() as connection:
+                rows = connection.execute(
+                    sa.text("SELECT app, name, count(*) FROM django_migrations GROUP BY app, name")
+                ).all()
+                questions = connection.execute(sa.text("SELECT text FROM polls_question")).all()
+        finally:
+            engine.dispose()
+        assert sorted(f"{app}.{name}" for app, name, _ in rows) == sorted(
+            ["gate.0001_gate", *ALL_MIGRATIONS]
+        )
+        assert {count for _, _, count in rows} == {1}
+        assert [q for (q,) in questions] == [QUESTION]  # the data migration ran once
+        assert http_get(http_b, "/polls/") == (200, {"questions": [QUESTION]})
+    finally:
+        gate.touch()
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        for app, _, _ in replicas:
+            app.close()
+
+
+def wait_for_lock_holder(nodes: list[str]) -> str:
+    """The node whose django.migrate job runs while the other one's waits for the lock."""
+    found: list[str] = []
+
+    def one_is_migrating() -> bool:
+        for node in nodes:
+            running = [j for j in rpc_jobs(node) if j["state"] == "running"]
+            output = [run_rpcctl("-n", node, "logs", j["id"]).stdout for j in running]
+            if any("gate: waiting" in text for text in output):
+                found.append(node)
+                return True
+        return False
+
+    wait_until(one_is_migrating, what="one replica to hold the lock inside the gate")
+    return found[0]
+
+
+# -- runserver ------------------------------------------------------------------------------
+
+
+def start_runserver(tmp: Path, node: str, *extra: str) -> AppProcess:
+    app = AppProcess(
+        [sys.executable, "manage.py", "runserver", "127.0.0.1:0", *extra],
+        node=node,
+        env=django_env(tmp),
+        cwd=DJANGOAPP,
+        ready_line=None,
+    )
+    waited = run_rpcctl("-n", node, "ping", "--wait", str(DEADLINE))
+    if waited.returncode != 0:
+        pytest.fail(f"runserver's agent never answered: {waited.stderr}\n{app.stderr()}")
+    return app
+
+
+def test_runserver_with_the_autoreloader_runs_the_agent_in_the_serving_child(
+    short_tmp: Path,
+) -> None:
+    node = f"unix:{short_tmp}/agent.sock"
+    app = start_runserver(short_tmp, node)
+    try:
+        child = info(node)["pid"]
+        assert child != app.proc.pid
+        assert parent_pid(child) == app.proc.pid
+        assert rpc_result(node, "django.migrate") == ALL_MIGRATIONS
+        assert rpc_result(node, "django.migrate") == []
+        os.kill(child, signal.SIGINT)  # what Ctrl-C does to it
+        assert app.proc.wait(timeout=DEADLINE) == 0
+        assert not (short_tmp / "agent.sock").exists()
+        assert app.stderr().count('"agent.started"') == 1  # never in the reloader's parent
+    finally:
+        app.close()
+
+
+def test_runserver_noreload_runs_the_agent_in_its_only_process(short_tmp: Path) -> None:
+    node = f"unix:{short_tmp}/agent.sock"
+    app = start_runserver(short_tmp, node, "--noreload")
+    try:
+        assert info(node)["pid"] == app.proc.pid
+        assert rpc_result(node, "django.migrate") == ALL_MIGRATIONS
+        app.proc.send_signal(signal.SIGINT)
+        assert app.proc.wait(timeout=DEADLINE) == 0
+        assert not (short_tmp / "agent.sock").exists()
+    finally:
+        app.close()
+
+
+# -- the example as a release --------------------------------------------------------------
+
+
+def test_example_release_migrates_in_its_post_start_hook(short_tmp: Path) -> None:
+    root = short_tmp / "djangoapp"
+    shutil.copytree(DJANGOAPP, root, ignore=shutil.ignore_patterns("var", "run", "__pycache__"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RPCCTL_")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["RPCCTL_BIN"] = rpcctl_executable()
+    env["DJANGOAPP_BIND"] = f"unix:{short_tmp}/http.sock"
+    launcher = str(root / "bin" / "djangoapp")
+    release = subprocess.Popen(
+        [launcher, "start"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+
+        def migrated() -> bool:
+            shown = subprocess.run(
+                [launcher, "rpc", "--json", "django.showmigrations"],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if shown.returncode != 0:
+                return False
+            apps = json.loads(shown.stdout.splitlines()[-1])["result"]
+            return apps["polls"]["pending"] == [] and apps["polls"]["applied"] != []
+
+        wait_until(migrated, what="the post_start hook to migrate")
+        status = http_get(f"{short_tmp}/http.sock", "/polls/")
+        assert status == (200, {"questions": [QUESTION]})
+        assert (root / "var" / "db.sqlite3").exists()  # SQLite by default, in the release
+        stopped = subprocess.run(
+            [launcher, "stop"], env=env, capture_output=True, text=True, check=False
+        )
+        assert stopped.returncode == 0, stopped.stderr
+        out, err = release.communicate(timeout=DEADLINE)
+        assert release.returncode == 0, err
+        assert "migrating djangoapp" in out + err
+        assert "polls.0002_first_question" in out + err
+    finally:
+        if release.poll() is None:
+            release.kill()
+            release.communicate()
+
+
+# -- the settings and the checks, in this process -------------------------------------------
+
+
+@pytest.fixture
+def django_settings() -> Any:
+    import django
+    from django.conf import settings
+
+    if not settings.configured:
+        settings.configure(
+            INSTALLED_APPS=[],
+            DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
+        )
+        django.setup()  # no apps: this registers no task in the test process
+    return settings
+
+
+def test_start_options_setting_is_checked(django_settings: Any) -> None:
+    from django.core.exceptions import ImproperlyConfigured
+    from django.test import override_settings
+
+    from app_agent.contrib.django import _settings
+
+    with (
+        override_settings(RPCCTL_AGENT_OPTIONS={"lock": "memory"}),
+        pytest.raises(ImproperlyConfigured, match=r"keys among \[.*'locks'.*\]; not \['lock'\]"),
+    ):
+        _settings.start_options()
+    with override_settings(RPCCTL_AGENT_OPTIONS={"locks": "memory", "app": "shop"}):
+        assert _settings.start_options() == {"locks": "memory", "app": "shop"}
+    with override_settings(RPCCTL_NODE=8000), pytest.raises(ImproperlyConfigured, match="string"):
+        _settings.node()
+    with override_settings(RPCCTL_TASKS="shop.tasks"), pytest.raises(ImproperlyConfigured):
+        _settings.task_modules()
+
+
+@pytest.mark.parametrize(
+    ("setting", "env", "expected"),
+    [
+        (None, None, None),
+        (True, "0", True),
+        (None, "off", False),
+        (None, "auto", None),
+        ("yes", None, True),
+    ],
+)
+def test_autostart_setting(
+    django_settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    setting: Any,
+    env: str | None,
+    expected: bool | None,
+) -> None:
+    from django.test import override_settings
+
+    from app_agent.contrib.django import _settings
+
+    if env is None:
+        monkeypatch.delenv("RPCCTL_DJANGO_AUTOSTART", raising=False)
+    else:
+        monkeypatch.setenv("RPCCTL_DJANGO_AUTOSTART", env)
+    with override_settings(RPCCTL_DJANGO_AUTOSTART=setting):
+        assert _settings.autostart() is expected
+
+
+def test_autostart_setting_refuses_other_values(django_settings: Any) -> None:
+    from django.core.exceptions import ImproperlyConfigured
+    from django.test import override_settings
+
+    from app_agent.contrib.django import _settings
+
+    with (
+        override_settings(RPCCTL_DJANGO_AUTOSTART="sometimes"),
+        pytest.raises(ImproperlyConfigured, match="true, false or auto, got 'sometimes'"),
+    ):
+        _settings.autostart()
+
+
+def test_health_checks_register_only_where_the_feature_exists(
+    django_settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import app_agent
+    from app_agent.contrib.django import checks
+
+    if not hasattr(app_agent, "health_check"):
+        assert checks.register_health_checks() is False
+    registered: list[tuple[str, Any]] = []
+
+    def health_check(name: str) -> Any:
+        return lambda func: registered.append((name, func)) or func
+
+    monkeypatch.setattr(app_agent, "health_check", health_check, raising=False)
+    assert checks.register_health_checks() is True
+    assert registered == [
+        ("django.system_checks", checks.system_checks),
+        ("django.database", checks.database_check),
+    ]
+    assert checks.database_check() == ["default"]
+    assert checks.system_checks() == 0
+
+
+def run_manage(tmp: Path, *argv: str, **env: str) -> subprocess.CompletedProcess[str]:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("RPCCTL_")}
+    full.update(django_env(tmp, **env))
+    return subprocess.run(
+        [sys.executable, "manage.py", *argv],
+        cwd=DJANGOAPP,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE * 3,
+        check=False,
+    )
+
+
+def test_an_unusable_node_stops_the_server_with_a_clear_message(short_tmp: Path) -> None:
+    result = run_manage(
+        short_tmp, "runserver", "--noreload", "127.0.0.1:0", RPCCTL_NODE="tcp://127.0.0.1:0"
+    )
+    assert result.returncode == 1
+    assert (
+        "ImproperlyConfigured: rpcctl agent: tcp://127.0.0.1:0: the agent listens on TCP only "
+        "with a cookie"
+    ) in result.stderr
+
+
+def test_no_node_serves_without_an_agent_and_says_why(short_tmp: Path) -> None:
+    server = subprocess.Popen(
+        [sys.executable, "manage.py", "runserver", "--noreload", "127.0.0.1:0"],
+        cwd=DJANGOAPP,
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("RPCCTL_")},
+            **django_env(short_tmp),
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = read_until(server, "agent.not_started", stream="stderr")[-1]
+        assert "no node address: set RPCCTL_NODE in the settings or the environment" in line
+        read_until(server, "Quit the server with CONTROL-C.")  # it serves all the same
+        server.send_signal(signal.SIGINT)
+        assert server.wait(timeout=DEADLINE) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+        server.communicate()
