@@ -57,7 +57,8 @@ class Profiler:
         self.sampler_cpu = 0.0
         self.started_at = 0.0
         self.elapsed = 0.0
-        self._stop = threading.Event()
+        self._stopping = False
+        self._deadline = float("inf")
         self._counts: collections.Counter[tuple[str, tuple[int, ...]]] = collections.Counter()
         self._codes: dict[int, Any] = {}  # id -> code object, kept alive so ids stay unique
         self._cpu: dict[int, float] = {}
@@ -68,14 +69,15 @@ class Profiler:
         self._thread.start()
 
     def stop(self) -> None:
-        self._stop.set()
+        """Stop sampling (within one tick) and wait for the sampler to end."""
+        self._stopping = True
         self._thread.join()
 
     def run_for(self, seconds: float) -> None:
         """Sample for *seconds*, then stop."""
+        self._deadline = time.monotonic() + seconds
         self.start()
-        self._stop.wait(seconds)
-        self.stop()
+        self._thread.join()
 
     def _run(self) -> None:
         cpu_before = time.thread_time()
@@ -84,12 +86,17 @@ class Profiler:
         next_at = began
         while True:
             next_at += interval
+            if next_at > self._deadline:
+                time.sleep(max(self._deadline - time.monotonic(), 0.0))
+                break
             delay = next_at - time.monotonic()
-            if delay < 0:
+            if delay > 0:
+                # A plain sleep, not a timed wait on an Event: a tick's wake-up is most of
+                # the sampler's cost, and a sleep is the cheapest one.
+                time.sleep(delay)
+            else:
                 next_at = time.monotonic()  # fell behind: skip the missed ticks
-                if self._stop.is_set():
-                    break
-            elif self._stop.wait(delay):
+            if self._stopping:
                 break
             self._sample()
         self.elapsed = time.monotonic() - began

@@ -115,25 +115,25 @@ def last_line(result: subprocess.CompletedProcess[str]) -> str:
 # -- stack ---------------------------------------------------------------------------------------
 
 
-def wait_for_worker(app: AppProcess, job: str) -> dict[str, Any]:
-    """The stack once the job's worker is inside hot_loop."""
-    found: dict[str, Any] = {}
+def wait_for_worker(app: AppProcess, job: str) -> None:
+    """Until the job's worker is inside hot_loop (polled through the client API: cheaper
+    than a process per poll on a loaded machine)."""
+    with rpcctl.connect(app.node) as conn:
 
-    def in_hot_loop() -> bool:
-        found.update(as_json(app.rpcctl("stack", "--json")))
-        return any(
-            (t["busy"] or {}).get("job") == job and "hot_loop" in functions(t["frames"])
-            for t in found["threads"]
-        )
+        def in_hot_loop() -> bool:
+            return any(
+                (t["busy"] or {}).get("job") == job and "hot_loop" in functions(t["frames"])
+                for t in conn.stack()["threads"]
+            )
 
-    wait_until(in_hot_loop, what="the spinning job in stack")
-    return found
+        wait_until(in_hot_loop, what="the spinning job in stack")
 
 
 def test_stack_json_shows_a_known_thread_and_a_busy_job(app: AppProcess) -> None:
     job = detach(app, "introapp.spin(120)")
     try:
-        data = wait_for_worker(app, job)
+        wait_for_worker(app, job)
+        data = as_json(app.rpcctl("stack", "--json"))
     finally:
         stop_job(app, job)
     assert data["pid"] == app.proc.pid
@@ -410,13 +410,11 @@ def test_one_profile_at_a_time(fresh_app: AppProcess) -> None:
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_until(
-            lambda: any(
-                t["name"] == "rpcctl-profiler"
-                for t in as_json(fresh_app.rpcctl("stack", "--json"))["threads"]
-            ),
-            what="the first profile to start",
-        )
+        with rpcctl.connect(fresh_app.node) as conn:
+            wait_until(
+                lambda: any(t["name"] == "rpcctl-profiler" for t in conn.stack()["threads"]),
+                what="the first profile to start",
+            )
         second = fresh_app.rpcctl("profile", "--seconds", "1")
     finally:
         first.kill()
@@ -459,7 +457,8 @@ def test_profile_refuses_an_unwritable_out_before_it_starts(short_tmp: Path) -> 
 
 
 def level_of(app: AppProcess, logger: str) -> dict[str, Any]:
-    loggers = as_json(app.rpcctl("log-level", "--logger", logger, "--json"))["loggers"]
+    with rpcctl.connect(app.node) as conn:
+        loggers = conn.log_level(logger=logger)["loggers"]
     assert len(loggers) == 1
     entry: dict[str, Any] = loggers[0]
     return entry
@@ -469,7 +468,7 @@ def test_log_level_shows_the_configured_levels(app: AppProcess) -> None:
     text = ok(app.rpcctl("log-level")).stdout
     assert re.search(r"^root +INFO$", text, re.M)
     assert re.search(r"^app_agent\.rpyc +WARNING$", text, re.M)
-    unknown = level_of(app, "nobody.here")
+    unknown = as_json(app.rpcctl("log-level", "--logger", "nobody.here", "--json"))["loggers"][0]
     assert unknown == {
         "logger": "nobody.here",
         "level": "NOTSET",
