@@ -313,13 +313,13 @@ class Client:
     def stack(self) -> dict[str, Any]:
         """Every thread's frames (innermost last), agent threads marked, and the asyncio
         tasks of the app's event loop (``None`` when the agent runs on none)."""
-        result: dict[str, Any] = self._reply(self._request("stack", self.timeout))
+        result: dict[str, Any] = self._reply(self._newer_request("stack", self.timeout))
         return result
 
     def stats(self, objects: int = 0) -> dict[str, Any]:
         """pid, uptime, memory, CPU, threads, descriptors, GC, versions; with *objects*, the
         most common object types by count."""
-        result: dict[str, Any] = self._reply(self._request("stats", self.timeout, objects))
+        result: dict[str, Any] = self._reply(self._newer_request("stats", self.timeout, objects))
         return result
 
     def health(self, timeout: float = 10.0) -> dict[str, Any]:
@@ -327,7 +327,7 @@ class Client:
         own timeout, and none runs past *timeout* seconds): the report when all pass;
         Unhealthy, with every check's outcome in ``.checks``, when one fails."""
         report: dict[str, Any] = self._reply(
-            self._request("health", timeout + self.timeout, float(timeout))
+            self._newer_request("health", timeout + self.timeout, float(timeout))
         )
         if not report.get("healthy"):
             raise Unhealthy(unhealthy_message(report["checks"]), report["checks"])
@@ -338,7 +338,9 @@ class Client:
         counted stacks (rpcctl._flamegraph turns them into collapsed stacks, speedscope or
         SVG). Busy while another profile of the app runs."""
         result: dict[str, Any] = self._reply(
-            self._request("profile", seconds + self.timeout, float(seconds), float(rate), idle)
+            self._newer_request(
+                "profile", seconds + self.timeout, float(seconds), float(rate), idle
+            )
         )
         return result
 
@@ -352,9 +354,20 @@ class Client:
         a level of its own). With *level*: set it, for *duration* seconds when given (the
         agent puts the old level back by itself, client or no client)."""
         result: dict[str, Any] = self._reply(
-            self._request("log_level", self.timeout, logger, level, duration)  # type: ignore[arg-type]
+            self._newer_request("log_level", self.timeout, logger, level, duration)
         )
         return result
+
+    def _newer_request(self, method: str, timeout: float, *args: Any) -> Any:
+        """A request for a method that older agents lack: they refuse its name."""
+        try:
+            return self._request(method, timeout, *args)
+        except AttributeError:
+            msg = (
+                f"{self.address}: the agent does not offer `{method}`; "
+                "it runs an rpcctl older than this client (see `rpcctl info`)"
+            )
+            raise UsageError(msg) from None
 
 
 def unhealthy_message(checks: list[dict[str, Any]]) -> str:

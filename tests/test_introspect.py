@@ -875,3 +875,32 @@ def test_cli_runner_stack_and_health_in_process(agent_in_process: Any, no_checks
     result = runner.invoke(cli, ["-n", agent_in_process.node, "health"])
     assert result.exit_code == 8
     assert result.stderr == "rpcctl: error: unhealthy: inproc.broken: broken on purpose\n"
+
+
+def test_an_agent_without_the_method_is_a_clear_usage_error(
+    agent_in_process: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app_agent._service import AgentService
+
+    monkeypatch.setattr(AgentService, "EXPOSED", AgentService.EXPOSED - {"stack"})
+    result = CliRunner().invoke(cli, ["-n", agent_in_process.node, "stack"])
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"rpcctl: error: {agent_in_process.node}: the agent does not offer `stack`; it runs "
+        "an rpcctl older than this client (see `rpcctl info`)\n"
+    )
+
+
+def test_nothing_of_it_lingers_when_idle(fresh_app: AppProcess) -> None:
+    with rpcctl.connect(fresh_app.node) as conn:
+        baseline = {t["name"] for t in conn.stack()["threads"]}
+        conn.health()
+        conn.profile(0.1)
+        conn.log_level("INFO", "introapp.idle")
+        conn.stats(objects=3)
+
+        def back_to_baseline() -> bool:
+            return {t["name"] for t in conn.stack()["threads"]} == baseline
+
+        wait_until(back_to_baseline, what="the introspection threads to end")
+    assert not any(name.startswith(("rpcctl-health", "rpcctl-profiler")) for name in baseline)
