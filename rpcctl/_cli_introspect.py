@@ -381,12 +381,13 @@ def log_level(
         msg = "--for needs a LEVEL to set, e.g. `rpcctl log-level DEBUG --for 10m`"
         raise UsageError(msg)
     show = render.log_levels if level is None else render.log_level_set
+    line = render.log_levels_line if level is None else _one_line(render.log_level_set)
 
     def action(c: client_mod.Client) -> dict[str, Any]:
         return c.log_level(level, logger, duration)
 
     if settings.is_fleet:
-        _table(settings, _fan_out(settings, action, timeout, parallel), min_ok, _one_line(show))
+        _table(settings, _fan_out(settings, action, timeout, parallel), min_ok, line)
     with _connect(settings, timeout) as conn:
         found = action(conn)
     if settings.json:
@@ -396,4 +397,4 @@ def log_level(
 
 
 def _one_line(show: Callable[[dict[str, Any]], str]) -> Callable[[Any], str]:
-    return lambda result: "; ".join(show(result).strip().splitlines())
+    return lambda result: show(result).strip()

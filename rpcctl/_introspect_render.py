@@ -185,6 +185,11 @@ def log_levels(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def log_levels_line(data: dict[str, Any]) -> str:
+    """One line per node, for fleets: ``root=INFO, sqlalchemy=WARNING``."""
+    return ", ".join(f"{lg['logger']}={lg['level']}" for lg in data["loggers"])
+
+
 def log_level_set(data: dict[str, Any]) -> str:
     text = f"{data['logger']}: {data['previous']} -> {data['level']}"
     if "reverts_to" in data:

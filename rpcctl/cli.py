@@ -156,7 +156,8 @@ def _one_line(value: Any) -> str:
 @click.option(
     "--nodes-file",
     metavar="FILE",
-    help="A fleet: one address a line, # comments (ping, rpc, info, tasks).",
+    help="A fleet: one address a line, # comments (ping, rpc, info, tasks, stack, stats, "
+    "health, profile, log-level).",
 )
 @click.option(
     "--discover",

@@ -541,6 +541,11 @@ def test_log_level_on_a_fleet(app: AppProcess, loop_app: AppProcess) -> None:
         assert result.returncode == 0, result.stdout
         assert result.stdout.count("introapp.fleet: NOTSET -> ERROR") == 2
         assert level_of(loop_app, name)["level"] == "ERROR"
+        shown = run_rpcctl("-n", app.node, "-n", loop_app.node, "log-level", "--logger", name)
+        assert shown.returncode == 0
+        rows = [line for line in shown.stdout.splitlines() if line.startswith("unix:")]
+        assert len(rows) == 2
+        assert all(row.endswith("  introapp.fleet=ERROR") for row in rows)
     finally:
         run_rpcctl("-n", app.node, "-n", loop_app.node, "log-level", "NOTSET", "--logger", name)
 
