@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
     from app_agent._agent import Agent
     from app_agent._capture import cancelled, progress
+    from app_agent._health import health_check
     from app_agent._readiness import set_ready
     from app_agent._registry import Task, reset_registry, task
     from app_agent.config import StartOptions
@@ -41,6 +42,7 @@ __all__ = [
     "cancelled",
     "configure_logging",
     "current",
+    "health_check",
     "progress",
     "reset_registry",
     "set_ready",
@@ -92,6 +94,10 @@ def __getattr__(name: str) -> object:
         from app_agent import _capture
 
         return getattr(_capture, name)
+    if name == "health_check":
+        from app_agent._health import health_check
+
+        return health_check
     if name == "set_ready":
         from app_agent._readiness import set_ready
 

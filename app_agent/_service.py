@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import rpyc
 
+from app_agent import _health, _introspect, _profile, wire
 from app_agent import _readiness as readiness
-from app_agent import wire
 from app_agent._jobs import CANCELLED, SUCCEEDED, TIMED_OUT, Job, JobTable
 from app_agent._locks import Backend, Busy
 from app_agent._registry import Registry, Task
@@ -265,6 +265,82 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
             kind = job.error.get("type") or job.error.get("kind")
             fields["error"] = f"{kind}: {job.error.get('message', '')}"
         self._state.log.warning("call.finished", **fields)
+
+    # -- introspection (app_agent/_introspect.py, _health.py, _profile.py) ----------------
+
+    def exposed_stack(self) -> str:
+        """Every thread's stack and the asyncio tasks of the app's loop."""
+        self._audit("introspect.stack")
+        return wire.ok(_introspect.stack(self._state.app, self._state.jobs.loop))
+
+    def exposed_stats(self, objects: Any = 0) -> str:
+        """Process figures; with *objects* > 0, that many of the most common object types."""
+        if type(objects) is not int or objects < 0:
+            return wire.error(ErrorKind.USAGE, "stats() takes a number of object types")
+        state = self._state
+        self._audit("introspect.stats", objects=objects)
+        return wire.ok(_introspect.stats(state.app, state.node, state.started_at, objects))
+
+    def exposed_health(self, timeout: Any = 10.0) -> str:
+        """Run the built-in and the app's health checks, each within *timeout* seconds."""
+        if type(timeout) not in (int, float) or not 0 < timeout <= 3600:
+            return wire.error(ErrorKind.USAGE, "health() takes seconds, at most 3600")
+        report = _health.report(self._state.jobs, float(timeout))
+        failed = [c["name"] for c in report["checks"] if not c["ok"]]
+        self._audit("health.checked", healthy=report["healthy"], failed=failed)
+        return wire.ok(report)
+
+    def exposed_profile(self, seconds: Any, rate: Any = 100.0, idle: Any = False) -> str:
+        """Sample every thread *rate* times a second for *seconds*; the counted stacks."""
+        if (
+            type(seconds) not in (int, float)
+            or type(rate) not in (int, float)
+            or type(idle) is not bool
+            or not 0 < seconds <= _profile.MAX_SECONDS
+            or not 1 <= rate <= _profile.MAX_RATE
+        ):
+            msg = "profile() takes seconds (at most 3600), a rate in Hz (1 to 1000) and a flag"
+            return wire.error(ErrorKind.USAGE, msg)
+        self._audit("profile.started", seconds=seconds, rate=rate, now=True)
+        try:
+            result = _profile.profile(float(seconds), float(rate), idle, self._caller)
+        except _profile.ProfilerBusy as exc:
+            return wire.error(ErrorKind.BUSY, str(exc))
+        self._audit("profile.finished", samples=result["samples"])
+        return wire.ok(result)
+
+    def exposed_log_level(self, logger: Any = None, level: Any = None, for_s: Any = None) -> str:
+        """Show, or set (for *for_s* seconds when given), a stdlib logger's level."""
+        try:
+            name = _introspect.logger_name(logger)
+            if level is None:
+                return wire.ok(_introspect.log_levels.show(None if logger is None else name))
+            number = _introspect.parse_level(level)
+            if for_s is not None and type(for_s) not in (int, float):
+                return wire.error(ErrorKind.USAGE, "the duration must be a number of seconds")
+            changed = _introspect.log_levels.set(name, number, for_s, self._log_reverted)
+        except _introspect.LevelError as exc:
+            return wire.error(ErrorKind.USAGE, str(exc))
+        self._audit(
+            "log_level.set",
+            logger=changed["logger"],
+            new_level=changed["level"],
+            previous=changed["previous"],
+            for_s=for_s,
+        )
+        return wire.ok(changed)
+
+    def _log_reverted(self, logger: str, temporary: str, level: str) -> None:
+        self._state.log.info("log_level.reverted", logger=logger, was=temporary, restored=level)
+
+    def _audit(self, event: str, now: bool = False, **fields: Any) -> None:
+        """Log who asked for what: at once, or (*now* False) once the reply has left."""
+        log = self._state.log
+        who = {"caller": self._caller, "auth": self._auth}
+        if now:
+            log.info(event, **who, **fields)
+        else:
+            self._after_reply.append(lambda: log.info(event, **who, **fields))
 
     def _no_such_task(self, name: str) -> str:
         hint = ""

@@ -659,6 +659,32 @@ def fleet_ping(report: Report, work: Path, count: int, runs: int) -> None:
     )
 
 
+def profiler_overhead(report: Report, rounds: int, seconds: float) -> None:
+    """Row 8: what `rpcctl profile` at 100 Hz costs a CPU-bound host (bench/profile_overhead.py)."""
+    out = subprocess.run(
+        [PY, str(HERE / "profile_overhead.py"), "--rounds", str(rounds), "--seconds", str(seconds)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    found = json.loads(out.stdout)
+    slowdown = found["slowdown"]
+    report.add(
+        "8",
+        "profiler at 100 Hz: CPU-bound host loop slowdown",
+        f"{slowdown * 100:.1f} %",
+        f"sampler {found['sampler_cpu_share'] * 100:.1f} % of one core",
+        "≤ 5 %",
+        verdict(slowdown <= 0.05),
+    )
+    report.add(
+        "8",
+        "profiler at 100 Hz: extra CPU per unit of the host's work",
+        f"{found['cpu_per_work'] * 100:.1f} %",
+        f"load average {found['load']:.1f} on {found['cpus']} cores",
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -687,6 +713,7 @@ def main() -> None:
         throughput(report, work, 0.5 if args.quick else 5.0)
         fleet_ping(report, work, 5 if args.quick else 100, 2 if args.quick else 10)
         flood(report, work, 3 if args.quick else 30)
+        profiler_overhead(report, 2 if args.quick else 10, 0.2 if args.quick else 1.0)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     table = report.markdown()

@@ -19,6 +19,7 @@ from rpcctl.exceptions import (
     NotReady,
     RpcctlError,
     TaskFailed,
+    Unhealthy,
     Unreachable,
     UsageError,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "NotReady",
     "RpcctlError",
     "TaskFailed",
+    "Unhealthy",
     "Unreachable",
     "UsageError",
     "__version__",

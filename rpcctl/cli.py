@@ -156,7 +156,8 @@ def _one_line(value: Any) -> str:
 @click.option(
     "--nodes-file",
     metavar="FILE",
-    help="A fleet: one address a line, # comments (ping, rpc, info, tasks).",
+    help="A fleet: one address a line, # comments (ping, rpc, info, tasks, stack, stats, "
+    "health, profile, log-level).",
 )
 @click.option(
     "--discover",
@@ -196,7 +197,7 @@ def cli(
     """Ping a running Python application and run release tasks inside it.
 
     Exit codes: 0 ok, 1 the task raised, 2 usage error, 3 agent unreachable,
-    4 timed out, 5 authentication refused, 6 no such task, 7 busy.
+    4 timed out, 5 authentication refused, 6 no such task, 7 busy, 8 unhealthy.
     """
     settings.nodes = list(nodes)
     settings.node = nodes[0] if nodes else None
@@ -638,6 +639,10 @@ def cancel(settings: Settings, job_id: str) -> None:
         click.echo(f"cancellation requested for job {job_id}")
     else:
         click.echo(f"job {job_id} already ended ({answer['state']})")
+
+
+# stack, stats, health, profile, log-level: registered on `cli` by importing their module.
+import rpcctl._cli_introspect  # noqa: E402, F401
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,7 +7,7 @@ from app_agent.wire import ErrorKind
 # Without importing typing (which costs the ping path ~10 ms); mypy knows this name.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import ClassVar
+    from typing import Any, ClassVar
 
 
 class RpcctlError(Exception):
@@ -89,6 +89,16 @@ class Busy(RpcctlError):
     kind = ErrorKind.BUSY
 
 
+class Unhealthy(RpcctlError):
+    """The app answered, but a health check failed; ``checks`` holds every check's outcome."""
+
+    kind = ErrorKind.UNHEALTHY
+
+    def __init__(self, message: str, checks: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.checks = checks or []
+
+
 _ONE_PER_KIND = (
     TaskFailed,
     UsageError,
@@ -97,5 +107,6 @@ _ONE_PER_KIND = (
     AuthenticationFailed,
     NoSuchTask,
     Busy,
+    Unhealthy,
 )
 BY_KIND: dict[ErrorKind, type[RpcctlError]] = {cls.kind: cls for cls in _ONE_PER_KIND}

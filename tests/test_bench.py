@@ -38,5 +38,7 @@ def test_quick_benchmark_prints_every_row(tmp_path: object) -> None:
         "host CPU loop slowdown",
         "8 concurrent clients",
         "rpcctl ping of 5 agents",
+        "profiler at 100 Hz: CPU-bound host loop slowdown",
+        "profiler at 100 Hz: extra CPU per unit of the host's work",
     ):
         assert row in table, row

@@ -20,6 +20,7 @@ class ErrorKind(enum.StrEnum):
     AUTH = "auth"
     NO_SUCH_TASK = "no_such_task"
     BUSY = "busy"
+    UNHEALTHY = "unhealthy"
 
     @property
     def exit_code(self) -> int:
@@ -34,4 +35,5 @@ _EXIT_CODES: Final = {
     ErrorKind.AUTH: 5,
     ErrorKind.NO_SUCH_TASK: 6,
     ErrorKind.BUSY: 7,
+    ErrorKind.UNHEALTHY: 8,
 }

@@ -8,7 +8,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
-from app_agent._options import StartOptions
+from app_agent.config import StartOptions
 
 DEFAULT_COMMANDS = ("migrate", "showmigrations", "check")
 """``RPCCTL_DJANGO_COMMANDS`` when unset: the management commands callable remotely."""

@@ -11,9 +11,9 @@ from django.core.exceptions import ImproperlyConfigured
 
 import app_agent
 from app_agent._agent import Agent
-from app_agent._logging import get_logger
 from app_agent.contrib.django import _serving, _settings
 from app_agent.exceptions import AddressInUse, ConfigurationError, TaskRegistrationError
+from app_agent.logs import get_logger
 
 
 def autostart() -> Agent | None:

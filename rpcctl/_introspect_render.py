@@ -1,0 +1,201 @@
+"""Human output of ``stack``, ``stats``, ``health`` and ``log-level``: plain text, no colour.
+
+Each function takes what the agent sent (plain data, see app_agent/_introspect.py) and
+returns text ending with a newline; ``--json`` prints that data as it came.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+# -- stack -------------------------------------------------------------------------------------
+
+
+def stack(data: dict[str, Any], show_all: bool = False) -> str:
+    """Threads like a Python traceback (innermost frame last), app threads first; the agent's
+    idle threads folded into one line unless *show_all*."""
+    threads = data["threads"]
+    folded = [t for t in threads if t["idle"] and not show_all]
+    lines = [
+        f"Process {data['pid']} ({data['app']}), Python {data['python']}: "
+        f"{len(threads)} threads"
+        + (f", {len(folded)} idle agent threads folded (--all shows them)" if folded else "")
+    ]
+    for thread in threads:
+        if thread in folded:
+            continue
+        lines.append("")
+        lines.append(_thread_header(thread))
+        if thread["frames_cut"]:
+            lines.append(f"  ... {thread['frames_cut']} outer frames cut")
+        lines += _frames(thread["frames"])
+    if folded:
+        lines.append("")
+        names: dict[str, int] = {}
+        for t in folded:
+            names[t["name"]] = names.get(t["name"], 0) + 1
+        shown = ", ".join(f"{n} (x{c})" if c > 1 else n for n, c in names.items())
+        lines.append(f"Idle agent threads: {shown}")
+    tasks = data.get("asyncio")
+    if tasks is not None:
+        lines.append("")
+        state = "running" if tasks["running"] else "not running"
+        lines.append(f"asyncio tasks on the app's event loop ({state}): {len(tasks['tasks'])}")
+        if tasks.get("error"):
+            lines.append(f"  (could not list them: {tasks['error']})")
+        for task in tasks["tasks"]:
+            lines.append("")
+            lines.append(f'Task "{task["name"]}" ({task["state"]}): {task["coroutine"]}')
+            lines += _frames(task["frames"])
+            if task["state"] == "running":
+                lines.append("    (running now: the thread that runs the loop shows where)")
+            if task.get("awaiting"):
+                lines.append(f"    awaiting {task['awaiting']}")
+    return "\n".join(lines) + "\n"
+
+
+def _thread_header(thread: dict[str, Any]) -> str:
+    notes = []
+    if thread["main"]:
+        notes.append("main")
+    if thread["daemon"]:
+        notes.append("daemon")
+    if thread["agent"]:
+        busy = thread.get("busy") or {}
+        if "job" in busy:
+            notes.append(f"agent, running job {busy['job']} {busy['task']}")
+        elif "health_check" in busy:
+            notes.append(f"agent, running health check {busy['health_check']}")
+        else:
+            notes.append("agent, idle")
+    suffix = f" ({', '.join(notes)})" if notes else ""
+    return f'Thread {thread["ident"]} "{thread["name"]}"{suffix}'
+
+
+def _frames(frames: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for f in frames:
+        lines.append(f'  File "{f["file"]}", line {f["line"]}, in {f["function"]}')
+        if f.get("code"):
+            lines.append(f"    {f['code']}")
+    return lines
+
+
+# -- stats -------------------------------------------------------------------------------------
+
+
+def stats(data: dict[str, Any]) -> str:
+    memory, cpu, fds, gc = data["memory"], data["cpu"], data["fds"], data["gc"]
+    threads = data["threads"]
+    python = data["python"]
+    generations = ", ".join(
+        f"gen{g['generation']} {g['count']} tracked / {g['collections']} collections"
+        for g in gc["generations"]
+    )
+    limit = f" (limit {fds['limit']})" if fds.get("limit") else ""
+    os_threads = f" ({threads['os']} OS threads)" if threads.get("os") is not None else ""
+    lines = [
+        f"pid:       {data['pid']} ({data['app']})",
+        f"uptime:    {duration(data['uptime_s'])} (agent {duration(data['agent_uptime_s'])})",
+        f"memory:    RSS {size(memory['rss_bytes'])}, peak {size(memory['peak_rss_bytes'])}",
+        f"cpu:       user {cpu['user_s']:.2f} s, system {cpu['system_s']:.2f} s",
+        f"threads:   {threads['python']}{os_threads}",
+        f"fds:       {fds['open'] if fds['open'] is not None else '?'} open{limit}",
+        f"gc:        {generations}" + ("" if gc["enabled"] else " (disabled)"),
+        f"python:    {python['version']} ({python['implementation']}) {python['executable']}",
+        "packages:  " + ", ".join(f"{k} {v}" for k, v in data["packages"].items()),
+    ]
+    if "objects" in data:
+        lines.append("objects (most common types the GC tracks):")
+        width = max((len(str(o["count"])) for o in data["objects"]), default=1)
+        lines += [f"  {o['count']:>{width}}  {o['type']}" for o in data["objects"]]
+    return "\n".join(lines) + "\n"
+
+
+def stats_line(data: dict[str, Any]) -> str:
+    """One line per node, for fleets."""
+    return (
+        f"pid {data['pid']}, up {duration(data['uptime_s'])}, "
+        f"RSS {size(data['memory']['rss_bytes'])}, "
+        f"CPU {data['cpu']['user_s'] + data['cpu']['system_s']:.1f} s, "
+        f"{data['threads']['python']} threads, {data['fds']['open']} fds"
+    )
+
+
+def size(value: int | None) -> str:
+    if value is None:
+        return "?"
+    return f"{value / (1 << 20):.1f} MiB"
+
+
+def duration(seconds: float) -> str:
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours:02d}h {minutes:02d}m"
+    if hours:
+        return f"{hours}h {minutes:02d}m {secs:02d}s"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"
+
+
+# -- health ------------------------------------------------------------------------------------
+
+
+def health(checks: list[dict[str, Any]]) -> str:
+    """One line per check: ok/FAIL, name, time, message."""
+    width = max((len(c["name"]) for c in checks), default=4)
+    lines = []
+    for c in checks:
+        mark = "ok  " if c["ok"] else "FAIL"
+        took = f"{c['duration_s'] * 1000:.0f} ms"
+        message = c.get("message") or ""
+        lines.append(f"{mark}  {c['name']:<{width}}  {took:>8}  {message}".rstrip())
+    failed = [c["name"] for c in checks if not c["ok"]]
+    if failed:
+        lines.append(f"unhealthy: {len(failed)} of {len(checks)} checks failed")
+    else:
+        lines.append(f"healthy: {len(checks)} checks passed")
+    return "\n".join(lines) + "\n"
+
+
+def health_line(report: dict[str, Any]) -> str:
+    return f"healthy: {len(report['checks'])} checks passed"
+
+
+# -- log levels --------------------------------------------------------------------------------
+
+
+def log_levels(data: dict[str, Any]) -> str:
+    loggers = data["loggers"]
+    width = max(len(lg["logger"]) for lg in loggers)
+    lines = []
+    for lg in loggers:
+        own = lg["level"]
+        text = own if own == lg["effective"] else f"{own} (effective {lg['effective']})"
+        if not lg.get("exists", True):
+            text += " (no such logger yet)"
+        if "reverts_to" in lg:
+            text += f", back to {lg['reverts_to']} at {_clock(lg['reverts_at'])}"
+        lines.append(f"{lg['logger']:<{width}}  {text}")
+    return "\n".join(lines) + "\n"
+
+
+def log_levels_line(data: dict[str, Any]) -> str:
+    """One line per node, for fleets: ``root=INFO, sqlalchemy=WARNING``."""
+    return ", ".join(f"{lg['logger']}={lg['level']}" for lg in data["loggers"])
+
+
+def log_level_set(data: dict[str, Any]) -> str:
+    text = f"{data['logger']}: {data['previous']} -> {data['level']}"
+    if "reverts_to" in data:
+        text += f" until {_clock(data['reverts_at'])}, then {data['reverts_to']}"
+    return text + "\n"
+
+
+def _clock(epoch: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(epoch))
