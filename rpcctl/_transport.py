@@ -15,6 +15,7 @@ import time
 
 from app_agent import wire
 from app_agent.wire import Address, ErrorKind, cookies
+from app_agent.wire.backoff import Backoff
 from rpcctl.exceptions import (
     BY_KIND,
     AuthenticationFailed,
@@ -139,15 +140,13 @@ def open_socket(address: Address, timeout: float, security: Security) -> socket.
 def _connect(sock: socket.socket, target: Any, deadline: float) -> None:
     """Connect; a UNIX socket whose listen queue is full (the agent is busy accepting, say
     under a connect flood) is tried again until the deadline rather than given up at once."""
-    delay = 0.001
+    backoff = Backoff(0.001, 0.02, deadline, factor=2)
     while True:
         try:
             sock.connect(target)
         except BlockingIOError:
-            if time.monotonic() + delay >= deadline:
+            if not backoff.sleep():
                 raise TimeoutError from None
-            time.sleep(delay)
-            delay = min(delay * 2, 0.02)
         else:
             return
 

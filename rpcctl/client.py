@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from app_agent import wire
 from app_agent.wire import Address, ErrorKind
+from app_agent.wire.backoff import Backoff
 from rpcctl import _transport
 from rpcctl._transport import Security
 from rpcctl.exceptions import (
@@ -496,19 +497,16 @@ def wait_for(
     address = resolve_address(node)
     security = security or Security.resolve()
     started = time.monotonic()
-    deadline = started + timeout
-    delay = 0.005
+    backoff = Backoff(0.005, 0.04, started + timeout)
     while True:
-        remaining = deadline - time.monotonic()
         try:
-            _transport.ping(address, max(min(DEFAULT_TIMEOUT, remaining), 0.05), security, ready)
+            _transport.ping(
+                address, max(min(DEFAULT_TIMEOUT, backoff.remaining()), 0.05), security, ready
+            )
         except (Unreachable, CallTimeout) as exc:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if not backoff.sleep():
                 msg = f"no agent answered within {timeout:g}s: {exc.message}"
                 raise Unreachable(msg) from None
-            time.sleep(min(delay, remaining))
-            delay = min(delay * 1.5, 0.04)
         else:
             return time.monotonic() - started
 
@@ -522,17 +520,14 @@ def wait_gone(
 
     address = resolve_address(node)
     security = security or Security.resolve()
-    deadline = time.monotonic() + timeout
-    delay = 0.01
+    backoff = Backoff(0.01, 0.1, time.monotonic() + timeout)
     while True:
         local = address.is_loopback
-        if not _answers(address, security) and (not local or not _process_exists(pid)):
+        if not _answers(address, security) and (not local or not wire.pid_alive(pid)):
             return
-        if time.monotonic() >= deadline:
+        if not backoff.sleep():
             msg = f"{address}: the app (pid {pid}) is still running after {timeout:g}s"
             raise CallTimeout(msg)
-        time.sleep(delay)
-        delay = min(delay * 1.5, 0.1)
 
 
 def wait_restarted(
@@ -543,8 +538,7 @@ def wait_restarted(
 
     address = resolve_address(node)
     security = security or Security.resolve()
-    deadline = time.monotonic() + timeout
-    delay = 0.02
+    backoff = Backoff(0.02, 0.2, time.monotonic() + timeout)
     while True:
         try:
             with Client(address, min(DEFAULT_TIMEOUT, timeout), security) as conn:
@@ -553,11 +547,9 @@ def wait_restarted(
                 return pid
         except (Unreachable, CallTimeout):
             pass
-        if time.monotonic() >= deadline:
+        if not backoff.sleep():
             msg = f"{address}: no new app process answered within {timeout:g}s"
             raise CallTimeout(msg)
-        time.sleep(delay)
-        delay = min(delay * 1.5, 0.2)
 
 
 def _answers(address: Address, security: Security) -> bool:
@@ -566,14 +558,3 @@ def _answers(address: Address, security: Security) -> bool:
     except (Unreachable, CallTimeout):
         return False
     return True
-
-
-def _process_exists(pid: int) -> bool:
-    """True while *pid* runs; a zombie (exited, not yet reaped) counts as gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-    except OSError:
-        return wire.pid_alive(pid)

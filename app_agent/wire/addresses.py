@@ -14,25 +14,25 @@ class AddressError(ValueError):
     """A node address that is not ``unix:PATH``, ``tcp://HOST:PORT`` or ``tls://HOST:PORT``."""
 
 
-class Address:
-    """A parsed node address (immutable, comparable, hashable)."""
+if TYPE_CHECKING:
+    from typing import NamedTuple
 
-    __slots__ = ("host", "path", "port", "scheme")
+    class _Fields(NamedTuple):
+        scheme: str  # "unix", "tcp" or "tls"
+        path: str = ""
+        host: str = ""
+        port: int = 0
 
-    def __init__(self, scheme: str, path: str = "", host: str = "", port: int = 0) -> None:
-        self.scheme = scheme  # "unix", "tcp" or "tls"
-        self.path = path
-        self.host = host
-        self.port = port
+else:  # the same tuple without importing typing, which costs the ping path ~10 ms
+    import collections
 
-    def _key(self) -> tuple[str, str, str, int]:
-        return (self.scheme, self.path, self.host, self.port)
+    _Fields = collections.namedtuple("_Fields", "scheme path host port", defaults=("", "", 0))
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Address) and self._key() == other._key()
 
-    def __hash__(self) -> int:
-        return hash(self._key())
+class Address(_Fields):
+    """A parsed node address: an immutable, comparable, hashable tuple."""
+
+    __slots__ = ()
 
     def __repr__(self) -> str:
         return f"Address({str(self)!r})"

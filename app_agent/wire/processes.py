@@ -6,7 +6,15 @@ import os
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether a process *pid* exists on this host (a zombie counts as alive)."""
+    """Whether process *pid* runs on this host. A zombie (exited, not yet reaped by its
+    parent) counts as gone: it will never answer, stop or signal anything again."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except (OSError, IndexError):
+        pass  # no /proc here: ask the kernel, which cannot tell a zombie
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

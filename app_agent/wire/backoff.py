@@ -1,0 +1,38 @@
+"""How both sides wait for something that is not there yet: one growing delay, capped, and
+never slept past a deadline. Used wherever rpcctl retries (ping --wait, connects to a full
+listen queue, lock waits, waiting for an app to stop or restart)."""
+
+from __future__ import annotations
+
+import time
+
+
+class Backoff:
+    """Delays from *first* growing by *factor* up to *cap*; :meth:`sleep` never passes the
+    *deadline* (a ``time.monotonic()`` value, or None for none)."""
+
+    __slots__ = ("cap", "deadline", "delay", "factor")
+
+    def __init__(
+        self, first: float, cap: float, deadline: float | None = None, factor: float = 1.5
+    ) -> None:
+        self.delay = first
+        self.cap = cap
+        self.deadline = deadline
+        self.factor = factor
+
+    def remaining(self) -> float:
+        """Seconds left before the deadline (infinite without one), never negative."""
+        if self.deadline is None:
+            return float("inf")
+        return max(self.deadline - time.monotonic(), 0.0)
+
+    def sleep(self) -> bool:
+        """Sleep the next delay, cut short at the deadline; False, at once, once it has
+        passed (the caller gives up)."""
+        remaining = self.remaining()
+        if remaining <= 0:
+            return False
+        time.sleep(min(self.delay, remaining))
+        self.delay = min(self.delay * self.factor, self.cap)
+        return True
