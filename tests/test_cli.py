@@ -70,7 +70,11 @@ def test_info(runner: CliRunner, agent_in_process: app_agent.Agent) -> None:
 @pytest.mark.parametrize(
     ("expression", "code", "stderr_has"),
     [
-        ("nope.task", 6, "no task named 'nope.task'; `rpcctl tasks` lists the registered tasks"),
+        (
+            "nope.task",
+            6,
+            "no task named 'nope.task'; `rpcctl -n {node} tasks` lists the registered tasks",
+        ),
         ('sampleapp.boom("kaput")', 1, "ValueError: kaput"),
         ("sampleapp.add(1, 2, 3)", 2, "the signature is sampleapp.add(a: int"),
         ("sampleapp.add(1, zap=2)", 2, "unexpected keyword argument 'zap'"),
@@ -87,7 +91,7 @@ def test_errors_map_to_exit_codes(
 ) -> None:
     result = runner.invoke(cli, ["-n", agent_in_process.node, "rpc", expression])
     assert result.exit_code == code
-    assert stderr_has in result.stderr
+    assert stderr_has.format(node=agent_in_process.node) in result.stderr
     assert result.stdout == ""
 
 
@@ -118,7 +122,7 @@ def test_no_node_is_a_usage_error(runner: CliRunner) -> None:
 def test_bad_node_is_a_usage_error(runner: CliRunner) -> None:
     result = runner.invoke(cli, ["-n", "/just/a/path", "ping"])
     assert result.exit_code == 2
-    assert "expected unix:PATH or tcp://HOST:PORT" in result.stderr
+    assert "expected unix:PATH, tcp://HOST:PORT or tls://HOST:PORT" in result.stderr
 
 
 def test_unreachable_exits_3(runner: CliRunner, short_tmp: Path) -> None:
@@ -131,3 +135,102 @@ def test_version(runner: CliRunner) -> None:
     result = runner.invoke(cli, ["--version"])
     assert result.exit_code == 0
     assert result.stdout.startswith("rpcctl, version ")
+
+
+# -- --json and usage errors ------------------------------------------------------------------
+
+
+def test_json_before_the_command(runner: CliRunner, agent_in_process: app_agent.Agent) -> None:
+    result = runner.invoke(cli, ["--json", "-n", agent_in_process.node, "ping"])
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["result"] == "pong"
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--json", "--bogus", "ping"], "No such option '--bogus'"),  # the group's options
+        (["ping", "--json", "--wait", "soon"], "'soon' is not a valid float"),
+        (["--json", "rpc"], "Missing argument 'EXPR"),
+        (["--json", "nosuchcommand"], "No such command 'nosuchcommand'"),
+        (["cookie", "generate", "--json"], "Missing argument 'FILE'"),  # a nested group
+    ],
+)
+def test_usage_errors_with_json_print_an_envelope(
+    runner: CliRunner, args: list[str], says: str
+) -> None:
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 2
+    document = json.loads(result.stdout)  # one document on stdout
+    assert document["ok"] is False
+    assert document["error"]["kind"] == "usage"
+    assert document["error"]["exit_code"] == 2
+    assert says in document["error"]["message"]
+    assert says in result.stderr  # and click's usage text on stderr, as without --json
+
+
+def test_usage_errors_without_json_keep_stdout_empty(runner: CliRunner) -> None:
+    result = runner.invoke(cli, ["ping", "--bogus"])
+    assert (result.exit_code, result.stdout) == (2, "")
+    assert "No such option '--bogus'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("words", "meant"),
+    [
+        (["mod.f", "1"], "'mod.f(1)'"),
+        (["myapp.tasks.migrate", "head", "steps=2"], "'myapp.tasks.migrate(\"head\", steps=2)'"),
+    ],
+)
+def test_rpc_with_shell_words_shows_the_expression(
+    runner: CliRunner, monkeypatch: pytest.MonkeyPatch, words: list[str], meant: str
+) -> None:
+    monkeypatch.setenv("RPCCTL_NODE", "unix:/nonexistent/agent.sock")
+    result = runner.invoke(cli, ["rpc", *words])
+    assert result.exit_code == 2
+    assert result.stderr == f"rpcctl: error: EXPR is one shell word; quote it: rpcctl rpc {meant}\n"
+
+
+# -- hints name the command the user typed ----------------------------------------------------
+
+
+def test_hints_name_the_launcher(
+    runner: CliRunner, agent_in_process: app_agent.Agent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bin/NAME sets RPCCTL_PROG; the agent's own hint is rewritten on the client's side."""
+    monkeypatch.setenv("RPCCTL_PROG", "bin/shop")
+    monkeypatch.setenv("RPCCTL_NODE", agent_in_process.node)
+    result = runner.invoke(cli, ["rpc", "nope.task"])
+    assert result.exit_code == 6
+    assert "`bin/shop tasks` lists the registered tasks" in result.stderr
+    assert "rpcctl tasks" not in result.stderr
+
+
+def test_busy_names_lock_wait(runner: CliRunner, agent_in_process: app_agent.Agent) -> None:
+    import rpcctl
+
+    node = agent_in_process.node
+    with rpcctl.connect(node) as app:
+        job = app.start("sampleapp.locked", [60.0])
+    try:
+        busy = runner.invoke(cli, ["-n", node, "rpc", "sampleapp.locked(0)"])
+        assert busy.exit_code == 7
+        assert f"held by job {job}" in busy.stderr
+        assert "to wait for it instead, add --lock-wait SECONDS" in busy.stderr
+        waited = runner.invoke(
+            cli, ["-n", node, "rpc", "--lock-wait", "0.01", "sampleapp.locked(0)"]
+        )
+        assert waited.exit_code == 7
+        assert "--lock-wait SECONDS" not in waited.stderr  # it was given: no advice
+    finally:
+        runner.invoke(cli, ["-n", node, "cancel", job])
+
+
+@pytest.mark.parametrize("node", ["/just/a/path", "tcp://host-without-port", "unix:"])
+def test_bad_address_lists_every_form(runner: CliRunner, node: str) -> None:
+    result = runner.invoke(cli, ["-n", node, "ping"])
+    assert result.exit_code == 2
+    assert "expected unix:PATH, tcp://HOST:PORT or tls://HOST:PORT" in result.stderr
+    fleet = runner.invoke(cli, ["-n", node, "-n", "unix:/x.sock", "ping"])
+    assert fleet.exit_code == 2
+    assert "expected unix:PATH, tcp://HOST:PORT or tls://HOST:PORT" in fleet.stdout
