@@ -34,14 +34,14 @@ class Release:
         self.app: AppProcess | None = None
 
     def launch(
-        self, *args: str, cwd: Path | None = None, **env: str
+        self, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
     ) -> subprocess.CompletedProcess[str]:
         """Run `bin/shop ARGS` as typed in the release root (or *cwd*, by its full path)."""
         command = "bin/shop" if cwd is None else str(self.root / "bin" / "shop")
         return subprocess.run(
             [command, *args],
             cwd=cwd or self.root,
-            env=clean_env(**env),
+            env=clean_env(**(env or {})),
             capture_output=True,
             text=True,
             timeout=DEADLINE * 3,
@@ -233,8 +233,8 @@ def test_an_explicit_config_cookie_beats_the_environment(guarded_release: Releas
     """Another app's RPCCTL_COOKIE is exported in this shell: bin/shop still reaches its own
     app with its own cookie, as it does with its own node."""
     ambient = {"RPCCTL_COOKIE": "another-apps-cookie-0123456789"}
-    assert guarded_release.launch("ping", **ambient).stdout == "pong\n"  # the fast path
-    tasks = guarded_release.launch("tasks", **ambient)  # click's path
+    assert guarded_release.launch("ping", env=ambient).stdout == "pong\n"  # the fast path
+    tasks = guarded_release.launch("tasks", env=ambient)  # click's path
     assert tasks.returncode == 0, tasks.stderr
     config = str(guarded_release.root / "rpcctl.toml")
     explicit = run_rpcctl("--config", config, "rpc", "add(1, 2)", env=ambient)
