@@ -15,7 +15,15 @@ from typing import Any
 
 import pytest
 
-from conftest import DEADLINE, SAMPLEAPP, AppProcess, rpcctl_executable, run_rpcctl, wait_until
+from conftest import (
+    DEADLINE,
+    ROOT,
+    SAMPLEAPP,
+    AppProcess,
+    rpcctl_executable,
+    run_rpcctl,
+    wait_until,
+)
 from rpcctl import scaffold
 
 
@@ -311,3 +319,34 @@ def test_completion_is_quiet_when_the_app_is_down(release: Release) -> None:
 def test_completion_of_other_words_still_works(sample_app: AppProcess) -> None:
     result = complete("rpcctl", f"-n {sample_app.node} ta", executable=rpcctl_executable())
     assert result.stdout.splitlines() == ["plain,tasks"]
+
+
+def test_the_documented_bash_completion_completes_through_the_launcher(release: Release) -> None:
+    """docs/ecosystem.md's bash lines, run in bash as written (bin/myapp is bin/shop here)."""
+    doc = (ROOT / "docs" / "ecosystem.md").read_text()
+    lines = [
+        line.strip().split("  #")[0].replace("bin/myapp", "bin/shop")
+        for line in doc.splitlines()
+        if "bash_source" in line or "-F _rpcctl_completion" in line
+    ]
+    assert len(lines) == 2, lines
+    release.start_app()
+    script = "\n".join(
+        [
+            *lines,
+            "COMP_WORDS=(bin/shop rpc sampleapp.gr); COMP_CWORD=2",
+            "_rpcctl_completion bin/shop",
+            'printf "%s\\n" "${COMPREPLY[@]}"',
+        ]
+    )
+    bin_dir = str(Path(rpcctl_executable()).parent)
+    result = subprocess.run(
+        ["bash", "-c", script],
+        cwd=release.root,
+        env=clean_env(PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}"),
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+        check=False,
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (0, "sampleapp.greet\n", "")
