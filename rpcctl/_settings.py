@@ -175,22 +175,8 @@ class Settings:
 
     @property
     def prog(self) -> str:
-        """The command that reaches this app again, as the user typed it: ``bin/NAME`` through
-        a launcher, else ``rpcctl`` with the options that chose the node and credentials."""
-        import shlex
-
-        launcher = os.environ.get(PROG_ENV)
-        words = [launcher or "rpcctl"]
-        if self.node and not self.is_fleet:
-            words += ["-n", self.node]
-        if self.config_path and not launcher:
-            words += ["--config", self.config_path]
-        if self.cookie_file:
-            words += ["--cookie-file", self.cookie_file]
-        for key in ("ca", "cert", "key"):
-            if self.tls.get(key):
-                words += [f"--tls-{key}", str(self.tls[key])]
-        return " ".join([words[0], *(shlex.quote(w) for w in words[1:])])
+        """The command the user typed: ``bin/NAME`` through a launcher, else ``rpcctl``."""
+        return os.environ.get(PROG_ENV) or "rpcctl"
 
     def explain(self, exc: RpcctlError) -> str:
         """*exc*'s message for this user: hints name the command they typed, an app that is
@@ -207,7 +193,12 @@ class Settings:
             and "no agent is running" in message
             and self._node_config is not None
         ):
-            message += f"; start it with `{prog} start`"
+            start = prog  # a launcher passes its --config itself; plain rpcctl needs it
+            if self.config_path and prog == "rpcctl":
+                import shlex
+
+                start += f" --config {shlex.quote(self.config_path)}"
+            message += f"; start it with `{start} start`"
         if isinstance(exc, AuthenticationFailed) and "cookie" in message and self.cookie_source:
             message += f" (our cookie was read from {self.cookie_source})"
         if isinstance(exc, Busy) and self.hint_lock_wait:

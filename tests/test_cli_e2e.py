@@ -101,6 +101,10 @@ def test_an_app_that_is_not_running_gets_the_command_that_starts_it(release: Rel
     plain = run_rpcctl("tasks", cwd=release.root)
     assert plain.returncode == 3
     assert "start it with `rpcctl start`" in plain.stderr
+    config = release.root / "rpcctl.toml"
+    given = run_rpcctl("--config", str(config), "ping")
+    assert given.returncode == 3
+    assert f"start it with `rpcctl --config {config} start`" in given.stderr
     # A node given by hand is not known to be a release: no start hint.
     direct = run_rpcctl("-n", release.node, "ping")
     assert direct.returncode == 3
@@ -179,7 +183,7 @@ def test_ctrl_c_on_rpc_exits_130_and_names_the_job(sample_app: AppProcess, as_js
     [job] = running_jobs(node)  # it goes on
     assert follower.returncode == 130, err
     assert "Aborted!" not in err
-    prog = f"rpcctl -n {node}"
+    prog = "rpcctl"
     assert err.splitlines()[-1] == (
         f"rpcctl: interrupted; job {job['id']} goes on running in the app: follow it with "
         f"`{prog} logs {job['id']} -f`, or stop it with `{prog} cancel {job['id']}`"
