@@ -417,6 +417,8 @@ def complete_tasks(ctx: click.Context, _param: click.Parameter, incomplete: str)
     names, or nothing when no app answers within COMPLETION_TIMEOUT."""
     from click.shell_completion import CompletionItem
 
+    if ctx.params.get("words"):
+        return []  # EXPR is one word: the task name comes first, only once
     root = ctx.find_root()
     settings = root.obj if isinstance(root.obj, Settings) else Settings()
     apply_globals(settings, root.params)

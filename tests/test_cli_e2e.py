@@ -306,6 +306,10 @@ def test_rpc_completes_task_names_and_aliases(sample_app: AppProcess) -> None:
     assert (result.returncode, result.stdout, result.stderr) == (0, "plain,sampleapp.echo\n", "")
     alias = complete("rpcctl", f"-n {sample_app.node} rpc ad", executable=rpcctl_executable())
     assert alias.stdout.splitlines() == ["plain,add"]
+    second = complete(
+        "rpcctl", f"-n {sample_app.node} rpc add sampleapp.", executable=rpcctl_executable()
+    )
+    assert second.stdout.strip() == ""  # a task name only as the first word
 
 
 def test_completion_through_the_launcher(release: Release) -> None:
