@@ -45,11 +45,11 @@ _ARGV = "rpcctl.argv"
 
 
 class Interrupted(Exception):
-    """Ctrl-C while following a job, which goes on in the app."""
+    """Ctrl-C while starting or following a job, which goes on in the app."""
 
     def __init__(self, job: str | None) -> None:
         super().__init__(job)
-        self.job = job
+        self.job = job  # None: interrupted before the agent named the job
 
 
 class RpcctlGroup(click.Group):
@@ -76,7 +76,7 @@ class RpcctlGroup(click.Group):
             raise
         except (KeyboardInterrupt, Interrupted) as exc:
             settings = ctx.find_object(Settings) or Settings()
-            report_interrupt(settings, exc.job if isinstance(exc, Interrupted) else None)
+            report_interrupt(settings, exc if isinstance(exc, Interrupted) else None)
             ctx.exit(INTERRUPTED)
 
 
@@ -110,22 +110,28 @@ def report_error(exc: RpcctlError, settings: Settings) -> None:
         emit_json({"ok": False, "error": error})
 
 
-def report_interrupt(settings: Settings, job: str | None) -> None:
+def report_interrupt(settings: Settings, during: Interrupted | None) -> None:
     """Ctrl-C: say what goes on in the app, and how to reach it again."""
     if sys.stderr.isatty():
         click.echo(err=True)  # past the terminal's ^C
     prog = settings.prog
+    job = during.job if during else None
     if job is not None:
         message = (
             f"interrupted; job {job} goes on running in the app: follow it with "
             f"`{prog} logs {job} -f`, or stop it with `{prog} cancel {job}`"
         )
+    elif during is not None:
+        message = f"interrupted while the job was starting; `{prog} jobs` lists it if it did"
     else:
         message = "interrupted"
     click.echo(f"rpcctl: {message}", err=True)
     if settings.json:
-        error: dict[str, Any] = {"kind": "interrupted", "message": message}
-        error["exit_code"] = INTERRUPTED
+        error: dict[str, Any] = {
+            "kind": "interrupted",
+            "message": message,
+            "exit_code": INTERRUPTED,
+        }
         if job is not None:
             error["job"] = job
         emit_json({"ok": False, "error": error})
@@ -222,11 +228,11 @@ def run_fleet(
             rows.append([o.node, "ok", took, *cells(o.result)])
         else:
             rows.append([o.node, str(o.error.kind), took, settings.explain(o.error)])
-    # Every column but the last is padded; an error fills the rest of its row.
-    widths = [
-        max(len(row[i]) for row in [head, *rows] if i < len(row) - 1 or row is head)
-        for i in range(len(head) - 1)
-    ]
+    # Every cell but a row's last is padded; an error (a row's last) fills the rest of it.
+    widths = [0] * (len(head) - 1)
+    for row in [head, *rows]:
+        for i, text in enumerate(row[:-1]):
+            widths[i] = max(widths[i], len(text))
     for row in [head, *rows]:
         padded = [
             text.rjust(widths[i]) if i == 2 else text.ljust(widths[i])
@@ -328,8 +334,9 @@ def _tasks_details(outcome: fleet_mod.MulticallResult) -> list[str]:
     "--cookie-file",
     metavar="FILE",
     type=click.Path(dir_okay=False),
-    help="Owner-only file holding the cookie. Default: $RPCCTL_COOKIE, $RPCCTL_COOKIE_FILE, "
-    "or the config's cookie_file. Never pass the cookie itself on the command line.",
+    help="Owner-only file holding the cookie. Default: --config's cookie_file, else "
+    "$RPCCTL_COOKIE, else $RPCCTL_COOKIE_FILE, else the cookie_file of the rpcctl.toml found "
+    "upward. Never pass the cookie itself on the command line.",
 )
 @click.option("--tls-ca", metavar="FILE", help="CA certificate(s) to verify a tls:// agent.")
 @click.option("--tls-cert", metavar="FILE", help="Client certificate for mutual TLS.")

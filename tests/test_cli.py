@@ -234,3 +234,21 @@ def test_bad_address_lists_every_form(runner: CliRunner, node: str) -> None:
     fleet = runner.invoke(cli, ["-n", node, "-n", "unix:/x.sock", "ping"])
     assert fleet.exit_code == 2
     assert "expected unix:PATH, tcp://HOST:PORT or tls://HOST:PORT" in fleet.stdout
+
+
+def test_ctrl_c_before_the_job_is_named(
+    runner: CliRunner, agent_in_process: app_agent.Agent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while the job is being started: its id never came back, `jobs` lists it."""
+    from rpcctl import client
+
+    def interrupted(*_args: object, **_kwargs: object) -> str:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(client.Client, "start", interrupted)
+    result = runner.invoke(cli, ["-n", agent_in_process.node, "--json", "rpc", "add(1)"])
+    assert result.exit_code == 130
+    message = "interrupted while the job was starting; `rpcctl jobs` lists it if it did"
+    assert result.stderr == f"rpcctl: {message}\n"
+    error = json.loads(result.stdout)["error"]
+    assert error == {"kind": "interrupted", "message": message, "exit_code": 130}
