@@ -252,3 +252,23 @@ def test_ctrl_c_before_the_job_is_named(
     assert result.stderr == f"rpcctl: {message}\n"
     error = json.loads(result.stdout)["error"]
     assert error == {"kind": "interrupted", "message": message, "exit_code": 130}
+
+
+def test_read_only_commands_log_nothing_at_info_beyond_the_connection(
+    runner: CliRunner, short_tmp: Path
+) -> None:
+    """Probes and looks (ping, info, tasks, jobs, pid, logs) must not flood the app's log:
+    the service's read-only methods log nothing at info or above. (The handshake's own
+    `connection.accepted` line belongs to app_agent/_gate.py.)"""
+    from structlog.testing import capture_logs
+
+    import sampleapp  # noqa: F401  (its tasks)
+
+    with capture_logs() as logs, app_agent.start(node=f"unix:{short_tmp}/a.sock") as agent:
+        job = runner.invoke(cli, ["-n", agent.node, "rpc", "--detach", "add(1)"]).stdout.strip()
+        runner.invoke(cli, ["-n", agent.node, "wait", job])
+        logs.clear()
+        for command in (["ping"], ["info"], ["tasks"], ["jobs"], ["pid"], ["logs", job]):
+            assert runner.invoke(cli, ["-n", agent.node, *command]).exit_code == 0, command
+        loud = [e["event"] for e in logs if e["log_level"] != "debug"]
+    assert [event for event in loud if event != "connection.accepted"] == []

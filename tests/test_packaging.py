@@ -77,3 +77,8 @@ def test_build_install_and_run(tmp_path: Path, sample_app: AppProcess) -> None:
     assert run(rpcctl, "-n", sample_app.node, "ping", cwd=tmp_path).stdout == "pong\n"
     called = run(rpcctl, "-n", sample_app.node, "rpc", "add(1, 2)", cwd=tmp_path)
     assert called.stdout == "3\n"
+
+    # `pip install .` in a checkout, the README's other way.
+    pip = (fresh / "bin" / "python", "-m", "pip", "install", "--quiet")
+    run(*pip, "--force-reinstall", "--no-deps", ".", cwd=checkout)
+    assert run(rpcctl, "-n", sample_app.node, "ping", cwd=tmp_path).stdout == "pong\n"
