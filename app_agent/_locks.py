@@ -17,11 +17,14 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import importlib
 import json
 import os
 import threading
 import time
 from typing import Any, Protocol
+
+from app_agent.exceptions import ConfigurationError
 
 
 class Holder:
@@ -160,21 +163,45 @@ def _read_holder(fd: int) -> Holder | None:
         return None
 
 
+PG_DRIVERS: tuple[tuple[str, str], ...] = (
+    ("psycopg", "psycopg[binary]"),  # psycopg 3, SQLAlchemy 2.1's default
+    ("psycopg2", "psycopg2-binary"),
+)
+"""PostgreSQL drivers a plain ``postgresql://`` URL may use, in order of preference, with
+the distribution that installs each."""
+
+
 class PostgresLocks:
     """``pg_try_advisory_lock`` held by a database session of the lock's own.
 
     After acquiring, the session runs a no-op query that carries the holder's description;
     a replica that finds the lock busy reads it back from ``pg_stat_activity``.
+
+    A plain ``postgresql://`` (or ``postgres://``) URL uses whichever driver is installed
+    (:data:`PG_DRIVERS`), not SQLAlchemy's default for its version, which may be missing;
+    ``postgresql+DRIVER://`` is used as given.
     """
 
     def __init__(self, url: str) -> None:
         try:
             import sqlalchemy
-        except ImportError as exc:
-            msg = "PostgreSQL locks need SQLAlchemy and a driver (pip install sqlalchemy psycopg2)"
-            raise RuntimeError(msg) from exc
+        except ImportError:
+            msg = (
+                "PostgreSQL locks need SQLAlchemy and a driver: "
+                f"pip install sqlalchemy {_install_hint()}"
+            )
+            raise ConfigurationError(msg) from None
         self._text = sqlalchemy.text
-        self.engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        full_url = with_driver(url)
+        try:
+            self.engine = sqlalchemy.create_engine(full_url, poolclass=sqlalchemy.pool.NullPool)
+        except ImportError as exc:
+            scheme = full_url.split("://", 1)[0]
+            msg = f"PostgreSQL locks: the driver of {scheme}:// is not installed ({exc})"
+            raise ConfigurationError(msg) from None
+        except sqlalchemy.exc.ArgumentError as exc:
+            msg = f"PostgreSQL locks: bad database URL ({exc})"
+            raise ConfigurationError(msg) from None
 
     def acquire(self, name: str, holder: Holder, wait: float) -> Lease:
         key = _lock_key(name)
@@ -232,6 +259,32 @@ class _PostgresLease:
             self._connection.execute(self._text("SELECT pg_advisory_unlock(:k)"), {"k": self._key})
         finally:
             self._connection.close()  # ending the session releases the lock in any case
+
+
+def with_driver(url: str) -> str:
+    """*url* with an installed PostgreSQL driver named, unless it names one already."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "+" in scheme:
+        return url
+    return f"postgresql+{installed_driver()}://{rest}"
+
+
+def installed_driver() -> str:
+    """The first PostgreSQL driver of :data:`PG_DRIVERS` that imports; ConfigurationError
+    naming what to install when none does."""
+    for module, _distribution in PG_DRIVERS:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            continue
+        return module
+    msg = f"PostgreSQL locks need a PostgreSQL driver: pip install {_install_hint()}"
+    raise ConfigurationError(msg)
+
+
+def _install_hint() -> str:
+    first, *others = (f"'{dist}'" if "[" in dist else dist for _module, dist in PG_DRIVERS)
+    return f"{first} (or {', '.join(others)})"
 
 
 def _lock_key(name: str) -> int:

@@ -74,8 +74,13 @@ def _fast_ping(argv: list[str]) -> int | None:
         else:
             client.ping(address, timeout, security, ready=ready)
     except RpcctlError as exc:
-        sys.stderr.write(f"rpcctl: error: {exc.message}\n")
+        sys.stderr.write(f"rpcctl: error: {settings.explain(exc)}\n")
         return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write(
+            "\nrpcctl: interrupted\n" if sys.stderr.isatty() else "rpcctl: interrupted\n"
+        )
+        return 130
     sys.stdout.write("pong\n")
     return 0
 

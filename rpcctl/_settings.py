@@ -7,11 +7,19 @@ from __future__ import annotations
 
 import os
 
+from app_agent import wire
 from app_agent.wire import NODE_ENV, Address
 from app_agent.wire.cookies import COOKIE_ENV, COOKIE_FILE_ENV
 from rpcctl import client as client_mod
 from rpcctl._transport import Security
-from rpcctl.exceptions import ConfigError
+from rpcctl.exceptions import (
+    AuthenticationFailed,
+    Busy,
+    ConfigError,
+    NotReady,
+    RpcctlError,
+    Unreachable,
+)
 
 # Without importing typing (which costs the ping path ~10 ms); mypy knows this name.
 TYPE_CHECKING = False
@@ -19,6 +27,16 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from rpcctl.config import Config
+
+PROG_ENV = wire.environment.PROG
+
+
+def parse_node(text: str, base_dir: str | None = None) -> Address:
+    """An Address from *text*; ConfigError (exit 2) naming every accepted form."""
+    try:
+        return wire.parse_node(text, base_dir=base_dir)
+    except wire.AddressError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 class Settings:
@@ -33,28 +51,52 @@ class Settings:
         self.cookie_file: str | None = None
         self.tls: dict[str, str | None] = {}
         self.json = False
-        self._config_cookie: Path | None = None
+        self.cookie_source = ""  # where the cookie was read from, for messages
+        self.hint_lock_wait = False  # a busy lock: suggest --lock-wait (rpc without it)
+        self._node_config: Config | None = None  # the config that gave the node
+        self._config: Config | None = None
         self._security: Security | None = None
 
+    # -- credentials ---------------------------------------------------------------------
+
     def security(self) -> Security:
-        """--cookie-file, else RPCCTL_COOKIE(_FILE), else the cookie_file of the config that
-        gave the node; TLS files from the options or RPCCTL_TLS_*. Read once per command."""
+        """The cookie and TLS settings, read once per command.
+
+        The cookie comes from the first of: --cookie-file; the cookie_file of --config (an
+        explicit file beats the environment, as its node does); RPCCTL_COOKIE;
+        RPCCTL_COOKIE_FILE; the cookie_file of the config found upward that gave the node.
+        TLS files come from the options or RPCCTL_TLS_*.
+        """
         if self._security is None:
             self._security = self._resolve_security()
         return self._security
 
     def _resolve_security(self) -> Security:
-        cookie_file: str | Path | None = self.cookie_file
-        if cookie_file is None and not (
-            os.environ.get(COOKIE_ENV) or os.environ.get(COOKIE_FILE_ENV)
-        ):
-            cookie_file = self._config_cookie
-        return Security.resolve(
+        cookie_file: str | Path | None = None
+        if self.cookie_file is not None:
+            cookie_file, source = self.cookie_file, f"--cookie-file {self.cookie_file}"
+        elif self.config_path and self.config().cookie_file is not None:
+            cookie_file = self.config().cookie_file
+            source = f"cookie_file {cookie_file} in {self.config().path}"
+        elif os.environ.get(COOKIE_ENV) is not None:
+            source = f"${COOKIE_ENV}"
+        elif os.environ.get(COOKIE_FILE_ENV):
+            source = f"${COOKIE_FILE_ENV} ({os.environ[COOKIE_FILE_ENV]})"
+        elif self._node_config is not None and self._node_config.cookie_file is not None:
+            cookie_file = self._node_config.cookie_file
+            source = f"cookie_file {cookie_file} in {self._node_config.path}"
+        else:
+            source = ""
+        security = Security.resolve(
             cookie_file=cookie_file,
             tls_ca=self.tls.get("ca"),
             tls_cert=self.tls.get("cert"),
             tls_key=self.tls.get("key"),
         )
+        self.cookie_source = source if security.cookie is not None else ""
+        return security
+
+    # -- nodes ---------------------------------------------------------------------------
 
     @property
     def is_fleet(self) -> bool:
@@ -76,18 +118,18 @@ class Settings:
             msg = f"`{command}` acts on one node; give one --node (fleets: ping, rpc, info, tasks)"
             raise ConfigError(msg)
 
-    def connect(self) -> client_mod.Client:
+    def connect(self, timeout: float = client_mod.DEFAULT_TIMEOUT) -> client_mod.Client:
         address = self.address()
-        return client_mod.Client(address, client_mod.DEFAULT_TIMEOUT, self.security())
+        return client_mod.Client(address, timeout, self.security())
 
     def address(self) -> Address:
         """The node: --node, then --config, then RPCCTL_NODE, then rpcctl.toml found upward."""
         if self.node:
-            return client_mod.resolve_address(self.node)
+            return parse_node(self.node)
         if self.config_path:
             return self._from_config(self.config())
         if os.environ.get(NODE_ENV):
-            return client_mod.resolve_address(None)
+            return parse_node(os.environ[NODE_ENV])
         from rpcctl import config
 
         found = config.find()
@@ -100,17 +142,20 @@ class Settings:
         return self._from_config(config.load(found))
 
     def _from_config(self, loaded: Config) -> Address:
-        self._config_cookie = loaded.cookie_file
+        self._node_config = loaded
         return loaded.address
 
     def config(self) -> Config:
-        """The release config: --config, else the nearest one found upward."""
+        """The release config: --config, else the nearest one found upward (read once)."""
+        if self._config is not None:
+            return self._config
         from pathlib import Path
 
         from rpcctl import config
 
         if self.config_path:
-            return config.load(Path(self.config_path))
+            self._config = config.load(Path(self.config_path))
+            return self._config
         found = config.find()
         if found is None:
             msg = (
@@ -118,4 +163,39 @@ class Settings:
                 "pass --config FILE or create one with `rpcctl release init NAME`"
             )
             raise ConfigError(msg)
-        return config.load(found)
+        self._config = config.load(found)
+        return self._config
+
+    # -- what the user reads -------------------------------------------------------------
+
+    @property
+    def prog(self) -> str:
+        """The command the user typed: ``bin/NAME`` through a launcher, else ``rpcctl``."""
+        return os.environ.get(PROG_ENV) or "rpcctl"
+
+    def explain(self, exc: RpcctlError) -> str:
+        """*exc*'s message for this user: hints name the command they typed, an app that is
+        not running gets the command that starts it, a refused cookie says where it came from,
+        a busy lock how to wait for it.
+        """
+        message = exc.message
+        prog = self.prog
+        if prog != "rpcctl":
+            message = message.replace("`rpcctl ", f"`{prog} ")
+        if (
+            isinstance(exc, Unreachable)
+            and not isinstance(exc, NotReady)
+            and "no agent is running" in message
+            and self._node_config is not None
+        ):
+            start = prog  # a launcher passes its --config itself; plain rpcctl needs it
+            if self.config_path and prog == "rpcctl":
+                import shlex
+
+                start += f" --config {shlex.quote(self.config_path)}"
+            message += f"; start it with `{start} start`"
+        if isinstance(exc, AuthenticationFailed) and "cookie" in message and self.cookie_source:
+            message += f" (our cookie was read from {self.cookie_source})"
+        if isinstance(exc, Busy) and self.hint_lock_wait:
+            message += "; to wait for it instead, add --lock-wait SECONDS"
+        return message

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import shlex
 import sys
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -20,9 +22,12 @@ from rpcctl import client as client_mod
 from rpcctl import expr
 from rpcctl import fleet as fleet_mod
 from rpcctl._render import EventPrinter
-from rpcctl._settings import Settings
+from rpcctl._settings import PROG_ENV, Settings
 from rpcctl._transport import Security
-from rpcctl.exceptions import ConfigError, RpcctlError, TaskFailed
+from rpcctl.exceptions import BadExpression, ConfigError, RpcctlError, TaskFailed
+
+if TYPE_CHECKING:
+    from click.shell_completion import CompletionItem
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -30,26 +35,73 @@ F = TypeVar("F", bound=Callable[..., Any])
 pass_settings = click.make_pass_decorator(Settings, ensure=True)
 
 
+INTERRUPTED = 130
+"""Exit status after Ctrl-C (128 + SIGINT), as shells report it."""
+
+COMPLETION_TIMEOUT = 1.0
+"""Seconds a shell completion may spend asking the app for its task names."""
+
+_ARGV = "rpcctl.argv"
+
+
+class Interrupted(Exception):
+    """Ctrl-C while starting or following a job, which goes on in the app."""
+
+    def __init__(self, job: str | None) -> None:
+        super().__init__(job)
+        self.job = job  # None: interrupted before the agent named the job
+
+
 class RpcctlGroup(click.Group):
-    """Turns RpcctlError into one clear line on stderr and its exit code."""
+    """Turns RpcctlError into one clear line on stderr and its exit code, Ctrl-C into 130,
+    and, with --json anywhere on the line, a usage error into a JSON envelope too."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta.setdefault(_ARGV, list(args))
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            _usage_json(ctx, exc)
+            raise
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except RpcctlError as exc:
             settings = ctx.find_object(Settings) or Settings()
-            report_error(exc, settings.json)
+            report_error(exc, settings)
             ctx.exit(exc.exit_code)
+        except click.UsageError as exc:
+            _usage_json(ctx, exc)
+            raise
+        except (KeyboardInterrupt, Interrupted) as exc:
+            settings = ctx.find_object(Settings) or Settings()
+            report_interrupt(settings, exc if isinstance(exc, Interrupted) else None)
+            ctx.exit(INTERRUPTED)
 
 
-def report_error(exc: RpcctlError, as_json: bool) -> None:
+def _wants_json(ctx: click.Context) -> bool:
+    argv = ctx.meta.get(_ARGV, [])
+    words = argv[: argv.index("--")] if "--" in argv else argv
+    return "--json" in words
+
+
+def _usage_json(ctx: click.Context, exc: click.UsageError) -> None:
+    """The JSON envelope of a usage error on stdout (click writes its usage text to stderr)."""
+    if _wants_json(ctx) and not ctx.resilient_parsing:
+        error = {"kind": "usage", "message": exc.format_message(), "exit_code": exc.exit_code}
+        emit_json({"ok": False, "error": error})
+
+
+def report_error(exc: RpcctlError, settings: Settings) -> None:
     if isinstance(exc, TaskFailed) and exc.remote_traceback:
         click.echo(exc.remote_traceback.rstrip("\n"), err=True)
-    click.echo(f"rpcctl: error: {exc.message}", err=True)
-    if as_json:
+    message = settings.explain(exc)
+    click.echo(f"rpcctl: error: {message}", err=True)
+    if settings.json:
         error: dict[str, Any] = {
             "kind": str(exc.kind),
-            "message": exc.message,
+            "message": message,
             "exit_code": exc.exit_code,
         }
         if isinstance(exc, TaskFailed):
@@ -58,22 +110,50 @@ def report_error(exc: RpcctlError, as_json: bool) -> None:
         emit_json({"ok": False, "error": error})
 
 
+def report_interrupt(settings: Settings, during: Interrupted | None) -> None:
+    """Ctrl-C: say what goes on in the app, and how to reach it again."""
+    if sys.stderr.isatty():
+        click.echo(err=True)  # past the terminal's ^C
+    prog = settings.prog
+    job = during.job if during else None
+    if job is not None:
+        message = (
+            f"interrupted; job {job} goes on running in the app: follow it with "
+            f"`{prog} logs {job} -f`, or stop it with `{prog} cancel {job}`"
+        )
+    elif during is not None:
+        message = f"interrupted while the job was starting; `{prog} jobs` lists it if it did"
+    else:
+        message = "interrupted"
+    click.echo(f"rpcctl: {message}", err=True)
+    if settings.json:
+        error: dict[str, Any] = {
+            "kind": "interrupted",
+            "message": message,
+            "exit_code": INTERRUPTED,
+        }
+        if job is not None:
+            error["job"] = job
+        emit_json({"ok": False, "error": error})
+
+
 def emit_json(document: dict[str, Any]) -> None:
     click.echo(json.dumps(document, ensure_ascii=False))
 
 
-def json_option(f: F) -> F:
-    def set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
-        if value:
-            ctx.ensure_object(Settings).json = True
-        return value
+def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+    if value:
+        ctx.ensure_object(Settings).json = True
+    return value
 
+
+def json_option(f: F) -> F:
     return click.option(
         "--json",
         "as_json",
         is_flag=True,
         expose_value=False,
-        callback=set_json,
+        callback=_set_json,
         is_eager=True,
         help="Print one JSON document: {ok, result} or {ok, error}.",
     )(f)
@@ -107,12 +187,29 @@ def fleet_options(f: F) -> F:
     )(f)
 
 
-def run_fleet(settings: Settings, outcome: fleet_mod.MulticallResult, min_ok: int | None) -> None:
-    """Print a fleet's outcomes (a table, or JSON lines) and exit with its code."""
+Cells = Callable[[Any], list[str]]
+
+
+def run_fleet(
+    settings: Settings,
+    outcome: fleet_mod.MulticallResult,
+    min_ok: int | None,
+    columns: Sequence[str] = ("RESULT / ERROR",),
+    cells: Cells | None = None,
+    details: Callable[[fleet_mod.MulticallResult], list[str]] | None = None,
+) -> None:
+    """Print a fleet's outcomes (a table, or JSON lines) and exit with its code.
+
+    A node that answered fills *columns* with *cells(result)* (default: the result on one
+    line); a failed node shows its error there. *details* adds lines under the table.
+    """
     code = outcome.exit_code(min_ok)
     if settings.json:
         for node in outcome.outcomes:
-            click.echo(json.dumps(node.to_dict(), ensure_ascii=False))
+            data = node.to_dict()
+            if node.error is not None:
+                data["error"]["message"] = settings.explain(node.error)
+            click.echo(json.dumps(data, ensure_ascii=False))
         summary = {
             "summary": outcome.summary(),
             "duration_s": round(outcome.duration, 3),
@@ -121,26 +218,89 @@ def run_fleet(settings: Settings, outcome: fleet_mod.MulticallResult, min_ok: in
             "exit_code": code,
         }
         click.echo(json.dumps(summary))
-    else:
-        rows = [
-            (
-                o.node,
-                "ok" if o.ok else str(o.error.kind) if o.error else "",
-                _one_line(o.result) if o.ok else (o.error.message if o.error else ""),
-                f"{o.duration * 1000:.0f} ms",
-            )
-            for o in outcome.outcomes
+        raise click.exceptions.Exit(code)
+    cells = cells or (lambda result: [_one_line(result)])
+    head = ["NODE", "OUTCOME", "TIME", *columns]
+    rows = []
+    for o in outcome.outcomes:
+        took = f"{o.duration * 1000:.0f} ms"
+        if o.error is None:
+            rows.append([o.node, "ok", took, *cells(o.result)])
+        else:
+            rows.append([o.node, str(o.error.kind), took, settings.explain(o.error)])
+    # Every cell but a row's last is padded; an error (a row's last) fills the rest of it.
+    widths = [0] * (len(head) - 1)
+    for row in [head, *rows]:
+        for i, text in enumerate(row[:-1]):
+            widths[i] = max(widths[i], len(text))
+    for row in [head, *rows]:
+        padded = [
+            text.rjust(widths[i]) if i == 2 else text.ljust(widths[i])
+            for i, text in enumerate(row[:-1])
         ]
-        widths = [max(len(r[i]) for r in [("NODE", "OUTCOME", "", ""), *rows]) for i in (0, 1)]
-        click.echo(f"{'NODE':<{widths[0]}}  {'OUTCOME':<{widths[1]}}  {'TIME':>8}  RESULT / ERROR")
-        for name, kind, text, took in rows:
-            click.echo(f"{name:<{widths[0]}}  {kind:<{widths[1]}}  {took:>8}  {text}")
-        click.echo(outcome.summary())
+        click.echo("  ".join([*padded, row[-1]]).rstrip())
+    for line in details(outcome) if details else []:
+        click.echo(line)
+    click.echo(outcome.summary())
     raise click.exceptions.Exit(code)
 
 
 def _one_line(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def _info_cells(details: Any) -> list[str]:
+    details = details if isinstance(details, dict) else {}
+    ready = details.get("ready")
+    return [
+        str(details.get("app", "")),
+        str(details.get("pid", "")),
+        _duration(details.get("uptime_s")),
+        "" if ready is None else "yes" if ready else "no",
+        str(len(details.get("jobs") or [])),
+        str((details.get("versions") or {}).get("rpcctl", "")),
+    ]
+
+
+def _duration(seconds: Any) -> str:
+    if not isinstance(seconds, int | float):
+        return ""
+    whole = int(seconds)
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    if minutes:
+        return f"{minutes}m {secs}s"
+    return f"{seconds:.1f}s"
+
+
+def _tasks_cells(found: Any) -> list[str]:
+    return [str(len(found)) if isinstance(found, list) else ""]
+
+
+def _tasks_details(outcome: fleet_mod.MulticallResult) -> list[str]:
+    """Every task the nodes registered, once, with the nodes that lack it (a partial deploy)."""
+    answered = [o for o in outcome.outcomes if o.ok and isinstance(o.result, list)]
+    where: dict[str, list[str]] = {}
+    for o in answered:
+        for task in o.result:
+            where.setdefault(str(task.get("signature") or task.get("name")), []).append(o.node)
+    if not where:
+        return []
+    lines = ["", "TASKS"]
+    for signature in sorted(where):
+        nodes = where[signature]
+        if len(nodes) == len(answered):
+            lines.append(f"  {signature}")
+        else:
+            missing = [o.node for o in answered if o.node not in nodes]
+            shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+            lines.append(f"  {signature}  (on {len(nodes)}/{len(answered)}; not on {shown})")
+    return lines
 
 
 @click.group(cls=RpcctlGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -175,37 +335,38 @@ def _one_line(value: Any) -> str:
     "--cookie-file",
     metavar="FILE",
     type=click.Path(dir_okay=False),
-    help="Owner-only file holding the cookie. Default: $RPCCTL_COOKIE, $RPCCTL_COOKIE_FILE, "
-    "or the config's cookie_file. Never pass the cookie itself on the command line.",
+    help="Owner-only file holding the cookie. Default: --config's cookie_file, else "
+    "$RPCCTL_COOKIE, else $RPCCTL_COOKIE_FILE, else the cookie_file of the rpcctl.toml found "
+    "upward. Never pass the cookie itself on the command line.",
 )
 @click.option("--tls-ca", metavar="FILE", help="CA certificate(s) to verify a tls:// agent.")
 @click.option("--tls-cert", metavar="FILE", help="Client certificate for mutual TLS.")
 @click.option("--tls-key", metavar="FILE", help="Key of the client certificate.")
 @click.version_option(__version__, "--version", prog_name="rpcctl")
+@json_option
 @pass_settings
-def cli(
-    settings: Settings,
-    nodes: tuple[str, ...],
-    nodes_file: str | None,
-    discover: str | None,
-    config_path: str | None,
-    cookie_file: str | None,
-    tls_ca: str | None,
-    tls_cert: str | None,
-    tls_key: str | None,
-) -> None:
+def cli(settings: Settings, /, **params: Any) -> None:
     """Ping a running Python application and run release tasks inside it.
 
     Exit codes: 0 ok, 1 the task raised, 2 usage error, 3 agent unreachable,
-    4 timed out, 5 authentication refused, 6 no such task, 7 busy, 8 unhealthy.
+    4 timed out, 5 authentication refused, 6 no such task, 7 busy, 8 unhealthy,
+    130 Ctrl-C.
     """
-    settings.nodes = list(nodes)
-    settings.node = nodes[0] if nodes else None
-    settings.nodes_file = nodes_file
-    settings.discover = discover
-    settings.config_path = config_path
-    settings.cookie_file = cookie_file
-    settings.tls = {"ca": tls_ca, "cert": tls_cert, "key": tls_key}
+    apply_globals(settings, params)
+
+
+def apply_globals(settings: Settings, params: dict[str, Any]) -> None:
+    """The group's options into *settings*; options not given keep what *settings* has."""
+    nodes = list(params.get("nodes") or ())
+    if nodes:
+        settings.nodes = nodes
+        settings.node = nodes[0]
+    for name in ("nodes_file", "discover", "config_path", "cookie_file"):
+        if params.get(name):
+            setattr(settings, name, params[name])
+    for key in ("ca", "cert", "key"):
+        if params.get(f"tls_{key}"):
+            settings.tls[key] = params[f"tls_{key}"]
 
 
 @cli.command()
@@ -213,7 +374,8 @@ def cli(
     "--wait",
     type=click.FloatRange(min=0),
     metavar="SECONDS",
-    help="Keep trying (with backoff) until the agent answers or SECONDS pass.",
+    help="Keep trying (with backoff) until the agent answers or SECONDS pass "
+    "(fleets: every node, in parallel, within the same SECONDS).",
 )
 @click.option(
     "--ready",
@@ -243,6 +405,7 @@ def ping(
             parallel=parallel,
             security=settings.security(),
             ready=ready,
+            wait=wait,
         )
         run_fleet(settings, result, min_ok)
     address = settings.address()
@@ -258,8 +421,35 @@ def ping(
         click.echo("pong")
 
 
+def complete_tasks(ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[Any]:
+    """Shell completion for EXPR: the task names (and aliases) of the node the command line
+    names, or nothing when no app answers within COMPLETION_TIMEOUT."""
+    from click.shell_completion import CompletionItem
+
+    if ctx.params.get("words"):
+        return []  # EXPR is one word: the task name comes first, only once
+    root = ctx.find_root()
+    settings = root.obj if isinstance(root.obj, Settings) else Settings()
+    apply_globals(settings, root.params)
+    if not settings.nodes and (settings.nodes_file or settings.discover):
+        return []
+    settings.nodes = settings.nodes[:1]  # a fleet: its first node
+    found: list[dict[str, Any]] = []
+    with (
+        contextlib.suppress(RpcctlError, OSError, EOFError),
+        settings.connect(COMPLETION_TIMEOUT) as conn,
+    ):
+        found = conn.tasks()
+    items: list[CompletionItem] = []
+    for task in found:
+        for name in (task.get("name"), task.get("alias")):
+            if isinstance(name, str) and name.startswith(incomplete):
+                items.append(CompletionItem(name, help=task.get("doc") or None))
+    return items
+
+
 @cli.command()
-@click.argument("expression", metavar="EXPR")
+@click.argument("words", metavar="EXPR", nargs=-1, required=True, shell_complete=complete_tasks)
 @timeout_option(None, "Stop waiting after SECONDS (exit 4); the job keeps running.")
 @click.option("--detach", is_flag=True, help="Start the job, print its id and return at once.")
 @click.option(
@@ -275,7 +465,7 @@ def ping(
 @pass_settings
 def rpc(
     settings: Settings,
-    expression: str,
+    words: tuple[str, ...],
     timeout: float | None,
     detach: bool,
     lock_wait: float,
@@ -288,9 +478,15 @@ def rpc(
     Arguments are parsed as literals (strings, numbers, True/False/None, lists, dicts),
     never evaluated. Quote EXPR for the shell: rpcctl rpc 'myapp.tasks.migrate("head")'.
     What the task prints and logs is shown live (its stdout on stdout, its stderr on
-    stderr), and its progress as a bar on a terminal.
+    stderr), and its progress as a bar on a terminal. Ctrl-C stops following (exit 130);
+    the job goes on.
     """
-    call = expr.parse(expression)
+    if len(words) > 1:
+        meant = shlex.quote(expr.suggest(words))
+        msg = f"EXPR is one shell word; quote it: {settings.prog} rpc {meant}"
+        raise BadExpression(msg)
+    call = expr.parse(words[0])
+    settings.hint_lock_wait = lock_wait == 0
     if settings.is_fleet and not one and detach:
         msg = "--detach starts a job on one node: give one --node, or add --one"
         raise ConfigError(msg)
@@ -315,29 +511,27 @@ def rpc(
         settings.nodes = [settings.node]
         settings.nodes_file = settings.discover = None
     with settings.connect() as conn:
-        if detach:
-            job_id = conn.start(call.name, call.args, call.kwargs, lock_wait=lock_wait)
-            if settings.json:
-                emit_json({"ok": True, "result": {"job": job_id}})
-            else:
-                click.echo(job_id)
-                click.echo(
-                    f"started job {job_id}: follow it with `rpcctl logs {job_id} --follow`",
-                    err=True,
-                )
-            return
-        printer = EventPrinter(settings.json)
+        job_id: str | None = None
         try:
-            result = conn.run(
-                call.name,
-                call.args,
-                call.kwargs,
-                timeout=timeout,
-                lock_wait=lock_wait,
-                on_event=printer,
-            )
-        finally:
-            printer.close()
+            job_id = conn.start(call.name, call.args, call.kwargs, lock_wait=lock_wait)
+            if detach:
+                if settings.json:
+                    emit_json({"ok": True, "result": {"job": job_id}})
+                else:
+                    click.echo(job_id)
+                    click.echo(
+                        f"started job {job_id}: follow it with "
+                        f"`{settings.prog} logs {job_id} --follow`",
+                        err=True,
+                    )
+                return
+            printer = EventPrinter(settings.json)
+            try:
+                result = conn.follow(job_id, timeout=timeout, on_event=printer)
+            finally:
+                printer.close()
+        except KeyboardInterrupt:
+            raise Interrupted(job_id) from None
     if settings.json:
         emit_json({"ok": True, "result": result})
     else:
@@ -376,7 +570,14 @@ def render(result: Any) -> None:
 def tasks(settings: Settings, timeout: float, parallel: int, min_ok: int | None) -> None:
     """List the registered tasks with their signatures and first docstring lines."""
     if settings.is_fleet:
-        run_fleet(settings, _fan_out(settings, "tasks", timeout, parallel), min_ok)
+        run_fleet(
+            settings,
+            _fan_out(settings, "tasks", timeout, parallel),
+            min_ok,
+            columns=["TASKS"],
+            cells=_tasks_cells,
+            details=_tasks_details,
+        )
     with settings.connect() as conn:
         found = conn.tasks()
     if settings.json:
@@ -404,7 +605,13 @@ def tasks(settings: Settings, timeout: float, parallel: int, min_ok: int | None)
 def info(settings: Settings, timeout: float, parallel: int, min_ok: int | None) -> None:
     """Show the app's pid, uptime, versions, node and running jobs."""
     if settings.is_fleet:
-        run_fleet(settings, _fan_out(settings, "info", timeout, parallel), min_ok)
+        run_fleet(
+            settings,
+            _fan_out(settings, "info", timeout, parallel),
+            min_ok,
+            columns=["APP", "PID", "UPTIME", "READY", "JOBS", "RPCCTL"],
+            cells=_info_cells,
+        )
     with settings.connect() as conn:
         details = conn.info()
     if settings.json:
@@ -493,6 +700,7 @@ def start(settings: Settings) -> None:
     from rpcctl.runner import Runner
 
     configure_logging()
+    os.environ.pop(PROG_ENV, None)  # the launcher's name is not for the app or its hooks
     status = Runner(settings.config(), agent_logger()).run()
     sys.exit(status)
 
@@ -641,9 +849,21 @@ def cancel(settings: Settings, job_id: str) -> None:
         click.echo(f"job {job_id} already ended ({answer['state']})")
 
 
+COMPLETE_VAR = "_RPCCTL_COMPLETE"
+
 # stack, stats, health, profile, log-level: registered on `cli` by importing their module.
 import rpcctl._cli_introspect  # noqa: E402, F401
 
 
 def main(argv: list[str] | None = None) -> None:
-    cli.main(args=argv if argv is not None else sys.argv[1:], prog_name="rpcctl")
+    args = argv if argv is not None else sys.argv[1:]
+    extra: dict[str, Any] = {}
+    if os.environ.get(COMPLETE_VAR) and args:
+        # Completing through bin/NAME: the shell's words come in COMP_WORDS, and the
+        # launcher's own options (--config) only here.
+        settings = Settings()
+        with contextlib.suppress(click.ClickException):
+            parsed = cli.make_context("rpcctl", list(args), resilient_parsing=True)
+            apply_globals(settings, parsed.params)
+        extra["obj"] = settings
+    cli.main(args=args, prog_name="rpcctl", complete_var=COMPLETE_VAR, **extra)

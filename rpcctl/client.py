@@ -53,10 +53,9 @@ def resolve_address(node: str | Address | None) -> Address:
     if not text:
         msg = f"no node given: pass --node (or node=) or set {wire.NODE_ENV}"
         raise ConfigError(msg)
-    try:
-        return wire.parse_node(text)
-    except wire.AddressError as exc:
-        raise ConfigError(str(exc)) from None
+    from rpcctl._settings import parse_node
+
+    return parse_node(text)
 
 
 class Client:

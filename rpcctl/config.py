@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Final
 
-from app_agent import wire
+from rpcctl._settings import parse_node
 from rpcctl.exceptions import ConfigError
 
 CONFIG_NAME: Final = "rpcctl.toml"
@@ -28,7 +28,8 @@ DEFAULT_POLICY: Final = {
 _APP_KEYS: Final = {
     "name": "the app's name (a string)",
     "command": 'the command that runs the app, a list of strings: ["python", "-m", "myapp"]',
-    "node": "the agent's address: unix:PATH (relative to this file) or tcp://HOST:PORT",
+    "node": "the agent's address: unix:PATH (relative to this file), tcp://HOST:PORT or "
+    "tls://HOST:PORT",
     "cwd": "the app's working directory, relative to this file (default: this file's directory)",
     "env": "extra environment variables for the app and hooks, a table of strings",
     "cookie_file": "the owner-only file holding the cookie, relative to this file",
@@ -58,9 +59,9 @@ class Config:
         self.command: list[str] = _command(path, app)
         node_text = _string(path, app, "app", "node", default=f"unix:run/{self.name}.sock")
         try:
-            self.address = wire.parse_node(node_text, base_dir=self.root)
-        except wire.AddressError as exc:
-            raise _error(path, "app", "node", _APP_KEYS["node"], str(exc)) from None
+            self.address = parse_node(node_text, base_dir=str(self.root))
+        except ConfigError as exc:
+            raise _error(path, "app", "node", _APP_KEYS["node"], exc.message) from None
         self.cwd: Path = self.root / _string(path, app, "app", "cwd", default=".")
         self.env: dict[str, str] = _env(path, app)
         cookie_file = app.get("cookie_file")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import json
+from collections.abc import Sequence
 from typing import Any
 
 from rpcctl.exceptions import BadExpression
@@ -44,9 +46,36 @@ def parse(text: str) -> Call:
         for keyword in node.keywords:
             if keyword.arg is None:
                 raise _at(source, keyword.value, "**-unpacking is not allowed; pass key=value")
+            if keyword.arg in kwargs:
+                # Python refuses this too (SyntaxError: keyword argument repeated).
+                raise _at(source, keyword, f"keyword argument {keyword.arg!r} is repeated")
             kwargs[keyword.arg] = _literal(source, keyword.value, f"argument {keyword.arg}=")
         return Call(name, args, kwargs)
     return Call(_dotted_name(source, node))
+
+
+def suggest(words: Sequence[str]) -> str:
+    """The expression meant by shell words given as separate arguments:
+    ``mod.f 1 head key=2`` -> ``mod.f(1, "head", key=2)``; a bare word becomes a string."""
+    name, *rest = words
+    if "(" in name:
+        return " ".join(words)  # an expression the shell split at its spaces
+    parts = []
+    for word in rest:
+        key, eq, value = word.partition("=")
+        if eq and key.isidentifier():
+            parts.append(f"{key}={_as_literal(value)}")
+        else:
+            parts.append(_as_literal(word))
+    return f"{name}({', '.join(parts)})"
+
+
+def _as_literal(word: str) -> str:
+    try:
+        ast.literal_eval(word)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return json.dumps(word, ensure_ascii=False)
+    return word
 
 
 def _dotted_name(source: str, node: ast.expr) -> str:

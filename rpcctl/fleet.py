@@ -17,9 +17,9 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from app_agent import wire
 from app_agent.wire import Address
 from rpcctl import _transport
+from rpcctl._settings import parse_node
 from rpcctl._transport import Security
 from rpcctl.exceptions import CallTimeout, ConfigError, RpcctlError, Unreachable
 
@@ -167,15 +167,48 @@ def ping_all(
     parallel: int = 32,
     security: Security | None = None,
     ready: bool = False,
+    wait: float | None = None,
 ) -> MulticallResult:
     """Ping every node through the handshake alone (no RPyC); with *ready*, each app must
-    also be ready."""
+    also be ready. With *wait*, keep trying a node that does not answer (yet) until *wait*
+    seconds from now: every node has that same deadline, and they are waited for in
+    parallel (at most *parallel* at once)."""
+    if wait is None:
 
-    def ping(address: Address, deadline: float, sec: Security) -> str:
-        _transport.ping(address, _remaining(deadline), sec, ready)
+        def ping(address: Address, deadline: float, sec: Security) -> str:
+            _transport.ping(address, _remaining(deadline), sec, ready)
+            return "pong"
+
+        return fan_out(nodes, ping, timeout=timeout, parallel=parallel, security=security)
+
+    until = time.monotonic() + wait
+
+    def ping_until(address: Address, _deadline: float, sec: Security) -> str:
+        _wait_for(address, until, wait, timeout, sec, ready)
         return "pong"
 
-    return fan_out(nodes, ping, timeout=timeout, parallel=parallel, security=security)
+    return fan_out(nodes, ping_until, timeout=wait, parallel=parallel, security=security)
+
+
+def _wait_for(
+    address: Address, until: float, wait: float, timeout: float, sec: Security, ready: bool
+) -> None:
+    """Ping *address* until it answers or *until* passes; the backoff of ``ping --wait``
+    (5 ms up to 40 ms, one refused connect a try). A refusal (auth, version) fails at once."""
+    delay = 0.005
+    while True:
+        remaining = until - time.monotonic()
+        try:
+            _transport.ping(address, max(min(timeout, remaining), 0.05), sec, ready)
+        except (Unreachable, CallTimeout) as exc:
+            remaining = until - time.monotonic()
+            if remaining <= 0:
+                msg = f"no answer within {wait:g}s: {exc.message}"
+                raise Unreachable(msg) from None
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 1.5, 0.04)
+        else:
+            return
 
 
 def first_answering(
@@ -226,9 +259,9 @@ def read_nodes_file(path: str) -> list[str]:
         if not text:
             continue
         try:
-            wire.parse_node(text, base_dir=os.path.dirname(os.path.abspath(path)))
-        except wire.AddressError as exc:
-            msg = f"{path}:{number}: {exc}"
+            parse_node(text, base_dir=os.path.dirname(os.path.abspath(path)))
+        except ConfigError as exc:
+            msg = f"{path}:{number}: {exc.message}"
             raise ConfigError(msg) from None
         nodes.append(text)
     return nodes
@@ -275,12 +308,7 @@ def resolve_nodes(
 
 
 def _parse(node: str | Address) -> Address:
-    if isinstance(node, Address):
-        return node
-    try:
-        return wire.parse_node(node)
-    except wire.AddressError as exc:
-        raise ConfigError(str(exc)) from None
+    return node if isinstance(node, Address) else parse_node(node)
 
 
 def _remaining(deadline: float) -> float:

@@ -60,6 +60,7 @@ made_by={made_by}
 if [ -z "$rpcctl" ]; then
     if [ -n "$made_by" ] && [ -x "$made_by" ]; then rpcctl=$made_by; else rpcctl=rpcctl; fi
 fi
+export RPCCTL_PROG="$0"  # what hints and errors call this command
 exec "$rpcctl" --config "$root/rpcctl.toml" "$@"
 """
 

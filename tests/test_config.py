@@ -123,6 +123,7 @@ def test_cli_reports_config_errors_with_exit_2(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["--config", str(path), "ping"])
     assert result.exit_code == 2
     assert f"rpcctl: error: {path}: [app] node: bad node address 'nonsense'" in result.stderr
+    assert "expected unix:PATH, tcp://HOST:PORT or tls://HOST:PORT" in result.stderr
 
 
 def test_every_command_finds_the_node_in_the_config(
@@ -162,3 +163,54 @@ def test_no_node_anywhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     result = CliRunner().invoke(cli, ["ping"])
     assert result.exit_code == 2
     assert "run inside a directory with rpcctl.toml" in result.stderr
+
+
+def cookie(directory: Path, name: str) -> Path:
+    path = directory / name
+    path.write_text(f"{name}-secret-0123456789\n")
+    path.chmod(0o600)
+    return path
+
+
+def resolved(monkeypatch: pytest.MonkeyPatch, **options: str) -> tuple[bytes | None, str]:
+    from rpcctl._settings import Settings
+
+    settings = Settings()
+    settings.node = options.get("node")
+    settings.config_path = options.get("config_path")
+    settings.cookie_file = options.get("cookie_file")
+    settings.address()
+    security = settings.security()
+    return security.cookie, settings.cookie_source
+
+
+def test_cookie_precedence_follows_node_precedence(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--cookie-file, then --config's cookie_file, then RPCCTL_COOKIE(_FILE), then the
+    cookie_file of the config found upward that gave the node."""
+    app_cookie, other, given = (cookie(tmp_path, n) for n in ("app", "other", "given"))
+    cfg = write(tmp_path, f'[app]\ncommand = ["x"]\ncookie_file = "{app_cookie}"\n')
+    plain = write(tmp_path, '[app]\ncommand = ["x"]\n', "plain.toml")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RPCCTL_NODE", raising=False)
+    monkeypatch.delenv("RPCCTL_COOKIE_FILE", raising=False)
+    monkeypatch.setenv("RPCCTL_COOKIE", "ambient-cookie-0123456789")
+    in_cfg = f"cookie_file {app_cookie} in {cfg}"
+
+    assert resolved(monkeypatch, config_path=str(cfg)) == (b"app-secret-0123456789", in_cfg)
+    assert resolved(monkeypatch, config_path=str(cfg), node="unix:/x.sock")[1] == in_cfg
+    assert resolved(monkeypatch, config_path=str(cfg), cookie_file=str(given)) == (
+        b"given-secret-0123456789",
+        f"--cookie-file {given}",
+    )
+    # Found upward, not given: the environment wins, as it does for the node.
+    assert resolved(monkeypatch) == (b"ambient-cookie-0123456789", "$RPCCTL_COOKIE")
+    # An explicit config without a cookie_file leaves the environment's.
+    assert resolved(monkeypatch, config_path=str(plain))[1] == "$RPCCTL_COOKIE"
+    monkeypatch.delenv("RPCCTL_COOKIE")
+    monkeypatch.setenv("RPCCTL_COOKIE_FILE", str(other))
+    assert resolved(monkeypatch) == (b"other-secret-0123456789", f"$RPCCTL_COOKIE_FILE ({other})")
+    monkeypatch.delenv("RPCCTL_COOKIE_FILE")
+    assert resolved(monkeypatch) == (b"app-secret-0123456789", in_cfg)
+    assert resolved(monkeypatch, node="unix:/x.sock") == (None, "")

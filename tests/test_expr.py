@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rpcctl.exceptions import BadExpression
-from rpcctl.expr import Call, parse
+from rpcctl.expr import Call, parse, suggest
 
 
 @pytest.mark.parametrize(
@@ -45,6 +45,9 @@ def test_parses_names_and_literal_arguments(text: str, expected: Call) -> None:
         ("m.f()()", "m.f()", "dotted name"),
         ('"abc"', '"abc"', "dotted name"),
         ("m[0]", "m[0]", "dotted name"),
+        # Python refuses a repeated keyword (SyntaxError); so does the parser.
+        ("m.f(a=1, a=2)", "a=2", "keyword argument 'a' is repeated"),
+        ('m.f(1, steps=2, dry=True, steps="x")', 'steps="x"', "'steps' is repeated"),
     ],
 )
 def test_rejects_non_literals_pointing_at_them(text: str, offending: str, says: str) -> None:
@@ -73,3 +76,21 @@ def test_pointer_counts_characters_not_bytes() -> None:
     _, source_line, pointer = caught.value.message.splitlines()
     start = pointer.index("^")
     assert source_line[start : start + 3] == "bad"
+
+
+@pytest.mark.parametrize(
+    ("words", "meant"),
+    [
+        (["mod.f", "1"], "mod.f(1)"),
+        (["myapp.tasks.migrate", "head"], 'myapp.tasks.migrate("head")'),
+        (
+            ["m.f", "1", "[1, 2]", "x=2", "dry=True", "name=bob"],
+            'm.f(1, [1, 2], x=2, dry=True, name="bob")',
+        ),
+        (["m.f(1,", "2)"], "m.f(1, 2)"),  # a quoted expression the shell split anyway
+        (["m.f", "a b"], 'm.f("a b")'),
+    ],
+)
+def test_suggest_joins_shell_words_into_the_expression(words: list[str], meant: str) -> None:
+    assert suggest(words) == meant
+    parse(meant)  # and what it suggests parses

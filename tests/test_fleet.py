@@ -251,3 +251,97 @@ def test_fleet_readiness(agents: list[AppProcess]) -> None:
         assert result.returncode == 3
     finally:
         run_rpcctl("-n", nodes[0], "rpc", "sampleapp.ready(True)")
+
+
+# -- ping --wait on a fleet ----------------------------------------------------------------------
+
+
+def test_fleet_ping_wait_waits_for_every_node(short_tmp: Path) -> None:
+    """Right after the apps are started (here: before), `ping --wait` waits for each."""
+    nodes = [f"unix:{short_tmp}/late{i}.sock" for i in (1, 2)]
+    waiting = subprocess.Popen(
+        [rpcctl_executable(), *fleet_args(nodes), "ping", "--wait", str(DEADLINE), "--json"],
+        env={k: v for k, v in os.environ.items() if not k.startswith("RPCCTL_")},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    apps = [AppProcess(SAMPLEAPP, node=n, ready_line=None) for n in nodes]
+    try:
+        out, err = waiting.communicate(timeout=DEADLINE * 2)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+        for app in apps:
+            app.close()
+    assert waiting.returncode == 0, out + err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [(r["node"], r["result"]) for r in rows[:-1]] == [(n, "pong") for n in nodes]
+    assert rows[-1]["ok"] == 2
+
+
+def test_fleet_ping_wait_gives_up_per_node(agents: list[AppProcess], fleet_dir: Path) -> None:
+    nodes = [agents[2].node, f"unix:{fleet_dir}/never.sock", f"unix:{fleet_dir}/nor.sock"]
+    result = run_rpcctl(*fleet_args(nodes), "ping", "--wait", "0.2", "--json")
+    assert result.returncode == 3
+    rows = [json.loads(line) for line in result.stdout.splitlines()[:-1]]
+    assert [r["ok"] for r in rows] == [True, False, False]
+    for row in rows[1:]:
+        assert row["error"]["message"].startswith("no answer within 0.2s: unix:")
+        assert "no agent is running" in row["error"]["message"]
+
+
+# -- info and tasks on a fleet, for humans ---------------------------------------------------------
+
+
+def test_fleet_info_is_a_table(agents: list[AppProcess], fleet_dir: Path) -> None:
+    nodes = [a.node for a in agents[2:4]] + [f"unix:{fleet_dir}/nothing.sock"]
+    result = run_rpcctl(*fleet_args(nodes), "info")
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == [
+        "NODE", "OUTCOME", "TIME", "APP", "PID", "UPTIME", "READY", "JOBS", "RPCCTL"
+    ]  # fmt: skip
+    for app, line in zip(agents[2:4], lines[1:3], strict=True):
+        cells = line.split()
+        assert cells[0] == app.node
+        assert cells[1] == "ok"
+        assert cells[4:6] == ["sampleapp", str(app.proc.pid)]
+        assert cells[-3] in ("yes", "no")
+        assert "{" not in line  # no JSON blob
+    assert lines[3].split()[:2] == [nodes[2], "unreachable"]
+    assert lines[-1].startswith("2/3 nodes ok")
+    assert result.returncode == 3
+
+
+def test_fleet_tasks_lists_each_task_once(agents: list[AppProcess]) -> None:
+    nodes = [a.node for a in agents[2:5]]
+    result = run_rpcctl(*fleet_args(nodes), "tasks")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["NODE", "OUTCOME", "TIME", "TASKS"]
+    counts = {line.split()[-1] for line in lines[1:4]}
+    assert counts == {str(sum(line.startswith("  sampleapp.") for line in lines))}
+    assert lines.count("  sampleapp.whoami() -> str") == 1
+    assert "{" not in "".join(lines[1:4])
+    assert lines[-1].startswith("3/3 nodes ok")
+
+
+def test_fleet_tasks_names_the_nodes_a_task_is_missing_on() -> None:
+    from rpcctl.cli import _tasks_details
+
+    old = [{"name": "m.a", "signature": "m.a() -> None"}]
+    new = [*old, {"name": "m.b", "signature": "m.b(x: int) -> int"}]
+    outcome = fleet.MulticallResult(
+        [
+            fleet.Outcome("tcp://a:1", new),
+            fleet.Outcome("tcp://b:1", old),
+            fleet.Outcome("tcp://c:1", error=rpcctl.Unreachable("down")),
+        ],
+        0.0,
+    )
+    assert _tasks_details(outcome) == [
+        "",
+        "TASKS",
+        "  m.a() -> None",
+        "  m.b(x: int) -> int  (on 1/2; not on tcp://b:1)",
+    ]

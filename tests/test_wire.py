@@ -42,7 +42,8 @@ def test_relative_unix_path_is_relative_to_base(tmp_path: pathlib.Path) -> None:
     "text", ["", "unix:", "/run/app.sock", "tcp://host", "tcp://:80", "tcp://h:99999", "http://h:1"]
 )
 def test_bad_nodes_say_what_is_expected(text: str) -> None:
-    with pytest.raises(AddressError, match=r"expected unix:PATH or tcp://HOST:PORT|path is empty"):
+    expected = r"expected unix:PATH, tcp://HOST:PORT or tls://HOST:PORT|path is empty"
+    with pytest.raises(AddressError, match=expected):
         wire.parse_node(text)
 
 

@@ -61,7 +61,7 @@ class Address(_Fields):
         return f"{self.scheme}://{host}:{self.port}"
 
 
-_NODE_FORMS: Final = "expected unix:PATH or tcp://HOST:PORT"
+_NODE_FORMS: Final = "expected unix:PATH, tcp://HOST:PORT or tls://HOST:PORT"
 
 
 def parse_node(text: str, base_dir: str | os.PathLike[str] | None = None) -> Address:
