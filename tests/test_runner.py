@@ -592,7 +592,8 @@ def test_stop_never_signals_a_runner_pid_that_is_not_the_apps_parent(short_tmp: 
         )
         stop = app.rpcctl("stop", "--json")
         assert stop.returncode == 0, stop.stderr
-        assert json.loads(stop.stdout)["result"] == {"pid": app.proc.pid, "via": "signal"}
+        # (Its "via" may say "gone": the app can be gone before its reply leaves.)
+        assert json.loads(stop.stdout)["result"]["pid"] == app.proc.pid
         assert app.proc.wait(timeout=DEADLINE) == 0  # stopped by its own SIGTERM handler
         assert bystander.poll() is None  # never signalled
         events = [json.loads(line) for line in app.stderr().splitlines()]
