@@ -66,15 +66,27 @@ class AgentState:
         """Stop (or restart) the app gracefully; how it was asked: runner, handler or signal.
 
         Under ``rpcctl start`` the runner is asked, so its pre_stop and post_stop hooks run;
-        otherwise the app's own stop handler runs, or the process gets SIGTERM.
+        otherwise the app's own stop handler runs, or the process gets SIGTERM. The runner
+        named by RPCCTL_RUNNER_PID is signalled only when it is this process's parent: the
+        variable may be inherited (an app started from a hook) or stale (its pid reused).
         """
-        runner = os.environ.get(wire.RUNNER_ENV, "")
-        if runner.isdigit() and wire.pid_alive(int(runner)):
-            os.kill(int(runner), signal.SIGHUP if restart else signal.SIGTERM)
+        named = os.environ.get(wire.RUNNER_ENV, "")
+        runner = int(named) if named.isdigit() else None
+        if runner is not None and runner == os.getppid():
+            os.kill(runner, signal.SIGHUP if restart else signal.SIGTERM)
             return "runner"
+        not_ours = ""
+        if runner is not None:
+            not_ours = (
+                f"{wire.RUNNER_ENV}={runner} is not this app's parent (pid {os.getppid()}), "
+                "so it is not this app's runner"
+            )
+            self.log.warning(
+                "stop.runner_ignored", runner_pid=runner, parent_pid=os.getppid(), reason=not_ours
+            )
         if restart:
             msg = "restart needs the release runner: start the app with `rpcctl start`"
-            raise ValueError(msg)
+            raise ValueError(f"{msg} ({not_ours})" if not_ours else msg)
         if self.stop_handler is not None:
             # On its own thread: the handler may stop the agent, this connection included.
             threading.Thread(target=self.stop_handler, name="rpcctl-stop", daemon=True).start()

@@ -4,12 +4,25 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
+
+# The first line of a Python traceback, an exception group's included.
+_TRACEBACK: Final = re.compile(
+    r"^\s*(\+ )?(Exception Group )?Traceback \(most recent call last\):$"
+)
+# A longer "traceback" is logged in pieces of this many lines.
+_MAX_TRACEBACK_LINES: Final = 2000
+# What Python prints between the tracebacks of chained exceptions.
+_CHAINED: Final = (
+    "During handling of the above exception, another exception occurred:",
+    "The above exception was the direct cause of the following exception:",
+)
 
 
 class HookResult:
@@ -59,7 +72,8 @@ def scripts(directory: Path, log: Any) -> list[tuple[Path, list[str]]]:
 def run_one(
     path: Path, argv: list[str], env: dict[str, str], cwd: Path, timeout: float, log: Any
 ) -> HookResult:
-    """Run one script, logging its output line by line; kill its process group on timeout."""
+    """Run one script, logging its output line by line (a Python traceback as one event);
+    kill its process group on timeout."""
     name = f"{path.parent.name}/{path.name}"
     started = time.monotonic()
     log.info("hook.started", hook=name)
@@ -94,9 +108,82 @@ def run_one(
 
 def _relay(proc: subprocess.Popen[bytes], name: str, log: Any) -> None:
     assert proc.stdout is not None
+    relay = OutputRelay(name, log)
     with proc.stdout:
         for raw in proc.stdout:
-            log.info("hook.output", hook=name, line=raw.decode("utf-8", "replace").rstrip("\n"))
+            relay.feed(raw.decode("utf-8", "replace").rstrip("\n"))
+    relay.close()
+
+
+class OutputRelay:
+    """Logs a hook's output: each line as a ``hook.output`` event as it comes, except a Python
+    traceback (chained ones included), which becomes one ``hook.traceback`` event whose
+    ``exception`` field holds it whole.
+
+    A traceback ends at its first unindented line (``ValueError: ...``) unless chained
+    exceptions follow; a message or notes spanning more lines continue as plain lines.
+    """
+
+    def __init__(self, name: str, log: Any) -> None:
+        self.name = name
+        self.log = log
+        self._block: list[str] = []  # the traceback being gathered
+        self._state = "text"  # or "frames", "after" (its exception line), "chain"
+        self._held: list[str] = []  # blank lines after an exception line: a chain may follow
+        self._group = False  # the traceback being read is an exception group's
+
+    def feed(self, line: str) -> None:
+        if len(self._block) >= _MAX_TRACEBACK_LINES:
+            self._flush()  # output that only looks like a traceback: log it as it comes
+        state = self._state
+        start = _TRACEBACK.match(line)
+        if state == "text":
+            if start:
+                self._block, self._state, self._group = [line], "frames", bool(start[2])
+            else:
+                self.log.info("hook.output", hook=self.name, line=line)
+        elif state == "frames":
+            if line in _CHAINED:
+                self._block.append(line)
+                self._state = "chain"
+            elif start or (self._group and line and not line[0].isspace()):
+                # Another traceback, or past an exception group (whose lines are indented).
+                self._flush()
+                self.feed(line)
+            else:
+                self._block.append(line)
+                if line and not line[0].isspace():
+                    self._state = "after"
+        elif state == "after":
+            if not line.strip():
+                self._held.append(line)
+            elif line in _CHAINED and self._held:
+                self._block += [*self._held, line]
+                self._held, self._state = [], "chain"
+            else:
+                self._flush()
+                self.feed(line)
+        elif not line.strip():  # "chain": blank lines, then the next traceback
+            self._block.append(line)
+        elif start:
+            self._block.append(line)
+            self._state, self._group = "frames", bool(start[2])
+        else:
+            self._flush()
+            self.feed(line)
+
+    def close(self) -> None:
+        """The output has ended: log what is still gathered."""
+        if self._state != "text":
+            self._flush()
+
+    def _flush(self) -> None:
+        text = "\n".join(self._block).rstrip()
+        held = self._held
+        self._block, self._held, self._state = [], [], "text"
+        self.log.warning("hook.traceback", hook=self.name, exception=text)
+        for line in held:
+            self.log.info("hook.output", hook=self.name, line=line)
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:

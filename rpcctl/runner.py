@@ -1,22 +1,27 @@
 """``rpcctl start``: the release runner, a foreground supervisor with boot hooks.
 
-Sequence: pre_start hooks → start the app → wait until its agent answers ping → post_start
-hooks → supervise. SIGTERM/SIGINT: pre_stop hooks (the app is still up) → SIGTERM to the app
-→ SIGKILL after the grace period → post_stop hooks → exit 0. SIGHUP: the same stop, then the
-whole start again (``rpcctl restart``). The app dying by itself: post_stop hooks, then exit
-with the app's status.
+Sequence: take the release's lock → pre_start hooks → start the app → wait until its agent
+answers ping and proves to be that app → post_start hooks → supervise. SIGTERM/SIGINT:
+pre_stop hooks (the app is still up) → SIGTERM to the app → SIGKILL after the grace period
+→ post_stop hooks → exit 0. SIGHUP: the same stop, then the whole start again (``rpcctl
+restart``). The app dying by itself: post_stop hooks, then exit with the app's status.
+Whatever the path, the runner's last log line is ``runner.stopped`` with its exit status and
+the reason.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import selectors
 import signal
 import subprocess
+import sys
 import threading
 import time
-from typing import Any, Final
+from pathlib import Path
+from typing import Any, Final, NamedTuple
 
 from app_agent.wire import NODE_ENV, RUNNER_ENV, pid_alive
 from app_agent.wire.cookies import COOKIE_FILE_ENV
@@ -27,10 +32,23 @@ from rpcctl.exceptions import CallTimeout, RpcctlError, Unreachable, UsageError
 
 # Exit statuses of `rpcctl start` besides 0 (clean stop) and the app's own status.
 HOOK_FAILED: Final = 1
+ALREADY_RUNNING: Final = 2  # another runner holds the release's lock, or another app answers
 NEVER_READY: Final = 3
 KILLED: Final = 4
 
+PYTHON_NAMES: Final = ("python", "python3")
+"""A command starting with one of these runs with the interpreter rpcctl itself runs under."""
+
 _STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
+# How far up the process tree the runner looks for its app when another pid answers.
+_MAX_ANCESTRY: Final = 64
+
+
+class Ending(NamedTuple):
+    """How a run ends: the runner's exit status and why, for its last log line."""
+
+    status: int
+    reason: str
 
 
 class Runner:
@@ -39,9 +57,12 @@ class Runner:
     def __init__(self, config: Config, log: Any) -> None:
         self.config = config
         self.log = log.bind(app=config.name)
+        self.command = app_command(config.command)
         self.proc: subprocess.Popen[bytes] | None = None
         self._signals: list[int] = []
         self._wakeup_r = -1
+        self._answering_pid: int | None = None
+        self._refusal = ""
         # The runner's own pings prove the same cookie as the app's callers.
         self.security = Security.resolve(cookie_file=config.cookie_file)
 
@@ -52,60 +73,80 @@ class Runner:
             msg = "rpcctl start must run on the main thread (it handles signals)"
             raise UsageError(msg)
         self._refuse_recursion()
-        self._refuse_if_running()
-        with self._signal_handling():
-            while True:
-                status = self._boot()
-                if status is not None:
-                    return status
-                outcome = self._supervise()
-                if outcome != "restart":
-                    return int(outcome)
-                self.log.info("runner.restarting")
+        with self._release_lock():
+            self._refuse_if_running()
+            with self._signal_handling():
+                end = self._run()
+        log = self.log.info if end.status == 0 else self.log.error
+        log("runner.stopped", status=end.status, reason=end.reason)
+        return end.status
 
-    def _boot(self) -> int | None:
-        """Start everything; None when the app is up, else the exit status to end with."""
-        self.log.info("runner.starting", node=self.config.node, command=self.config.command)
+    def _run(self) -> Ending:
+        while True:
+            end = self._boot()
+            if end is not None:
+                return end
+            end = self._supervise()
+            if end is not None:
+                return end
+            self.log.info("runner.restarting")
+
+    def _boot(self) -> Ending | None:
+        """Start everything; None when the app is up, else how the run ends."""
+        self.log.info("runner.starting", node=self.config.node, command=self.command)
         failed = self._hooks("pre_start")
         if failed is not None:
-            self.log.error("runner.not_started", reason=f"pre_start {failed.describe()}")
-            return HOOK_FAILED
+            return Ending(HOOK_FAILED, f"pre_start {failed.describe()}; the app was not started")
         if self._stop_requested():
-            self.log.info("runner.stopped", reason="stop requested before the app started")
-            return 0
+            return Ending(0, "stop requested before the app started")
         self._spawn()
         ready = self._wait_ready()
         if ready == "exited":
             status = self._app_status()
-            self.log.error(
-                "runner.app_exited_before_ready",
-                status=status,
-                reason=f"the app exited with status {status} before its agent answered ping",
-            )
+            reason = f"the app exited with status {status} before its agent answered ping"
+            self.log.error("runner.app_exited_before_ready", status=status, reason=reason)
             self._hooks("post_stop")
-            return status or HOOK_FAILED
-        if ready == "timeout":
+            return Ending(status or HOOK_FAILED, reason)
+        if ready in ("timeout", "refused"):
+            reason = (
+                f"the app's agent did not answer ping at {self.config.node} within "
+                f"{self.config.ready_timeout:g}s"
+                if ready == "timeout"
+                else f"the agent at {self.config.node} refused the runner: {self._refusal}"
+            )
+            self.log.error("runner.never_ready", reason=f"{reason}; stopping the app")
+            clean = self._terminate()
+            self._hooks("post_stop")
+            return Ending(NEVER_READY, f"{reason}; the app was stopped{self._killed(clean)}")
+        if ready == "foreign":
+            # Every hook from here on would act on that other app: run none.
+            reason = (
+                f"another app answers at {self.config.node}: its agent is pid "
+                f"{self._answering_pid}, not this runner's app (pid {self._pid()}) nor a "
+                "process it started; this app was stopped and no more hooks ran"
+            )
             self.log.error(
-                "runner.never_ready",
-                reason=(
-                    f"the app's agent did not answer ping at {self.config.node} within "
-                    f"{self.config.ready_timeout:g}s; stopping the app"
-                ),
+                "runner.foreign_agent", agent_pid=self._answering_pid, app_pid=self._pid()
             )
             self._terminate()
-            self._hooks("post_stop")
-            return NEVER_READY
+            return Ending(ALREADY_RUNNING, reason)
         if ready == "stopped":
-            return self._shutdown(run_pre_stop=False)
+            clean = self._stop_app(run_pre_stop=False)
+            return Ending(
+                0 if clean else KILLED,
+                f"stop requested before the app was ready{self._killed(clean)}",
+            )
         self.log.info("runner.ready", pid=self._pid())
         failed = self._hooks("post_start")
         if failed is not None:
-            self.log.error("runner.stopping", reason=f"post_start {failed.describe()}")
-            self._shutdown()
-            return HOOK_FAILED
+            why = f"post_start {failed.describe()}"
+            self.log.error("runner.stopping", reason=why)
+            clean = self._stop_app()
+            return Ending(HOOK_FAILED, f"{why}; the app was stopped{self._killed(clean)}")
         return None
 
-    def _supervise(self) -> int | str:
+    def _supervise(self) -> Ending | None:
+        """Wait for a signal or the app's end; None to start again (SIGHUP)."""
         self.log.info("runner.supervising", pid=self._pid())
         with selectors.DefaultSelector() as selector:
             selector.register(self._wakeup_r, selectors.EVENT_READ)
@@ -114,26 +155,30 @@ class Runner:
                     status = self._app_status()
                     self.log.error("runner.app_exited", status=status)
                     self._hooks("post_stop")
-                    return status
+                    return Ending(status, f"the app exited by itself with status {status}")
                 pending = self._take_signals()
                 if signal.SIGHUP in pending:
                     self.log.info("runner.restart_requested")
-                    if self._shutdown() == KILLED:
-                        return KILLED
-                    return "restart"
-                if any(s in _STOP_SIGNALS for s in pending):
+                    if self._stop_app():
+                        return None
+                    why = "restart requested; the app was not started again"
+                    return Ending(KILLED, f"{why}{self._killed(False)}")
+                stops = [s for s in pending if s in _STOP_SIGNALS]
+                if stops:
                     self.log.info("runner.stop_requested")
-                    return self._shutdown()
+                    clean = self._stop_app()
+                    name = signal.Signals(stops[0]).name
+                    return Ending(0 if clean else KILLED, f"stopped on {name}{self._killed(clean)}")
                 selector.select()  # woken by SIGCHLD, SIGTERM, SIGINT or SIGHUP
                 self._drain_wakeup()
 
-    def _shutdown(self, run_pre_stop: bool = True) -> int:
+    def _stop_app(self, run_pre_stop: bool = True) -> bool:
+        """pre_stop hooks, stop the app, post_stop hooks; True when SIGTERM was enough."""
         if run_pre_stop:
             self._hooks("pre_stop")
-        status = 0 if self._terminate() else KILLED
+        clean = self._terminate()
         self._hooks("post_stop")
-        self.log.info("runner.stopped", status=status)
-        return status
+        return clean
 
     # -- the app process -------------------------------------------------------------------
 
@@ -143,15 +188,15 @@ class Runner:
             # Its own process group: a Ctrl-C at the terminal reaches the runner only, which
             # then stops the app in order (pre_stop hooks first).
             self.proc = subprocess.Popen(
-                self.config.command, cwd=self.config.cwd, env=env, process_group=0
+                self.command, cwd=self.config.cwd, env=env, process_group=0
             )
         except OSError as exc:
-            msg = f"cannot run the app's command {self.config.command}: {exc}"
+            msg = f"cannot run the app's command {self.command}: {exc}"
             raise UsageError(msg) from None
         self.log.info("runner.app_started", pid=self.proc.pid)
 
     def _wait_ready(self) -> str:
-        """'ready', 'exited', 'timeout' or 'stopped'."""
+        """'ready', 'exited', 'timeout', 'refused', 'foreign' or 'stopped'."""
         deadline = time.monotonic() + self.config.ready_timeout
         delay = 0.005
         while True:
@@ -164,14 +209,40 @@ class Runner:
                 return "timeout"
             try:
                 _transport.ping(self.config.address, min(remaining, 2.0), self.security)
-                return "ready"
+                pid = self._agent_pid(min(max(remaining, 1.0), 10.0))
             except (Unreachable, CallTimeout):
                 time.sleep(min(delay, max(remaining, 0)))
                 delay = min(delay * 1.5, 0.1)
+                continue
             except RpcctlError as exc:
                 # It answers but refuses us (authentication, version): waiting will not help.
                 self.log.error("runner.ping_refused", error=exc.message)
-                return "timeout"
+                self._refusal = exc.message
+                return "refused"
+            if self._started_by_us(pid):
+                return "ready"
+            self._answering_pid = pid
+            return "foreign"
+
+    def _agent_pid(self, timeout: float) -> int:
+        """The pid the agent answering at the node reports (``info``)."""
+        from rpcctl.client import Client
+
+        with Client(self.config.address, timeout=timeout, security=self.security) as client:
+            return int(client.info()["pid"])
+
+    def _started_by_us(self, pid: int) -> bool:
+        """Whether *pid* is the app process or a descendant of it (an app that forks)."""
+        if self.proc is None:
+            return False
+        for _ in range(_MAX_ANCESTRY):
+            if pid == self.proc.pid:
+                return True
+            parent = parent_pid(pid)
+            if parent is None or parent <= 1:
+                return False
+            pid = parent
+        return False
 
     def _terminate(self) -> bool:
         """SIGTERM, then SIGKILL after the grace period; True when it ended on SIGTERM."""
@@ -191,6 +262,12 @@ class Runner:
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             return False
+
+    def _killed(self, clean: bool) -> str:
+        """What an ending's reason adds when the app had to be killed."""
+        if clean:
+            return ""
+        return f" (killed: it outlived SIGTERM by {self.config.stop_timeout:g}s)"
 
     def _app_status(self) -> int:
         code = self.proc.returncode if self.proc is not None else 0
@@ -271,6 +348,34 @@ class Runner:
             )
             raise UsageError(msg)
 
+    @contextlib.contextmanager
+    def _release_lock(self) -> Any:
+        """Hold the release's lock for the whole run: a second runner is refused at once."""
+        path = lock_path(self.config)
+        try:
+            # Owner-only, as the agent makes a socket's directory when it is missing.
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            msg = f"cannot open the release lock {path}: {exc.strerror or exc}"
+            raise UsageError(msg) from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _holder(fd)
+                who = f"runner pid {holder}" if holder else "another runner"
+                msg = (
+                    f"{self.config.name} is already being run by `rpcctl start` ({who} "
+                    f"holds {path})"
+                )
+                raise UsageError(msg) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            yield
+        finally:
+            os.close(fd)
+
     def _refuse_if_running(self) -> None:
         try:
             _transport.ping(self.config.address, 2.0, self.security)
@@ -318,3 +423,55 @@ class Runner:
         with contextlib.suppress(BlockingIOError):
             while os.read(self._wakeup_r, 512):
                 pass
+
+
+def app_command(command: list[str]) -> list[str]:
+    """*command* with a leading ``python``/``python3`` replaced by rpcctl's own interpreter.
+
+    A release runs in the environment rpcctl is installed in (its virtualenv), whatever
+    ``PATH`` says; any other command runs as written.
+    """
+    if command[0] in PYTHON_NAMES and sys.executable:
+        return [sys.executable, *command[1:]]
+    return list(command)
+
+
+def lock_path(config: Config) -> Path:
+    """The file ``rpcctl start`` locks for *config*'s release.
+
+    Beside the socket for a UNIX node (``app.sock.lock``), so two configs that share a
+    socket share the lock; in the release root (``.rpcctl-NAME.lock``) for a TCP node.
+    """
+    if config.address.is_unix:
+        return Path(f"{config.address.path}.lock")
+    return config.root / f".rpcctl-{config.name}.lock"
+
+
+def parent_pid(pid: int) -> int | None:
+    """The parent of *pid*, or None when it is gone (or cannot be told)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except FileNotFoundError:
+        if os.path.isdir("/proc/self"):
+            return None
+    except (OSError, ValueError, IndexError):
+        return None
+    try:  # no /proc (macOS, BSD)
+        out = subprocess.run(
+            ["ps", "-o", "ppid=", "-p", str(pid)], capture_output=True, text=True, check=False
+        ).stdout.strip()
+    except OSError:
+        return None
+    return int(out) if out.isdigit() else None
+
+
+def _holder(fd: int) -> int | None:
+    """The pid in a held lock file; its holder writes it just after locking, so a moment's
+    wait covers a runner that won the lock a moment ago."""
+    deadline = time.monotonic() + 0.5
+    while True:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        if text.isdigit() or time.monotonic() > deadline:
+            return int(text) if text.isdigit() else None
+        time.sleep(0.01)

@@ -17,6 +17,7 @@ CONFIG_TEMPLATE = """\
 
 [app]
 name = "{name}"
+# "python" here is the interpreter rpcctl is installed in (its venv), whatever PATH says.
 command = ["python", "-m", "{module}"]
 node = "unix:run/{name}.sock"
 # cwd = "."

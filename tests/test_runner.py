@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from conftest import APPS, DEADLINE, SAMPLEAPP, rpcctl_executable, run_rpcctl, wait_until
 
@@ -53,14 +55,18 @@ class Release:
         self.node = f"unix:{root}/run/app.sock"
 
     def start(self) -> Release:
-        self.proc = subprocess.Popen(
+        self.proc = self.spawn()
+        return self
+
+    def spawn(self) -> subprocess.Popen[str]:
+        """One more `rpcctl start` process on this release's config."""
+        return subprocess.Popen(
             [rpcctl_executable(), "--config", str(self.config), "start"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
             env=_env(),
         )
-        return self
 
     def wait(self) -> tuple[int, list[dict[str, Any]]]:
         assert self.proc is not None
@@ -170,8 +176,12 @@ def test_failing_pre_start_keeps_the_app_down(release: Any) -> None:
     status, log = r.start().wait()
     assert status == 1
     assert r.marker() == []  # the app never started
-    reason = by_event(log, "runner.not_started")[0]["reason"]
-    assert reason == "pre_start hook pre_start/10-check.sh exited with status 3"
+    assert log[-1]["event"] == "runner.stopped"
+    assert (log[-1]["level"], log[-1]["status"], log[-1]["reason"]) == (
+        "error",
+        1,
+        "pre_start hook pre_start/10-check.sh exited with status 3; the app was not started",
+    )
     assert by_event(log, "hook.output")[0]["line"] == "disk full"
 
 
@@ -186,6 +196,44 @@ def test_failing_post_start_stops_the_app(release: Any) -> None:
         "post_start hook post_start/10-migrate.sh exited with status 9"
     )
     assert r.events() == ["post_stop 10.sh app_pid=none"]
+    # The last line says the release failed, not a plain "stopped, status 0".
+    assert log[-1]["event"] == "runner.stopped"
+    assert (log[-1]["level"], log[-1]["status"], log[-1]["reason"]) == (
+        "error",
+        1,
+        "post_start hook post_start/10-migrate.sh exited with status 9; the app was stopped",
+    )
+
+
+def test_a_failing_hooks_traceback_is_one_event(release: Any) -> None:
+    r = release(
+        {
+            "post_start/10-migrate.sh": (
+                'echo migrating\n"$RPCCTL" rpc \'sampleapp.boom("bad migration")\' || exit $?\n'
+            )
+        }
+    )
+    status, log = r.start().wait()
+    assert status == 1
+    (traceback,) = by_event(log, "hook.traceback")
+    assert traceback["hook"] == "post_start/10-migrate.sh"
+    text = traceback["exception"]
+    assert text.startswith("Traceback (most recent call last):\n")
+    assert "in boom\n    raise ValueError(message)\n" in text
+    assert text.endswith("\nValueError: bad migration")
+    # The rest of the output stays line by line; none of the traceback's lines is among it,
+    # and no event carries the traceback a second time.
+    lines = [e["line"] for e in by_event(log, "hook.output")]
+    assert lines == [
+        "migrating",
+        "rpcctl: error: sampleapp.boom raised ValueError: bad migration",
+    ]
+    assert sum("raise ValueError(message)" in json.dumps(e) for e in log) == 1
+    assert log[-1]["event"] == "runner.stopped"
+    assert (log[-1]["status"], log[-1]["reason"]) == (
+        1,
+        "post_start hook post_start/10-migrate.sh exited with status 1; the app was stopped",
+    )
 
 
 def test_continue_policy_goes_on(release: Any) -> None:
@@ -221,7 +269,9 @@ def test_hook_past_its_timeout_is_killed(release: Any) -> None:
     status, log = r.start().wait()
     assert status == 1
     assert by_event(log, "hook.timed_out")[0]["hook"] == "pre_start/10-hang.sh"
-    assert "killed after its timeout" in by_event(log, "runner.not_started")[0]["reason"]
+    assert log[-1]["reason"] == (
+        "pre_start hook pre_start/10-hang.sh was killed after its timeout; the app was not started"
+    )
 
 
 def test_unrunnable_files_are_named_in_a_warning(release: Any) -> None:
@@ -276,6 +326,8 @@ def test_never_ready_and_early_exit(release: Any, short_tmp: Path) -> None:
     status, log = r.start().wait()
     assert status == 3
     assert "did not answer ping" in by_event(log, "runner.never_ready")[0]["reason"]
+    assert log[-1]["event"] == "runner.stopped"
+    assert log[-1]["reason"].endswith("within 1s; the app was stopped")
 
     r.config.write_text(
         r.config.read_text().replace(
@@ -288,15 +340,169 @@ def test_never_ready_and_early_exit(release: Any, short_tmp: Path) -> None:
     assert reason == "the app exited with status 5 before its agent answered ping"
 
 
-def test_already_running_is_refused(release: Any) -> None:
-    r = release({})
+def test_an_app_running_without_a_runner_is_refused(release: Any) -> None:
+    from conftest import AppProcess
+
+    r = release({"pre_start/10.sh": RECORD})
+    app = AppProcess(SAMPLEAPP, node=r.node)  # started by hand, not by `rpcctl start`
+    try:
+        second = r.rpcctl("start")
+        assert second.returncode == 2
+        assert second.stderr == (
+            f"rpcctl: error: sample is already running: an agent answers at {r.node}\n"
+        )
+        assert r.events() == []  # no hook ran
+    finally:
+        app.close()
+
+
+def test_two_starts_at_once_run_the_release_once(release: Any) -> None:
+    r = release(
+        {
+            # The winner waits in pre_start (holding the release's lock) until the test lets
+            # it go, so both runners are alive at the same time.
+            "pre_start/10-gate.sh": RECORD
+            + 'while [ ! -e "$RPCCTL_ROOT/gate" ]; do sleep 0.01; done\n',
+            "post_start/10-migrate.sh": RECORD,
+        }
+    )
+    runners = [r.spawn(), r.spawn()]
+    try:
+        wait_until(
+            lambda: (
+                any(p.poll() is not None for p in runners)
+                or len([e for e in r.events() if e.startswith("pre_start")]) >= 2
+            ),
+            what="one runner to give up",
+        )
+        (r.root / "gate").touch()
+        ended = [p for p in runners if p.poll() is not None]
+        assert len(ended) == 1, "both runners ran pre_start"
+        (loser,) = ended
+        (winner,) = [p for p in runners if p is not loser]
+        _out, err = loser.communicate()
+        assert loser.returncode == 2
+        assert err.startswith(
+            "rpcctl: error: sample is already being run by `rpcctl start` "
+            f"(runner pid {winner.pid} holds {r.root}/run/app.sock.lock)"
+        )
+        assert err.count("\n") == 1
+        r.proc = winner
+        r.wait_for_event("post_start")
+        r.signal(signal.SIGTERM)
+        status, _log = r.wait()
+        assert status == 0
+        assert [e.split()[0] for e in r.events()] == ["pre_start", "post_start"]
+        assert [line.split()[0] for line in r.marker()] == ["started", "stopped"]
+    finally:
+        for p in runners:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+
+
+def test_a_held_lock_names_its_holder(release: Any) -> None:
+    import fcntl
+
+    r = release({"pre_start/10.sh": RECORD})
+    lock = r.root / "run" / "app.sock.lock"
+    lock.parent.mkdir(mode=0o700)
+    with lock.open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write(f"{os.getpid()}\n")
+        held.flush()
+        refused = r.rpcctl("start")
+    assert refused.returncode == 2
+    assert refused.stderr == (
+        "rpcctl: error: sample is already being run by `rpcctl start` "
+        f"(runner pid {os.getpid()} holds {lock})\n"
+    )
+    assert r.events() == []
+    # Released (here: by closing it), the lock no longer stands in the way.
     r.start()
-    assert run_rpcctl("-n", r.node, "ping", "--wait", str(DEADLINE)).returncode == 0
-    second = r.rpcctl("start")
-    assert second.returncode == 2
-    assert "sample is already running" in second.stderr
+    r.wait_for_event("pre_start")
     r.signal(signal.SIGTERM)
     assert r.wait()[0] == 0
+    assert r.proc is not None
+    assert lock.read_text() == f"{r.proc.pid}\n"  # the holder's pid, for the next refusal
+
+
+def test_a_lock_that_cannot_be_made_is_a_usage_error(release: Any) -> None:
+    r = release({})
+    r.config.write_text(r.config.read_text().replace("unix:run/app.sock", "unix:blocker/app.sock"))
+    (r.root / "blocker").write_text("a file where the socket's directory should be")
+    result = r.rpcctl("start")
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"rpcctl: error: cannot open the release lock {r.root}/blocker/app.sock.lock: File exists\n"
+    )
+
+
+def test_lock_paths(short_tmp: Path) -> None:
+    from rpcctl import config
+    from rpcctl.runner import lock_path
+
+    toml = short_tmp / "rpcctl.toml"
+    toml.write_text('[app]\nname = "web"\ncommand = ["web"]\nnode = "unix:run/web.sock"\n')
+    assert lock_path(config.load(toml)) == short_tmp / "run" / "web.sock.lock"
+    toml.write_text('[app]\nname = "web"\ncommand = ["web"]\nnode = "tcp://127.0.0.1:7000"\n')
+    assert lock_path(config.load(toml)) == short_tmp / ".rpcctl-web.lock"
+
+
+def test_another_app_answering_is_not_taken_for_ours(release: Any) -> None:
+    sampleapp = f"{json.dumps(sys.executable)} {json.dumps(str(APPS / 'sampleapp.py'))}"
+    r = release(
+        {
+            # Another app takes the node after the runner's "already running" check.
+            "pre_start/10-squat.sh": (
+                f"SAMPLEAPP_AGENT_DELAY=0 {sampleapp} >/dev/null 2>&1 &\n"
+                f'"$RPCCTL" ping --wait {DEADLINE} >/dev/null\n'
+            ),
+            "post_start/10.sh": RECORD,
+            "pre_stop/10.sh": RECORD,
+            "post_stop/10.sh": RECORD,
+        },
+        # This release's own app is slow to start its agent: the other one answers first.
+        env={"SAMPLEAPP_AGENT_DELAY": "600"},
+    )
+    status, log = r.start().wait()
+    assert status == 2
+    ours = by_event(log, "runner.app_started")[0]["pid"]
+    (other,) = [int(line.split()[1]) for line in r.marker() if int(line.split()[1]) != ours]
+    assert r.events() == []  # no hook acted on the other app
+    assert log[-1]["event"] == "runner.stopped"
+    assert log[-1]["reason"] == (
+        f"another app answers at {r.node}: its agent is pid {other}, not this runner's app "
+        f"(pid {ours}) nor a process it started; this app was stopped and no more hooks ran"
+    )
+    assert by_event(log, "runner.terminating")[0]["pid"] == ours
+    assert run_rpcctl("-n", r.node, "ping").returncode == 0  # the other app is left alone
+
+
+def test_an_agent_in_a_child_of_the_app_counts_as_ours(short_tmp: Path) -> None:
+    from rpcctl import config
+    from rpcctl.runner import Runner, parent_pid
+
+    toml = short_tmp / "rpcctl.toml"
+    toml.write_text('[app]\nname = "web"\ncommand = ["web"]\n')
+    runner = Runner(config.load(toml), structlog.get_logger())
+    pidfile = short_tmp / "inner.pid"
+    inner = f"import os, time; open({str(pidfile)!r}, 'w').write(str(os.getpid())); time.sleep(600)"
+    # `; :` keeps sh from exec'ing python: python is the app's child, as in a forking app.
+    runner.proc = subprocess.Popen(
+        ["sh", "-c", f"{sys.executable} -c {shlex.quote(inner)}; :"], process_group=0
+    )
+    try:
+        wait_until(lambda: pidfile.exists() and pidfile.read_text(), what="the inner process")
+        grandchild = int(pidfile.read_text())
+        assert parent_pid(grandchild) == runner.proc.pid
+        assert runner._started_by_us(runner.proc.pid)
+        assert runner._started_by_us(grandchild)
+        assert not runner._started_by_us(os.getpid())
+        assert parent_pid(2**22 + 1) is None  # beyond any pid: no such process
+    finally:
+        os.killpg(runner.proc.pid, signal.SIGKILL)
+        runner.proc.wait()
 
 
 def test_stop_pid_and_restart_through_the_runner(release: Any) -> None:
@@ -365,14 +571,52 @@ def test_restart_needs_the_runner(sample_app: Any) -> None:
     assert sample_app.rpcctl("ping").returncode == 0
 
 
+def test_stop_never_signals_a_runner_pid_that_is_not_the_apps_parent(short_tmp: Path) -> None:
+    from conftest import AppProcess
+
+    # A live process of ours that RPCCTL_RUNNER_PID names: a reused pid, or the runner of
+    # a hook that started this app.
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    app = AppProcess(
+        SAMPLEAPP,
+        node=f"unix:{short_tmp}/run/app.sock",
+        env={"RPCCTL_RUNNER_PID": str(bystander.pid)},
+    )
+    try:
+        restart = app.rpcctl("restart")
+        assert restart.returncode == 2
+        assert restart.stderr == (
+            "rpcctl: error: restart needs the release runner: start the app with `rpcctl "
+            f"start` (RPCCTL_RUNNER_PID={bystander.pid} is not this app's parent (pid "
+            f"{os.getpid()}), so it is not this app's runner)\n"
+        )
+        stop = app.rpcctl("stop", "--json")
+        assert stop.returncode == 0, stop.stderr
+        # (Its "via" may say "gone": the app can be gone before its reply leaves.)
+        assert json.loads(stop.stdout)["result"]["pid"] == app.proc.pid
+        assert app.proc.wait(timeout=DEADLINE) == 0  # stopped by its own SIGTERM handler
+        assert bystander.poll() is None  # never signalled
+        events = [json.loads(line) for line in app.stderr().splitlines()]
+        ignored = by_event(events, "stop.runner_ignored")
+        assert [(e["runner_pid"], e["parent_pid"]) for e in ignored] == [
+            (bystander.pid, os.getpid())
+        ] * 2
+    finally:
+        bystander.kill()
+        bystander.wait()
+        app.close()
+
+
+# The main thread takes SIGTERM with sigwait, the agent's threads blocking it: a handler
+# setting an Event the main thread waits on is not always run when the kernel hands the
+# signal to another thread (seen here: the app outlived SIGTERM about one run in ten).
 DEMOAPP_MAIN = """
-import os, signal, threading
+import signal
 import app_agent
 
-stop = threading.Event()
-signal.signal(signal.SIGTERM, lambda *_: stop.set())
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
 agent = app_agent.start(tasks=["demoapp.tasks"])
-stop.wait()
+signal.sigwait({signal.SIGTERM, signal.SIGINT})
 agent.stop()
 """
 
@@ -405,23 +649,43 @@ def test_release_init_output_works_as_is(short_tmp: Path) -> None:
     launcher = short_tmp / "bin" / "demoapp"
     elsewhere = short_tmp / "elsewhere"
     elsewhere.mkdir()
+    # The venv is not on PATH, and the first `python` there is another one (which cannot
+    # import the app): the launcher and the app must still run with rpcctl's interpreter.
+    wrong = short_tmp / "wrongbin"
+    wrong.mkdir()
+    (wrong / "python").write_text('#!/bin/sh\necho "the wrong python" >&2\nexit 97\n')
+    (wrong / "python").chmod(0o755)
+    env = {k: v for k, v in _env().items() if k != "VIRTUAL_ENV"}
+    env["PATH"] = f"{wrong}{os.pathsep}/usr/bin{os.pathsep}/bin"
     runner = subprocess.Popen(
         [str(launcher), "start"],
         cwd=elsewhere,  # the launcher finds its own root
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=_env(),
+        env=env,
     )
     try:
-        wait_until(lambda: (short_tmp / "migrated").exists(), what="the migrate hook")
-        assert (short_tmp / "migrated").read_text() == "head"
+        wait_until(
+            lambda: (short_tmp / "migrated").exists() or runner.poll() is not None,
+            what="the migrate hook",
+        )
+        assert (short_tmp / "migrated").read_text() == "head", runner.communicate()[1]
         ping = subprocess.run(
-            [str(launcher), "ping"], cwd=elsewhere, capture_output=True, text=True, env=_env()
+            [str(launcher), "ping"], cwd=elsewhere, capture_output=True, text=True, env=env
         )
         assert ping.stdout == "pong\n"
+        info = subprocess.run(
+            [str(launcher), "info", "--json"],
+            cwd=elsewhere,
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        python = json.loads(info.stdout)["result"]["python"]
+        assert os.path.dirname(python) == os.path.dirname(sys.executable)  # the venv's
         stop = subprocess.run(
-            [str(launcher), "stop"], cwd=elsewhere, capture_output=True, text=True, env=_env()
+            [str(launcher), "stop"], cwd=elsewhere, capture_output=True, text=True, env=env
         )
         assert stop.returncode == 0, stop.stderr
         _out, err = runner.communicate(timeout=DEADLINE)
@@ -433,3 +697,93 @@ def test_release_init_output_works_as_is(short_tmp: Path) -> None:
         if runner.poll() is None:
             runner.kill()
             runner.communicate()
+
+
+def _relayed(text: str) -> list[tuple[str, str]]:
+    """What OutputRelay logs for *text*: (event, line or traceback) pairs."""
+    from structlog.testing import capture_logs
+
+    from rpcctl.hooks import OutputRelay
+
+    with capture_logs() as logs:
+        relay = OutputRelay("post_start/10.sh", structlog.get_logger())
+        for line in text.splitlines():
+            relay.feed(line)
+        relay.close()
+    assert all(e["hook"] == "post_start/10.sh" for e in logs)
+    return [(e["event"], e.get("line", e.get("exception"))) for e in logs]
+
+
+def _python_stderr(code: str) -> str:
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    ).stderr
+
+
+def test_relay_keeps_a_chained_traceback_whole() -> None:
+    tb = _python_stderr(
+        "try:\n    {}['x']\nexcept KeyError as e:\n    raise ValueError('bad\\nmessage') from e"
+    )
+    assert "The above exception was the direct cause" in tb
+    head, _, tail = tb.rstrip("\n").rpartition("\n")  # the message's second line
+    assert tail == "message"
+    assert _relayed(f"migrating\n{tb}done\n") == [
+        ("hook.output", "migrating"),
+        ("hook.traceback", head),
+        ("hook.output", "message"),  # a message's further lines stay plain output
+        ("hook.output", "done"),
+    ]
+
+
+def test_relay_keeps_an_exception_group_whole_and_splits_two_tracebacks() -> None:
+    group = _python_stderr("raise ExceptionGroup('many', [ValueError('a'), KeyError('b')])")
+    plain = _python_stderr("raise OSError('disk full')")
+    chained = _python_stderr(
+        "try:\n    raise ExceptionGroup('many', [ValueError('a')])\n"
+        "except Exception as e:\n    raise RuntimeError('wrapped') from e"
+    )
+    assert "The above exception was the direct cause" in chained
+    assert _relayed(group + plain + chained + "next\n" + group + "after\n") == [
+        ("hook.traceback", group.rstrip("\n")),
+        ("hook.traceback", plain.rstrip("\n")),
+        ("hook.traceback", chained.rstrip("\n")),
+        ("hook.output", "next"),
+        ("hook.traceback", group.rstrip("\n")),
+        ("hook.output", "after"),
+    ]
+
+
+def test_relay_flushes_a_cut_off_traceback_and_keeps_blank_lines() -> None:
+    text = 'one\n\nTraceback (most recent call last):\n  File "x.py", line 1, in <module>\n'
+    assert _relayed(text) == [
+        ("hook.output", "one"),
+        ("hook.output", ""),
+        (
+            "hook.traceback",
+            'Traceback (most recent call last):\n  File "x.py", line 1, in <module>',
+        ),
+    ]
+    assert _relayed("Traceback (most recent call last):\n  x\nE: y\n\nnext\n") == [
+        ("hook.traceback", "Traceback (most recent call last):\n  x\nE: y"),
+        ("hook.output", ""),
+        ("hook.output", "next"),
+    ]
+
+
+def test_python_in_the_command_is_rpcctls_interpreter() -> None:
+    from rpcctl.runner import app_command
+
+    assert app_command(["python", "-m", "app"]) == [sys.executable, "-m", "app"]
+    assert app_command(["python3", "app.py"]) == [sys.executable, "app.py"]
+    assert app_command(["/usr/bin/python3", "app.py"]) == ["/usr/bin/python3", "app.py"]
+    assert app_command(["gunicorn", "python"]) == ["gunicorn", "python"]
+
+
+def test_relay_does_not_gather_without_end() -> None:
+    from rpcctl.hooks import _MAX_TRACEBACK_LINES
+
+    frames = ["Traceback (most recent call last):"] + ["  more"] * (_MAX_TRACEBACK_LINES + 10)
+    relayed = _relayed("\n".join(frames) + "\n")
+    # The first lines as one event, the rest line by line.
+    assert [event for event, _ in relayed] == ["hook.traceback"] + ["hook.output"] * 11
+    assert relayed[0][1].count("\n") == _MAX_TRACEBACK_LINES - 1
