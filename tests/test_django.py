@@ -645,7 +645,7 @@ def test_example_release_migrates_in_its_post_start_hook(short_tmp: Path) -> Non
         wait_until(migrated, what="the post_start hook to migrate")
         status = http_get(f"{short_tmp}/http.sock", "/polls/")
         assert status == (200, {"questions": [QUESTION]})
-        assert (root / "var" / "db.sqlite3").exists()  # SQLite by default, in the release
+        assert (root / "var" / "djangoapp.db").exists()  # SQLite by default, in the release
         stopped = subprocess.run(
             [launcher, "stop"], env=env, capture_output=True, text=True, check=False
         )
