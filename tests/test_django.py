@@ -339,6 +339,35 @@ def test_gunicorn_single_worker_without_preload_runs_the_agent_in_the_worker(
         app.close()
 
 
+def test_uvicorn_runs_the_agent_and_migrates_the_live_site(short_tmp: Path) -> None:
+    node = f"unix:{short_tmp}/agent.sock"
+    http = f"{short_tmp}/http.sock"
+    app = AppProcess(
+        [sys.executable, "-m", "uvicorn", "--uds", http, "djangoapp.asgi:application"],
+        node=node,
+        env=django_env(short_tmp),
+        cwd=DJANGOAPP,
+        ready_line=None,
+    )
+    try:
+        waited = run_rpcctl("-n", node, "ping", "--wait", str(DEADLINE))
+        assert waited.returncode == 0, waited.stderr + app.stderr()
+        assert info(node)["pid"] == app.proc.pid
+        assert http_get(http, "/polls/")[0] == 503
+        assert rpc_result(node, "django.migrate") == ALL_MIGRATIONS
+        assert http_get(http, "/polls/") == (200, {"questions": [QUESTION]})
+        # Django closes a request's connection just after the response has left; the
+        # agent's task closed its own when it ended.
+        wait_until(lambda: open_files(app.proc.pid, "db.sqlite3") == [], what="no open connection")
+        app.proc.send_signal(signal.SIGTERM)
+        # uvicorn shuts down gracefully, then re-raises the signal: no exit handler runs, and
+        # the socket file stays behind, stale (the next agent on the node replaces it).
+        assert app.proc.wait(timeout=DEADLINE) in (0, -signal.SIGTERM)
+        assert run_rpcctl("-n", node, "ping").returncode == 3
+    finally:
+        app.close()
+
+
 def test_allowed_commands_run_and_others_are_refused(short_tmp: Path) -> None:
     node = f"unix:{short_tmp}/agent.sock"
     app, _ = start_gunicorn(short_tmp, node, workers=1)
@@ -616,7 +645,7 @@ def test_example_release_migrates_in_its_post_start_hook(short_tmp: Path) -> Non
         wait_until(migrated, what="the post_start hook to migrate")
         status = http_get(f"{short_tmp}/http.sock", "/polls/")
         assert status == (200, {"questions": [QUESTION]})
-        assert (root / "var" / "db.sqlite3").exists()  # SQLite by default, in the release
+        assert (root / "var" / "djangoapp.db").exists()  # SQLite by default, in the release
         stopped = subprocess.run(
             [launcher, "stop"], env=env, capture_output=True, text=True, check=False
         )

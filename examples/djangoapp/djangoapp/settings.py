@@ -34,7 +34,7 @@ def database(url: str) -> dict[str, Any]:
     raise ValueError(msg)
 
 
-DATABASE_URL = os.environ.get("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'var' / 'db.sqlite3'}"
+DATABASE_URL = os.environ.get("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'var' / 'djangoapp.db'}"
 if not os.environ.get("DATABASE_URL"):
     (BASE_DIR / "var").mkdir(exist_ok=True)
 
