@@ -61,7 +61,9 @@ def configure_logging(
     structlog.configure(
         processors=processors(json if json is not None else not out.isatty()),
         wrapper_class=structlog.make_filtering_bound_logger(_level(level)),
-        logger_factory=structlog.PrintLoggerFactory(out),
+        # One write per line (PrintLogger writes the newline separately, and unbuffered
+        # stderr shared with a runner or another process then interleaves mid-line).
+        logger_factory=structlog.WriteLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
 
@@ -71,7 +73,7 @@ def get_logger(**initial: Any) -> Any:
     if structlog.is_configured():
         return structlog.get_logger("app_agent", **initial)
     return structlog.wrap_logger(
-        structlog.PrintLogger(sys.stderr),
+        structlog.WriteLogger(sys.stderr),
         processors=processors(not sys.stderr.isatty()),
         wrapper_class=structlog.make_filtering_bound_logger(_level(None)),
         **initial,
