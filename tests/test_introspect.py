@@ -887,7 +887,7 @@ def test_an_agent_without_the_method_is_a_clear_usage_error(
 ) -> None:
     from app_agent._service import AgentService
 
-    monkeypatch.setattr(AgentService, "EXPOSED", AgentService.EXPOSED - {"stack"})
+    monkeypatch.delattr(AgentService, "exposed_stack")  # as an agent from before `stack`
     result = CliRunner().invoke(cli, ["-n", agent_in_process.node, "stack"])
     assert result.exit_code == 2
     assert result.stderr == (
