@@ -110,7 +110,10 @@ class Job:
         self.cancel_requested = _Flag()
         self.timed_out = False
         self.thread: int | None = None  # the thread running the task: the only one that waits
-        self._cond = threading.Condition()
+        # One lock, entered directly (a C-level RLock: the Condition's own __enter__ costs a
+        # Python call on every call's path); the condition on it wakes readers and writers.
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
         self._events: collections.deque[dict[str, Any]] = collections.deque()
         self._first_seq = 0  # sequence number of the oldest kept event
         self._next_seq = 0
@@ -127,7 +130,7 @@ class Job:
     # -- output ------------------------------------------------------------------------------
 
     def write(self, stream: str, text: str) -> None:
-        with self._cond:
+        with self._lock:
             pending = self._partial[stream] + text
             if "\n" not in text and len(pending) <= MAX_LINE:
                 self._partial[stream] = pending  # print() writes its text, then "\n"
@@ -148,7 +151,7 @@ class Job:
             "total": wire.to_plain(total),
             "message": None if message is None else str(message),
         }
-        with self._cond:
+        with self._lock:
             self._append(event, wait=True)
 
     def _append(self, event: dict[str, Any], wait: bool = False) -> None:
@@ -207,13 +210,13 @@ class Job:
         error: dict[str, Any] | None = None,
         result_bytes: int = 0,
     ) -> None:
-        with self._cond:
+        with self._lock:
             self._flush_partial()
             if self.state == RUNNING:
                 self.state = state
                 self.result = result
                 self.result_bytes = result_bytes
-                self.error = _bounded_error(error)
+                self.error = error if error is None else _bounded_error(error)
                 self.finished_at = time.time()
             # else: it timed out already; that stays its outcome.
             self._cond.notify_all()
@@ -223,12 +226,12 @@ class Job:
         return self.state != RUNNING
 
     def wait(self, timeout: float | None) -> bool:
-        with self._cond:
+        with self._lock:
             return self._cond.wait_for(lambda: self.done, timeout)
 
     def cancel(self) -> bool:
         """Ask the task to stop; False when it had already finished."""
-        with self._cond:
+        with self._lock:
             if self.done:
                 return False
             self.cancel_requested.set()
@@ -241,14 +244,14 @@ class Job:
     def set_cancel_hook(self, hook: Callable[[], None]) -> bool:
         """Install what cancels the task (an async task's coroutine); True when cancellation
         was requested already, so the caller cancels at once instead."""
-        with self._cond:
+        with self._lock:
             self._cancel_hook = hook
             return self.cancel_requested.is_set()
 
     def expire(self) -> bool:
         """The task's own timeout passed: mark it, and ask it to stop. False when it had
         ended already."""
-        with self._cond:
+        with self._lock:
             if self.done:
                 return False
             self.timed_out = True
@@ -271,34 +274,37 @@ class Job:
     def attach(self, follower: int, cursor: int = 0) -> None:
         """Register *follower* before the job starts, so that none of the output it is
         going to ask for is dropped in the meantime."""
-        with self._cond:
+        with self._lock:
             self._followers[follower] = _Follower(cursor)
 
     def detach(self, follower: int) -> None:
         """*follower* is gone (its connection closed): nobody waits for it any more."""
-        with self._cond:
+        with self._lock:
             if self._followers.pop(follower, None) is not None:
                 self._release_result()
-                self._cond.notify_all()
+                if self.state == RUNNING:
+                    self._cond.notify_all()  # the task may be waiting for this follower
 
     def seal(self) -> None:
         """The job has ended and joins the history: a result over MAX_RESULT_BYTES is kept
         only while followers that were there at the end have not collected it."""
-        with self._cond:
-            if self.result_bytes > MAX_RESULT_BYTES and self.result_dropped is None:
+        if self.result_bytes <= MAX_RESULT_BYTES:
+            return
+        with self._lock:
+            if self.result_dropped is None:
                 self._result_held = True
         self.release_stale()
 
     def release_stale(self) -> None:
         """Forget followers gone quiet for FOLLOWER_GRACE, and the result they held."""
-        with self._cond:
+        with self._lock:
             now = time.monotonic()
             for key in [k for k, f in self._followers.items() if not f.live(now)]:
                 del self._followers[key]
             self._release_result()
 
     def followed_by(self, follower: int) -> bool:
-        with self._cond:
+        with self._lock:
             return follower in self._followers
 
     @property
@@ -330,7 +336,7 @@ class Job:
 
     def forget_payload(self, why: str) -> None:
         """Drop the kept output and result of a finished job (its summary stays)."""
-        with self._cond:
+        with self._lock:
             if self._events:
                 self._first_seq = self._next_seq
                 self._events.clear()
@@ -346,7 +352,7 @@ class Job:
         A *follower* (a connection's key) is remembered with its position, so that the
         task waits for it rather than drop what it has not read, until it reads the end.
         """
-        with self._cond:
+        with self._lock:
             if follower is not None and (not self.done or follower in self._followers):
                 self._followers[follower] = _Follower(cursor)
             if cursor >= self._next_seq and not self.done and wait > 0:
@@ -608,8 +614,8 @@ class JobTable:
                 if lease is not None:
                     lease.release()
             finally:
-                # A no-op unless recording the outcome itself failed: never leave it running.
-                job.finish(FAILED, error=_INTERNAL_ERROR)
+                if job.state == RUNNING:  # recording the outcome failed: never leave it so
+                    job.finish(FAILED, error=_INTERNAL_ERROR)
                 self._retire(job)
                 if job.on_finish is not None:
                     job.on_finish()
@@ -699,10 +705,8 @@ def _plain(task: str, result: Any) -> tuple[Any, int]:
     return plain, size
 
 
-def _bounded_error(error: dict[str, Any] | None) -> dict[str, Any] | None:
+def _bounded_error(error: dict[str, Any]) -> dict[str, Any]:
     """*error* with its message and traceback cut to MAX_ERROR_TEXT characters."""
-    if error is None:
-        return None
     bounded = dict(error)
     message = bounded.get("message")
     if isinstance(message, str) and len(message) > MAX_ERROR_TEXT:

@@ -313,7 +313,7 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
             # may carry secrets).
             job.audit = {
                 **who,
-                "arguments": {k: measure(v, 1 << 62)[0] for k, v in named.items()},
+                "arguments": {k: len(wire.dumps(v)) for k, v in named.items()} if named else {},
             }
             if task.log_values:
                 job.audit["values"] = named

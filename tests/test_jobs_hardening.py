@@ -452,7 +452,7 @@ class _RecordingFlag:
         self._set = False
 
     def set(self) -> None:
-        self.locked.append(self.job._cond._is_owned())
+        self.locked.append(self.job._lock._is_owned())
         self._set = True
 
     def is_set(self) -> bool:
@@ -482,7 +482,7 @@ def test_the_cancel_hook_is_installed_under_the_lock(echo_task: Any) -> None:
     assert job.set_cancel_hook(lambda: owned.append(True)) is True  # cancel at once
 
     job = _jobs.Job("y", echo_task, "test")
-    assert job.set_cancel_hook(lambda: owned.append(job._cond._is_owned())) is False
+    assert job.set_cancel_hook(lambda: owned.append(job._lock._is_owned())) is False
     job.cancel()
     assert owned == [False]  # called once, outside the lock (it may call into an event loop)
 
