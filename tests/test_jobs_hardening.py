@@ -210,6 +210,47 @@ def test_only_the_jobs_own_thread_ever_waits(echo_task: Any) -> None:
     assert job.events_since(0, 0)["dropped"] == 100
 
 
+@pytest.mark.parametrize("via", ["logging", "structlog"])
+def test_output_written_under_a_logging_lock_never_waits(
+    echo_task: Any, monkeypatch: pytest.MonkeyPatch, via: str
+) -> None:
+    """logging's handler lock and structlog's per-file lock are shared with the app's other
+    threads: a task must not wait for its follower while it holds one of them."""
+    import io
+    import logging
+
+    import structlog
+
+    from app_agent import _capture, _jobs
+
+    monkeypatch.setattr(_jobs, "FOLLOWER_GRACE", 3600.0)  # a follower that stays "live"
+    job = _jobs.Job("locked", echo_task, "test")
+    job.attach(1)  # ... and never reads
+    logger = logging.getLogger("test_jobs_hardening.locked")
+    logger.propagate = False
+    logger.addHandler(_capture._handler)
+    printer = structlog.PrintLogger(_capture._JobStream(io.StringIO(), "stderr"))
+
+    def task() -> None:
+        _capture.current_job.set(job)
+        job.thread = threading.get_ident()
+        for i in range(_jobs.MAX_EVENTS + 100):
+            if via == "logging":
+                logger.warning("record %d", i)
+            else:
+                printer.msg(f"event {i}")
+
+    thread = threading.Thread(target=task, daemon=True)
+    try:
+        thread.start()
+        thread.join(DEADLINE)
+        assert not thread.is_alive(), "the task waited while holding a logging lock"
+    finally:
+        logger.removeHandler(_capture._handler)
+        job.detach(1)
+    assert job.events_since(0, 0)["dropped"] == 100
+
+
 def test_event_printer_reports_drops_once_at_the_end(capsys: pytest.CaptureFixture[str]) -> None:
     from rpcctl._render import EventPrinter
 
