@@ -370,7 +370,11 @@ class Job:
             if cursor >= self._next_seq and not self.done and wait > 0:
                 self._cond.wait_for(lambda: self._next_seq > cursor or self.done, wait)
             start = max(cursor, self._first_seq)
-            events = list(itertools.islice(self._events, start - self._first_seq, None))
+            events = (
+                list(itertools.islice(self._events, start - self._first_seq, None))
+                if start < self._next_seq
+                else []
+            )
             snapshot = {
                 "job": self.id,
                 "events": events,
