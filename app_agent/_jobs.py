@@ -4,19 +4,29 @@ A job runs on a worker thread, or inline on the thread of a caller that waits fo
 anyway. It keeps its output as events (stdout and stderr lines, progress) in a bounded
 buffer, so a client can follow it live, replay it later, or leave and come back: a job
 never depends on the connection that started it.
+
+Flow control: while a follower (a connection that asks for the job's events) keeps up,
+the task's own thread waits for it when the buffer is full instead of dropping lines; when
+nobody follows, or a follower has not asked for FOLLOWER_GRACE seconds, the oldest events
+are dropped and every reader is told how many it missed.
 """
 
 from __future__ import annotations
 
 import collections
 import itertools
+import logging
 import os
 import queue
+import sys
 import threading
 import time
 import traceback
+import types
 from collections.abc import Callable
 from typing import Any
+
+import structlog
 
 from app_agent import _capture, wire
 from app_agent._locks import Backend, Busy, Holder, Lease
@@ -25,17 +35,38 @@ from app_agent._registry import Task
 MAX_EVENTS = 10_000
 """Events a job keeps; older ones are dropped (and counted) first."""
 MAX_OUTPUT_BYTES = 1 << 20
-"""Bytes of output a job keeps."""
+"""Characters of output text a job keeps."""
 MAX_LINE = 16_384
 """A line longer than this is cut, so one write without newlines cannot grow without end."""
+FOLLOWER_GRACE = 10.0
+"""Seconds a follower may go without asking for events before a task with a full buffer
+stops waiting for it (and drops its oldest events instead)."""
 HISTORY = 200
 """Finished jobs kept for `rpcctl jobs`, `logs` and `wait`; the oldest are forgotten first."""
+MAX_RESULT_BYTES = 1 << 20
+"""A finished job's result larger than this (as JSON) is not kept in the history: it goes
+to the callers waiting for it when the job ends, then only a note stays."""
+HISTORY_BYTES = 16 << 20
+"""Memory (estimated) the finished jobs' kept output and results may use together; past it,
+the oldest jobs' output and results are dropped (their summaries stay)."""
+EVENT_OVERHEAD = 256
+"""Estimated bytes a kept event costs besides its text (the dict, its seq and time)."""
+MAX_NESTING = 200
+"""Deepest nesting of lists and dicts accepted in arguments and results: deeper data would
+exhaust the recursion limit of the JSON codec (and of whatever logs it)."""
+MAX_ERROR_TEXT = 65_536
+"""Characters kept of a failure's message and of its traceback (the traceback's end)."""
+WORKER_IDLE = 5.0
+"""Seconds an idle worker thread waits for a new job before it exits."""
 
 RUNNING = "running"
 SUCCEEDED = "succeeded"
 FAILED = "failed"
 CANCELLED = "cancelled"
 TIMED_OUT = "timed_out"
+
+SUMMARY_ONLY = 1 << 62
+"""A cursor past any event: a reader that wants a job's state and outcome, not its output."""
 
 
 class _Flag:
@@ -54,6 +85,19 @@ class _Flag:
         return self._set
 
 
+class _Follower:
+    """A connection reading a job's events: where it is, and when it last asked."""
+
+    __slots__ = ("cursor", "seen")
+
+    def __init__(self, cursor: int) -> None:
+        self.cursor = cursor
+        self.seen = time.monotonic()
+
+    def live(self, now: float) -> bool:
+        return now - self.seen <= FOLLOWER_GRACE
+
+
 class Job:
     """One call of one task."""
 
@@ -65,16 +109,25 @@ class Job:
         self.finished_at: float | None = None
         self.state = RUNNING
         self.result: Any = None
+        self.result_bytes = 0
+        self.result_dropped: str | None = None  # why the result is no longer kept
         self.error: dict[str, Any] | None = None
         self.cancel_requested = _Flag()
         self.timed_out = False
-        self._cond = threading.Condition()
+        self.thread: int | None = None  # the thread running the task: the only one that waits
+        # One lock, entered directly (a C-level RLock: the Condition's own __enter__ costs a
+        # Python call on every call's path); the condition on it wakes readers and writers.
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
         self._events: collections.deque[dict[str, Any]] = collections.deque()
         self._first_seq = 0  # sequence number of the oldest kept event
         self._next_seq = 0
         self._bytes = 0
         self._partial: dict[str, str] = {"stdout": "", "stderr": ""}
         self._cancel_hook: Callable[[], None] | None = None
+        self._followers: dict[int, _Follower] = {}
+        self._result_held = False  # a result over MAX_RESULT_BYTES, kept for its followers
+        self.counted = 0  # bytes the history counts for this job
         self.audit: dict[str, Any] = {}
         self.timer: threading.Timer | None = None  # the task's own timeout, if it has one
         self.on_finish: Callable[[], None] | None = None
@@ -82,32 +135,77 @@ class Job:
     # -- output ------------------------------------------------------------------------------
 
     def write(self, stream: str, text: str) -> None:
-        with self._cond:
+        with self._lock:
             pending = self._partial[stream] + text
+            if "\n" not in text and len(pending) <= MAX_LINE:
+                self._partial[stream] = pending  # print() writes its text, then "\n"
+                return
             *lines, rest = pending.split("\n")
-            while len(rest) > MAX_LINE:
-                lines.append(rest[:MAX_LINE])
-                rest = rest[MAX_LINE:]
+            if len(rest) > MAX_LINE:
+                cut = len(rest) - len(rest) % MAX_LINE
+                lines += [rest[i : i + MAX_LINE] for i in range(0, cut, MAX_LINE)]
+                rest = rest[cut:]
             self._partial[stream] = rest
             for line in lines:
-                self._append({"type": stream, "line": line})
+                self._append({"type": stream, "line": line}, wait=True)
 
     def progress(self, done: float, total: float | None, message: str | None) -> None:
-        with self._cond:
-            self._append({"type": "progress", "done": done, "total": total, "message": message})
+        event = {
+            "type": "progress",
+            "done": wire.to_plain(done),  # events are kept as JSON data (NaN as "NaN", ...)
+            "total": wire.to_plain(total),
+            "message": None if message is None else str(message),
+        }
+        with self._lock:
+            self._append(event, wait=True)
 
-    def _append(self, event: dict[str, Any]) -> None:
-        """Add one event (the condition is held)."""
+    def _append(self, event: dict[str, Any], wait: bool = False) -> None:
+        """Add one event (the condition is held); with *wait*, first wait for room while a
+        live follower still needs the oldest event (see :meth:`_wait_for_room`)."""
+        size = len(event.get("line") or "")
+        if wait:
+            self._wait_for_room(size)
         event["seq"] = self._next_seq
         event["t"] = round(time.time(), 3)
         self._next_seq += 1
         self._events.append(event)
-        self._bytes += len(event.get("line") or "") + 32
+        self._bytes += size
         while len(self._events) > MAX_EVENTS or self._bytes > MAX_OUTPUT_BYTES:
             dropped = self._events.popleft()
-            self._bytes -= len(dropped.get("line") or "") + 32
+            self._bytes -= len(dropped.get("line") or "")
             self._first_seq = dropped["seq"] + 1
         self._cond.notify_all()
+
+    def _wait_for_room(self, size: int) -> None:
+        """Flow control: block the task while the buffer is full and a follower that keeps
+        up has not read the oldest event yet.
+
+        Only the job's own thread waits (never the app's event loop or a thread of the
+        app's that inherited the job's context), never from inside a logging handler or a
+        structlog logger (they hold locks the app's other threads share), never after the
+        job ended, timed out or was asked to stop, and never longer than FOLLOWER_GRACE
+        past a follower's last request: a follower gone quiet is left behind, and the
+        oldest events dropped.
+        """
+        if threading.get_ident() != self.thread:
+            return
+        checked = False
+        while len(self._events) >= MAX_EVENTS or self._bytes + size > MAX_OUTPUT_BYTES:
+            if self.state != RUNNING or self.cancel_requested.is_set():
+                return
+            if not checked:  # only now that the buffer is full: the common path pays nothing
+                if _inside_logging(sys._getframe(2)):
+                    return
+                checked = True
+            now = time.monotonic()
+            waiting_for = [
+                f.seen + FOLLOWER_GRACE
+                for f in self._followers.values()
+                if f.cursor <= self._first_seq and f.live(now)
+            ]
+            if not waiting_for:
+                return
+            self._cond.wait(max(min(waiting_for) - now, 0.0))
 
     def _flush_partial(self) -> None:
         for stream, rest in self._partial.items():
@@ -117,13 +215,20 @@ class Job:
 
     # -- outcome -----------------------------------------------------------------------------
 
-    def finish(self, state: str, result: Any = None, error: dict[str, Any] | None = None) -> None:
-        with self._cond:
+    def finish(
+        self,
+        state: str,
+        result: Any = None,
+        error: dict[str, Any] | None = None,
+        result_bytes: int = 0,
+    ) -> None:
+        with self._lock:
             self._flush_partial()
             if self.state == RUNNING:
                 self.state = state
                 self.result = result
-                self.error = error
+                self.result_bytes = result_bytes
+                self.error = error if error is None else _bounded_error(error)
                 self.finished_at = time.time()
             # else: it timed out already; that stays its outcome.
             self._cond.notify_all()
@@ -133,26 +238,34 @@ class Job:
         return self.state != RUNNING
 
     def wait(self, timeout: float | None) -> bool:
-        with self._cond:
+        with self._lock:
             return self._cond.wait_for(lambda: self.done, timeout)
 
     def cancel(self) -> bool:
         """Ask the task to stop; False when it had already finished."""
-        if self.done:
-            return False
-        self.cancel_requested.set()
-        hook = self._cancel_hook
+        with self._lock:
+            if self.done:
+                return False
+            self.cancel_requested.set()
+            hook = self._cancel_hook
+            self._append({"type": "cancel", "line": "cancellation requested"})
         if hook is not None:
             hook()
-        with self._cond:
-            self._append({"type": "cancel", "line": "cancellation requested"})
         return True
 
-    def expire(self) -> None:
-        """The task's own timeout passed: mark it, and ask it to stop."""
-        with self._cond:
+    def set_cancel_hook(self, hook: Callable[[], None]) -> bool:
+        """Install what cancels the task (an async task's coroutine); True when cancellation
+        was requested already, so the caller cancels at once instead."""
+        with self._lock:
+            self._cancel_hook = hook
+            return self.cancel_requested.is_set()
+
+    def expire(self) -> bool:
+        """The task's own timeout passed: mark it, and ask it to stop. False when it had
+        ended already."""
+        with self._lock:
             if self.done:
-                return
+                return False
             self.timed_out = True
             self.error = {
                 "kind": str(wire.ErrorKind.TIMEOUT),
@@ -161,29 +274,126 @@ class Job:
             }
             self.state = TIMED_OUT
             self.finished_at = time.time()
+            self.cancel_requested.set()
+            hook = self._cancel_hook
             self._cond.notify_all()
-        self.cancel_requested.set()
-        if self._cancel_hook is not None:
-            self._cancel_hook()
+        if hook is not None:
+            hook()
+        return True
+
+    # -- followers ---------------------------------------------------------------------------
+
+    def attach(self, follower: int, cursor: int = 0) -> None:
+        """Register *follower* before the job starts, so that none of the output it is
+        going to ask for is dropped in the meantime."""
+        with self._lock:
+            self._followers[follower] = _Follower(cursor)
+
+    def detach(self, follower: int) -> None:
+        """*follower* is gone (its connection closed): nobody waits for it any more."""
+        with self._lock:
+            if self._followers.pop(follower, None) is not None:
+                self._release_result()
+                if self.state == RUNNING:
+                    self._cond.notify_all()  # the task may be waiting for this follower
+
+    def seal(self) -> None:
+        """The job has ended and joins the history: a result over MAX_RESULT_BYTES is kept
+        only while followers that were there at the end have not collected it."""
+        if self.result_bytes <= MAX_RESULT_BYTES:
+            return
+        with self._lock:
+            if self.result_dropped is None:
+                self._result_held = True
+        self.release_stale()
+
+    def release_stale(self) -> None:
+        """Forget followers gone quiet for FOLLOWER_GRACE, and the result they held."""
+        with self._lock:
+            now = time.monotonic()
+            for key in [k for k, f in self._followers.items() if not f.live(now)]:
+                del self._followers[key]
+            self._release_result()
+
+    def followed_by(self, follower: int) -> bool:
+        with self._lock:
+            return follower in self._followers
+
+    @property
+    def result_held(self) -> bool:
+        return self._result_held
+
+    def _release_result(self) -> None:
+        if self._result_held and self.done and not self._followers:
+            self._result_held = False
+            self._drop_result(
+                f"the result ({self.result_bytes:,} bytes as JSON) was sent to the callers "
+                f"waiting when the job ended but is not kept: the agent keeps results of up "
+                f"to {MAX_RESULT_BYTES:,} bytes"
+            )
+
+    def _drop_result(self, why: str) -> int:
+        if self.state != SUCCEEDED or self.result_dropped is not None:
+            return 0
+        freed = self.result_bytes
+        self.result = None
+        self.result_bytes = 0
+        self.result_dropped = why
+        return freed
+
+    def kept_bytes(self) -> int:
+        """An estimate of the memory the job's kept output and result use."""
+        held = 0 if self._result_held else self.result_bytes
+        return self._bytes + len(self._events) * EVENT_OVERHEAD + held
+
+    def forget_payload(self, why: str) -> None:
+        """Drop the kept output and result of a finished job (its summary stays)."""
+        with self._lock:
+            if self._events:
+                self._first_seq = self._next_seq
+                self._events.clear()
+                self._bytes = 0
+            if not self._result_held:
+                self._drop_result(why)
 
     # -- reading -----------------------------------------------------------------------------
 
-    def events_since(self, cursor: int, wait: float) -> dict[str, Any]:
-        """Events from *cursor* on, waiting up to *wait* seconds for something new."""
-        with self._cond:
+    def events_since(self, cursor: int, wait: float, follower: int | None = None) -> dict[str, Any]:
+        """Events from *cursor* on, waiting up to *wait* seconds for something new.
+
+        A *follower* (a connection's key) is remembered with its position, so that the
+        task waits for it rather than drop what it has not read, until it reads the end.
+        """
+        with self._lock:
+            if follower is not None and (not self.done or follower in self._followers):
+                self._followers[follower] = _Follower(cursor)
             if cursor >= self._next_seq and not self.done and wait > 0:
                 self._cond.wait_for(lambda: self._next_seq > cursor or self.done, wait)
             start = max(cursor, self._first_seq)
-            events = [e for e in self._events if e["seq"] >= start]
-            return {
+            events = (
+                list(itertools.islice(self._events, start - self._first_seq, None))
+                if start < self._next_seq
+                else []
+            )
+            snapshot = {
                 "job": self.id,
                 "events": events,
                 "dropped": max(self._first_seq - cursor, 0),
                 "cursor": self._next_seq,
                 **self.summary(),
             }
+            if follower is not None and follower in self._followers:
+                if self.done:
+                    del self._followers[follower]  # it has the end: it needs nothing more
+                    self._release_result()
+                else:
+                    self._followers[follower] = _Follower(max(cursor, self._next_seq))
+                self._cond.notify_all()  # a task waiting for room may go on
+            return snapshot
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self, full: bool = True) -> dict[str, Any]:
+        """State, times and outcome; *full* adds the result and the error's traceback (the
+        job listing carries neither)."""
         end = self.finished_at or time.time()
         summary: dict[str, Any] = {
             "id": self.id,
@@ -194,14 +404,25 @@ class Job:
             "duration_s": round(end - self.started_at, 3),
         }
         if self.state == SUCCEEDED:
-            summary["result"] = self.result
+            if self.result_dropped is not None:
+                summary["result_dropped"] = self.result_dropped
+            elif full:
+                summary["result"] = self.result
         if self.error is not None:
-            summary["error"] = self.error
+            if full:
+                summary["error"] = self.error
+            else:
+                summary["error"] = {
+                    k: v[:500] if isinstance(v, str) else v
+                    for k, v in self.error.items()
+                    if k != "traceback"
+                }
         return summary
 
 
 class Workers:
-    """Daemon worker threads, reused: a job takes an idle one or starts a new one.
+    """Daemon worker threads, reused: a job takes an idle one or starts a new one, and a
+    worker idle for WORKER_IDLE seconds exits, so a burst of jobs leaves no threads behind.
 
     Unbounded on purpose: a hung task holds its thread, and must not leave later jobs
     waiting for a free slot. Daemon threads, so a hung task never blocks the app's exit
@@ -209,28 +430,44 @@ class Workers:
     polling, no CPU.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, idle: float | None = None) -> None:
         self._queue: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._lock = threading.Lock()
-        self._idle = 0
+        self._idle = 0  # workers waiting for work, minus the work queued for them
         self._count = itertools.count(1)
+        self._idle_seconds = idle
 
     def submit(self, work: Callable[[], None]) -> None:
+        """Run *work* on a worker; raises (RuntimeError) when no thread can be started."""
         with self._lock:
-            spawn = self._idle == 0
-            if not spawn:
+            if self._idle:
                 self._idle -= 1
-        self._queue.put(work)
-        if spawn:
-            name = f"rpcctl-worker-{next(self._count)}"
-            threading.Thread(target=self._loop, name=name, daemon=True).start()
+                self._queue.put(work)
+                return
+        name = f"rpcctl-worker-{next(self._count)}"
+        threading.Thread(target=self._loop, args=(work,), name=name, daemon=True).start()
 
-    def _loop(self) -> None:
-        while True:
-            work = self._queue.get()
+    def _loop(self, work: Callable[[], None] | None) -> None:
+        while work is not None:
             work()
+            work = None  # not kept alive while idle
             with self._lock:
                 self._idle += 1
+            work = self._next()
+
+    def _next(self) -> Callable[[], None] | None:
+        """The next piece of work, or None when this worker should exit (idle too long)."""
+        idle = WORKER_IDLE if self._idle_seconds is None else self._idle_seconds
+        while True:
+            try:
+                return self._queue.get(timeout=idle)
+            except queue.Empty:
+                with self._lock:
+                    # Work put after the timeout and before the lock was meant for a
+                    # waiting worker (maybe this one): stay and take it.
+                    if self._queue.qsize() == 0:
+                        self._idle -= 1
+                        return None
 
 
 class JobTable:
@@ -241,6 +478,8 @@ class JobTable:
         self.loop = loop  # the app's running event loop, when the agent started inside one
         self._running: dict[str, Job] = {}
         self._finished: collections.OrderedDict[str, Job] = collections.OrderedDict()
+        self._history_bytes = 0  # what the finished jobs were counted at (Job.counted)
+        self._held: set[Job] = set()  # finished jobs holding a big result for followers
         self._workers = Workers()
         self.locks = locks
 
@@ -250,15 +489,49 @@ class JobTable:
             self._running[job.id] = job
         return job
 
+    def fail(self, job: Job, exc: BaseException) -> None:
+        """End *job* as failed by *exc*, raised by the agent's own work around the task (a
+        job never stays running because something after its creation went wrong)."""
+        job.finish(FAILED, error=_error(exc, cancelled=False))
+        self._retire(job)
+
     def _retire(self, job: Job) -> None:
-        """Move a finished job to the history, forgetting the oldest beyond HISTORY."""
+        """Move an ended job to the history, keeping the history within HISTORY jobs and
+        HISTORY_BYTES; idempotent (a timed-out job is retired at its deadline, and again
+        when its thread returns).
+
+        Each job is counted at what it keeps when it joins the history (a timed-out task
+        that goes on writing adds at most its own buffer's bound to that).
+        """
         if job.timer is not None:
             job.timer.cancel()  # its thread would otherwise wait out the whole timeout
         with self._lock:
-            if self._running.pop(job.id, None) is not None:
-                self._finished[job.id] = job
-                while len(self._finished) > HISTORY:
-                    self._finished.popitem(last=False)
+            if self._running.pop(job.id, None) is None:
+                return
+            job.seal()
+            if job.result_held:
+                self._held.add(job)
+            job.counted = job.kept_bytes()
+            self._history_bytes += job.counted
+            self._finished[job.id] = job
+            while len(self._finished) > HISTORY:
+                _, old = self._finished.popitem(last=False)
+                self._history_bytes -= old.counted
+                self._held.discard(old)
+            for held in list(self._held):
+                held.release_stale()
+                if not held.result_held:
+                    self._held.discard(held)
+            for oldest in self._finished.values():
+                if self._history_bytes <= HISTORY_BYTES:
+                    break
+                oldest.forget_payload(
+                    "the result was dropped from the history: the agent keeps at most "
+                    f"{HISTORY_BYTES:,} bytes of finished jobs' output and results"
+                )
+                kept = oldest.kept_bytes()
+                self._history_bytes -= oldest.counted - kept
+                oldest.counted = kept
 
     def get(self, job_id: str) -> Job | None:
         with self._lock:
@@ -284,16 +557,38 @@ class JobTable:
     ) -> None:
         """Run *job*: on a worker, or *inline* on this thread (for a caller that waits
         anyway: its connection's thread is its own, so a hand-off would only add a context
-        switch to every call)."""
-        lease = self._acquire(job, lock_wait)  # Busy goes to the caller, before any thread
-        if job.task.timeout is not None:
-            job.timer = threading.Timer(job.task.timeout, job.expire)
-            job.timer.daemon = True
-            job.timer.start()
+        switch to every call).
+
+        Busy (the task's lock is held) and any failure to start (no thread) end the job as
+        failed before they reach the caller.
+        """
+        try:
+            lease = self._acquire(job, lock_wait)
+        except Busy:
+            raise
+        except BaseException as exc:
+            self.fail(job, exc)
+            raise
+        try:
+            if job.task.timeout is not None:
+                job.timer = threading.Timer(job.task.timeout, self._expire, (job,))
+                job.timer.daemon = True
+                job.timer.start()
+            if not inline:
+                self._workers.submit(lambda: self._run(job, args, kwargs, lease))
+        except BaseException as exc:
+            if lease is not None:
+                lease.release()
+            self.fail(job, exc)
+            raise
         if inline:
             self._run(job, args, kwargs, lease)
-        else:
-            self._workers.submit(lambda: self._run(job, args, kwargs, lease))
+
+    def _expire(self, job: Job) -> None:
+        """A task's timeout passed: it is timed out (and no longer running) at once, even
+        though its thread may go on until the task notices the cancellation."""
+        if job.expire():
+            self._retire(job)
 
     def _acquire(self, job: Job, wait: float) -> Lease | None:
         name = job.task.lock
@@ -314,26 +609,56 @@ class JobTable:
         self, job: Job, args: tuple[Any, ...], kwargs: dict[str, Any], lease: Lease | None
     ) -> None:
         token = _capture.current_job.set(job)
+        job.thread = threading.get_ident()
         try:
             if job.task.is_async:
                 result = _run_async(job, args, kwargs, self.loop)
             else:
                 result = job.task.func(*args, **kwargs)
+            plain, size = _plain(job.task.name, result)
         # A task may raise anything, SystemExit included: it must never end the host app.
         except BaseException as exc:  # noqa: BLE001
             cancelled = job.cancel_requested.is_set() and not job.timed_out
             job.finish(CANCELLED if cancelled else FAILED, error=_error(exc, cancelled))
         else:
-            job.finish(
-                CANCELLED if job.cancel_requested.is_set() else SUCCEEDED, result=_plain(result)
-            )
+            state = CANCELLED if job.cancel_requested.is_set() else SUCCEEDED
+            job.finish(state, result=plain, result_bytes=size)
         finally:
+            job.thread = None
             _capture.current_job.reset(token)
-            if lease is not None:
-                lease.release()
-            self._retire(job)
-            if job.on_finish is not None:
-                job.on_finish()
+            try:
+                if lease is not None:
+                    lease.release()
+            finally:
+                if job.state == RUNNING:  # recording the outcome failed: never leave it so
+                    job.finish(FAILED, error=_INTERNAL_ERROR)
+                self._retire(job)
+                if job.on_finish is not None:
+                    job.on_finish()
+
+
+_INTERNAL_ERROR = {
+    "kind": str(wire.ErrorKind.TASK_FAILED),
+    "type": "InternalError",
+    "message": "the agent failed to record the job's outcome (see the app's log)",
+}
+
+
+_LOGGING_FILES = frozenset({logging.__file__})
+_STRUCTLOG_DIR = os.path.dirname(structlog.__file__) + os.sep
+
+
+def _inside_logging(frame: types.FrameType | None) -> bool:
+    """Whether the code writing (from *frame* up) runs inside stdlib logging's handler
+    machinery or a structlog logger: both hold a lock while they write."""
+    for _ in range(12):
+        if frame is None:
+            return False
+        path = frame.f_code.co_filename
+        if path in _LOGGING_FILES or path.startswith(_STRUCTLOG_DIR):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _run_async(job: Job, args: tuple[Any, ...], kwargs: dict[str, Any], app_loop: Any) -> Any:
@@ -350,8 +675,7 @@ def _run_async(job: Job, args: tuple[Any, ...], kwargs: dict[str, Any], app_loop
         def cancel_coroutine() -> None:
             loop.call_soon_threadsafe(current.cancel)
 
-        job._cancel_hook = cancel_coroutine
-        if job.cancel_requested.is_set():
+        if job.set_cancel_hook(cancel_coroutine):
             current.cancel()
         try:
             return await job.task.func(*args, **kwargs)
@@ -363,22 +687,82 @@ def _run_async(job: Job, args: tuple[Any, ...], kwargs: dict[str, Any], app_loop
     return asyncio.run(main())
 
 
-def _plain(result: Any) -> Any:
-    """The result as JSON data, by the documented rule; a structure that cannot be converted
-    (one that contains itself) becomes its repr."""
+def measure(value: Any, limit: int) -> tuple[int, int]:
+    """(size, depth) of JSON data: about its encoded length, counted up to just past
+    *limit*, and how deeply its lists and dicts nest. Iterative, so any depth is safe."""
+    size = 0
+    depth = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, str):
+            size += len(item) + 2
+        elif isinstance(item, dict):
+            depth = max(depth, level)
+            size += 2 + 2 * len(item)
+            for key, sub in item.items():
+                size += len(key) + 2 if isinstance(key, str) else 8
+                stack.append((sub, level + 1))
+        elif isinstance(item, list | tuple):
+            depth = max(depth, level)
+            size += 2 + len(item)
+            stack.extend((sub, level + 1) for sub in item)
+        else:
+            size += 5 if item is None or isinstance(item, bool) else len(repr(item))
+        if size > limit:
+            return size, depth
+    return size, depth
+
+
+def _plain(task: str, result: Any) -> tuple[Any, int]:
+    """The result as JSON data, by the documented rule, with its size. A structure that
+    cannot be converted (one that contains itself) becomes its repr; one nested deeper
+    than MAX_NESTING cannot be sent, and fails the job."""
+    if result is None or isinstance(result, bool | int | float):
+        return wire.to_plain(result), 8
+    if isinstance(result, str):
+        return result, len(result) + 2
     try:
-        return wire.to_plain(result)
+        plain = wire.to_plain(result)
     except (RecursionError, ValueError):
-        return repr(result)
+        try:
+            plain = repr(result)
+        except RecursionError:
+            plain = None
+    size, depth = measure(plain, MAX_RESULT_BYTES)
+    if plain is None or depth > MAX_NESTING:
+        msg = f"{task} returned data nested more than {MAX_NESTING} levels deep: it cannot be sent"
+        raise ValueError(msg)
+    if size > MAX_RESULT_BYTES:
+        size, _ = measure(plain, 1 << 62)  # the whole size, for the note that it is not kept
+    return plain, size
+
+
+def _bounded_error(error: dict[str, Any]) -> dict[str, Any]:
+    """*error* with its message and traceback cut to MAX_ERROR_TEXT characters."""
+    bounded = dict(error)
+    message = bounded.get("message")
+    if isinstance(message, str) and len(message) > MAX_ERROR_TEXT:
+        bounded["message"] = message[:MAX_ERROR_TEXT] + " [...]"
+    tb = bounded.get("traceback")
+    if isinstance(tb, str) and len(tb) > MAX_ERROR_TEXT:
+        bounded["traceback"] = "[...]\n" + tb[-MAX_ERROR_TEXT:]
+    return bounded
 
 
 def _error(exc: BaseException, cancelled: bool) -> dict[str, Any]:
     # Drop the worker's own frame: the caller wants the task's traceback, not ours.
     tb = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
     kind = "CancelledError" if cancelled else type(exc).__qualname__
+    try:
+        message = str(exc)
+        text = "".join(traceback.format_exception(type(exc), exc, tb))
+    except Exception as inner:  # noqa: BLE001  (an exception whose str() raises, or too deep)
+        message = f"<str() of the exception failed: {type(inner).__name__}>"
+        text = ""
     return {
         "kind": str(wire.ErrorKind.TASK_FAILED),
         "type": kind,
-        "message": str(exc) or ("cancelled" if cancelled else ""),
-        "traceback": "".join(traceback.format_exception(type(exc), exc, tb)),
+        "message": message or ("cancelled" if cancelled else ""),
+        "traceback": text,
     }

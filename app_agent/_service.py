@@ -8,6 +8,8 @@ direction: the service never touches an object that lives in the caller's proces
 from __future__ import annotations
 
 import difflib
+import itertools
+import json
 import os
 import platform
 import signal
@@ -20,7 +22,16 @@ import rpyc
 
 from app_agent import _health, _introspect, _profile, wire
 from app_agent import _readiness as readiness
-from app_agent._jobs import CANCELLED, SUCCEEDED, TIMED_OUT, Job, JobTable
+from app_agent._jobs import (
+    CANCELLED,
+    MAX_NESTING,
+    SUCCEEDED,
+    SUMMARY_ONLY,
+    TIMED_OUT,
+    Job,
+    JobTable,
+    measure,
+)
 from app_agent._locks import Backend, Busy
 from app_agent._registry import Registry, Task
 from app_agent._version import __version__
@@ -104,6 +115,10 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
         self._caller = caller
         self._auth = auth
         self._after_reply: list[Callable[[], None]] = []
+        # This connection as a follower of jobs (see Job.events_since), and the jobs it
+        # follows, which stop waiting for it when it goes.
+        self._follower = next(_FOLLOWER_KEYS)
+        self._following: dict[str, Job] = {}
 
     def run_after_reply(self) -> None:
         """Run what waits for the reply to have left (the audit line of a call): the
@@ -111,6 +126,11 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
         caller nothing and stays in call order."""
         while self._after_reply:
             self._after_reply.pop(0)()
+
+    def on_disconnect(self, conn: Any) -> None:
+        for job in self._following.values():
+            job.detach(self._follower)
+        self._following.clear()
 
     # -- the exposed methods ------------------------------------------------------------
 
@@ -165,13 +185,18 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
         task, job, args, kwargs, options = prepared
         # Tasks without an agent-side timeout run on this connection's thread.
         inline = task.timeout is None
-        busy = self._start(job, args, kwargs, options, started, inline=inline)
-        if busy is not None:
-            return busy
-        if not inline:
-            job.wait(None)
-        self._after_reply.append(lambda: self._log_finished(job, started))
-        return _outcome(job)
+        # Hold the job's result for this reply, however big (the history may not keep it).
+        job.attach(self._follower, SUMMARY_ONLY)
+        try:
+            failed = self._start(job, args, kwargs, options, started, inline=inline)
+            if failed is not None:
+                return failed
+            if not inline:
+                job.wait(None)
+            self._after_reply.append(lambda: self._log_finished(job, started))
+            return _outcome(job)
+        finally:
+            job.detach(self._follower)
 
     def exposed_run(
         self, name: Any, args_json: Any = "[]", kwargs_json: Any = "{}", options_json: Any = "{}"
@@ -183,12 +208,17 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
             return prepared
         task, job, args, kwargs, options = prepared
         job.on_finish = lambda: self._log_finished(job, started)
-        busy = self._start(job, args, kwargs, options, started)
-        if busy is not None:
-            return busy
+        follower = None
+        if not options["detach"]:
+            # Following from the first line: nothing is dropped before the first events().
+            job.attach(self._follower, 0)
+            follower = self._track(job)
+        failed = self._start(job, args, kwargs, options, started)
+        if failed is not None:
+            return failed
         self._state.log.info("job.started", job=job.id, task=task.name, caller=self._caller)
         wait = 0.0 if options["detach"] else options["wait"]
-        return wire.ok(job.events_since(0, wait))
+        return _snapshot_reply(job.events_since(0, wait, follower))
 
     def exposed_events(self, job_id: Any, cursor: Any = 0, wait: Any = 1.0) -> str:
         """A job's events from *cursor* on, waiting up to *wait* seconds for new ones."""
@@ -197,11 +227,14 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
         job = self._state.jobs.get(job_id)
         if job is None:
             return wire.error(ErrorKind.USAGE, _no_such_job(job_id))
-        return wire.ok(job.events_since(max(cursor, 0), min(max(float(wait), 0.0), 30.0)))
+        follower = self._track(job)
+        wait = min(max(float(wait), 0.0), 30.0)
+        return _snapshot_reply(job.events_since(max(cursor, 0), wait, follower))
 
     def exposed_jobs(self) -> str:
-        """Recent and running jobs, newest first."""
-        return wire.ok([job.summary() for job in reversed(self._state.jobs.all())])
+        """Recent and running jobs, newest first: summaries, without results or tracebacks
+        (``events`` of one job carries those)."""
+        return wire.ok([job.summary(full=False) for job in reversed(self._state.jobs.all())])
 
     def exposed_cancel(self, job_id: Any) -> str:
         """Ask a running job to stop (cooperatively, or by cancelling its coroutine)."""
@@ -215,6 +248,15 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
             "job.cancel_requested", job=job.id, caller=self._caller, running=requested
         )
         return wire.ok({"job": job.id, "requested": requested, "state": job.state})
+
+    def _track(self, job: Job) -> int:
+        """Remember that this connection reads *job*'s events (so that the job stops waiting
+        for it when the connection goes); this connection's follower key."""
+        for job_id, other in list(self._following.items()):
+            if other is not job and not other.followed_by(self._follower):
+                del self._following[job_id]  # it read that job's end (or was left behind)
+        self._following[job.id] = job
+        return self._follower
 
     def _prepare(
         self, name: Any, args_json: Any, kwargs_json: Any, options_json: Any
@@ -240,14 +282,17 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
                 ErrorKind.USAGE, f"{task.name}: {exc}", signature=task.display_signature
             )
         job = self._state.jobs.create(task, self._caller)
-        # Argument names and sizes always; values only where the task opted in (they may
-        # carry secrets).
-        job.audit = {
-            **who,
-            "arguments": {k: len(wire.dumps(v)) for k, v in named.items()} if named else {},
-        }
-        if task.log_values:
-            job.audit["values"] = named
+        try:
+            # Argument names and sizes always; values only where the task opted in (they
+            # may carry secrets).
+            job.audit = {
+                **who,
+                "arguments": {k: len(wire.dumps(v)) for k, v in named.items()} if named else {},
+            }
+            if task.log_values:
+                job.audit["values"] = named
+        except Exception as exc:  # noqa: BLE001  (whatever it is, the job must not stay running)
+            return self._failed_to_start(job, exc)
         return task, job, bound_args, bound_kwargs, options
 
     def _start(
@@ -259,13 +304,24 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
         started: float,
         inline: bool = False,
     ) -> str | None:
-        """Start *job*; the busy-lock error reply when its lock stays held, else None."""
+        """Start *job*; the error reply when it could not start (its lock stays held, no
+        thread), else None. The job has ended (failed) in either case."""
         try:
             self._state.jobs.start(job, args, kwargs, options["lock_wait"], inline=inline)
         except Busy as busy:
             self._log_finished(job, started)
             return wire.error(ErrorKind.BUSY, str(busy), job=job.id)
+        except Exception as exc:  # noqa: BLE001  (a lock backend down, no thread left)
+            self._log_finished(job, started)
+            return _start_failed(job, exc)
         return None
+
+    def _failed_to_start(self, job: Job, exc: Exception) -> str:
+        self._state.jobs.fail(job, exc)
+        self._state.log.warning(
+            "call.failed_to_start", task=job.task.name, job=job.id, error=repr(exc)[:500]
+        )
+        return _start_failed(job, exc)
 
     def _log_finished(self, job: Job, started: float) -> None:
         fields = {"task": job.task.name, "job": job.id, "outcome": job.state, **job.audit}
@@ -368,6 +424,28 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
         return f"no task named {name!r}{hint}; `rpcctl tasks` lists the registered tasks"
 
 
+_encode_plain = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
+def _snapshot_reply(snapshot: dict[str, Any]) -> str:
+    """A job snapshot as a reply envelope. Its events and outcome are JSON data already
+    (see Job), so the JSON encoder takes it as it is: wire.ok's conversion would walk every
+    event again, at five times the cost for a full batch."""
+    try:
+        return '{"ok":true,"result":' + _encode_plain(snapshot) + "}"
+    except (TypeError, ValueError):
+        return wire.ok(snapshot)
+
+
+def _start_failed(job: Job, exc: Exception) -> str:
+    return wire.error(
+        ErrorKind.TASK_FAILED,
+        f"{job.task.name} could not start: {type(exc).__name__}: {exc}",
+        job=job.id,
+        type=type(exc).__name__,
+    )
+
+
 def _outcome(job: Job) -> str:
     """A finished (or timed-out) job as a reply envelope."""
     if job.state == SUCCEEDED:
@@ -408,16 +486,25 @@ def _decode_options(options_json: str) -> dict[str, Any]:
 def _decode_arguments(args_json: str, kwargs_json: str) -> tuple[list[Any], dict[str, Any]]:
     if args_json == "[]" and kwargs_json == "{}":  # the common call: no arguments
         return [], {}
+    too_deep = f"arguments are nested more than {MAX_NESTING} levels deep"
     try:
         args = wire.loads(args_json)
         kwargs = wire.loads(kwargs_json)
+    except RecursionError:
+        raise ValueError(too_deep) from None
     except ValueError as exc:
         msg = f"arguments are not valid JSON: {exc}"
         raise ValueError(msg) from None
     if not isinstance(args, list) or not isinstance(kwargs, dict):
         msg = "arguments must be a JSON list and keyword arguments a JSON object"
         raise ValueError(msg)
+    # The outer list or object is one level; the task sees what is inside it.
+    if max(measure(args, 1 << 62)[1], measure(kwargs, 1 << 62)[1]) > MAX_NESTING + 1:
+        raise ValueError(too_deep)
     return args, kwargs
+
+
+_FOLLOWER_KEYS = itertools.count(1)
 
 
 def _ms(started: float) -> float:

@@ -22,23 +22,39 @@ class EventPrinter:
         self.as_json = as_json
         self.tty = sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
         self._bar_drawn = False
+        self.dropped = 0  # events the agent dropped before this client read them
+        self.dropped_total = 0  # the same, not reset by close()
+        self._notes: list[str] = []
 
     def __call__(self, event: dict[str, Any]) -> None:
-        if self.as_json:
-            click.echo(json.dumps(event, ensure_ascii=False))
-            return
         kind = event.get("type")
+        if kind == "dropped":
+            self.dropped += int(event.get("count") or 0)
+            self.dropped_total += int(event.get("count") or 0)
+        elif kind == "result_dropped":
+            self._notes.append(f"rpcctl: {event.get('message')}")
+        if self.as_json:
+            _write(sys.stdout, _encode(event))
+            return
+        if kind in ("dropped", "result_dropped"):
+            return  # said once, at the end (close)
         if kind == "progress":
             self._progress(event)
             return
         self._clear_bar()
-        if kind == "stdout":
-            click.echo(event.get("line", ""))
-        else:
-            click.echo(event.get("line", ""), err=True)
+        # Written as the task wrote them (click.echo would cost 4x as much per line).
+        _write(sys.stdout if kind == "stdout" else sys.stderr, event.get("line", ""))
 
     def close(self) -> None:
+        """Clear the progress bar; say on stderr what the agent dropped (once, at the end,
+        in JSON mode too: the "dropped" events carry the same on stdout)."""
         self._clear_bar()
+        if self.dropped:
+            click.echo(dropped_message(self.dropped), err=True)
+            self.dropped = 0
+        for note in self._notes:
+            click.echo(note, err=True)
+        self._notes.clear()
 
     def _progress(self, event: dict[str, Any]) -> None:
         done, total, message = event.get("done"), event.get("total"), event.get("message")
@@ -62,7 +78,25 @@ class EventPrinter:
             self._bar_drawn = False
 
 
+_encode = json.JSONEncoder(ensure_ascii=False).encode
+
+
+def _write(stream: Any, line: str) -> None:
+    """One line, flushed (followers see it live)."""
+    stream.write(line + "\n")
+    stream.flush()
+
+
 def _num(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
+
+
+def dropped_message(count: int) -> str:
+    """The one line that says a job's output has a gap."""
+    what = "event was" if count == 1 else "events were"
+    return (
+        f"rpcctl: {count:,} output {what} dropped: the agent keeps a bounded buffer per job "
+        "and drops the oldest lines when no client reads them in time (see docs/jobs.md)"
+    )

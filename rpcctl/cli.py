@@ -513,7 +513,9 @@ def rpc(
     with settings.connect() as conn:
         job_id: str | None = None
         try:
-            job_id = conn.start(call.name, call.args, call.kwargs, lock_wait=lock_wait)
+            job_id = conn.start(
+                call.name, call.args, call.kwargs, lock_wait=lock_wait, follow=not detach
+            )
             if detach:
                 if settings.json:
                     emit_json({"ok": True, "result": {"job": job_id}})
@@ -533,7 +535,8 @@ def rpc(
         except KeyboardInterrupt:
             raise Interrupted(job_id) from None
     if settings.json:
-        emit_json({"ok": True, "result": result})
+        dropped = {"dropped": printer.dropped_total} if printer.dropped_total else {}
+        emit_json({"ok": True, "result": result, **dropped})
     else:
         render(result)
 
@@ -799,7 +802,7 @@ def logs(settings: Settings, job_id: str, follow: bool) -> None:
         try:
             snapshot = conn.events(job_id, 0, 0.0)  # an unknown job is an error (exit 2)
             if snapshot.get("dropped"):
-                click.echo(f"({snapshot['dropped']} earlier events were dropped)", err=True)
+                printer(client_mod.dropped_event(0, snapshot["dropped"]))
             for event in snapshot["events"]:
                 printer(event)
             if follow and snapshot["state"] == "running":
@@ -808,8 +811,11 @@ def logs(settings: Settings, job_id: str, follow: bool) -> None:
                     conn.follow(job_id, since=snapshot["cursor"], on_event=printer)
         finally:
             printer.close()
+        summary = conn.job(job_id)
+        if summary.get("result_dropped"):
+            click.echo(f"rpcctl: {summary['result_dropped']}", err=True)
         if settings.json:
-            emit_json({"ok": True, "result": conn.job(job_id)})
+            emit_json({"ok": True, "result": summary})
 
 
 @cli.command()
@@ -822,8 +828,12 @@ def wait(settings: Settings, job_id: str, timeout: float | None) -> None:
     settings.single("wait")
     with settings.connect() as conn:
         result = conn.follow(job_id, timeout=timeout)
+        # A result the agent did not keep (too big) reads as None: say so.
+        note = conn.job(job_id).get("result_dropped") if result is None else None
+    if note:
+        click.echo(f"rpcctl: {note}", err=True)
     if settings.json:
-        emit_json({"ok": True, "result": result})
+        emit_json({"ok": True, "result": result, **({"result_dropped": note} if note else {})})
     else:
         render(result)
 

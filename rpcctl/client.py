@@ -94,6 +94,7 @@ class Client:
         self._async = rpyc.async_
         # Each exposed method is fetched once and kept (a netref): one round trip per call.
         self._methods: dict[str, Any] = {}
+        self._started: dict[str, dict[str, Any]] = {}  # first answers of followed jobs
         self._root = self._guarded("root", lambda: self._conn.root)
 
     def close(self) -> None:
@@ -257,9 +258,18 @@ class Client:
         kwargs: dict[str, Any] | None = None,
         *,
         lock_wait: float = 0.0,
+        follow: bool = False,
     ) -> str:
-        """Start task *name* as a detached job and return its id at once."""
-        return str(self._start(name, args, kwargs, lock_wait, detach=True, wait=0.0)["job"])
+        """Start task *name* as a job and return its id at once: detached, or, with *follow*,
+        with this connection attached as its follower from the first line (then
+        :meth:`follow` it: nothing is dropped while this client keeps up, and a result too
+        big for the history still reaches it)."""
+        snapshot = self._start(name, args, kwargs, lock_wait, detach=not follow, wait=0.0)
+        if follow:
+            # The first answer may already hold the job's end (and a result too big for the
+            # history, sent only to followers): follow() starts from it.
+            self._started[str(snapshot["job"])] = snapshot
+        return str(snapshot["job"])
 
     def _start(
         self,
@@ -288,20 +298,34 @@ class Client:
         first: dict[str, Any] | None = None,
     ) -> Any:
         """Follow job *job_id* from event *since* until it ends; its result, or its failure
-        raised. CallTimeout (naming the job) when *timeout* passes first."""
+        raised. CallTimeout (naming the job) when *timeout* passes first.
+
+        *on_event* gets each output line and progress event live, and two notes of the
+        client's own: ``{"type": "dropped", "from_seq": N, "count": M}`` where the agent
+        dropped M events (seq N to N+M-1) before this client read them, and
+        ``{"type": "result_dropped", "message": ...}`` when the job's result was too big to
+        be kept until this client asked for it. Without *on_event* only the job's state is
+        polled, not its output.
+        """
         import time
 
+        if on_event is None:
+            since = SUMMARY_ONLY
         deadline = None if timeout is None else time.monotonic() + timeout
-        snapshot = first
+        snapshot = first if first is not None else self._started.pop(job_id, None)
         while True:
             if snapshot is None:
                 wait = 1.0 if deadline is None else max(min(1.0, deadline - time.monotonic()), 0)
                 snapshot = self.events(job_id, since, wait)
-            for event in snapshot["events"]:
-                if on_event is not None:
+            if on_event is not None:
+                if snapshot.get("dropped"):
+                    on_event(dropped_event(since, snapshot["dropped"]))
+                for event in snapshot["events"]:
                     on_event(event)
-            since = snapshot["cursor"]
+                since = snapshot["cursor"]
             if snapshot["state"] != "running":
+                if on_event is not None and snapshot.get("result_dropped"):
+                    on_event({"type": "result_dropped", "message": snapshot["result_dropped"]})
                 return job_outcome(snapshot)
             if deadline is not None and time.monotonic() >= deadline:
                 msg = (
@@ -313,14 +337,16 @@ class Client:
             snapshot = None
 
     def job(self, job_id: str) -> dict[str, Any]:
-        """One job's summary: id, task, caller, state, started_at, duration_s, result/error."""
-        snapshot = self.events(job_id, 1 << 62, 0.0)
+        """One job's summary: id, task, caller, state, started_at, duration_s, result or
+        ``result_dropped`` (why the agent no longer keeps it), error."""
+        snapshot = self.events(job_id, SUMMARY_ONLY, 0.0)
         return {
             k: v for k, v in snapshot.items() if k not in ("events", "cursor", "dropped", "job")
         }
 
     def jobs(self) -> list[dict[str, Any]]:
-        """Recent and running jobs, newest first."""
+        """Recent and running jobs, newest first: summaries without results or tracebacks
+        (:meth:`job` has those)."""
         result: list[dict[str, Any]] = self._reply(self._request("jobs", self.timeout))
         return result
 
@@ -403,6 +429,16 @@ def unhealthy_message(checks: list[dict[str, Any]]) -> str:
     """``unhealthy: NAME: message; ...`` for the failed checks."""
     failed = [f"{c['name']}: {c.get('message') or 'failed'}" for c in checks if not c["ok"]]
     return "unhealthy: " + "; ".join(failed)
+
+
+SUMMARY_ONLY = 1 << 62
+"""An events() cursor past any event: the job's state and outcome without its output."""
+
+
+def dropped_event(since: int, count: int) -> dict[str, Any]:
+    """The note :meth:`Client.follow` passes on where *count* events from *since* on were
+    dropped by the agent before this client could read them."""
+    return {"type": "dropped", "from_seq": since, "count": count}
 
 
 def raise_error(error: dict[str, Any]) -> NoReturn:

@@ -129,7 +129,8 @@ def test_detach_jobs_logs_wait_from_other_processes(sample_app: AppProcess) -> N
     assert as_json[-1]["ok"] is True
     assert as_json[-1]["result"]["state"] == "succeeded"
     finished = {j["id"]: j for j in jobs(sample_app)}[job_id]
-    assert (finished["state"], finished["result"]) == ("succeeded", 3)
+    assert finished["state"] == "succeeded"
+    assert "result" not in finished  # the listing never ships results; wait and logs do
 
 
 def test_cancel_from_another_process(sample_app: AppProcess) -> None:
@@ -179,7 +180,7 @@ def test_killed_client_leaves_the_job_running_to_success(sample_app: AppProcess)
     waited = sample_app.rpcctl("wait", job["id"])
     assert waited.stdout == "4\n"
     job = next(j for j in jobs(sample_app) if j["id"] == job["id"])
-    assert (job["state"], job["result"]) == ("succeeded", 4)
+    assert job["state"] == "succeeded"
 
 
 def test_agent_side_timeout(sample_app: AppProcess) -> None:

@@ -150,6 +150,46 @@ def limited(seconds: float = 5.0) -> str:
     return "ended"
 
 
+@task(timeout=0.3)
+def stubborn(gate: str) -> str:
+    """Wait for GATE (a file) to exist, never checking cancellation, under a 0.3 s timeout."""
+    while not os.path.exists(gate):
+        time.sleep(TICK)
+    return "ended"
+
+
+@task
+def lines(count: int = 1000) -> int:
+    """Print COUNT numbered lines as fast as it can; returns COUNT."""
+    for i in range(count):
+        print(f"line {i}")
+    return count
+
+
+@task
+def big_result(mib: int = 1) -> str:
+    """Return a string of MIB mebibytes."""
+    return "x" * (mib << 20)
+
+
+@task
+def deep(depth: int = 5000) -> Any:
+    """Return lists nested DEPTH levels deep."""
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@task
+def set_follower_grace(seconds: float) -> float:
+    """Set how long a job waits for a follower that has stopped reading (tests only)."""
+    from app_agent import _jobs
+
+    _jobs.FOLLOWER_GRACE = seconds
+    return seconds
+
+
 @task
 def whoami() -> str:
     """This node's name; SAMPLEAPP_ROLE=raise makes it fail, =slow makes it hang."""
