@@ -327,7 +327,7 @@ def test_fleet_tasks_lists_each_task_once(agents: list[AppProcess]) -> None:
 
 
 def test_fleet_tasks_names_the_nodes_a_task_is_missing_on() -> None:
-    from rpcctl.cli import _tasks_details
+    from rpcctl.cli._fleet_table import tasks_details
 
     old = [{"name": "m.a", "signature": "m.a() -> None"}]
     new = [*old, {"name": "m.b", "signature": "m.b(x: int) -> int"}]
@@ -339,7 +339,7 @@ def test_fleet_tasks_names_the_nodes_a_task_is_missing_on() -> None:
         ],
         0.0,
     )
-    assert _tasks_details(outcome) == [
+    assert tasks_details(outcome) == [
         "",
         "TASKS",
         "  m.a() -> None",

@@ -33,8 +33,8 @@ from conftest import (
     wait_until,
 )
 from rpcctl import _flamegraph
-from rpcctl._cli_introspect import parse_duration
 from rpcctl.cli import cli
+from rpcctl.cli.introspect import parse_duration
 from rpcctl.client import raise_error
 from rpcctl.exceptions import BY_KIND, Unhealthy, UsageError
 

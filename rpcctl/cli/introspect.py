@@ -2,7 +2,7 @@
 
 Each works on one node or a fleet (``-n`` repeated, ``--nodes-file``, ``--discover``), with
 ``--json`` and the usual exit codes; ``health`` adds 8 (unhealthy). They are registered on
-the main group by importing this module from rpcctl/cli.py.
+the main group when :mod:`rpcctl.cli` imports this module.
 """
 
 from __future__ import annotations
@@ -22,15 +22,15 @@ from rpcctl import client as client_mod
 from rpcctl import fleet as fleet_mod
 from rpcctl._settings import Settings
 from rpcctl._transport import Security
-from rpcctl.cli import (
-    cli,
+from rpcctl.cli._common import (
     emit_json,
     fleet_options,
     json_option,
     pass_settings,
-    run_fleet,
     timeout_option,
 )
+from rpcctl.cli._fleet_table import run_fleet
+from rpcctl.cli._group import cli
 from rpcctl.exceptions import ConfigError, Unhealthy, UsageError
 
 HEALTH_TIMEOUT = 10.0
@@ -381,7 +381,7 @@ def log_level(
         msg = "--for needs a LEVEL to set, e.g. `rpcctl log-level DEBUG --for 10m`"
         raise UsageError(msg)
     show = render.log_levels if level is None else render.log_level_set
-    line = render.log_levels_line if level is None else _one_line(render.log_level_set)
+    line = render.log_levels_line if level is None else one_line(render.log_level_set)
 
     def action(c: client_mod.Client) -> dict[str, Any]:
         return c.log_level(level, logger, duration)
@@ -396,5 +396,5 @@ def log_level(
         click.echo(show(found), nl=False)
 
 
-def _one_line(show: Callable[[dict[str, Any]], str]) -> Callable[[Any], str]:
+def one_line(show: Callable[[dict[str, Any]], str]) -> Callable[[Any], str]:
     return lambda result: show(result).strip()

@@ -1,0 +1,20 @@
+"""The click CLI: parse options, call the client, render results, map errors to exit codes.
+
+Results go to stdout; diagnostics go to stderr. Every failure is an RpcctlError whose
+``exit_code`` is the documented one (see the README's table). One module per command group:
+
+- ``_group``: the ``rpcctl`` group, its global options, ``main()``
+- ``_common``: settings, options, JSON output, error reporting
+- ``_fleet_table``: a fleet's results as a table and one exit code
+- ``status``: ``ping``, ``tasks``, ``info``
+- ``calls``: ``rpc``, ``jobs``, ``logs``, ``wait``, ``cancel``
+- ``release``: ``start``, ``stop``, ``restart``, ``pid``, ``release init``, ``cookie``
+- ``introspect``: ``stack``, ``stats``, ``health``, ``profile``, ``log-level``
+"""
+
+from __future__ import annotations
+
+from rpcctl.cli import calls, introspect, release, status
+from rpcctl.cli._group import cli, main
+
+__all__ = ["calls", "cli", "introspect", "main", "release", "status"]

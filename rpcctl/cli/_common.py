@@ -1,0 +1,184 @@
+"""The CLI's shared plumbing: settings, options, JSON output, errors to exit codes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from rpcctl._settings import Settings
+from rpcctl.exceptions import RpcctlError, TaskFailed
+
+if TYPE_CHECKING:
+    pass
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+pass_settings = click.make_pass_decorator(Settings, ensure=True)
+
+
+INTERRUPTED = 130
+"""Exit status after Ctrl-C (128 + SIGINT), as shells report it."""
+
+COMPLETION_TIMEOUT = 1.0
+"""Seconds a shell completion may spend asking the app for its task names."""
+
+_ARGV = "rpcctl.argv"
+
+
+class Interrupted(Exception):
+    """Ctrl-C while starting or following a job, which goes on in the app."""
+
+    def __init__(self, job: str | None) -> None:
+        super().__init__(job)
+        self.job = job  # None: interrupted before the agent named the job
+
+
+class RpcctlGroup(click.Group):
+    """Turns RpcctlError into one clear line on stderr and its exit code, Ctrl-C into 130,
+    and, with --json anywhere on the line, a usage error into a JSON envelope too."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta.setdefault(_ARGV, list(args))
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            _usage_json(ctx, exc)
+            raise
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except RpcctlError as exc:
+            settings = ctx.find_object(Settings) or Settings()
+            report_error(exc, settings)
+            ctx.exit(exc.exit_code)
+        except click.UsageError as exc:
+            _usage_json(ctx, exc)
+            raise
+        except (KeyboardInterrupt, Interrupted) as exc:
+            settings = ctx.find_object(Settings) or Settings()
+            report_interrupt(settings, exc if isinstance(exc, Interrupted) else None)
+            ctx.exit(INTERRUPTED)
+
+
+def _wants_json(ctx: click.Context) -> bool:
+    argv = ctx.meta.get(_ARGV, [])
+    words = argv[: argv.index("--")] if "--" in argv else argv
+    return "--json" in words
+
+
+def _usage_json(ctx: click.Context, exc: click.UsageError) -> None:
+    """The JSON envelope of a usage error on stdout (click writes its usage text to stderr)."""
+    if _wants_json(ctx) and not ctx.resilient_parsing:
+        error = {"kind": "usage", "message": exc.format_message(), "exit_code": exc.exit_code}
+        emit_json({"ok": False, "error": error})
+
+
+def report_error(exc: RpcctlError, settings: Settings) -> None:
+    if isinstance(exc, TaskFailed) and exc.remote_traceback:
+        click.echo(exc.remote_traceback.rstrip("\n"), err=True)
+    message = settings.explain(exc)
+    click.echo(f"rpcctl: error: {message}", err=True)
+    if settings.json:
+        error: dict[str, Any] = {
+            "kind": str(exc.kind),
+            "message": message,
+            "exit_code": exc.exit_code,
+        }
+        if isinstance(exc, TaskFailed):
+            error["type"] = exc.type
+            error["traceback"] = exc.remote_traceback
+        emit_json({"ok": False, "error": error})
+
+
+def report_interrupt(settings: Settings, during: Interrupted | None) -> None:
+    """Ctrl-C: say what goes on in the app, and how to reach it again."""
+    if sys.stderr.isatty():
+        click.echo(err=True)  # past the terminal's ^C
+    prog = settings.prog
+    job = during.job if during else None
+    if job is not None:
+        message = (
+            f"interrupted; job {job} goes on running in the app: follow it with "
+            f"`{prog} logs {job} -f`, or stop it with `{prog} cancel {job}`"
+        )
+    elif during is not None:
+        message = f"interrupted while the job was starting; `{prog} jobs` lists it if it did"
+    else:
+        message = "interrupted"
+    click.echo(f"rpcctl: {message}", err=True)
+    if settings.json:
+        error: dict[str, Any] = {
+            "kind": "interrupted",
+            "message": message,
+            "exit_code": INTERRUPTED,
+        }
+        if job is not None:
+            error["job"] = job
+        emit_json({"ok": False, "error": error})
+
+
+def emit_json(document: dict[str, Any]) -> None:
+    click.echo(json.dumps(document, ensure_ascii=False))
+
+
+def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+    if value:
+        ctx.ensure_object(Settings).json = True
+    return value
+
+
+def json_option(f: F) -> F:
+    return click.option(
+        "--json",
+        "as_json",
+        is_flag=True,
+        expose_value=False,
+        callback=_set_json,
+        is_eager=True,
+        help="Print one JSON document: {ok, result} or {ok, error}.",
+    )(f)
+
+
+def timeout_option(default: float | None, help: str) -> Callable[[F], F]:
+    return click.option(
+        "--timeout",
+        type=click.FloatRange(min=0, min_open=True),
+        default=default,
+        show_default=default is not None,
+        metavar="SECONDS",
+        help=help,
+    )
+
+
+def fleet_options(f: F) -> F:
+    f = click.option(
+        "--min-ok",
+        type=click.IntRange(min=0),
+        metavar="N",
+        help="Fleets: exit 0 when at least N nodes succeed (default: all).",
+    )(f)
+    return click.option(
+        "--parallel",
+        type=click.IntRange(min=1),
+        default=32,
+        show_default=True,
+        metavar="N",
+        help="Fleets: at most N nodes at once.",
+    )(f)
+
+
+def render(result: Any) -> None:
+    """Human output: strings as they are, None as nothing, everything else as JSON."""
+    if result is None:
+        return
+    if isinstance(result, str):
+        click.echo(result)
+    else:
+        click.echo(json.dumps(result, indent=2, ensure_ascii=False))

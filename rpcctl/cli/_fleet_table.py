@@ -1,0 +1,145 @@
+"""Fleet results as a table (or JSON lines) and the exit code of the whole run."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import click
+
+from app_agent.wire import Address
+from rpcctl import client as client_mod
+from rpcctl import fleet as fleet_mod
+from rpcctl._settings import Settings
+from rpcctl._transport import Security
+
+Cells = Callable[[Any], list[str]]
+"""A table row's cells from one node's result."""
+
+
+def run_fleet(
+    settings: Settings,
+    outcome: fleet_mod.MulticallResult,
+    min_ok: int | None,
+    columns: Sequence[str] = ("RESULT / ERROR",),
+    cells: Cells | None = None,
+    details: Callable[[fleet_mod.MulticallResult], list[str]] | None = None,
+) -> None:
+    """Print a fleet's outcomes (a table, or JSON lines) and exit with its code.
+
+    A node that answered fills *columns* with *cells(result)* (default: the result on one
+    line); a failed node shows its error there. *details* adds lines under the table.
+    """
+    code = outcome.exit_code(min_ok)
+    if settings.json:
+        for node in outcome.outcomes:
+            data = node.to_dict()
+            if node.error is not None:
+                data["error"]["message"] = settings.explain(node.error)
+            click.echo(json.dumps(data, ensure_ascii=False))
+        summary = {
+            "summary": outcome.summary(),
+            "duration_s": round(outcome.duration, 3),
+            "ok": sum(o.ok for o in outcome.outcomes),
+            "failed": len(outcome.bad_nodes),
+            "exit_code": code,
+        }
+        click.echo(json.dumps(summary))
+        raise click.exceptions.Exit(code)
+    cells = cells or (lambda result: [one_line(result)])
+    head = ["NODE", "OUTCOME", "TIME", *columns]
+    rows = []
+    for o in outcome.outcomes:
+        took = f"{o.duration * 1000:.0f} ms"
+        if o.error is None:
+            rows.append([o.node, "ok", took, *cells(o.result)])
+        else:
+            rows.append([o.node, str(o.error.kind), took, settings.explain(o.error)])
+    # Every cell but a row's last is padded; an error (a row's last) fills the rest of it.
+    widths = [0] * (len(head) - 1)
+    for row in [head, *rows]:
+        for i, text in enumerate(row[:-1]):
+            widths[i] = max(widths[i], len(text))
+    for row in [head, *rows]:
+        padded = [
+            text.rjust(widths[i]) if i == 2 else text.ljust(widths[i])
+            for i, text in enumerate(row[:-1])
+        ]
+        click.echo("  ".join([*padded, row[-1]]).rstrip())
+    for line in details(outcome) if details else []:
+        click.echo(line)
+    click.echo(outcome.summary())
+    raise click.exceptions.Exit(code)
+
+
+def one_line(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def info_cells(details: Any) -> list[str]:
+    details = details if isinstance(details, dict) else {}
+    ready = details.get("ready")
+    return [
+        str(details.get("app", "")),
+        str(details.get("pid", "")),
+        duration(details.get("uptime_s")),
+        "" if ready is None else "yes" if ready else "no",
+        str(len(details.get("jobs") or [])),
+        str((details.get("versions") or {}).get("rpcctl", "")),
+    ]
+
+
+def duration(seconds: Any) -> str:
+    if not isinstance(seconds, int | float):
+        return ""
+    whole = int(seconds)
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    if minutes:
+        return f"{minutes}m {secs}s"
+    return f"{seconds:.1f}s"
+
+
+def tasks_cells(found: Any) -> list[str]:
+    return [str(len(found)) if isinstance(found, list) else ""]
+
+
+def tasks_details(outcome: fleet_mod.MulticallResult) -> list[str]:
+    """Every task the nodes registered, once, with the nodes that lack it (a partial deploy)."""
+    answered = [o for o in outcome.outcomes if o.ok and isinstance(o.result, list)]
+    where: dict[str, list[str]] = {}
+    for o in answered:
+        for task in o.result:
+            where.setdefault(str(task.get("signature") or task.get("name")), []).append(o.node)
+    if not where:
+        return []
+    lines = ["", "TASKS"]
+    for signature in sorted(where):
+        nodes = where[signature]
+        if len(nodes) == len(answered):
+            lines.append(f"  {signature}")
+        else:
+            missing = [o.node for o in answered if o.node not in nodes]
+            shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+            lines.append(f"  {signature}  (on {len(nodes)}/{len(answered)}; not on {shown})")
+    return lines
+
+
+def fan_out(
+    settings: Settings, method: str, timeout: float, parallel: int
+) -> fleet_mod.MulticallResult:
+    def action(address: Address, deadline: float, security: Security) -> Any:
+        import time
+
+        with client_mod.Client(address, max(deadline - time.monotonic(), 0.01), security) as c:
+            return getattr(c, method)()
+
+    return fleet_mod.fan_out(
+        settings.fleet(), action, timeout=timeout, parallel=parallel, security=settings.security()
+    )

@@ -1,0 +1,143 @@
+"""Asking an app (or a fleet) how it is: `ping`, `tasks`, `info`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import click
+
+from rpcctl import client as client_mod
+from rpcctl import fleet as fleet_mod
+from rpcctl._settings import Settings
+
+if TYPE_CHECKING:
+    pass
+
+from rpcctl.cli._common import (
+    emit_json,
+    fleet_options,
+    json_option,
+    pass_settings,
+    timeout_option,
+)
+from rpcctl.cli._fleet_table import fan_out, info_cells, run_fleet, tasks_cells, tasks_details
+from rpcctl.cli._group import cli
+
+
+@cli.command()
+@click.option(
+    "--wait",
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="Keep trying (with backoff) until the agent answers or SECONDS pass "
+    "(fleets: every node, in parallel, within the same SECONDS).",
+)
+@click.option(
+    "--ready",
+    is_flag=True,
+    help="Also require the app to be ready (app_agent.set_ready); exit 3 while it is not.",
+)
+@timeout_option(client_mod.DEFAULT_TIMEOUT, "Seconds to wait for one answer (per node).")
+@fleet_options
+@json_option
+@pass_settings
+def ping(
+    settings: Settings,
+    wait: float | None,
+    ready: bool,
+    timeout: float,
+    parallel: int,
+    min_ok: int | None,
+) -> None:
+    """Print pong when the agent answers; exit 3 when it does not.
+
+    Liveness is `ping`, readiness is `ping --ready`, as Kubernetes asks them.
+    """
+    if settings.is_fleet:
+        result = fleet_mod.ping_all(
+            settings.fleet(),
+            timeout=timeout,
+            parallel=parallel,
+            security=settings.security(),
+            ready=ready,
+            wait=wait,
+        )
+        run_fleet(settings, result, min_ok)
+    address = settings.address()
+    security = settings.security()
+    if wait is not None:
+        waited = client_mod.wait_for(address, wait, security, ready=ready)
+    else:
+        client_mod.ping(address, timeout, security, ready=ready)
+        waited = 0.0
+    if settings.json:
+        emit_json({"ok": True, "result": "pong", "node": str(address), "waited_s": waited})
+    else:
+        click.echo("pong")
+
+
+@cli.command()
+@timeout_option(client_mod.DEFAULT_TIMEOUT, "Fleets: seconds per node.")
+@fleet_options
+@json_option
+@pass_settings
+def tasks(settings: Settings, timeout: float, parallel: int, min_ok: int | None) -> None:
+    """List the registered tasks with their signatures and first docstring lines."""
+    if settings.is_fleet:
+        run_fleet(
+            settings,
+            fan_out(settings, "tasks", timeout, parallel),
+            min_ok,
+            columns=["TASKS"],
+            cells=tasks_cells,
+            details=tasks_details,
+        )
+    with settings.connect() as conn:
+        found = conn.tasks()
+    if settings.json:
+        emit_json({"ok": True, "result": found})
+        return
+    if not found:
+        click.echo("no tasks registered", err=True)
+    for task in found:
+        click.echo(task["signature"])
+        if task.get("alias"):
+            click.echo(f"    alias: {task['alias']}")
+        if task.get("lock"):
+            click.echo(f"    lock: {task['lock']}")
+        if task.get("timeout"):
+            click.echo(f"    timeout: {task['timeout']:g}s")
+        if task.get("doc"):
+            click.echo(f"    {task['doc']}")
+
+
+@cli.command()
+@timeout_option(client_mod.DEFAULT_TIMEOUT, "Fleets: seconds per node.")
+@fleet_options
+@json_option
+@pass_settings
+def info(settings: Settings, timeout: float, parallel: int, min_ok: int | None) -> None:
+    """Show the app's pid, uptime, versions, node and running jobs."""
+    if settings.is_fleet:
+        run_fleet(
+            settings,
+            fan_out(settings, "info", timeout, parallel),
+            min_ok,
+            columns=["APP", "PID", "UPTIME", "READY", "JOBS", "RPCCTL"],
+            cells=info_cells,
+        )
+    with settings.connect() as conn:
+        details = conn.info()
+    if settings.json:
+        emit_json({"ok": True, "result": details})
+        return
+    versions = details.get("versions", {})
+    click.echo(f"app:      {details.get('app')}")
+    click.echo(f"pid:      {details.get('pid')}")
+    click.echo(f"node:     {details.get('node')}")
+    click.echo(f"uptime:   {details.get('uptime_s')}s")
+    click.echo("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    jobs = details.get("jobs", [])
+    click.echo(f"jobs:     {len(jobs)} running")
+    for job in jobs:
+        click.echo(f"  {job['id']}  {job['task']}  {job['duration_s']}s  {job['caller']}")
