@@ -475,10 +475,14 @@ def job_outcome(snapshot: dict[str, Any]) -> Any:
 def _encode_arguments(args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> tuple[str, str]:
     if not args and not kwargs:
         return "[]", "{}"
-    if not wire.is_plain(list(args)) or not wire.is_plain(kwargs):
-        msg = "task arguments must be JSON data (str, int, float, bool, None, list, dict)"
-        raise UsageError(msg)
-    return wire.dumps(list(args)), wire.dumps(kwargs)
+    try:
+        if not wire.is_plain(list(args)) or not wire.is_plain(kwargs):
+            msg = "task arguments must be JSON data (str, int, float, bool, None, list, dict)"
+            raise UsageError(msg)
+        return wire.dumps(list(args)), wire.dumps(kwargs)
+    except RecursionError:
+        msg = "task arguments are nested too deeply to be sent (the agent takes 200 levels)"
+        raise UsageError(msg) from None
 
 
 def connect(

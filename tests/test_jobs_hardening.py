@@ -374,6 +374,33 @@ def test_deeply_nested_arguments_are_refused_and_leave_no_job_running(
     assert not [j for j in jobs(shared_sample_app) if j["state"] == "running"]
 
 
+def nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_deep_arguments_through_the_client_api_are_usage_errors(
+    shared_sample_app: AppProcess, shared_client: Any
+) -> None:
+    import rpcctl
+
+    for method in (shared_client.invoke, shared_client.run):
+        with pytest.raises(rpcctl.UsageError) as refused:
+            method("sampleapp.echo", [nested(300)])
+        assert refused.value.message == (
+            "sampleapp.echo: arguments are nested more than 200 levels deep"
+        )
+        assert refused.value.exit_code == 2
+    # Deeper still, the client refuses before sending anything.
+    with pytest.raises(rpcctl.UsageError, match="nested too deeply to be sent") as refused:
+        shared_client.call("sampleapp.echo", nested(5000))
+    assert refused.value.exit_code == 2
+    assert shared_client.call("sampleapp.echo", nested(150)) == nested(150)
+    assert not [j for j in jobs(shared_sample_app) if j["state"] == "running"]
+
+
 def test_a_result_too_deep_to_send_fails_the_job(shared_sample_app: AppProcess) -> None:
     for command in (["rpc"], ["rpc", "--detach"]):
         result = shared_sample_app.rpcctl(*command, "sampleapp.deep(5000)")
