@@ -60,6 +60,7 @@ def test_exit_codes_are_the_documented_table() -> None:
         "auth": 5,
         "no_such_task": 6,
         "busy": 7,
+        "unhealthy": 8,
     }
 
 
