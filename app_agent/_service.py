@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import rpyc
 
-from app_agent import _health, _introspect, _profile, wire
 from app_agent import _readiness as readiness
+from app_agent import wire
 from app_agent._jobs import (
     CANCELLED,
     MAX_NESTING,
@@ -335,9 +335,12 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
         self._state.log.warning("call.finished", **fields)
 
     # -- introspection (app_agent/_introspect.py, _health.py, _profile.py) ----------------
+    # Their modules load on first use: an agent nobody looks into does not carry them.
 
     def exposed_stack(self) -> str:
         """Every thread's stack and the asyncio tasks of the app's loop."""
+        from app_agent import _introspect
+
         self._audit("introspect.stack")
         return wire.ok(_introspect.stack(self._state.app, self._state.jobs.loop))
 
@@ -345,6 +348,8 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
         """Process figures; with *objects* > 0, that many of the most common object types."""
         if type(objects) is not int or objects < 0:
             return wire.error(ErrorKind.USAGE, "stats() takes a number of object types")
+        from app_agent import _introspect
+
         state = self._state
         self._audit("introspect.stats", objects=objects)
         return wire.ok(_introspect.stats(state.app, state.node, state.started_at, objects))
@@ -353,6 +358,8 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
         """Run the built-in and the app's health checks, each within *timeout* seconds."""
         if type(timeout) not in (int, float) or not 0 < timeout <= 3600:
             return wire.error(ErrorKind.USAGE, "health() takes seconds, at most 3600")
+        from app_agent import _health
+
         report = _health.report(self._state.jobs, float(timeout))
         failed = [c["name"] for c in report["checks"] if not c["ok"]]
         self._audit("health.checked", healthy=report["healthy"], failed=failed)
@@ -360,6 +367,8 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
 
     def exposed_profile(self, seconds: Any, rate: Any = 100.0, idle: Any = False) -> str:
         """Sample every thread *rate* times a second for *seconds*; the counted stacks."""
+        from app_agent import _profile
+
         if (
             type(seconds) not in (int, float)
             or type(rate) not in (int, float)
@@ -379,6 +388,8 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
 
     def exposed_log_level(self, logger: Any = None, level: Any = None, for_s: Any = None) -> str:
         """Show, or set (for *for_s* seconds when given), a stdlib logger's level."""
+        from app_agent import _introspect
+
         try:
             name = _introspect.logger_name(logger)
             if level is None:
