@@ -290,11 +290,7 @@ def loop_lag(loop: Any, threshold: float) -> str:
 def jobs_within_timeout(jobs: Any) -> str:
     """Fails while a job runs on past its task's timeout (its code ignored cancellation)."""
     now = time.time()
-    over = [
-        job
-        for job in jobs.running()
-        if job.task.timeout is not None and now - job.started_at > job.task.timeout
-    ]
+    over = jobs.overrunning()
     if over:
         msg = "; ".join(
             f"job {job.id} ({job.task.name}) has run {now - job.started_at:.1f}s, past its "

@@ -547,6 +547,12 @@ class JobTable:
         with self._lock:
             return list(self._running.values())
 
+    def overrunning(self) -> list[Job]:
+        """Jobs past their timeout whose task has not returned yet (it ignored the
+        cancellation): they left the running set at their deadline, their thread did not."""
+        with self._lock:
+            return [j for j in self._finished.values() if j.timed_out and j.thread is not None]
+
     def start(
         self,
         job: Job,
