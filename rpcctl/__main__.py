@@ -80,7 +80,9 @@ def _fast_ping(argv: list[str]) -> int | None:
         sys.stderr.write(
             "\nrpcctl: interrupted\n" if sys.stderr.isatty() else "rpcctl: interrupted\n"
         )
-        return 130
+        from app_agent.wire.errors import INTERRUPTED
+
+        return INTERRUPTED
     sys.stdout.write("pong\n")
     return 0
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from app_agent.wire import Address
+from app_agent.wire import Address, ErrorKind
 from rpcctl import _transport
 from rpcctl._settings import parse_node
 from rpcctl._transport import Security
@@ -90,7 +90,7 @@ class MulticallResult:
         if oks >= needed and (failures == [] or min_ok is not None):
             return 0
         if not failures:
-            return 3  # fewer nodes than --min-ok
+            return ErrorKind.UNREACHABLE.exit_code  # fewer nodes than --min-ok
         counts = collections.Counter(failures)
         return min(counts, key=lambda code: (-counts[code], code))
 
@@ -215,26 +215,35 @@ def first_answering(
     nodes: Sequence[str | Address],
     timeout: float = 5.0,
     security: Security | None = None,
+    parallel: int = 32,
 ) -> Address:
     """The node that answers a ping first (for ``--one``); Unreachable when none does.
 
-    Pings go out to every node at once on daemon threads, so the first answer is used at
-    once and slower or dead nodes never hold up the caller (nor its exit).
+    At most *parallel* pings are in flight, on daemon threads, so the first answer is used
+    at once and slower or dead nodes never hold up the caller (nor its exit).
     """
     security = security or Security.resolve()
     addresses = [_parse(n) for n in nodes]
     answers: queue.SimpleQueue[tuple[Address, str | None]] = queue.SimpleQueue()
-
-    def ping(address: Address) -> None:
-        try:
-            _transport.ping(address, timeout, security)
-        except RpcctlError as exc:
-            answers.put((address, exc.message))
-        else:
-            answers.put((address, None))
-
+    todo: queue.SimpleQueue[Address] = queue.SimpleQueue()
     for address in addresses:
-        threading.Thread(target=ping, args=(address,), daemon=True).start()
+        todo.put(address)
+
+    def pinger() -> None:
+        while True:
+            try:
+                address = todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                _transport.ping(address, timeout, security)
+            except RpcctlError as exc:
+                answers.put((address, exc.message))
+            else:
+                answers.put((address, None))
+
+    for _ in range(max(1, min(parallel, len(addresses)))):
+        threading.Thread(target=pinger, daemon=True).start()
     errors = []
     for _ in addresses:
         address, error = answers.get()

@@ -23,18 +23,19 @@ import time
 from pathlib import Path
 from typing import Any, Final, NamedTuple
 
-from app_agent.wire import NODE_ENV, RUNNER_ENV, pid_alive
+from app_agent.wire import NODE_ENV, RUNNER_ENV, ErrorKind, pid_alive
 from app_agent.wire.cookies import COOKIE_FILE_ENV
 from rpcctl import _transport, hooks
 from rpcctl._transport import Security
 from rpcctl.config import Config, rpcctl_executable
 from rpcctl.exceptions import CallTimeout, RpcctlError, Unreachable, UsageError
 
-# Exit statuses of `rpcctl start` besides 0 (clean stop) and the app's own status.
-HOOK_FAILED: Final = 1
-ALREADY_RUNNING: Final = 2  # another runner holds the release's lock, or another app answers
-NEVER_READY: Final = 3
-KILLED: Final = 4
+# Exit statuses of `rpcctl start` besides 0 (clean stop) and the app's own status, from the
+# one exit-code table (app_agent/wire/errors.py).
+HOOK_FAILED: Final = ErrorKind.TASK_FAILED.exit_code  # a hook failed, as a task raises
+ALREADY_RUNNING: Final = ErrorKind.USAGE.exit_code  # another runner holds the lock, or app
+NEVER_READY: Final = ErrorKind.UNREACHABLE.exit_code  # the agent never answered
+KILLED: Final = ErrorKind.TIMEOUT.exit_code  # the app outlived its grace period
 
 PYTHON_NAMES: Final = ("python", "python3")
 """A command starting with one of these runs with the interpreter rpcctl itself runs under."""

@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -345,3 +346,21 @@ def test_fleet_tasks_names_the_nodes_a_task_is_missing_on() -> None:
         "  m.a() -> None",
         "  m.b(x: int) -> int  (on 1/2; not on tcp://b:1)",
     ]
+
+
+def test_one_pings_at_most_parallel_nodes_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`rpc --one` honours --parallel: ten dead nodes, two pinging threads."""
+    from rpcctl import _transport
+    from rpcctl.exceptions import Unreachable
+
+    threads: set[int] = set()
+
+    def dead(address: object, timeout: float, security: object) -> None:
+        threads.add(threading.get_ident())
+        raise Unreachable(f"{address}: nobody")
+
+    monkeypatch.setattr(_transport, "ping", dead)
+    nodes = [f"tcp://127.0.0.1:{port}" for port in range(1, 11)]
+    with pytest.raises(Unreachable, match="none of 10 nodes answered"):
+        fleet.first_answering(nodes, timeout=1.0, parallel=2)
+    assert 1 <= len(threads) <= 2

@@ -37,3 +37,7 @@ _EXIT_CODES: Final = {
     ErrorKind.BUSY: 7,
     ErrorKind.UNHEALTHY: 8,
 }
+
+
+INTERRUPTED: Final = 130
+"""Exit status after Ctrl-C (128 + SIGINT, as shells report it): the job goes on."""

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from app_agent import wire
 from rpcctl._settings import Settings
 from rpcctl.exceptions import RpcctlError, TaskFailed
 
@@ -22,8 +23,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 pass_settings = click.make_pass_decorator(Settings, ensure=True)
 
 
-INTERRUPTED = 130
-"""Exit status after Ctrl-C (128 + SIGINT), as shells report it."""
+INTERRUPTED = wire.errors.INTERRUPTED
 
 COMPLETION_TIMEOUT = 1.0
 """Seconds a shell completion may spend asking the app for its task names."""

@@ -115,7 +115,10 @@ def rpc(
         run_fleet(settings, result, min_ok)
     if settings.is_fleet:
         chosen = fleet_mod.first_answering(
-            settings.fleet(), timeout=client_mod.DEFAULT_TIMEOUT, security=settings.security()
+            settings.fleet(),
+            timeout=client_mod.DEFAULT_TIMEOUT,
+            security=settings.security(),
+            parallel=parallel,
         )
         click.echo(f"running on {chosen}", err=True)
         settings.node = str(chosen)
