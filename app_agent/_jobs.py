@@ -1,423 +1,58 @@
-"""Jobs: every call of a task, its output, progress, outcome, cancellation and history.
+"""Running jobs: worker threads, the table of running jobs and the bounded history.
 
-A job runs on a worker thread, or inline on the thread of a caller that waits for it
-anyway. It keeps its output as events (stdout and stderr lines, progress) in a bounded
-buffer, so a client can follow it live, replay it later, or leave and come back: a job
-never depends on the connection that started it.
-
-Flow control: while a follower (a connection that asks for the job's events) keeps up,
-the task's own thread waits for it when the buffer is full instead of dropping lines; when
-nobody follows, or a follower has not asked for FOLLOWER_GRACE seconds, the oldest events
-are dropped and every reader is told how many it missed.
+A job (:mod:`app_agent._job`) runs on a worker thread, or inline on the thread of a caller
+that waits for it anyway; when it ends it joins a history bounded in count and in bytes.
 """
 
 from __future__ import annotations
 
 import collections
 import itertools
-import logging
 import os
 import queue
-import sys
 import threading
 import time
 import traceback
-import types
 from collections.abc import Callable
 from typing import Any
 
-import structlog
-
 from app_agent import _capture, wire
+from app_agent._job import (
+    CANCELLED,
+    FAILED,
+    MAX_NESTING,
+    RUNNING,
+    SUCCEEDED,
+    SUMMARY_ONLY,
+    TIMED_OUT,
+    Job,
+    _plain,
+    measure,
+)
 from app_agent._locks import Backend, Busy, Holder, Lease
 from app_agent._registry import Task
 
-MAX_EVENTS = 10_000
-"""Events a job keeps; older ones are dropped (and counted) first."""
-MAX_OUTPUT_BYTES = 1 << 20
-"""Characters of output text a job keeps."""
-MAX_LINE = 16_384
-"""A line longer than this is cut, so one write without newlines cannot grow without end."""
-FOLLOWER_GRACE = 10.0
-"""Seconds a follower may go without asking for events before a task with a full buffer
-stops waiting for it (and drops its oldest events instead)."""
+__all__ = [
+    "CANCELLED",
+    "FAILED",
+    "MAX_NESTING",
+    "RUNNING",
+    "SUCCEEDED",
+    "SUMMARY_ONLY",
+    "TIMED_OUT",
+    "Job",
+    "JobTable",
+    "Workers",
+    "measure",
+]
+
 HISTORY = 200
 """Finished jobs kept for `rpcctl jobs`, `logs` and `wait`; the oldest are forgotten first."""
-MAX_RESULT_BYTES = 1 << 20
-"""A finished job's result larger than this (as JSON) is not kept in the history: it goes
-to the callers waiting for it when the job ends, then only a note stays."""
 HISTORY_BYTES = 16 << 20
 """Memory (estimated) the finished jobs' kept output and results may use together; past it,
 the oldest jobs' output and results are dropped (their summaries stay)."""
-EVENT_OVERHEAD = 256
-"""Estimated bytes a kept event costs besides its text (the dict, its seq and time)."""
-MAX_NESTING = 200
-"""Deepest nesting of lists and dicts accepted in arguments and results: deeper data would
-exhaust the recursion limit of the JSON codec (and of whatever logs it)."""
-MAX_ERROR_TEXT = 65_536
-"""Characters kept of a failure's message and of its traceback (the traceback's end)."""
 WORKER_IDLE = 5.0
 """Seconds an idle worker thread waits for a new job before it exits."""
-
-RUNNING = "running"
-SUCCEEDED = "succeeded"
-FAILED = "failed"
-CANCELLED = "cancelled"
-TIMED_OUT = "timed_out"
-
-SUMMARY_ONLY = 1 << 62
-"""A cursor past any event: a reader that wants a job's state and outcome, not its output."""
-
-
-class _Flag:
-    """A set-once boolean (what a threading.Event offers, without its Condition: a job
-    never waits on it)."""
-
-    __slots__ = ("_set",)
-
-    def __init__(self) -> None:
-        self._set = False
-
-    def set(self) -> None:
-        self._set = True
-
-    def is_set(self) -> bool:
-        return self._set
-
-
-class _Follower:
-    """A connection reading a job's events: where it is, and when it last asked."""
-
-    __slots__ = ("cursor", "seen")
-
-    def __init__(self, cursor: int) -> None:
-        self.cursor = cursor
-        self.seen = time.monotonic()
-
-    def live(self, now: float) -> bool:
-        return now - self.seen <= FOLLOWER_GRACE
-
-
-class Job:
-    """One call of one task."""
-
-    def __init__(self, job_id: str, task: Task, caller: str) -> None:
-        self.id = job_id
-        self.task = task
-        self.caller = caller
-        self.started_at = time.time()
-        self.finished_at: float | None = None
-        self.state = RUNNING
-        self.result: Any = None
-        self.result_bytes = 0
-        self.result_dropped: str | None = None  # why the result is no longer kept
-        self.error: dict[str, Any] | None = None
-        self.cancel_requested = _Flag()
-        self.timed_out = False
-        self.thread: int | None = None  # the thread running the task: the only one that waits
-        # One lock, entered directly (a C-level RLock: the Condition's own __enter__ costs a
-        # Python call on every call's path); the condition on it wakes readers and writers.
-        self._lock = threading.RLock()
-        self._cond = threading.Condition(self._lock)
-        self._events: collections.deque[dict[str, Any]] = collections.deque()
-        self._first_seq = 0  # sequence number of the oldest kept event
-        self._next_seq = 0
-        self._bytes = 0
-        self._partial: dict[str, str] = {"stdout": "", "stderr": ""}
-        self._cancel_hook: Callable[[], None] | None = None
-        self._followers: dict[int, _Follower] = {}
-        self._result_held = False  # a result over MAX_RESULT_BYTES, kept for its followers
-        self.counted = 0  # bytes the history counts for this job
-        self.audit: dict[str, Any] = {}
-        self.timer: threading.Timer | None = None  # the task's own timeout, if it has one
-        self.on_finish: Callable[[], None] | None = None
-
-    # -- output ------------------------------------------------------------------------------
-
-    def write(self, stream: str, text: str) -> None:
-        with self._lock:
-            pending = self._partial[stream] + text
-            if "\n" not in text and len(pending) <= MAX_LINE:
-                self._partial[stream] = pending  # print() writes its text, then "\n"
-                return
-            *lines, rest = pending.split("\n")
-            if len(rest) > MAX_LINE:
-                cut = len(rest) - len(rest) % MAX_LINE
-                lines += [rest[i : i + MAX_LINE] for i in range(0, cut, MAX_LINE)]
-                rest = rest[cut:]
-            self._partial[stream] = rest
-            for line in lines:
-                self._append({"type": stream, "line": line}, wait=True)
-
-    def progress(self, done: float, total: float | None, message: str | None) -> None:
-        event = {
-            "type": "progress",
-            "done": wire.to_plain(done),  # events are kept as JSON data (NaN as "NaN", ...)
-            "total": wire.to_plain(total),
-            "message": None if message is None else str(message),
-        }
-        with self._lock:
-            self._append(event, wait=True)
-
-    def _append(self, event: dict[str, Any], wait: bool = False) -> None:
-        """Add one event (the condition is held); with *wait*, first wait for room while a
-        live follower still needs the oldest event (see :meth:`_wait_for_room`)."""
-        size = len(event.get("line") or "")
-        if wait:
-            self._wait_for_room(size)
-        event["seq"] = self._next_seq
-        event["t"] = round(time.time(), 3)
-        self._next_seq += 1
-        self._events.append(event)
-        self._bytes += size
-        while len(self._events) > MAX_EVENTS or self._bytes > MAX_OUTPUT_BYTES:
-            dropped = self._events.popleft()
-            self._bytes -= len(dropped.get("line") or "")
-            self._first_seq = dropped["seq"] + 1
-        self._cond.notify_all()
-
-    def _wait_for_room(self, size: int) -> None:
-        """Flow control: block the task while the buffer is full and a follower that keeps
-        up has not read the oldest event yet.
-
-        Only the job's own thread waits (never the app's event loop or a thread of the
-        app's that inherited the job's context), never from inside a logging handler or a
-        structlog logger (they hold locks the app's other threads share), never after the
-        job ended, timed out or was asked to stop, and never longer than FOLLOWER_GRACE
-        past a follower's last request: a follower gone quiet is left behind, and the
-        oldest events dropped.
-        """
-        if threading.get_ident() != self.thread:
-            return
-        checked = False
-        while len(self._events) >= MAX_EVENTS or self._bytes + size > MAX_OUTPUT_BYTES:
-            if self.state != RUNNING or self.cancel_requested.is_set():
-                return
-            if not checked:  # only now that the buffer is full: the common path pays nothing
-                if _inside_logging(sys._getframe(2)):
-                    return
-                checked = True
-            now = time.monotonic()
-            waiting_for = [
-                f.seen + FOLLOWER_GRACE
-                for f in self._followers.values()
-                if f.cursor <= self._first_seq and f.live(now)
-            ]
-            if not waiting_for:
-                return
-            self._cond.wait(max(min(waiting_for) - now, 0.0))
-
-    def _flush_partial(self) -> None:
-        for stream, rest in self._partial.items():
-            if rest:
-                self._append({"type": stream, "line": rest})
-                self._partial[stream] = ""
-
-    # -- outcome -----------------------------------------------------------------------------
-
-    def finish(
-        self,
-        state: str,
-        result: Any = None,
-        error: dict[str, Any] | None = None,
-        result_bytes: int = 0,
-    ) -> None:
-        with self._lock:
-            self._flush_partial()
-            if self.state == RUNNING:
-                self.state = state
-                self.result = result
-                self.result_bytes = result_bytes
-                self.error = error if error is None else _bounded_error(error)
-                self.finished_at = time.time()
-            # else: it timed out already; that stays its outcome.
-            self._cond.notify_all()
-
-    @property
-    def done(self) -> bool:
-        return self.state != RUNNING
-
-    def wait(self, timeout: float | None) -> bool:
-        with self._lock:
-            return self._cond.wait_for(lambda: self.done, timeout)
-
-    def cancel(self) -> bool:
-        """Ask the task to stop; False when it had already finished."""
-        with self._lock:
-            if self.done:
-                return False
-            self.cancel_requested.set()
-            hook = self._cancel_hook
-            self._append({"type": "cancel", "line": "cancellation requested"})
-        if hook is not None:
-            hook()
-        return True
-
-    def set_cancel_hook(self, hook: Callable[[], None]) -> bool:
-        """Install what cancels the task (an async task's coroutine); True when cancellation
-        was requested already, so the caller cancels at once instead."""
-        with self._lock:
-            self._cancel_hook = hook
-            return self.cancel_requested.is_set()
-
-    def expire(self) -> bool:
-        """The task's own timeout passed: mark it, and ask it to stop. False when it had
-        ended already."""
-        with self._lock:
-            if self.done:
-                return False
-            self.timed_out = True
-            self.error = {
-                "kind": str(wire.ErrorKind.TIMEOUT),
-                "message": f"{self.task.name} exceeded its timeout of {self.task.timeout:g}s; "
-                "cancellation was requested",
-            }
-            self.state = TIMED_OUT
-            self.finished_at = time.time()
-            self.cancel_requested.set()
-            hook = self._cancel_hook
-            self._cond.notify_all()
-        if hook is not None:
-            hook()
-        return True
-
-    # -- followers ---------------------------------------------------------------------------
-
-    def attach(self, follower: int, cursor: int = 0) -> None:
-        """Register *follower* before the job starts, so that none of the output it is
-        going to ask for is dropped in the meantime."""
-        with self._lock:
-            self._followers[follower] = _Follower(cursor)
-
-    def detach(self, follower: int) -> None:
-        """*follower* is gone (its connection closed): nobody waits for it any more."""
-        with self._lock:
-            if self._followers.pop(follower, None) is not None:
-                self._release_result()
-                if self.state == RUNNING:
-                    self._cond.notify_all()  # the task may be waiting for this follower
-
-    def seal(self) -> None:
-        """The job has ended and joins the history: a result over MAX_RESULT_BYTES is kept
-        only while followers that were there at the end have not collected it."""
-        if self.result_bytes <= MAX_RESULT_BYTES:
-            return
-        with self._lock:
-            if self.result_dropped is None:
-                self._result_held = True
-        self.release_stale()
-
-    def release_stale(self) -> None:
-        """Forget followers gone quiet for FOLLOWER_GRACE, and the result they held."""
-        with self._lock:
-            now = time.monotonic()
-            for key in [k for k, f in self._followers.items() if not f.live(now)]:
-                del self._followers[key]
-            self._release_result()
-
-    def followed_by(self, follower: int) -> bool:
-        with self._lock:
-            return follower in self._followers
-
-    @property
-    def result_held(self) -> bool:
-        return self._result_held
-
-    def _release_result(self) -> None:
-        if self._result_held and self.done and not self._followers:
-            self._result_held = False
-            self._drop_result(
-                f"the result ({self.result_bytes:,} bytes as JSON) was sent to the callers "
-                f"waiting when the job ended but is not kept: the agent keeps results of up "
-                f"to {MAX_RESULT_BYTES:,} bytes"
-            )
-
-    def _drop_result(self, why: str) -> int:
-        if self.state != SUCCEEDED or self.result_dropped is not None:
-            return 0
-        freed = self.result_bytes
-        self.result = None
-        self.result_bytes = 0
-        self.result_dropped = why
-        return freed
-
-    def kept_bytes(self) -> int:
-        """An estimate of the memory the job's kept output and result use."""
-        held = 0 if self._result_held else self.result_bytes
-        return self._bytes + len(self._events) * EVENT_OVERHEAD + held
-
-    def forget_payload(self, why: str) -> None:
-        """Drop the kept output and result of a finished job (its summary stays)."""
-        with self._lock:
-            if self._events:
-                self._first_seq = self._next_seq
-                self._events.clear()
-                self._bytes = 0
-            if not self._result_held:
-                self._drop_result(why)
-
-    # -- reading -----------------------------------------------------------------------------
-
-    def events_since(self, cursor: int, wait: float, follower: int | None = None) -> dict[str, Any]:
-        """Events from *cursor* on, waiting up to *wait* seconds for something new.
-
-        A *follower* (a connection's key) is remembered with its position, so that the
-        task waits for it rather than drop what it has not read, until it reads the end.
-        """
-        with self._lock:
-            if follower is not None and (not self.done or follower in self._followers):
-                self._followers[follower] = _Follower(cursor)
-            if cursor >= self._next_seq and not self.done and wait > 0:
-                self._cond.wait_for(lambda: self._next_seq > cursor or self.done, wait)
-            start = max(cursor, self._first_seq)
-            events = (
-                list(itertools.islice(self._events, start - self._first_seq, None))
-                if start < self._next_seq
-                else []
-            )
-            snapshot = {
-                "job": self.id,
-                "events": events,
-                "dropped": max(self._first_seq - cursor, 0),
-                "cursor": self._next_seq,
-                **self.summary(),
-            }
-            if follower is not None and follower in self._followers:
-                if self.done:
-                    del self._followers[follower]  # it has the end: it needs nothing more
-                    self._release_result()
-                else:
-                    self._followers[follower] = _Follower(max(cursor, self._next_seq))
-                self._cond.notify_all()  # a task waiting for room may go on
-            return snapshot
-
-    def summary(self, full: bool = True) -> dict[str, Any]:
-        """State, times and outcome; *full* adds the result and the error's traceback (the
-        job listing carries neither)."""
-        end = self.finished_at or time.time()
-        summary: dict[str, Any] = {
-            "id": self.id,
-            "task": self.task.name,
-            "caller": self.caller,
-            "state": self.state,
-            "started_at": self.started_at,
-            "duration_s": round(end - self.started_at, 3),
-        }
-        if self.state == SUCCEEDED:
-            if self.result_dropped is not None:
-                summary["result_dropped"] = self.result_dropped
-            elif full:
-                summary["result"] = self.result
-        if self.error is not None:
-            if full:
-                summary["error"] = self.error
-            else:
-                summary["error"] = {
-                    k: v[:500] if isinstance(v, str) else v
-                    for k, v in self.error.items()
-                    if k != "traceback"
-                }
-        return summary
 
 
 class Workers:
@@ -650,23 +285,6 @@ _INTERNAL_ERROR = {
 }
 
 
-_LOGGING_FILES = frozenset({logging.__file__})
-_STRUCTLOG_DIR = os.path.dirname(structlog.__file__) + os.sep
-
-
-def _inside_logging(frame: types.FrameType | None) -> bool:
-    """Whether the code writing (from *frame* up) runs inside stdlib logging's handler
-    machinery or a structlog logger: both hold a lock while they write."""
-    for _ in range(12):
-        if frame is None:
-            return False
-        path = frame.f_code.co_filename
-        if path in _LOGGING_FILES or path.startswith(_STRUCTLOG_DIR):
-            return True
-        frame = frame.f_back
-    return False
-
-
 def _run_async(job: Job, args: tuple[Any, ...], kwargs: dict[str, Any], app_loop: Any) -> Any:
     """Run an async task: on the app's own event loop when the agent started inside one (so
     the task can use the app's async resources), else on a fresh loop of this thread."""
@@ -691,69 +309,6 @@ def _run_async(job: Job, args: tuple[Any, ...], kwargs: dict[str, Any], app_loop
     if app_loop is not None and app_loop.is_running() and not app_loop.is_closed():
         return asyncio.run_coroutine_threadsafe(main(), app_loop).result()
     return asyncio.run(main())
-
-
-def measure(value: Any, limit: int) -> tuple[int, int]:
-    """(size, depth) of JSON data: about its encoded length, counted up to just past
-    *limit*, and how deeply its lists and dicts nest. Iterative, so any depth is safe."""
-    size = 0
-    depth = 0
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, level = stack.pop()
-        if isinstance(item, str):
-            size += len(item) + 2
-        elif isinstance(item, dict):
-            depth = max(depth, level)
-            size += 2 + 2 * len(item)
-            for key, sub in item.items():
-                size += len(key) + 2 if isinstance(key, str) else 8
-                stack.append((sub, level + 1))
-        elif isinstance(item, list | tuple):
-            depth = max(depth, level)
-            size += 2 + len(item)
-            stack.extend((sub, level + 1) for sub in item)
-        else:
-            size += 5 if item is None or isinstance(item, bool) else len(repr(item))
-        if size > limit:
-            return size, depth
-    return size, depth
-
-
-def _plain(task: str, result: Any) -> tuple[Any, int]:
-    """The result as JSON data, by the documented rule, with its size. A structure that
-    cannot be converted (one that contains itself) becomes its repr; one nested deeper
-    than MAX_NESTING cannot be sent, and fails the job."""
-    if result is None or isinstance(result, bool | int | float):
-        return wire.to_plain(result), 8
-    if isinstance(result, str):
-        return result, len(result) + 2
-    try:
-        plain = wire.to_plain(result)
-    except (RecursionError, ValueError):
-        try:
-            plain = repr(result)
-        except RecursionError:
-            plain = None
-    size, depth = measure(plain, MAX_RESULT_BYTES)
-    if plain is None or depth > MAX_NESTING:
-        msg = f"{task} returned data nested more than {MAX_NESTING} levels deep: it cannot be sent"
-        raise ValueError(msg)
-    if size > MAX_RESULT_BYTES:
-        size, _ = measure(plain, 1 << 62)  # the whole size, for the note that it is not kept
-    return plain, size
-
-
-def _bounded_error(error: dict[str, Any]) -> dict[str, Any]:
-    """*error* with its message and traceback cut to MAX_ERROR_TEXT characters."""
-    bounded = dict(error)
-    message = bounded.get("message")
-    if isinstance(message, str) and len(message) > MAX_ERROR_TEXT:
-        bounded["message"] = message[:MAX_ERROR_TEXT] + " [...]"
-    tb = bounded.get("traceback")
-    if isinstance(tb, str) and len(tb) > MAX_ERROR_TEXT:
-        bounded["traceback"] = "[...]\n" + tb[-MAX_ERROR_TEXT:]
-    return bounded
 
 
 def _error(exc: BaseException, cancelled: bool) -> dict[str, Any]:

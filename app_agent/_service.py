@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import difflib
 import itertools
-import json
 import os
 import platform
 import signal
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import rpyc
 
@@ -106,6 +105,24 @@ class AgentState:
         return "signal"
 
 
+class _Call(NamedTuple):
+    """A validated call: its task, its job, the bound arguments and the options."""
+
+    task: Task
+    job: Job
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    options: dict[str, Any]
+
+
+class _Refused(Exception):
+    """A call that cannot go on; ``reply`` is its error envelope, ready to send."""
+
+    def __init__(self, reply: str) -> None:
+        super().__init__(reply)
+        self.reply = reply
+
+
 class AgentService(rpyc.Service):  # type: ignore[misc]
     """One instance per connection; a caller reaches only its ``exposed_`` methods (RPyC's
     ``allow_exposed_attrs``, every other kind of attribute access off)."""
@@ -179,45 +196,43 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
     ) -> str:
         """Run a task and answer with its result, in one round trip."""
         started = time.perf_counter()
-        prepared = self._prepare(name, args_json, kwargs_json, options_json)
-        if isinstance(prepared, str):
-            return prepared
-        task, job, args, kwargs, options = prepared
-        # Tasks without an agent-side timeout run on this connection's thread.
-        inline = task.timeout is None
-        # Hold the job's result for this reply, however big (the history may not keep it).
-        job.attach(self._follower, SUMMARY_ONLY)
         try:
-            failed = self._start(job, args, kwargs, options, started, inline=inline)
-            if failed is not None:
-                return failed
-            if not inline:
-                job.wait(None)
-            self._after_reply.append(lambda: self._log_finished(job, started))
-            return _outcome(job)
-        finally:
-            job.detach(self._follower)
+            call = self._prepare(name, args_json, kwargs_json, options_json)
+            job = call.job
+            # Tasks without an agent-side timeout run on this connection's thread.
+            inline = call.task.timeout is None
+            # Hold the job's result for this reply, however big (the history may not keep it).
+            job.attach(self._follower, SUMMARY_ONLY)
+            try:
+                self._start(call, started, inline=inline)
+                if not inline:
+                    job.wait(None)
+                self._after_reply.append(lambda: self._log_finished(job, started))
+                return _outcome(job)
+            finally:
+                job.detach(self._follower)
+        except _Refused as refused:
+            return refused.reply
 
     def exposed_run(
         self, name: Any, args_json: Any = "[]", kwargs_json: Any = "{}", options_json: Any = "{}"
     ) -> str:
         """Start a task as a job; answer with its first events (or at once, detached)."""
         started = time.perf_counter()
-        prepared = self._prepare(name, args_json, kwargs_json, options_json)
-        if isinstance(prepared, str):
-            return prepared
-        task, job, args, kwargs, options = prepared
-        job.on_finish = lambda: self._log_finished(job, started)
-        follower = None
-        if not options["detach"]:
-            # Following from the first line: nothing is dropped before the first events().
-            job.attach(self._follower, 0)
-            follower = self._track(job)
-        failed = self._start(job, args, kwargs, options, started)
-        if failed is not None:
-            return failed
-        self._state.log.info("job.started", job=job.id, task=task.name, caller=self._caller)
-        wait = 0.0 if options["detach"] else options["wait"]
+        try:
+            call = self._prepare(name, args_json, kwargs_json, options_json)
+            job = call.job
+            job.on_finish = lambda: self._log_finished(job, started)
+            follower = None
+            if not call.options["detach"]:
+                # Following from the first line: nothing is dropped before the first events().
+                job.attach(self._follower, 0)
+                follower = self._track(job)
+            self._start(call, started)
+        except _Refused as refused:
+            return refused.reply
+        self._state.log.info("job.started", job=job.id, task=job.task.name, caller=self._caller)
+        wait = 0.0 if call.options["detach"] else call.options["wait"]
         return _snapshot_reply(job.events_since(0, wait, follower))
 
     def exposed_events(self, job_id: Any, cursor: Any = 0, wait: Any = 1.0) -> str:
@@ -258,29 +273,31 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
         self._following[job.id] = job
         return self._follower
 
-    def _prepare(
-        self, name: Any, args_json: Any, kwargs_json: Any, options_json: Any
-    ) -> str | tuple[Task, Job, tuple[Any, ...], dict[str, Any], dict[str, Any]]:
-        """Validate a call: the task, a new job, bound arguments and options; or an error."""
+    def _prepare(self, name: Any, args_json: Any, kwargs_json: Any, options_json: Any) -> _Call:
+        """Validate a call: the task, a new job, bound arguments and options. _Refused (its
+        reply ready) when the call cannot go on; a job that exists has then ended."""
         log = self._state.log
         who = {"caller": self._caller, "auth": self._auth}
         texts = (name, args_json, kwargs_json, options_json)
         if not all(type(t) is str for t in texts):
             log.warning("call.refused", reason="arguments are not JSON text", **who)
-            return wire.error(ErrorKind.USAGE, "a call takes a task name and JSON text only")
+            raise _Refused(
+                wire.error(ErrorKind.USAGE, "a call takes a task name and JSON text only")
+            )
         task = self._state.registry.get(name)
         if task is None:
             log.info("call.no_such_task", task=name, outcome="no_such_task", **who)
-            return wire.error(ErrorKind.NO_SUCH_TASK, self._no_such_task(name))
+            raise _Refused(wire.error(ErrorKind.NO_SUCH_TASK, self._no_such_task(name)))
         try:
             args, kwargs = _decode_arguments(args_json, kwargs_json)
             options = _decode_options(options_json)
             bound_args, bound_kwargs, named = task.bind(args, kwargs)
         except (ValueError, TypeError) as exc:
             log.info("call.bad_arguments", task=task.name, outcome="usage", error=str(exc), **who)
-            return wire.error(
+            reply = wire.error(
                 ErrorKind.USAGE, f"{task.name}: {exc}", signature=task.display_signature
             )
+            raise _Refused(reply) from None
         job = self._state.jobs.create(task, self._caller)
         try:
             # Argument names and sizes always; values only where the task opted in (they
@@ -292,29 +309,23 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
             if task.log_values:
                 job.audit["values"] = named
         except Exception as exc:  # noqa: BLE001  (whatever it is, the job must not stay running)
-            return self._failed_to_start(job, exc)
-        return task, job, bound_args, bound_kwargs, options
+            raise _Refused(self._failed_to_start(job, exc)) from None
+        return _Call(task, job, bound_args, bound_kwargs, options)
 
-    def _start(
-        self,
-        job: Job,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        options: dict[str, Any],
-        started: float,
-        inline: bool = False,
-    ) -> str | None:
-        """Start *job*; the error reply when it could not start (its lock stays held, no
-        thread), else None. The job has ended (failed) in either case."""
+    def _start(self, call: _Call, started: float, inline: bool = False) -> None:
+        """Start the call's job; _Refused with the error reply when it could not start (its
+        lock stays held, no thread): the job has then ended, failed."""
+        job = call.job
         try:
-            self._state.jobs.start(job, args, kwargs, options["lock_wait"], inline=inline)
+            self._state.jobs.start(
+                job, call.args, call.kwargs, call.options["lock_wait"], inline=inline
+            )
         except Busy as busy:
             self._log_finished(job, started)
-            return wire.error(ErrorKind.BUSY, str(busy), job=job.id)
+            raise _Refused(wire.error(ErrorKind.BUSY, str(busy), job=job.id)) from None
         except Exception as exc:  # noqa: BLE001  (a lock backend down, no thread left)
             self._log_finished(job, started)
-            return _start_failed(job, exc)
-        return None
+            raise _Refused(_start_failed(job, exc)) from None
 
     def _failed_to_start(self, job: Job, exc: Exception) -> str:
         self._state.jobs.fail(job, exc)
@@ -435,17 +446,10 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
         return f"no task named {name!r}{hint}; `rpcctl tasks` lists the registered tasks"
 
 
-_encode_plain = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
-
-
 def _snapshot_reply(snapshot: dict[str, Any]) -> str:
     """A job snapshot as a reply envelope. Its events and outcome are JSON data already
-    (see Job), so the JSON encoder takes it as it is: wire.ok's conversion would walk every
-    event again, at five times the cost for a full batch."""
-    try:
-        return '{"ok":true,"result":' + _encode_plain(snapshot) + "}"
-    except (TypeError, ValueError):
-        return wire.ok(snapshot)
+    (see Job): re-converting would walk every event again, at five times the cost."""
+    return wire.ok_plain(snapshot)
 
 
 def _start_failed(job: Job, exc: Exception) -> str:
@@ -460,7 +464,7 @@ def _start_failed(job: Job, exc: Exception) -> str:
 def _outcome(job: Job) -> str:
     """A finished (or timed-out) job as a reply envelope."""
     if job.state == SUCCEEDED:
-        return wire.ok(job.result)
+        return wire.ok_plain(job.result)  # converted to JSON data once, when the task returned
     error = dict(job.error or {})
     kind = ErrorKind(error.pop("kind", ErrorKind.TASK_FAILED))
     message = error.pop("message", "")

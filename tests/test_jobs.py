@@ -191,18 +191,18 @@ def test_agent_side_timeout(sample_app: AppProcess) -> None:
 
 
 def test_output_is_bounded(agent_in_process: Any) -> None:
-    from app_agent import _jobs
+    from app_agent import _job, _jobs
     from app_agent._registry import registry
 
     task = registry.get("sampleapp.echo")
     job = _jobs.Job("bounded", task, "test")  # type: ignore[arg-type]
-    for i in range(_jobs.MAX_EVENTS + 500):
+    for i in range(_job.MAX_EVENTS + 500):
         job.write("stdout", f"{i}\n")
-    job.write("stdout", "x" * (3 * _jobs.MAX_LINE))  # one huge line without a newline
+    job.write("stdout", "x" * (3 * _job.MAX_LINE))  # one huge line without a newline
     snapshot = job.events_since(0, 0)
-    assert len(snapshot["events"]) <= _jobs.MAX_EVENTS
+    assert len(snapshot["events"]) <= _job.MAX_EVENTS
     assert snapshot["dropped"] >= 500
-    assert all(len(e["line"]) <= _jobs.MAX_LINE for e in snapshot["events"])
+    assert all(len(e["line"]) <= _job.MAX_LINE for e in snapshot["events"])
 
 
 # -- locks ----------------------------------------------------------------------------------

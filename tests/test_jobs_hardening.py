@@ -87,7 +87,7 @@ def test_rpc_shows_every_line_of_a_big_output(sample_app: AppProcess) -> None:
 def test_a_detached_job_keeps_the_last_events_and_logs_says_how_many_were_dropped(
     sample_app: AppProcess,
 ) -> None:
-    from app_agent._jobs import MAX_EVENTS
+    from app_agent._job import MAX_EVENTS
 
     count = MAX_EVENTS + 40_000
     job_id = sample_app.rpcctl("rpc", "--detach", f"sampleapp.lines({count})").stdout.strip()
@@ -164,11 +164,11 @@ def writer(job: Any, count: int) -> threading.Thread:
 
 
 def test_the_task_waits_for_a_follower_that_keeps_up(echo_task: Any) -> None:
-    from app_agent import _jobs
+    from app_agent import _job, _jobs
 
     job = _jobs.Job("flow", echo_task, "test")
     job.attach(1)
-    count = 3 * _jobs.MAX_EVENTS
+    count = 3 * _job.MAX_EVENTS
     thread = writer(job, count)
     cursor, lines = 0, []
     while len(lines) < count:
@@ -182,14 +182,14 @@ def test_the_task_waits_for_a_follower_that_keeps_up(echo_task: Any) -> None:
 
 @pytest.mark.parametrize("how", ["cancel", "expire", "detach"])
 def test_a_waiting_task_goes_on_when_cancelled_timed_out_or_left(echo_task: Any, how: str) -> None:
-    from app_agent import _jobs
+    from app_agent import _job, _jobs
 
     echo_task = dataclasses.replace(echo_task, timeout=1.0)
     job = _jobs.Job("flow", echo_task, "test")
     job.attach(1)  # a follower that never reads
-    thread = writer(job, _jobs.MAX_EVENTS + 100)
+    thread = writer(job, _job.MAX_EVENTS + 100)
     # The buffer is full and the task waits for the follower (for up to FOLLOWER_GRACE).
-    wait_until(lambda: job.events_since(_jobs.SUMMARY_ONLY, 0)["cursor"] == _jobs.MAX_EVENTS)
+    wait_until(lambda: job.events_since(_jobs.SUMMARY_ONLY, 0)["cursor"] == _job.MAX_EVENTS)
     assert thread.is_alive()
     {"cancel": job.cancel, "expire": job.expire, "detach": lambda: job.detach(1)}[how]()
     thread.join(DEADLINE)
@@ -200,12 +200,12 @@ def test_a_waiting_task_goes_on_when_cancelled_timed_out_or_left(echo_task: Any,
 def test_only_the_jobs_own_thread_ever_waits(echo_task: Any) -> None:
     """Output that reaches a job from another thread (the app's event loop running an async
     task, a thread that inherited the job's context) is dropped rather than block it."""
-    from app_agent import _jobs
+    from app_agent import _job, _jobs
 
     job = _jobs.Job("flow", echo_task, "test")
     job.attach(1)
     job.thread = -1  # the task runs elsewhere
-    for i in range(_jobs.MAX_EVENTS + 100):
+    for i in range(_job.MAX_EVENTS + 100):
         job.write("stdout", f"{i}\n")
     assert job.events_since(0, 0)["dropped"] == 100
 
@@ -221,9 +221,9 @@ def test_output_written_under_a_logging_lock_never_waits(
 
     import structlog
 
-    from app_agent import _capture, _jobs
+    from app_agent import _capture, _job, _jobs
 
-    monkeypatch.setattr(_jobs, "FOLLOWER_GRACE", 3600.0)  # a follower that stays "live"
+    monkeypatch.setattr(_job, "FOLLOWER_GRACE", 3600.0)  # a follower that stays "live"
     job = _jobs.Job("locked", echo_task, "test")
     job.attach(1)  # ... and never reads
     logger = logging.getLogger("test_jobs_hardening.locked")
@@ -234,7 +234,7 @@ def test_output_written_under_a_logging_lock_never_waits(
     def task() -> None:
         _capture.current_job.set(job)
         job.thread = threading.get_ident()
-        for i in range(_jobs.MAX_EVENTS + 100):
+        for i in range(_job.MAX_EVENTS + 100):
             if via == "logging":
                 logger.warning("record %d", i)
             else:

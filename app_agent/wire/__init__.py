@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from app_agent.wire import environment
 from app_agent.wire.addresses import Address, AddressError, parse_node
-from app_agent.wire.codec import dumps, error, is_plain, loads, ok, to_plain
+from app_agent.wire.codec import dumps, error, is_plain, loads, ok, ok_plain, to_plain
 from app_agent.wire.errors import ErrorKind
 from app_agent.wire.handshake import (
     HANDSHAKE_TIMEOUT,
@@ -50,6 +50,7 @@ __all__ = [
     "is_plain",
     "loads",
     "ok",
+    "ok_plain",
     "parse_node",
     "pid_alive",
     "to_plain",

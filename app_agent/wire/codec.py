@@ -111,6 +111,21 @@ def ok(result: Any) -> str:
     return dumps({"ok": True, "result": result})
 
 
+_encode_plain: Final = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
+def ok_plain(result: Any) -> str:
+    """A successful reply envelope for a *result* that is JSON data already (converted once,
+    where it was made): encoded as it is, without walking it through :func:`to_plain`
+    again. Anything the encoder refuses falls back to :func:`ok`."""
+    if result is None:
+        return _OK_NONE
+    try:
+        return '{"ok":true,"result":' + _encode_plain(result) + "}"
+    except (TypeError, ValueError):
+        return ok(result)
+
+
 def error(kind: ErrorKind, message: str, **details: Any) -> str:
     """A failed reply envelope, as text."""
     return dumps({"ok": False, "error": {"kind": str(kind), "message": message, **details}})

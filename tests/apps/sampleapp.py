@@ -184,9 +184,9 @@ def deep(depth: int = 5000) -> Any:
 @task
 def set_follower_grace(seconds: float) -> float:
     """Set how long a job waits for a follower that has stopped reading (tests only)."""
-    from app_agent import _jobs
+    from app_agent import _job
 
-    _jobs.FOLLOWER_GRACE = seconds
+    _job.FOLLOWER_GRACE = seconds
     return seconds
 
 
