@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-import selectors
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
@@ -73,6 +74,46 @@ def short_tmp() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+class _Drain:
+    """Reads a pipe on a thread, line by line, so the process never blocks on a full pipe
+    and readers wait on lines, not on a descriptor whose data a text buffer already took."""
+
+    def __init__(self, pipe: Any) -> None:
+        self.lines: list[str] = []
+        self._seen = 0
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._read, args=(pipe,), daemon=True)
+        self._thread.start()
+
+    def _read(self, pipe: Any) -> None:
+        with contextlib.suppress(ValueError, OSError):
+            for line in pipe:
+                with self._cond:
+                    self.lines.append(line)
+                    self._cond.notify_all()
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def next_line(self, deadline: float) -> str | None:
+        """The next line not yet returned, waiting until *deadline*; None at the end."""
+        with self._cond:
+            while self._seen >= len(self.lines):
+                remaining = deadline - time.monotonic()
+                if self._closed or remaining <= 0:
+                    return None
+                self._cond.wait(remaining)
+            self._seen += 1
+            return self.lines[self._seen - 1]
+
+    def text(self, timeout: float) -> str:
+        """Everything read, once the pipe has closed (or *timeout* passed)."""
+        self._thread.join(timeout)
+        with self._cond:
+            return "".join(self.lines)
+
+
 class AppProcess:
     """A real application process with an embedded agent; always stopped on exit."""
 
@@ -95,24 +136,18 @@ class AppProcess:
             stderr=subprocess.PIPE,
             text=True,
         )
+        self._stdout = _Drain(self.proc.stdout)
+        self._stderr = _Drain(self.proc.stderr)
         self.stdout_lines: list[str] = []
         if ready_line is not None:
             self.wait_for_line(ready_line)
 
     def wait_for_line(self, prefix: str, timeout: float = DEADLINE) -> str:
-        assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.proc.stdout, selectors.EVENT_READ)
-            while time.monotonic() < deadline:
-                if not selector.select(timeout=deadline - time.monotonic()):
-                    break
-                line = self.proc.stdout.readline()
-                if not line:
-                    break
-                self.stdout_lines.append(line)
-                if line.startswith(prefix):
-                    return line
+        while (line := self._stdout.next_line(deadline)) is not None:
+            self.stdout_lines.append(line)
+            if line.startswith(prefix):
+                return line
         self.stop()
         pytest.fail(f"app never printed {prefix!r}; stderr:\n{self.stderr()}")
 
@@ -134,13 +169,12 @@ class AppProcess:
 
     def stderr(self) -> str:
         self.stop()
-        assert self.proc.stderr is not None
-        with contextlib.suppress(ValueError):
-            return self.proc.stderr.read()
-        return ""
+        return self._stderr.text(DEADLINE)
 
     def close(self) -> None:
         self.stop()
+        self._stdout.text(DEADLINE)
+        self._stderr.text(DEADLINE)
         for stream in (self.proc.stdout, self.proc.stderr):
             if stream is not None:
                 stream.close()

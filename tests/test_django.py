@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import selectors
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,15 @@ import pytest
 import sqlalchemy as sa
 from test_example import pg_database  # noqa: F401  (a fixture)
 
-from conftest import DEADLINE, ROOT, AppProcess, rpcctl_executable, run_rpcctl, wait_until
+from conftest import (
+    DEADLINE,
+    ROOT,
+    AppProcess,
+    _Drain,
+    rpcctl_executable,
+    run_rpcctl,
+    wait_until,
+)
 
 DJANGOAPP = ROOT / "examples" / "djangoapp"
 ALL_MIGRATIONS = [
@@ -152,21 +160,23 @@ def popen_rpcctl(node: str, *args: str) -> subprocess.Popen[str]:
     )
 
 
+_DRAINS: weakref.WeakKeyDictionary[Any, _Drain] = weakref.WeakKeyDictionary()
+
+
 def read_until(proc: subprocess.Popen[str], wanted: str, stream: str = "stdout") -> list[str]:
-    """Lines of *proc*'s *stream* up to the one that contains *wanted*."""
+    """Lines of *proc*'s *stream* up to the one that contains *wanted* (read on a thread:
+    a select() on the descriptor cannot see lines a text buffer has already taken)."""
     pipe = getattr(proc, stream)
     assert pipe is not None
+    drain = _DRAINS.get(pipe)
+    if drain is None:
+        drain = _DRAINS[pipe] = _Drain(pipe)
     lines: list[str] = []
     deadline = time.monotonic() + DEADLINE
-    with selectors.DefaultSelector() as selector:
-        selector.register(pipe, selectors.EVENT_READ)
-        while time.monotonic() < deadline and selector.select(deadline - time.monotonic()):
-            line = pipe.readline()
-            if not line:
-                break
-            lines.append(line)
-            if wanted in line:
-                return lines
+    while (line := drain.next_line(deadline)) is not None:
+        lines.append(line)
+        if wanted in line:
+            return lines
     proc.kill()
     pytest.fail(f"never saw {wanted!r}; got {lines}")
 

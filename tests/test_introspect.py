@@ -785,7 +785,9 @@ def test_profiler_in_process_finds_the_busy_thread_and_is_exclusive() -> None:
     names = [f["name"] for f in data["frames"]]
     busy = [s for s in data["stacks"] if s["thread"] == "busy-worker"]
     assert busy
-    assert all(names[s["frames"][-1]] == "busy_function" for s in busy)
+    # Every sample of the busy thread is inside busy_function (innermost, or in what it
+    # calls, such as the Event it checks).
+    assert all("busy_function" in [names[i] for i in s["frames"]] for s in busy)
     assert data["samples"] == sum(s["count"] for s in data["stacks"])
     assert data["rate"] == 200.0
 
