@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 from app_agent import __version__
-from rpcctl.client import Client, connect, ping, wait_for
+from rpcctl.client import Client, connect
 from rpcctl.exceptions import (
     AuthenticationFailed,
     BadExpression,
@@ -23,6 +23,7 @@ from rpcctl.exceptions import (
     Unreachable,
     UsageError,
 )
+from rpcctl.waits import ping, wait_for
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -57,7 +57,7 @@ def _fast_ping(argv: list[str]) -> int | None:
     if (wait is not None and wait < 0) or timeout <= 0:
         return None
 
-    from rpcctl import client
+    from rpcctl import waits
     from rpcctl._settings import Settings
     from rpcctl.exceptions import RpcctlError
 
@@ -70,9 +70,9 @@ def _fast_ping(argv: list[str]) -> int | None:
         address = settings.address()
         security = settings.security()
         if wait is not None:
-            client.wait_for(address, wait, security, ready=ready)
+            waits.wait_for(address, wait, security, ready=ready)
         else:
-            client.ping(address, timeout, security, ready=ready)
+            waits.ping(address, timeout, security, ready=ready)
     except RpcctlError as exc:
         sys.stderr.write(f"rpcctl: error: {settings.explain(exc)}\n")
         return exc.exit_code

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from app_agent.wire import Address, ErrorKind
-from rpcctl import _transport
+from rpcctl import _transport, waits
 from rpcctl._settings import parse_node
 from rpcctl._transport import Security
 from rpcctl.exceptions import CallTimeout, ConfigError, RpcctlError, Unreachable
@@ -184,31 +184,10 @@ def ping_all(
     until = time.monotonic() + wait
 
     def ping_until(address: Address, _deadline: float, sec: Security) -> str:
-        _wait_for(address, until, wait, timeout, sec, ready)
+        waits.wait_for(address, wait, sec, ready, deadline=until)
         return "pong"
 
     return fan_out(nodes, ping_until, timeout=wait, parallel=parallel, security=security)
-
-
-def _wait_for(
-    address: Address, until: float, wait: float, timeout: float, sec: Security, ready: bool
-) -> None:
-    """Ping *address* until it answers or *until* passes; the backoff of ``ping --wait``
-    (5 ms up to 40 ms, one refused connect a try). A refusal (auth, version) fails at once."""
-    delay = 0.005
-    while True:
-        remaining = until - time.monotonic()
-        try:
-            _transport.ping(address, max(min(timeout, remaining), 0.05), sec, ready)
-        except (Unreachable, CallTimeout) as exc:
-            remaining = until - time.monotonic()
-            if remaining <= 0:
-                msg = f"no answer within {wait:g}s: {exc.message}"
-                raise Unreachable(msg) from None
-            time.sleep(min(delay, remaining))
-            delay = min(delay * 1.5, 0.04)
-        else:
-            return
 
 
 def first_answering(

@@ -288,7 +288,7 @@ def test_fleet_ping_wait_gives_up_per_node(agents: list[AppProcess], fleet_dir: 
     rows = [json.loads(line) for line in result.stdout.splitlines()[:-1]]
     assert [r["ok"] for r in rows] == [True, False, False]
     for row in rows[1:]:
-        assert row["error"]["message"].startswith("no answer within 0.2s: unix:")
+        assert row["error"]["message"].startswith("no agent answered within 0.2s: unix:")
         assert "no agent is running" in row["error"]["message"]
 
 

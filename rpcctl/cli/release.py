@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from rpcctl import client as client_mod
+from rpcctl import waits
 from rpcctl._settings import PROG_ENV, Settings
 from rpcctl.exceptions import ConfigError
 
@@ -53,7 +53,7 @@ def stop(settings: Settings, timeout: float) -> None:
         app_pid = int(conn.info()["pid"])
         how = conn.stop()["via"]
     address = conn.address
-    client_mod.wait_gone(address, app_pid, timeout, settings.security())
+    waits.wait_gone(address, app_pid, timeout, settings.security())
     if settings.json:
         emit_json({"ok": True, "result": {"pid": app_pid, "via": how}})
     else:
@@ -71,7 +71,7 @@ def restart(settings: Settings, timeout: float) -> None:
         old_pid = int(conn.info()["pid"])
         conn.stop(restart=True)
     address = conn.address
-    new_pid = client_mod.wait_restarted(address, old_pid, timeout, settings.security())
+    new_pid = waits.wait_restarted(address, old_pid, timeout, settings.security())
     if settings.json:
         emit_json({"ok": True, "result": {"old_pid": old_pid, "pid": new_pid}})
     else:

@@ -8,6 +8,7 @@ import click
 
 from rpcctl import client as client_mod
 from rpcctl import fleet as fleet_mod
+from rpcctl import waits
 from rpcctl._settings import Settings
 
 if TYPE_CHECKING:
@@ -66,9 +67,9 @@ def ping(
     address = settings.address()
     security = settings.security()
     if wait is not None:
-        waited = client_mod.wait_for(address, wait, security, ready=ready)
+        waited = waits.wait_for(address, wait, security, ready=ready)
     else:
-        client_mod.ping(address, timeout, security, ready=ready)
+        waits.ping(address, timeout, security, ready=ready)
         waited = 0.0
     if settings.json:
         emit_json({"ok": True, "result": "pong", "node": str(address), "waited_s": waited})
