@@ -11,16 +11,14 @@ import difflib
 import itertools
 import os
 import platform
-import signal
 import sys
-import threading
 import time
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import rpyc
 
+from app_agent import _process, wire
 from app_agent import _readiness as readiness
-from app_agent import wire
 from app_agent._jobs import (
     CANCELLED,
     MAX_NESTING,
@@ -71,38 +69,6 @@ class AgentState:
         self.jobs = JobTable(locks, loop)
         self.started_at = time.time()
         self.stop_handler: Callable[[], None] | None = None
-
-    def request_stop(self, restart: bool) -> str:
-        """Stop (or restart) the app gracefully; how it was asked: runner, handler or signal.
-
-        Under ``rpcctl start`` the runner is asked, so its pre_stop and post_stop hooks run;
-        otherwise the app's own stop handler runs, or the process gets SIGTERM. The runner
-        named by RPCCTL_RUNNER_PID is signalled only when it is this process's parent: the
-        variable may be inherited (an app started from a hook) or stale (its pid reused).
-        """
-        named = os.environ.get(wire.RUNNER_ENV, "")
-        runner = int(named) if named.isdigit() else None
-        if runner is not None and runner == os.getppid():
-            os.kill(runner, signal.SIGHUP if restart else signal.SIGTERM)
-            return "runner"
-        not_ours = ""
-        if runner is not None:
-            not_ours = (
-                f"{wire.RUNNER_ENV}={runner} is not this app's parent (pid {os.getppid()}), "
-                "so it is not this app's runner"
-            )
-            self.log.warning(
-                "stop.runner_ignored", runner_pid=runner, parent_pid=os.getppid(), reason=not_ours
-            )
-        if restart:
-            msg = "restart needs the release runner: start the app with `rpcctl start`"
-            raise ValueError(f"{msg} ({not_ours})" if not_ours else msg)
-        if self.stop_handler is not None:
-            # On its own thread: the handler may stop the agent, this connection included.
-            threading.Thread(target=self.stop_handler, name="rpcctl-stop", daemon=True).start()
-            return "handler"
-        os.kill(os.getpid(), signal.SIGTERM)
-        return "signal"
 
 
 class _Call(NamedTuple):
@@ -184,7 +150,7 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
         if type(restart) is not bool:
             return wire.error(ErrorKind.USAGE, "stop() takes one boolean: restart")
         try:
-            how = self._state.request_stop(restart)
+            how = _process.request_stop(self._state.stop_handler, restart, self._state.log)
         except ValueError as exc:
             log.info("stop.refused", restart=restart, reason=str(exc))
             return wire.error(ErrorKind.USAGE, str(exc))

@@ -26,7 +26,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from rpcctl.config import Config
+    from rpcctl.release.config import Config
 
 PROG_ENV = wire.environment.PROG
 
@@ -130,7 +130,7 @@ class Settings:
             return self._from_config(self.config())
         if os.environ.get(NODE_ENV):
             return parse_node(os.environ[NODE_ENV])
-        from rpcctl import config
+        from rpcctl.release import config
 
         found = config.find()
         if found is None:
@@ -151,7 +151,7 @@ class Settings:
             return self._config
         from pathlib import Path
 
-        from rpcctl import config
+        from rpcctl.release import config
 
         if self.config_path:
             self._config = config.load(Path(self.config_path))

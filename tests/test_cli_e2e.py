@@ -24,7 +24,7 @@ from conftest import (
     run_rpcctl,
     wait_until,
 )
-from rpcctl import scaffold
+from rpcctl.release import scaffold
 
 
 class Release:

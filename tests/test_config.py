@@ -9,9 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 import app_agent
-from rpcctl import config
 from rpcctl.cli import cli
 from rpcctl.exceptions import ConfigError
+from rpcctl.release import config
 
 GOOD = """
 [app]

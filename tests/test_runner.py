@@ -439,8 +439,8 @@ def test_a_lock_that_cannot_be_made_is_a_usage_error(release: Any) -> None:
 
 
 def test_lock_paths(short_tmp: Path) -> None:
-    from rpcctl import config
-    from rpcctl.runner import lock_path
+    from rpcctl.release import config
+    from rpcctl.release.runner import lock_path
 
     toml = short_tmp / "rpcctl.toml"
     toml.write_text('[app]\nname = "web"\ncommand = ["web"]\nnode = "unix:run/web.sock"\n')
@@ -480,8 +480,8 @@ def test_another_app_answering_is_not_taken_for_ours(release: Any) -> None:
 
 
 def test_an_agent_in_a_child_of_the_app_counts_as_ours(short_tmp: Path) -> None:
-    from rpcctl import config
-    from rpcctl.runner import Runner, parent_pid
+    from rpcctl.release import config
+    from rpcctl.release.runner import Runner, parent_pid
 
     toml = short_tmp / "rpcctl.toml"
     toml.write_text('[app]\nname = "web"\ncommand = ["web"]\n')
@@ -703,7 +703,7 @@ def _relayed(text: str) -> list[tuple[str, str]]:
     """What OutputRelay logs for *text*: (event, line or traceback) pairs."""
     from structlog.testing import capture_logs
 
-    from rpcctl.hooks import OutputRelay
+    from rpcctl.release.hooks import OutputRelay
 
     with capture_logs() as logs:
         relay = OutputRelay("post_start/10.sh", structlog.get_logger())
@@ -771,7 +771,7 @@ def test_relay_flushes_a_cut_off_traceback_and_keeps_blank_lines() -> None:
 
 
 def test_python_in_the_command_is_rpcctls_interpreter() -> None:
-    from rpcctl.runner import app_command
+    from rpcctl.release.runner import app_command
 
     assert app_command(["python", "-m", "app"]) == [sys.executable, "-m", "app"]
     assert app_command(["python3", "app.py"]) == [sys.executable, "app.py"]
@@ -780,7 +780,7 @@ def test_python_in_the_command_is_rpcctls_interpreter() -> None:
 
 
 def test_relay_does_not_gather_without_end() -> None:
-    from rpcctl.hooks import _MAX_TRACEBACK_LINES
+    from rpcctl.release.hooks import _MAX_TRACEBACK_LINES
 
     frames = ["Traceback (most recent call last):"] + ["  more"] * (_MAX_TRACEBACK_LINES + 10)
     relayed = _relayed("\n".join(frames) + "\n")

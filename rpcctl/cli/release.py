@@ -92,7 +92,7 @@ def start(settings: Settings) -> None:
     settings.single("start")
     from app_agent.logs import configure_logging
     from app_agent.logs import get_logger as agent_logger
-    from rpcctl.runner import Runner
+    from rpcctl.release.runner import Runner
 
     configure_logging()
     os.environ.pop(PROG_ENV, None)  # the launcher's name is not for the app or its hooks
@@ -115,7 +115,7 @@ def release_init(settings: Settings, name: str, module: str | None, force: bool)
     """Write rpcctl.toml, bin/NAME and rel/hooks/*/ into the current directory."""
     from pathlib import Path
 
-    from rpcctl import scaffold
+    from rpcctl.release import scaffold
 
     written = scaffold.init(name, Path.cwd(), force=force, module=module)
     if settings.json:

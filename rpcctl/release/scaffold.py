@@ -6,8 +6,8 @@ import re
 import shlex
 from pathlib import Path
 
-from rpcctl.config import HOOK_EVENTS, rpcctl_executable
 from rpcctl.exceptions import UsageError
+from rpcctl.release.config import HOOK_EVENTS, rpcctl_executable
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 

@@ -25,10 +25,11 @@ from typing import Any, Final, NamedTuple
 
 from app_agent.wire import NODE_ENV, RUNNER_ENV, ErrorKind, pid_alive
 from app_agent.wire.cookies import COOKIE_FILE_ENV
-from rpcctl import _transport, hooks
+from rpcctl import _transport
 from rpcctl._transport import Security
-from rpcctl.config import Config, rpcctl_executable
 from rpcctl.exceptions import CallTimeout, RpcctlError, Unreachable, UsageError
+from rpcctl.release import hooks
+from rpcctl.release.config import Config, rpcctl_executable
 
 # Exit statuses of `rpcctl start` besides 0 (clean stop) and the app's own status, from the
 # one exit-code table (app_agent/wire/errors.py).
