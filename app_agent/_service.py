@@ -365,17 +365,17 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
 
     def exposed_log_level(self, logger: Any = None, level: Any = None, for_s: Any = None) -> str:
         """Show, or set (for *for_s* seconds when given), a stdlib logger's level."""
-        from app_agent import _introspect
+        from app_agent import _loglevels
 
         try:
-            name = _introspect.logger_name(logger)
+            name = _loglevels.logger_name(logger)
             if level is None:
-                return wire.ok(_introspect.log_levels.show(None if logger is None else name))
-            number = _introspect.parse_level(level)
+                return wire.ok(_loglevels.log_levels.show(None if logger is None else name))
+            number = _loglevels.parse_level(level)
             if for_s is not None and type(for_s) not in (int, float):
                 return wire.error(ErrorKind.USAGE, "the duration must be a number of seconds")
-            changed = _introspect.log_levels.set(name, number, for_s, self._log_reverted)
-        except _introspect.LevelError as exc:
+            changed = _loglevels.log_levels.set(name, number, for_s, self._log_reverted)
+        except _loglevels.LevelError as exc:
             return wire.error(ErrorKind.USAGE, str(exc))
         self._audit(
             "log_level.set",

@@ -23,7 +23,7 @@ import rpyc
 from click.testing import CliRunner
 
 import rpcctl
-from app_agent import _health, _introspect, _profile, health_check, wire
+from app_agent import _health, _loglevels, _profile, health_check, wire
 from conftest import (
     APPS,
     DEADLINE,
@@ -734,7 +734,7 @@ def test_checks_run_concurrently_and_a_hung_one_is_not_repeated(no_checks: None)
 def test_log_levels_revert_and_reset() -> None:
     import logging
 
-    levels = _introspect.LogLevels()
+    levels = _loglevels.LogLevels()
     logger = logging.getLogger("rpcctl.test.levels")
     logger.setLevel(logging.WARNING)
     reverted: list[tuple[str, str, str]] = []
@@ -745,15 +745,15 @@ def test_log_levels_revert_and_reset() -> None:
         levels.set("rpcctl.test.levels", logging.ERROR, 3600)
         levels.reset()
         assert logger.level == logging.WARNING
-        with pytest.raises(_introspect.LevelError, match="positive number of seconds"):
+        with pytest.raises(_loglevels.LevelError, match="positive number of seconds"):
             levels.set("rpcctl.test.levels", logging.DEBUG, 0)
     finally:
         levels.reset()
         logger.setLevel(logging.NOTSET)
-    assert _introspect.parse_level("warning") == logging.WARNING
-    assert _introspect.parse_level("15") == 15
-    with pytest.raises(_introspect.LevelError, match="unknown logging level"):
-        _introspect.parse_level("LOUD")
+    assert _loglevels.parse_level("warning") == logging.WARNING
+    assert _loglevels.parse_level("15") == 15
+    with pytest.raises(_loglevels.LevelError, match="unknown logging level"):
+        _loglevels.parse_level("LOUD")
 
 
 def busy_function(stop: threading.Event) -> int:
