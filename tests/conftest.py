@@ -37,6 +37,21 @@ def rpcctl_executable() -> str:
     return str(exe)
 
 
+EXIT_CODES = {
+    "ok": 0,
+    "task_failed": 1,
+    "usage": 2,
+    "unreachable": 3,
+    "timeout": 4,
+    "auth": 5,
+    "no_such_task": 6,
+    "busy": 7,
+    "unhealthy": 8,
+    "interrupted": 130,
+}
+"""The README's exit-code table: the one the tests check against."""
+
+
 def run_rpcctl(
     *args: str,
     env: dict[str, str] | None = None,
@@ -207,15 +222,24 @@ def sample_app(short_tmp: Path) -> Iterator[AppProcess]:
 
 
 @pytest.fixture(scope="module")
-def shared_sample_app() -> Iterator[AppProcess]:
+def module_tmp() -> Iterator[Path]:
+    """A short temporary directory shared by a module's tests (UNIX socket paths must stay
+    under 108 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="rpcctl-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def shared_sample_app(module_tmp: Path) -> Iterator[AppProcess]:
     """One sampleapp for a whole module of read-mostly tests."""
-    tmp = Path(tempfile.mkdtemp(prefix="rpcctl-", dir="/tmp"))
-    app = AppProcess(SAMPLEAPP, node=f"unix:{tmp}/run/agent.sock")
+    app = AppProcess(SAMPLEAPP, node=f"unix:{module_tmp}/run/agent.sock")
     try:
         yield app
     finally:
         app.close()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def start_myapp(
@@ -256,3 +280,62 @@ def agent_in_process(short_tmp: Path) -> Iterator[object]:
         yield agent
     finally:
         agent.stop()
+
+
+def popen_rpcctl(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """The real executable in the background (a long call, a follower, a Ctrl-C test); its
+    environment has no RPCCTL_* variable unless *env* gives one, as for run_rpcctl."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("RPCCTL_")}
+    full_env.update(env or {})
+    return subprocess.Popen(
+        [rpcctl_executable(), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=full_env,
+    )
+
+
+# -- PostgreSQL: one probe for every test that needs the server --------------------------------
+
+PG_ADMIN_URL = os.environ.get(
+    "RPCCTL_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> str:
+    """The PostgreSQL server's URL once it answers; the test is skipped, saying why, when no
+    server does (failed instead with RPCCTL_REQUIRE_PG=1, as in CI)."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(PG_ADMIN_URL)
+    try:
+        with engine.connect() as connection:
+            connection.execute(sa.text("SELECT 1"))
+    except sa.exc.OperationalError as exc:
+        if os.environ.get("RPCCTL_REQUIRE_PG") == "1":
+            pytest.fail(f"RPCCTL_REQUIRE_PG=1 but PostgreSQL does not answer: {exc}")
+        pytest.skip(f"no PostgreSQL server at {PG_ADMIN_URL}: {str(exc).splitlines()[0]}")
+    finally:
+        engine.dispose()
+    return PG_ADMIN_URL
+
+
+@pytest.fixture
+def pg_database(pg_server: str) -> Iterator[str]:
+    """A fresh PostgreSQL database of its own, dropped afterwards."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    admin = sa.create_engine(pg_server, isolation_level="AUTOCOMMIT")
+    name = f"rpcctl_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield sa.make_url(pg_server).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

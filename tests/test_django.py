@@ -17,13 +17,13 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from test_example import pg_database  # noqa: F401  (a fixture)
 
 from conftest import (
     DEADLINE,
     ROOT,
     AppProcess,
     _Drain,
+    popen_rpcctl,
     rpcctl_executable,
     run_rpcctl,
     wait_until,
@@ -149,15 +149,8 @@ def open_files(pid: int, needle: str) -> list[str]:
     return found
 
 
-def popen_rpcctl(node: str, *args: str) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RPCCTL_")}
-    return subprocess.Popen(
-        [rpcctl_executable(), "-n", node, *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+def popen_rpcctl_at(node: str, *args: str) -> subprocess.Popen[str]:
+    return popen_rpcctl("-n", node, *args)
 
 
 _DRAINS: weakref.WeakKeyDictionary[Any, _Drain] = weakref.WeakKeyDictionary()
@@ -451,7 +444,7 @@ def test_output_streams_live_and_a_second_migrate_finds_the_lock_held(short_tmp:
     app, _ = start_gunicorn(
         short_tmp, node, workers=1, DJANGO_SETTINGS_MODULE=settings, DJANGO_TEST_GATE=str(gate)
     )
-    first = popen_rpcctl(node, "rpc", "django.migrate")
+    first = popen_rpcctl_at(node, "rpc", "django.migrate")
     waiter = None
     try:
         lines = read_until(first, "gate: waiting")
@@ -461,7 +454,9 @@ def test_output_streams_live_and_a_second_migrate_finds_the_lock_held(short_tmp:
         assert busy.returncode == 7
         assert "lock 'migrations' is held by job" in busy.stderr
         assert "(django.migrate, called by" in busy.stderr
-        waiter = popen_rpcctl(node, "rpc", "--json", "--lock-wait", str(DEADLINE), "django.migrate")
+        waiter = popen_rpcctl_at(
+            node, "rpc", "--json", "--lock-wait", str(DEADLINE), "django.migrate"
+        )
         wait_until(
             lambda: sorted(j["state"] for j in rpc_jobs(node)) == ["failed", "running", "running"],
             what="the second call to wait for the lock",
@@ -493,7 +488,7 @@ def rpc_jobs(node: str) -> list[dict[str, Any]]:
 @pytest.mark.pg
 def test_two_replicas_on_postgresql_apply_each_migration_exactly_once(
     short_tmp: Path,
-    pg_database: str,  # noqa: F811
+    pg_database: str,
 ) -> None:
     settings = add_gate_app(short_tmp)
     gate = short_tmp / "gate-open"
@@ -516,7 +511,7 @@ def test_two_replicas_on_postgresql_apply_each_migration_exactly_once(
         (_, node_a, _), (_, node_b, http_b) = replicas
         # Both replicas are told to migrate at once; one holds the lock inside the gate.
         procs = [
-            popen_rpcctl(n, "rpc", "--json", "--lock-wait", str(DEADLINE * 2), "django.migrate")
+            popen_rpcctl_at(n, "rpc", "--json", "--lock-wait", str(DEADLINE * 2), "django.migrate")
             for n in (node_a, node_b)
         ]
         holder = wait_for_lock_holder([node_a, node_b])

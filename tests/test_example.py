@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import urllib.error
 import urllib.request
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
 from conftest import AppProcess, start_myapp
-
-PG_ADMIN_URL = os.environ.get(
-    "RPCCTL_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
-)
 
 
 def rpc_json(app: AppProcess, expression: str) -> object:
@@ -117,27 +110,6 @@ def test_default_database_is_sqlite_under_var(short_tmp: Path) -> None:
         assert (short_tmp / "var" / "myapp.db").exists()
     finally:
         app.close()
-
-
-@pytest.fixture
-def pg_database() -> Iterator[str]:
-    """A fresh PostgreSQL database, dropped afterwards; skipped when no server answers."""
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"rpcctl_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.connect() as connection:
-            connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    except sa.exc.OperationalError as exc:
-        admin.dispose()
-        if os.environ.get("RPCCTL_REQUIRE_PG") == "1":
-            pytest.fail(f"RPCCTL_REQUIRE_PG=1 but PostgreSQL does not answer: {exc}")
-        pytest.skip(f"no PostgreSQL server at {PG_ADMIN_URL}: {str(exc).splitlines()[0]}")
-    try:
-        yield sa.make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.mark.pg

@@ -33,13 +33,8 @@ def start_many(envs: list[dict[str, str]], nodes: list[str]) -> list[AppProcess]
 
 
 @pytest.fixture(scope="module")
-def fleet_dir() -> Iterator[Path]:
-    import shutil
-    import tempfile
-
-    path = Path(tempfile.mkdtemp(prefix="rpcctl-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+def fleet_dir(module_tmp: Path) -> Path:
+    return module_tmp
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,8 @@ import importlib.metadata
 import json
 import platform
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -43,13 +41,6 @@ INTROAPP = [sys.executable, str(APPS / "introapp.py")]
 
 def start_introapp(directory: Path, name: str = "agent", **env: str) -> AppProcess:
     return AppProcess(INTROAPP, node=f"unix:{directory}/{name}.sock", env=env)
-
-
-@pytest.fixture(scope="module")
-def module_tmp() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="rpcctl-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,10 @@ import json
 import os
 import signal
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 
 from conftest import DEADLINE, SAMPLEAPP, AppProcess, rpcctl_executable, wait_until
 
@@ -270,26 +268,9 @@ def test_file_lock_across_processes(short_tmp: Path) -> None:
         second.close()
 
 
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    from test_example import PG_ADMIN_URL
-
-    engine = sa.create_engine(PG_ADMIN_URL)
-    try:
-        with engine.connect() as connection:
-            connection.execute(sa.text("SELECT 1"))
-    except sa.exc.OperationalError as exc:
-        if os.environ.get("RPCCTL_REQUIRE_PG") == "1":
-            pytest.fail(f"RPCCTL_REQUIRE_PG=1 but PostgreSQL does not answer: {exc}")
-        pytest.skip(f"no PostgreSQL server at {PG_ADMIN_URL}")
-    finally:
-        engine.dispose()
-    return PG_ADMIN_URL
-
-
 @pytest.mark.pg
-def test_postgres_advisory_lock_across_processes(short_tmp: Path, pg_url: str) -> None:
-    first, second = two_apps(short_tmp, pg_url)
+def test_postgres_advisory_lock_across_processes(short_tmp: Path, pg_server: str) -> None:
+    first, second = two_apps(short_tmp, pg_server)
     try:
         check_lock_across_processes(first, second)
     finally:

@@ -339,11 +339,8 @@ def blast(path: str, payload: bytes, read: bool = True) -> None:
 
 
 @pytest.fixture(scope="module")
-def target() -> Iterator[AppProcess]:
-    import shutil
-    import tempfile
-
-    tmp = Path(tempfile.mkdtemp(prefix="rpcctl-", dir="/tmp"))
+def target(module_tmp: Path) -> Iterator[AppProcess]:
+    tmp = module_tmp
     cookie = cookie_file(tmp)
     app = AppProcess(
         SAMPLEAPP,
@@ -355,7 +352,6 @@ def target() -> Iterator[AppProcess]:
         yield app
     finally:
         app.close()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def still_answers(app: AppProcess) -> None:

@@ -15,6 +15,7 @@ import pytest
 
 from app_agent import wire
 from app_agent.wire import Address, AddressError, ErrorKind
+from conftest import EXIT_CODES
 
 
 @pytest.mark.parametrize(
@@ -54,15 +55,9 @@ def test_address_round_trips_through_str() -> None:
 
 def test_exit_codes_are_the_documented_table() -> None:
     assert {k.value: k.exit_code for k in ErrorKind} == {
-        "task_failed": 1,
-        "usage": 2,
-        "unreachable": 3,
-        "timeout": 4,
-        "auth": 5,
-        "no_such_task": 6,
-        "busy": 7,
-        "unhealthy": 8,
+        kind: code for kind, code in EXIT_CODES.items() if kind not in ("ok", "interrupted")
     }
+    assert EXIT_CODES["interrupted"] == wire.errors.INTERRUPTED
 
 
 class Colour(enum.Enum):
