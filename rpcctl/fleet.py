@@ -153,12 +153,38 @@ def fan_out(
             outcome.error = Unreachable(f"{outcome.node}: {exc}")
         outcome.duration = time.monotonic() - node_started
 
-    import concurrent.futures
-
-    workers = max(1, min(parallel, len(outcomes)))
-    with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="rpcctl-fleet") as pool:
-        list(pool.map(one, range(len(outcomes))))
+    for thread in _in_parallel(one, range(len(outcomes)), parallel):
+        thread.join()
     return MulticallResult(outcomes, time.monotonic() - started)
+
+
+def _in_parallel(work: Callable[[Any], None], items: Iterable[Any], parallel: int) -> list[Any]:
+    """Run *work* on each item on at most *parallel* daemon threads; the threads (started).
+
+    Plain threads and a queue: concurrent.futures (with the logging it imports) would add
+    more to a fleet command's start than pinging fifty nodes takes.
+    """
+    todo: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    count = 0
+    for item in items:
+        todo.put(item)
+        count += 1
+
+    def worker() -> None:
+        while True:
+            try:
+                item = todo.get_nowait()
+            except queue.Empty:
+                return
+            work(item)
+
+    threads = [
+        threading.Thread(target=worker, name="rpcctl-fleet", daemon=True)
+        for _ in range(max(1, min(parallel, count)))
+    ]
+    for thread in threads:
+        thread.start()
+    return threads
 
 
 def ping_all(
@@ -204,25 +230,16 @@ def first_answering(
     security = security or Security.resolve()
     addresses = [_parse(n) for n in nodes]
     answers: queue.SimpleQueue[tuple[Address, str | None]] = queue.SimpleQueue()
-    todo: queue.SimpleQueue[Address] = queue.SimpleQueue()
-    for address in addresses:
-        todo.put(address)
 
-    def pinger() -> None:
-        while True:
-            try:
-                address = todo.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                _transport.ping(address, timeout, security)
-            except RpcctlError as exc:
-                answers.put((address, exc.message))
-            else:
-                answers.put((address, None))
+    def ping(address: Address) -> None:
+        try:
+            _transport.ping(address, timeout, security)
+        except RpcctlError as exc:
+            answers.put((address, exc.message))
+        else:
+            answers.put((address, None))
 
-    for _ in range(max(1, min(parallel, len(addresses)))):
-        threading.Thread(target=pinger, daemon=True).start()
+    _in_parallel(ping, addresses, parallel)  # not joined: the first answer is enough
     errors = []
     for _ in addresses:
         address, error = answers.get()

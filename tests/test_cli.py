@@ -272,3 +272,12 @@ def test_read_only_commands_log_nothing_at_info_beyond_the_connection(
             assert runner.invoke(cli, ["-n", agent.node, *command]).exit_code == 0, command
         loud = [e["event"] for e in logs if e["log_level"] != "debug"]
     assert [event for event in loud if event != "connection.accepted"] == []
+
+
+def test_every_command_is_in_the_lazy_map() -> None:
+    """Commands load on first use: the map must name every one, or it would be missing."""
+    import importlib
+
+    for module in set(cli.lazy.values()):
+        importlib.import_module(module)
+    assert set(cli.commands) == set(cli.lazy)

@@ -1,7 +1,8 @@
 """The click CLI: parse options, call the client, render results, map errors to exit codes.
 
 Results go to stdout; diagnostics go to stderr. Every failure is an RpcctlError whose
-``exit_code`` is the documented one (see the README's table). One module per command group:
+``exit_code`` is the documented one (see the README's table). One module per command group,
+each imported only when one of its commands runs (``cli.lazy`` in ``_group``):
 
 - ``_group``: the ``rpcctl`` group, its global options, ``main()``
 - ``_common``: settings, options, JSON output, error reporting
@@ -14,7 +15,6 @@ Results go to stdout; diagnostics go to stderr. Every failure is an RpcctlError 
 
 from __future__ import annotations
 
-from rpcctl.cli import calls, introspect, release, status
 from rpcctl.cli._group import cli, main
 
-__all__ = ["calls", "cli", "introspect", "main", "release", "status"]
+__all__ = ["cli", "main"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from collections.abc import Callable
@@ -42,6 +43,20 @@ class Interrupted(Exception):
 class RpcctlGroup(click.Group):
     """Turns RpcctlError into one clear line on stderr and its exit code, Ctrl-C into 130,
     and, with --json anywhere on the line, a usage error into a JSON envelope too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy: dict[str, str] = {}
+        """Command name -> the module that defines it, imported only when that command runs (or
+        help lists them all): `rpcctl ping` of a fleet should not pay for the profiler's SVG."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(self.commands) | set(self.lazy))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in self.lazy:
+            importlib.import_module(self.lazy[cmd_name])  # its commands register on the group
+        return super().get_command(ctx, cmd_name)
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         ctx.meta.setdefault(_ARGV, list(args))

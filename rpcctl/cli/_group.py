@@ -70,6 +70,14 @@ def cli(settings: Settings, /, **params: Any) -> None:
     apply_globals(settings, params)
 
 
+cli.lazy = {
+    **dict.fromkeys(("ping", "tasks", "info"), "rpcctl.cli.status"),
+    **dict.fromkeys(("rpc", "jobs", "logs", "wait", "cancel"), "rpcctl.cli.calls"),
+    **dict.fromkeys(("start", "stop", "restart", "pid", "release", "cookie"), "rpcctl.cli.release"),
+    **dict.fromkeys(("stack", "stats", "health", "profile", "log-level"), "rpcctl.cli.introspect"),
+}
+
+
 def apply_globals(settings: Settings, params: dict[str, Any]) -> None:
     """The group's options into *settings*; options not given keep what *settings* has."""
     nodes = list(params.get("nodes") or ())
