@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import stat
@@ -268,8 +267,10 @@ def handshake(
 
 def _exchange(sock: socket.socket, address: Address, fields: dict[str, Any]) -> dict[str, Any]:
     # An agent that refused before reading has closed: its reason may still be waiting.
-    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+    try:  # noqa: SIM105  (not contextlib: this module is the whole of `rpcctl ping`)
         sock.sendall(wire.encode_line({"rpcctl": wire.PROTOCOL_VERSION, **fields}))
+    except (BrokenPipeError, ConnectionResetError):
+        pass
     try:
         line = _read_line(sock)
         if not line:
@@ -327,6 +328,7 @@ def _is_tls_error(exc: OSError) -> bool:
 
 
 def _kind(value: Any) -> ErrorKind:
-    with contextlib.suppress(ValueError):
+    try:
         return ErrorKind(value)
-    return ErrorKind.UNREACHABLE
+    except ValueError:
+        return ErrorKind.UNREACHABLE

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 from collections.abc import Callable
@@ -97,6 +96,8 @@ class Client:
         self._root = self._guarded("root", lambda: self._conn.root)
 
     def close(self) -> None:
+        import contextlib
+
         if self._abandoned:
             # A request is still outstanding (it timed out): RPyC's polite close would wait
             # for the busy connection to answer, so drop the connection instead.

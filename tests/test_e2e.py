@@ -191,7 +191,7 @@ def test_sigterm_stops_the_app_and_removes_its_socket(sample_app: AppProcess) ->
 
 def test_ping_imports_only_what_it_needs(shared_sample_app: AppProcess) -> None:
     """Probes run `rpcctl ping` every few seconds: no click, RPyC, structlog, SQLAlchemy,
-    typing or concurrent.futures on that path."""
+    typing, concurrent.futures or json (and the re it brings) on that path."""
     import sys
 
     result = subprocess.run(
@@ -203,5 +203,6 @@ def test_ping_imports_only_what_it_needs(shared_sample_app: AppProcess) -> None:
     )
     assert result.stdout == "pong\n"
     imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line}
-    for heavy in ("click", "rpyc", "structlog", "sqlalchemy", "typing", "concurrent.futures"):
-        assert heavy not in imported, heavy
+    heavy = ("click", "rpyc", "structlog", "sqlalchemy", "typing", "concurrent.futures")
+    for name in (*heavy, "json", "app_agent.wire.codec"):
+        assert name not in imported, name

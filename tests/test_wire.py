@@ -10,8 +10,11 @@ import json
 import math
 import pathlib
 import uuid
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from app_agent import wire
 from app_agent.wire import Address, AddressError, ErrorKind
@@ -131,3 +134,33 @@ def test_handshake_lines() -> None:
     for bad in (b"\xff\n", b"[1]\n", b'{"other": 1}\n', b"GET / HTTP/1.1\r\n"):
         with pytest.raises(ValueError, match="not an rpcctl handshake"):
             wire.decode_line(bad)
+
+
+FLAT_VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(-(10**12), 10**12), st.text(max_size=40)
+)
+FLAT = st.dictionaries(st.text(max_size=12), FLAT_VALUES, max_size=6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(message=FLAT)
+def test_handshake_lines_are_json_both_ways(message: dict[str, Any]) -> None:
+    """The handshake's own flat-JSON codec (no json module on the ping path) agrees with json:
+    what it writes json reads, and what json writes (ASCII or not, spaced or not) it reads."""
+    full = {"rpcctl": 2, **message}
+    line = wire.encode_line(full)
+    assert json.loads(line) == full
+    assert wire.decode_line(line) == full
+    for text in (json.dumps(full), json.dumps(full, ensure_ascii=False, separators=(",", ":"))):
+        assert wire.decode_line(text.encode() + b"\n") == full
+
+
+@settings(max_examples=1000, deadline=None)
+@given(data=st.binary(max_size=300))
+def test_hostile_handshake_lines_are_values_or_value_errors(data: bytes) -> None:
+    try:
+        decoded = wire.decode_line(b'{"rpcctl":' + data)
+    except ValueError:
+        return
+    assert isinstance(decoded, dict)
+    assert not any(isinstance(v, dict | list) for v in decoded.values())

@@ -9,15 +9,15 @@
 - :mod:`~app_agent.wire.environment`: every ``RPCCTL_*`` variable's name
 - :mod:`~app_agent.wire.processes`: whether a process exists
 
-The names most code needs are re-exported here; ``cookies`` and ``records`` (hashing) load
-only when imported. The ``rpcctl ping`` path loads this package and must stay cheap.
+The names most code needs are re-exported here; the codec's (json) load on first use, and
+``cookies`` and ``records`` (hashing) when imported: the ``rpcctl ping`` path loads this
+package and must stay cheap.
 """
 
 from __future__ import annotations
 
 from app_agent.wire import environment
 from app_agent.wire.addresses import Address, AddressError, parse_node
-from app_agent.wire.codec import dumps, error, is_plain, loads, ok, ok_plain, to_plain
 from app_agent.wire.errors import ErrorKind
 from app_agent.wire.handshake import (
     HANDSHAKE_TIMEOUT,
@@ -28,6 +28,13 @@ from app_agent.wire.handshake import (
     encode_line,
 )
 from app_agent.wire.processes import pid_alive
+
+# Without importing typing (which costs the ping path ~10 ms); mypy knows this name.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from app_agent.wire.codec import dumps, error, is_plain, loads, ok, ok_plain, to_plain
+
+_CODEC = frozenset({"dumps", "error", "is_plain", "loads", "ok", "ok_plain", "to_plain"})
 
 NODE_ENV = environment.NODE
 RUNNER_ENV = environment.RUNNER_PID
@@ -55,3 +62,12 @@ __all__ = [
     "pid_alive",
     "to_plain",
 ]
+
+
+def __getattr__(name: str) -> object:
+    if name in _CODEC:
+        from app_agent.wire import codec
+
+        return getattr(codec, name)
+    msg = f"module 'app_agent.wire' has no attribute {name!r}"
+    raise AttributeError(msg)
