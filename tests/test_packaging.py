@@ -60,9 +60,11 @@ def test_build_install_and_run(tmp_path: Path, sample_app: AppProcess) -> None:
 
     with zipfile.ZipFile(wheel) as archive:
         in_wheel = set(archive.namelist())
-        entry_points = archive.read(f"rpcctl-{__version__}.dist-info/entry_points.txt").decode()
-    assert {"rpcctl/py.typed", "app_agent/py.typed", "rpcctl/cli.py"} <= in_wheel
-    assert "rpcctl = rpcctl.__main__:main" in entry_points
+        script = archive.read(f"rpcctl-{__version__}.data/scripts/rpcctl").decode()
+    assert {"rpcctl/py.typed", "app_agent/py.typed", "rpcctl/cli/__init__.py"} <= in_wheel
+    # The command is a script of its own (pip's entry-point wrapper would import re).
+    assert script.startswith("#!python\n")
+    assert "from rpcctl.__main__ import main" in script
 
     # A fresh environment that sees nothing of this one's packages.
     fresh = tmp_path / "fresh"
