@@ -13,8 +13,6 @@ import threading
 from collections.abc import Iterable
 from typing import Any, Unpack
 
-import rpyc
-
 from app_agent import _capture
 from app_agent import _readiness as readiness
 from app_agent._gate import Gate
@@ -22,12 +20,11 @@ from app_agent._locks import Backend
 from app_agent._locks import backend as lock_backends
 from app_agent._registry import Registry, import_task_modules
 from app_agent._registry import registry as global_registry
-from app_agent._service import PROTOCOL_CONFIG, AgentService, AgentState
+from app_agent._state import AgentState
 from app_agent.config import AgentConfig, StartOptions
 from app_agent.config import load as load_config
 from app_agent.exceptions import AddressInUse, AgentAlreadyRunning, ConfigurationError
 from app_agent.logs import get_logger
-from app_agent.streams import BufferedSocketStream
 from app_agent.wire import Address
 
 # RPyC logs through stdlib logging; the agent logs its own events with structlog, so RPyC's
@@ -164,6 +161,13 @@ class Agent:
         ).start()
 
     def _serve(self, sock: Any, peer: str, auth: str) -> None:
+        # RPyC loads with the first admitted connection: an agent that is only pinged
+        # (probes: the gate answers them) never carries it.
+        import rpyc
+
+        from app_agent._service import PROTOCOL_CONFIG, AgentService
+        from app_agent.streams import BufferedSocketStream
+
         service = AgentService(self.state, caller=peer, auth=auth)
         conn = None
         try:

@@ -26,11 +26,11 @@ from app_agent._jobs import (
     SUMMARY_ONLY,
     TIMED_OUT,
     Job,
-    JobTable,
     measure,
 )
-from app_agent._locks import Backend, Busy
-from app_agent._registry import Registry, Task
+from app_agent._locks import Busy
+from app_agent._registry import Task
+from app_agent._state import AgentState
 from app_agent._version import __version__
 from app_agent.wire import ErrorKind
 
@@ -54,21 +54,6 @@ PROTOCOL_CONFIG: dict[str, Any] = {
     "propagate_KeyboardInterrupt_locally": False,
     "log_exceptions": False,
 }
-
-
-class AgentState:
-    """What every connection's service shares: the registry, jobs, identity."""
-
-    def __init__(
-        self, registry: Registry, node: str, app: str, log: Any, locks: Backend, loop: Any = None
-    ) -> None:
-        self.registry = registry
-        self.node = node
-        self.app = app
-        self.log = log
-        self.jobs = JobTable(locks, loop)
-        self.started_at = time.time()
-        self.stop_handler: Callable[[], None] | None = None
 
 
 class _Call(NamedTuple):

@@ -1,0 +1,30 @@
+"""What every connection's service shares: the registry, the jobs, the app's identity.
+
+Kept apart from the RPC service so that an agent that is only ever pinged (the handshake
+answers pings) never imports RPyC: that happens with the first admitted connection.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from app_agent._jobs import JobTable
+from app_agent._locks import Backend
+from app_agent._registry import Registry
+
+
+class AgentState:
+    """What every connection's service shares: the registry, jobs, identity."""
+
+    def __init__(
+        self, registry: Registry, node: str, app: str, log: Any, locks: Backend, loop: Any = None
+    ) -> None:
+        self.registry = registry
+        self.node = node
+        self.app = app
+        self.log = log
+        self.jobs = JobTable(locks, loop)
+        self.started_at = time.time()
+        self.stop_handler: Callable[[], None] | None = None
