@@ -454,7 +454,7 @@ class Gate:
         given = wire.decode_line(line).get("proof")
         if given is None:
             raise Refused(
-                "no cookie: the client did not send a proof",
+                pending.unknown or "no cookie: the client did not send a proof",
                 ErrorKind.AUTH,
                 "this agent requires a cookie",
             )
