@@ -479,13 +479,13 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
         """
         if self._identity.may(grant):
             return None
-        self._audit("access.denied", now=True, grant=grant, action=action)
+        self._state.log.warning("access.denied", grant=grant, action=action, **self._who)
         message = f"{self._identity} may not {action} (that needs the {grant} grant)"
         return wire.error(ErrorKind.AUTH, message)
 
     def _may_not_run(self, task: str, action: str = "") -> str:
         """The refusal of a task this identity's patterns do not cover, audited."""
-        self._audit("access.denied", now=True, task=task, action=action or "run")
+        self._state.log.warning("access.denied", task=task, action=action or "run", **self._who)
         message = f"{self._identity} may not run {task}"
         return wire.error(ErrorKind.AUTH, f"{message} (asked to {action})" if action else message)
 
