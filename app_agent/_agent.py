@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
@@ -15,13 +16,14 @@ from typing import Any, Unpack
 
 from app_agent import _capture
 from app_agent import _readiness as readiness
+from app_agent._access import Identity
 from app_agent._gate import Gate
 from app_agent._locks import Backend
 from app_agent._locks import backend as lock_backends
 from app_agent._registry import Registry, import_task_modules
 from app_agent._registry import registry as global_registry
 from app_agent._state import AgentState
-from app_agent.config import AgentConfig, StartOptions
+from app_agent.config import AgentConfig, StartOptions, app_modules, distribution_version
 from app_agent.config import load as load_config
 from app_agent.exceptions import AddressInUse, AgentAlreadyRunning, ConfigurationError
 from app_agent.logs import get_logger
@@ -60,6 +62,7 @@ class Agent:
             log=self.log,
             locks=locks if locks is not None else lock_backend(config),
             loop=loop,
+            version=config.version,
         )
         self.state.stop_handler = config.on_stop
         self.max_connections = config.max_connections
@@ -84,6 +87,9 @@ class Agent:
             has_room=self._has_room,
             hand_over=self._hand_over,
             max_pending=config.max_handshakes,
+            access=config.access,
+            app=config.app,
+            version=config.version,
         )
         self._thread = threading.Thread(
             target=self.gate.serve_forever, name="rpcctl-agent", daemon=True
@@ -127,14 +133,17 @@ class Agent:
             msg = f"unix:{path}: the socket path is longer than {_UNIX_PATH_MAX} bytes"
             raise ConfigurationError(msg)
         directory = os.path.dirname(path)
+        # Owner-only: nobody else may even reach the socket file. Unless the access file
+        # names other local users: they must be able to connect (and pass through the
+        # directory, not list or write it); the gate then checks who each peer is.
+        shared = self.config.shared_socket
         if not os.path.isdir(directory):
-            # Owner-only: nobody else may even reach the socket file.
-            os.makedirs(directory, mode=0o700, exist_ok=True)
+            os.makedirs(directory, mode=0o711 if shared else 0o700, exist_ok=True)
         self._clear_stale_socket(path)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             listener.bind(path)
-            os.chmod(path, 0o600)
+            os.chmod(path, 0o666 if shared else 0o600)
             listener.listen(socket.SOMAXCONN)
         except OSError as exc:
             listener.close()
@@ -152,15 +161,18 @@ class Agent:
         with self._served_lock:
             return len(self._served) < self.max_connections
 
-    def _hand_over(self, sock: Any, peer: str, auth: str) -> None:
+    def _hand_over(self, sock: Any, peer: str, auth: str, identity: Identity) -> None:
         """Serve an admitted connection on a thread of its own (called on the gate's thread)."""
         with self._served_lock:
             self._served.add(sock)
         threading.Thread(
-            target=self._serve, args=(sock, peer, auth), name="rpcctl-agent-conn", daemon=True
+            target=self._serve,
+            args=(sock, peer, auth, identity),
+            name="rpcctl-agent-conn",
+            daemon=True,
         ).start()
 
-    def _serve(self, sock: Any, peer: str, auth: str) -> None:
+    def _serve(self, sock: Any, peer: str, auth: str, identity: Identity) -> None:
         # RPyC loads with the first admitted connection: an agent that is only pinged
         # (probes: the gate answers them) never carries it.
         import rpyc
@@ -168,7 +180,7 @@ class Agent:
         from app_agent._service import PROTOCOL_CONFIG, AgentService
         from app_agent.streams import BufferedSocketStream
 
-        service = AgentService(self.state, caller=peer, auth=auth)
+        service = AgentService(self.state, caller=peer, auth=auth, identity=identity)
         conn = None
         try:
             conn = rpyc.connect_stream(
@@ -231,7 +243,26 @@ class Agent:
         directly, as the benchmark makes many in one process, must call it)."""
         _capture.install()
         self._thread.start()
-        self.log.info("agent.started", node=self.node, app=self.state.app, pid=os.getpid())
+        access = self.config.access
+        self.log.info(
+            "agent.started",
+            node=self.node,
+            app=self.state.app,
+            pid=os.getpid(),
+            version=self.config.version,
+            **({"access": access.path, "identities": list(access.identities)} if access else {}),
+        )
+        for warning in self.config.warnings:
+            self.log.warning("access.warning", problem=warning)
+        if access is not None:
+            # Tasks registered later (a module imported after start) are not seen here.
+            names = [t.name for t in self.state.registry.all()]
+            for identity, pattern in access.unmatched_patterns(names):
+                self.log.warning(
+                    "access.warning",
+                    problem=f"{access.path}: [identity.{identity}] allow: {pattern!r} matches "
+                    "no registered task",
+                )
 
     def stop(self) -> None:
         """Close the server and every connection, and remove the socket file."""
@@ -310,7 +341,12 @@ def start(
             raise AgentAlreadyRunning(msg)
         config = load_config(node, **options)
         locks = lock_backend(config)
+        tasks = tuple(tasks)
         import_task_modules(tasks)
+        if config.version is None:
+            # The app's own code: the modules named by tasks=, then those of its tasks.
+            found = (*tasks, *(t.func.__module__ for t in global_registry.all()))
+            config = dataclasses.replace(config, version=distribution_version(app_modules(found)))
         if config.ready is not None:
             readiness.set_ready(config.ready)
         agent = Agent(config, locks=locks, loop=_running_loop())

@@ -7,10 +7,13 @@ flood of bad connections cannot starve a liveness probe. Only an authenticated `
 connection is handed over to a thread of its own (see :mod:`app_agent._agent`).
 
 The checks, in order: the peer's uid (UNIX sockets, SO_PEERCRED), TLS (tls:// addresses),
-the hello line (protocol version, operation, client nonce), then, when a cookie is
-configured, the challenge-response that proves the cookie both ways. The whole exchange
-has one deadline per connection. Refusals are logged with their reason, the first few of
-each window one by one and the rest as one summary, so a flood cannot fill the app's log.
+the hello line (protocol version, operation, client nonce, the identity it names), then,
+when a cookie is configured, the challenge-response that proves the cookie both ways. With
+an access file (:mod:`app_agent._access`) every connection becomes one of its identities:
+the one the hello names, proven with that identity's cookie, else the one its verified
+client certificate or its uid is. The whole exchange has one deadline per connection.
+Refusals are logged with their reason, the first few of each window one by one and the
+rest as one summary, so a flood cannot fill the app's log.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import Any
 
 from app_agent import _readiness as readiness
 from app_agent import wire
+from app_agent._access import UNRESTRICTED, Access, Identity, certificate_subject
 from app_agent.wire import ErrorKind, cookies
 from app_agent.wire.records import RecordSocket
 
@@ -56,12 +60,18 @@ class _Pending:
         "client_nonce",
         "deadline",
         "events",
+        "identity",
         "methods",
+        "named",
         "op",
         "peer",
         "phase",
         "reader",
+        "secret",
         "sock",
+        "subject",
+        "uid",
+        "unknown",
     )
 
     def __init__(self, sock: socket.socket, peer: str, deadline: float) -> None:
@@ -75,6 +85,12 @@ class _Pending:
         self.op = ""
         self.methods: list[str] = []
         self.events = _READ
+        self.uid: int | None = None  # the peer's, on a UNIX socket
+        self.subject: frozenset[tuple[str, str]] = frozenset()  # its verified certificate's
+        self.named = ""  # the identity the hello names ("" for none)
+        self.identity: Identity | None = None  # who the connection is, once decided
+        self.secret: bytes | None = None  # the cookie it must prove, when it must
+        self.unknown = ""  # why a named identity cannot be this connection (logged only)
 
 
 class RefusalLog:
@@ -88,7 +104,7 @@ class RefusalLog:
         self._logged = 0
         self._suppressed: collections.Counter[str] = collections.Counter()
 
-    def note(self, peer: str, reason: str, auth: str) -> None:
+    def note(self, peer: str, reason: str, auth: str, identity: str | None = None) -> None:
         now = time.monotonic()
         if now >= self._window_end:
             self.flush()
@@ -96,7 +112,8 @@ class RefusalLog:
             self._logged = 0
         if self._logged < self.burst:
             self._logged += 1
-            self.log.warning("connection.refused", peer=peer, reason=reason, auth=auth)
+            fields = {"identity": identity} if identity else {}
+            self.log.warning("connection.refused", peer=peer, reason=reason, auth=auth, **fields)
         else:
             self._suppressed[reason] += 1
 
@@ -120,7 +137,9 @@ class Gate:
     """Accepts connections on *listener* and runs their handshakes on one thread.
 
     *has_room* says whether another RPyC connection may be served; *hand_over* takes an
-    admitted connection (socket-like, peer, auth) and serves it elsewhere.
+    admitted connection (socket-like, peer, auth, identity) and serves it elsewhere. With
+    *access*, connections are its identities and the agent's *cookie* is not used. *app*
+    and *version* are reported in every answer.
     """
 
     def __init__(
@@ -131,9 +150,12 @@ class Gate:
         cookie: bytes | None,
         tls: ssl.SSLContext | None,
         has_room: Callable[[], bool],
-        hand_over: Callable[[Any, str, str], None],
+        hand_over: Callable[[Any, str, str, Identity], None],
         max_pending: int = 512,
         handshake_timeout: float = wire.HANDSHAKE_TIMEOUT,
+        access: Access | None = None,
+        app: str = "",
+        version: str | None = None,
     ) -> None:
         self.listener = listener
         self.log = log
@@ -144,6 +166,12 @@ class Gate:
         self.hand_over = hand_over
         self.max_pending = max_pending
         self.handshake_timeout = handshake_timeout
+        self.access = access
+        self.app = app
+        self.version = version
+        # What a named identity that cannot be this connection is challenged with, so that
+        # it looks like a known one until its proof is refused (no identity oracle).
+        self._decoy = os.urandom(32)
         self.refusals = RefusalLog(log)
         self._unix = listener.family == socket.AF_UNIX
         self._pending: dict[int, _Pending] = {}  # by fd, insertion-ordered: oldest first
@@ -253,6 +281,8 @@ class Gate:
         else:
             peer = f"{address[0]}:{address[1]}"
         pending = _Pending(sock, peer, time.monotonic() + self.handshake_timeout)
+        if self._unix:
+            pending.uid = uid
         try:
             if self._unix:
                 pending.methods.append("peer-uid")
@@ -282,6 +312,8 @@ class Gate:
                     return
                 pending.phase = "hello"
                 pending.methods.append("tls-client-cert" if self._mutual_tls else "tls")
+                if self._mutual_tls:
+                    pending.subject = certificate_subject(pending.sock.getpeercert())  # type: ignore[attr-defined]
             line = self._read_line(pending)
             if line is None:
                 return
@@ -348,28 +380,100 @@ class Gate:
         nonce = hello.get("nonce")
         if not cookies.is_nonce(nonce):
             raise Refused("the hello carries no valid nonce", ErrorKind.USAGE)
+        named = hello.get("identity")
+        if named is not None and not wire.is_identity_name(named):
+            raise Refused(f"the hello names a malformed identity {_short(named)}", ErrorKind.USAGE)
         pending.op = str(op)
         pending.client_nonce = str(nonce)
-        if self.cookie is None:
+        pending.named = named or ""
+        if self.access is None:
+            if named is not None:
+                raise Refused(
+                    f"the client names identity {named!r}, but this agent has no access file",
+                    ErrorKind.AUTH,
+                    "this agent has no identities (no access file): drop --identity",
+                )
+            pending.identity = UNRESTRICTED
+            pending.secret = self.cookie
+        else:
+            pending.secret = self._identify(pending)
+        if pending.secret is None:
             self._finish(pending)
             return
         pending.agent_nonce = cookies.new_nonce()
         pending.phase = "proof"
         self._send(pending, {"challenge": pending.agent_nonce})
 
+    def _identify(self, pending: _Pending) -> bytes | None:
+        """Which identity of the access file *pending* is: decided now (its certificate, its
+        uid, or a named identity those match), or once it proves the returned cookie."""
+        assert self.access is not None
+        if pending.named:
+            identity = self.access.named(pending.named)
+            if identity is not None and identity.cookie is not None:
+                pending.identity = identity  # if it proves the cookie
+                return identity.cookie
+            if identity is not None and self._credentials_match(pending, identity):
+                pending.identity = identity
+                return None
+            pending.unknown = (
+                f"unknown identity {pending.named!r}"
+                if identity is None
+                else f"identity {pending.named!r} is not this connection's certificate or uid"
+            )
+            return self._decoy
+        found = self.access.by_certificate(pending.subject) if pending.subject else []
+        if len(found) > 1:
+            names = ", ".join(str(i) for i in found)
+            raise Refused(
+                f"the client certificate matches several identities ({names})",
+                ErrorKind.AUTH,
+                "the client certificate matches several identities: name one with --identity",
+            )
+        if found:
+            pending.identity = found[0]
+            return None
+        by_uid = self.access.by_uid(pending.uid) if pending.uid is not None else None
+        if by_uid is not None:
+            pending.identity = by_uid
+            return None
+        raise Refused(
+            "no identity: the client names none, and neither its certificate nor its uid is one",
+            ErrorKind.AUTH,
+            "this agent requires an identity: name one with --identity NAME (or RPCCTL_IDENTITY)",
+        )
+
+    @staticmethod
+    def _credentials_match(pending: _Pending, identity: Identity) -> bool:
+        if identity.uid is not None:
+            return pending.uid == identity.uid
+        return identity.matches_certificate(pending.subject)
+
     def _on_proof(self, pending: _Pending, line: bytes) -> None:
-        assert self.cookie is not None
+        assert pending.secret is not None
         given = wire.decode_line(line).get("proof")
         if given is None:
             raise Refused(
-                "no cookie: the client did not send a proof",
+                pending.unknown or "no cookie: the client did not send a proof",
                 ErrorKind.AUTH,
                 "this agent requires a cookie",
             )
         expected = cookies.proof(
-            self.cookie, "client", pending.client_nonce, pending.agent_nonce, pending.op
+            pending.secret,
+            "client",
+            pending.client_nonce,
+            pending.agent_nonce,
+            pending.op,
+            identity=pending.named,
         )
-        if not cookies.proof_matches(expected, given):
+        # Compared even against the decoy, so an unknown identity costs what a known one does.
+        matches = cookies.proof_matches(expected, given)
+        if self.access is not None and (pending.unknown or not matches):
+            reason = pending.unknown or (
+                f"wrong cookie for identity {pending.named!r}: the client's proof does not match"
+            )
+            raise Refused(reason, ErrorKind.AUTH, "unknown identity or wrong cookie")
+        if not matches:
             raise Refused(
                 "wrong cookie: the client's proof does not match", ErrorKind.AUTH, "wrong cookie"
             )
@@ -377,41 +481,60 @@ class Gate:
         self._finish(pending)
 
     def _finish(self, pending: _Pending) -> None:
-        fields: dict[str, Any] = {"ok": True, "pid": os.getpid()}
+        fields: dict[str, Any] = {
+            "ok": True,
+            "pid": os.getpid(),
+            "ready": readiness.ready,
+            "app": self.app,
+            "version": self.version,
+        }
+        if self.access is not None:
+            fields["identity"] = str(pending.identity)
         if pending.op == "ping":
             fields["pong"] = True
-            fields["ready"] = readiness.ready
         elif not self.has_room():
             raise Refused(
                 "too many connections",
                 ErrorKind.UNREACHABLE,
                 "the agent serves as many connections as it may; try again shortly",
             )
-        if self.cookie is not None:
+        if pending.secret is not None:
             fields["proof"] = cookies.proof(
-                self.cookie,
+                pending.secret,
                 "agent",
                 pending.client_nonce,
                 pending.agent_nonce,
                 pending.op,
                 cookies.answer_digest(fields),
+                identity=pending.named,
             )
         self._send(pending, fields)
         self._forget(pending)
         auth = "+".join(pending.methods) or "none"
+        identity = pending.identity or UNRESTRICTED
         # Probes connect every few seconds: only refusals, stops and calls log at info.
-        self.log.debug("connection.accepted", peer=pending.peer, op=pending.op, auth=auth)
+        self.log.debug(
+            "connection.accepted",
+            peer=pending.peer,
+            op=pending.op,
+            auth=auth,
+            identity=identity.name,
+        )
         if pending.op == "ping":
             pending.sock.close()
             return
         sock: Any = pending.sock
         sock.setblocking(True)
-        if self.cookie is not None and self.tls is None:
+        if pending.secret is not None and self.tls is None:
             to_agent, to_client = cookies.frame_keys(
-                self.cookie, pending.client_nonce, pending.agent_nonce, pending.op
+                pending.secret,
+                pending.client_nonce,
+                pending.agent_nonce,
+                pending.op,
+                identity=pending.named,
             )
             sock = RecordSocket(sock, send_key=to_client, recv_key=to_agent)
-        self.hand_over(sock, pending.peer, auth)
+        self.hand_over(sock, pending.peer, auth, identity)
 
     # -- endings -------------------------------------------------------------------------------
 
@@ -431,7 +554,9 @@ class Gate:
             answer = {"ok": False, "kind": str(refused.kind), "message": refused.message}
             with contextlib.suppress(OSError, ValueError, Refused):
                 self._send(pending, answer)
-        self.refusals.note(pending.peer, refused.reason, "+".join(pending.methods) or "none")
+        self.refusals.note(
+            pending.peer, refused.reason, "+".join(pending.methods) or "none", pending.named
+        )
         if registered:
             self._close(pending)
         else:

@@ -19,6 +19,7 @@ import rpyc
 
 from app_agent import _process, wire
 from app_agent import _readiness as readiness
+from app_agent._access import LOG_LEVEL, READ, STOP, UNRESTRICTED, Identity
 from app_agent._jobs import (
     CANCELLED,
     MAX_NESTING,
@@ -76,12 +77,22 @@ class _Refused(Exception):
 
 class AgentService(rpyc.Service):  # type: ignore[misc]
     """One instance per connection; a caller reaches only its ``exposed_`` methods (RPyC's
-    ``allow_exposed_attrs``, every other kind of attribute access off)."""
+    ``allow_exposed_attrs``, every other kind of attribute access off), and of those only
+    what its *identity* is granted (every method checks at its top; see :meth:`_forbidden`)."""
 
-    def __init__(self, state: AgentState, caller: str = "unknown", auth: str = "none") -> None:
+    def __init__(
+        self,
+        state: AgentState,
+        caller: str = "unknown",
+        auth: str = "none",
+        identity: Identity = UNRESTRICTED,
+    ) -> None:
         self._state = state
         self._caller = caller
         self._auth = auth
+        self._identity = identity
+        # Who asked, on every audit line.
+        self._who = {"caller": caller, "auth": auth, "identity": identity.name}
         self._after_reply: list[Callable[[], None]] = []
         # This connection as a follower of jobs (see Job.events_since), and the jobs it
         # follows, which stop waiting for it when it goes.
@@ -106,10 +117,13 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
         return "pong"
 
     def exposed_info(self) -> str:
+        if (refused := self._forbidden(READ, "read info")) is not None:
+            return refused
         state = self._state
         return wire.ok(
             {
                 "app": state.app,
+                "version": state.version,
                 "pid": os.getpid(),
                 "node": state.node,
                 "started_at": state.started_at,
@@ -128,10 +142,16 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
         )
 
     def exposed_tasks(self) -> str:
-        return wire.ok([t.describe() for t in self._state.registry.all()])
+        """The registered tasks this connection's identity may run."""
+        if (refused := self._forbidden(READ, "list tasks")) is not None:
+            return refused
+        runnable = [t for t in self._state.registry.all() if self._identity.may_run(t.name)]
+        return wire.ok([t.describe() for t in runnable])
 
     def exposed_stop(self, restart: Any = False) -> str:
-        log = self._state.log.bind(caller=self._caller, auth=self._auth)
+        if (refused := self._forbidden(STOP, "stop the app")) is not None:
+            return refused
+        log = self._state.log.bind(**self._who)
         if type(restart) is not bool:
             return wire.error(ErrorKind.USAGE, "stop() takes one boolean: restart")
         try:
@@ -182,7 +202,7 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
             self._start(call, started)
         except _Refused as refused:
             return refused.reply
-        self._state.log.info("job.started", job=job.id, task=job.task.name, caller=self._caller)
+        self._state.log.info("job.started", job=job.id, task=job.task.name, **self._who)
         wait = 0.0 if call.options["detach"] else call.options["wait"]
         return _snapshot_reply(job.events_since(0, wait, follower))
 
@@ -193,6 +213,11 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
         job = self._state.jobs.get(job_id)
         if job is None:
             return wire.error(ErrorKind.USAGE, _no_such_job(job_id))
+        # Whoever may run a task may follow its jobs; read shows any job's output.
+        if not self._identity.may_run(job.task.name) and (
+            refused := self._forbidden(READ, f"read the output of job {job.id}")
+        ):
+            return refused
         follower = self._track(job)
         wait = min(max(float(wait), 0.0), 30.0)
         return _snapshot_reply(job.events_since(max(cursor, 0), wait, follower))
@@ -200,6 +225,8 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
     def exposed_jobs(self) -> str:
         """Recent and running jobs, newest first: summaries, without results or tracebacks
         (``events`` of one job carries those)."""
+        if (refused := self._forbidden(READ, "list jobs")) is not None:
+            return refused
         return wire.ok([job.summary(full=False) for job in reversed(self._state.jobs.all())])
 
     def exposed_cancel(self, job_id: Any) -> str:
@@ -209,10 +236,10 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
         job = self._state.jobs.get(job_id)
         if job is None:
             return wire.error(ErrorKind.USAGE, _no_such_job(job_id))
+        if not self._identity.may_run(job.task.name):
+            return self._may_not_run(job.task.name, f"cancel job {job.id}")
         requested = job.cancel()
-        self._state.log.info(
-            "job.cancel_requested", job=job.id, caller=self._caller, running=requested
-        )
+        self._state.log.info("job.cancel_requested", job=job.id, running=requested, **self._who)
         return wire.ok({"job": job.id, "requested": requested, "state": job.state})
 
     def _track(self, job: Job) -> int:
@@ -228,7 +255,7 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
         """Validate a call: the task, a new job, bound arguments and options. _Refused (its
         reply ready) when the call cannot go on; a job that exists has then ended."""
         log = self._state.log
-        who = {"caller": self._caller, "auth": self._auth}
+        who = self._who
         texts = (name, args_json, kwargs_json, options_json)
         if not all(type(t) is str for t in texts):
             log.warning("call.refused", reason="arguments are not JSON text", **who)
@@ -236,6 +263,10 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
                 wire.error(ErrorKind.USAGE, "a call takes a task name and JSON text only")
             )
         task = self._state.registry.get(name)
+        # A task the identity may not run is refused whether or not it exists: its answer
+        # must not tell which tasks the agent has.
+        if not self._identity.may_run(task.name if task is not None else name):
+            raise _Refused(self._may_not_run(task.name if task is not None else name))
         if task is None:
             log.info("call.no_such_task", task=name, outcome="no_such_task", **who)
             raise _Refused(wire.error(ErrorKind.NO_SUCH_TASK, self._no_such_task(name)))
@@ -249,7 +280,10 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
                 ErrorKind.USAGE, f"{task.name}: {exc}", signature=task.display_signature
             )
             raise _Refused(reply) from None
-        job = self._state.jobs.create(task, self._caller)
+        caller = (
+            self._caller if self._identity.name is None else f"{self._identity} ({self._caller})"
+        )
+        job = self._state.jobs.create(task, caller)
         try:
             # Argument names and sizes always; values only where the task opted in (they
             # may carry secrets).
@@ -301,6 +335,8 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
 
     def exposed_stack(self) -> str:
         """Every thread's stack and the asyncio tasks of the app's loop."""
+        if (refused := self._forbidden(READ, "read the stack")) is not None:
+            return refused
         from app_agent import _introspect
 
         self._audit("introspect.stack")
@@ -308,6 +344,8 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
 
     def exposed_stats(self, objects: Any = 0) -> str:
         """Process figures; with *objects* > 0, that many of the most common object types."""
+        if (refused := self._forbidden(READ, "read stats")) is not None:
+            return refused
         if type(objects) is not int or objects < 0:
             return wire.error(ErrorKind.USAGE, "stats() takes a number of object types")
         from app_agent import _introspect
@@ -318,6 +356,8 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
 
     def exposed_health(self, timeout: Any = 10.0) -> str:
         """Run the built-in and the app's health checks, each within *timeout* seconds."""
+        if (refused := self._forbidden(READ, "run the health checks")) is not None:
+            return refused
         if type(timeout) not in (int, float) or not 0 < timeout <= 3600:
             return wire.error(ErrorKind.USAGE, "health() takes seconds, at most 3600")
         from app_agent import _health
@@ -329,6 +369,8 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
 
     def exposed_profile(self, seconds: Any, rate: Any = 100.0, idle: Any = False) -> str:
         """Sample every thread *rate* times a second for *seconds*; the counted stacks."""
+        if (refused := self._forbidden(READ, "profile the app")) is not None:
+            return refused
         from app_agent import _profile
 
         if (
@@ -355,7 +397,12 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
         try:
             name = _loglevels.logger_name(logger)
             if level is None:
+                if (refused := self._forbidden(READ, "read log levels")) is not None:
+                    return refused
                 return wire.ok(_loglevels.log_levels.show(None if logger is None else name))
+            # Setting a level changes what the app writes (DEBUG may log more than INFO).
+            if (refused := self._forbidden(LOG_LEVEL, "set log levels")) is not None:
+                return refused
             number = _loglevels.parse_level(level)
             if for_s is not None and type(for_s) not in (int, float):
                 return wire.error(ErrorKind.USAGE, "the duration must be a number of seconds")
@@ -374,10 +421,32 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
     def _log_reverted(self, logger: str, temporary: str, level: str) -> None:
         self._state.log.info("log_level.reverted", logger=logger, was=temporary, restored=level)
 
+    # -- access control (app_agent/_access.py) ---------------------------------------------
+
+    def _forbidden(self, grant: str, action: str) -> str | None:
+        """The refusal to send when this connection's identity lacks *grant* (one of
+        ``app_agent._access.GRANTS``), audited; None when it holds it. Every exposed method
+        but ``ping`` starts with this check (``call``/``run`` check the task instead)::
+
+            if (refused := self._forbidden(CONSOLE, "open a console")) is not None:
+                return refused
+        """
+        if self._identity.may(grant):
+            return None
+        self._state.log.warning("access.denied", grant=grant, action=action, **self._who)
+        message = f"{self._identity} may not {action} (that needs the {grant} grant)"
+        return wire.error(ErrorKind.AUTH, message)
+
+    def _may_not_run(self, task: str, action: str = "") -> str:
+        """The refusal of a task this identity's patterns do not cover, audited."""
+        self._state.log.warning("access.denied", task=task, action=action or "run", **self._who)
+        message = f"{self._identity} may not run {task}"
+        return wire.error(ErrorKind.AUTH, f"{message} (asked to {action})" if action else message)
+
     def _audit(self, event: str, now: bool = False, **fields: Any) -> None:
         """Log who asked for what: at once, or (*now* False) once the reply has left."""
         log = self._state.log
-        who = {"caller": self._caller, "auth": self._auth}
+        who = self._who
         if now:
             log.info(event, **who, **fields)
         else:
@@ -390,6 +459,7 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
         scored = [
             (difflib.SequenceMatcher(None, wanted, t.name.rsplit(".", 1)[-1]).ratio(), t.name)
             for t in self._state.registry.all()
+            if self._identity.may_run(t.name)
         ]
         best = max(scored, default=(0.0, ""))
         if best[0] >= 0.75:

@@ -19,11 +19,19 @@ class AgentState:
     """What every connection's service shares: the registry, jobs, identity."""
 
     def __init__(
-        self, registry: Registry, node: str, app: str, log: Any, locks: Backend, loop: Any = None
+        self,
+        registry: Registry,
+        node: str,
+        app: str,
+        log: Any,
+        locks: Backend,
+        loop: Any = None,
+        version: str | None = None,
     ) -> None:
         self.registry = registry
         self.node = node
         self.app = app
+        self.version = version
         self.log = log
         self.jobs = JobTable(locks, loop)
         self.started_at = time.time()

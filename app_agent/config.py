@@ -14,12 +14,15 @@ import os
 import ssl
 import sys
 from collections.abc import Callable, Iterable
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from app_agent import wire
 from app_agent.exceptions import ConfigurationError
 from app_agent.wire import cookies
 from app_agent.wire import environment as env
+
+if TYPE_CHECKING:
+    from app_agent._access import Access
 
 DEFAULT_IDLE_TIMEOUT = 300.0
 """Seconds an authenticated connection may sit idle before the agent closes it."""
@@ -41,6 +44,12 @@ class StartOptions(TypedDict, total=False):
     - ``ready``: the app's readiness (see :func:`app_agent.set_ready`).
     - ``idle_timeout``: seconds an authenticated connection may stay silent (else
       ``RPCCTL_IDLE_TIMEOUT``, default 300).
+    - ``access``: an access file naming identities, their secrets and grants (else
+      ``RPCCTL_ACCESS``); with one, every caller is one of its identities and may do only
+      what it is granted (docs/security.md, "Access control"). It replaces the cookie.
+    - ``version``: the app's version, reported in ``info`` and the handshake (else
+      ``RPCCTL_APP_VERSION``, else the version of the distribution that provides the
+      package of the app's first registered task, when one does).
     """
 
     app: str | None
@@ -54,6 +63,8 @@ class StartOptions(TypedDict, total=False):
     locks: str | None
     ready: bool | None
     idle_timeout: float | None
+    access: str | os.PathLike[str] | None
+    version: str | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,11 +82,24 @@ class AgentConfig:
     ready: bool | None = None
     max_connections: int = 256
     max_handshakes: int = 512
+    access: Access | None = None
+    version: str | None = None
+    warnings: tuple[str, ...] = ()
+    """Problems that do not stop the agent (an identity its transport never admits), logged
+    at start as ``access.warning``."""
 
     @property
     def insecure(self) -> bool:
         """Listening beyond loopback without TLS: what crosses can be read on the way."""
         return not self.address.is_loopback and self.tls is None
+
+    @property
+    def shared_socket(self) -> bool:
+        """Whether the access file names local users other than the agent's own and root:
+        the UNIX socket must then let them connect (the gate checks who they are)."""
+        if self.access is None or not self.address.is_unix:
+            return False
+        return bool(self.access.unix_uids - {os.geteuid(), 0})
 
 
 def load(node: str | None = None, **options: Any) -> AgentConfig:
@@ -89,37 +113,133 @@ def load(node: str | None = None, **options: Any) -> AgentConfig:
         address = wire.parse_node(text)
     except wire.AddressError as exc:
         raise ConfigurationError(str(exc)) from None
-    try:
-        secret = cookies.resolve_cookie(options.get("cookie"), options.get("cookie_file"))
-    except cookies.CookieError as exc:
-        raise ConfigurationError(str(exc)) from None
     tls = _tls_context(
         address, options.get("tls_cert"), options.get("tls_key"), options.get("tls_client_ca")
     )
-    _check_transport(address, secret, tls)
+    access = _access_file(options)
+    warnings: tuple[str, ...] = ()
+    if access is None:
+        try:
+            secret = cookies.resolve_cookie(options.get("cookie"), options.get("cookie_file"))
+        except cookies.CookieError as exc:
+            raise ConfigurationError(str(exc)) from None
+        _check_transport(address, secret is not None, tls)
+    else:
+        # The identities' cookies are the only secrets. A cookie in the environment is the
+        # clients' (the runner exports its cookie_file to the app and its hooks alike).
+        if options.get("cookie") is not None or options.get("cookie_file") is not None:
+            msg = (
+                f"{access.path}: an access file replaces the cookie: give each identity its "
+                "own cookie_file there, and drop cookie=/cookie_file="
+            )
+            raise ConfigurationError(msg)
+        secret = None
+        _check_transport(address, True, tls)
+        warnings = _check_access_transport(address, access, tls)
     uids = options.get("allowed_uids")
+    allowed = frozenset(uids) if uids is not None else frozenset({os.geteuid(), 0})
     return AgentConfig(
         address=address,
         app=options.get("app") or _default_app_name(),
-        allowed_uids=frozenset(uids) if uids is not None else frozenset({os.geteuid(), 0}),
+        allowed_uids=allowed | (access.unix_uids if access is not None else frozenset()),
         cookie=secret,
         tls=tls,
         locks=options.get("locks") or os.environ.get(env.LOCKS),
         idle_timeout=_idle_timeout(options.get("idle_timeout")),
         on_stop=options.get("on_stop"),
         ready=options.get("ready"),
+        access=access,
+        version=_version(options.get("version")),
+        warnings=warnings,
     )
 
 
-def _check_transport(
-    address: wire.Address, cookie: bytes | None, tls: ssl.SSLContext | None
-) -> None:
+def _access_file(options: dict[str, Any]) -> Access | None:
+    given = options.get("access")
+    path = os.fspath(given) if given is not None else os.environ.get(env.ACCESS)
+    if not path:
+        return None
+    from app_agent import _access
+
+    try:
+        return _access.load(path)
+    except _access.AccessError as exc:
+        raise ConfigurationError(str(exc)) from None
+
+
+def _check_access_transport(
+    address: wire.Address, access: Access, tls: ssl.SSLContext | None
+) -> tuple[str, ...]:
+    """Identities this address can never admit: warnings, or an error when none is left."""
+    mutual = tls is not None and tls.verify_mode == ssl.CERT_REQUIRED
+    usable = {"cookie": True, "unix": address.is_unix, "tls": mutual}
+    why = {
+        "unix": f"{address} is not a UNIX socket",
+        "tls": f"{address} does not require client certificates (no tls_client_ca)",
+    }
+    warnings = []
+    for name, identity in access.identities.items():
+        kind = "cookie" if identity.cookie else "unix" if identity.uid is not None else "tls"
+        if not usable[kind]:
+            credential = "unix_user" if kind == "unix" else "tls_subject"
+            warnings.append(f"{access.path}: [identity.{name}] {credential}: {why[kind]}")
+    if len(warnings) == len(access.identities):
+        msg = f"no identity can connect: {'; '.join(warnings)}"
+        raise ConfigurationError(msg)
+    return tuple(warnings)
+
+
+def _version(given: str | None) -> str | None:
+    if given is not None and (not isinstance(given, str) or not given.strip()):
+        msg = f"version must be a non-empty string, not {given!r}"
+        raise ConfigurationError(msg)
+    return given or os.environ.get(env.APP_VERSION) or None
+
+
+def app_modules(task_modules: Iterable[str]) -> list[str]:
+    """The top-level packages of the app, from the modules of its registered tasks, in
+    order: the agent's own (``app_agent``) left out, ``__main__`` as the package run with
+    ``python -m`` (a script has none)."""
+    found: dict[str, None] = {}
+    for module in task_modules:
+        if module == "__main__":
+            spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+            module = spec.name if spec is not None else ""
+        top = module.partition(".")[0]
+        if top and top != "app_agent":
+            found.setdefault(top)
+    return list(found)
+
+
+def distribution_version(packages: Iterable[str]) -> str | None:
+    """The version of the installed distribution that provides the first of *packages*
+    that one provides; None when none does."""
+    from importlib import metadata
+
+    providers: dict[str, list[str]] | None = None
+    for package in packages:
+        try:
+            return metadata.version(package)  # the distribution is named like the package
+        except metadata.PackageNotFoundError:
+            pass
+        if providers is None:
+            providers = dict(metadata.packages_distributions())
+        for distribution in providers.get(package, []):
+            try:
+                return metadata.version(distribution)
+            except metadata.PackageNotFoundError:
+                continue
+    return None
+
+
+def _check_transport(address: wire.Address, proven: bool, tls: ssl.SSLContext | None) -> None:
+    """*proven*: callers must prove a secret (a cookie, or an access file's identities)."""
     if address.is_unix:
         if tls is not None:
             msg = f"{address}: TLS applies to tls:// addresses, not UNIX sockets"
             raise ConfigurationError(msg)
         return
-    if cookie is None:
+    if not proven:
         msg = (
             f"{address}: the agent listens on TCP only with a cookie; set "
             f"{env.COOKIE} or {env.COOKIE_FILE} (or pass cookie_file=)"

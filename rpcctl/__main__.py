@@ -14,6 +14,7 @@ _GLOBAL = {
     "--node": "node",
     "--config": "config_path",
     "--cookie-file": "cookie_file",
+    "--identity": "identity",
     "--tls-ca": "tls_ca",
     "--tls-cert": "tls_cert",
     "--tls-key": "tls_key",
@@ -65,6 +66,7 @@ def _fast_ping(argv: list[str]) -> int | None:
     settings.node = globals_.get("node")
     settings.config_path = globals_.get("config_path")
     settings.cookie_file = globals_.get("cookie_file")
+    settings.identity = globals_.get("identity")
     settings.tls = {k: globals_.get(f"tls_{k}") for k in ("ca", "cert", "key")}
     try:
         address = settings.address()

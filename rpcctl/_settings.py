@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from rpcctl.release.config import Config
 
 PROG_ENV = wire.environment.PROG
+IDENTITY_ENV = wire.environment.IDENTITY
 
 
 def parse_node(text: str, base_dir: str | None = None) -> Address:
@@ -49,6 +50,8 @@ class Settings:
         self.discover: str | None = None
         self.config_path: str | None = None
         self.cookie_file: str | None = None
+        self.identity: str | None = None  # --identity
+        self.where: list[str] = []  # --where KEY=VALUE, for fleets
         self.tls: dict[str, str | None] = {}
         self.json = False
         self.cookie_source = ""  # where the cookie was read from, for messages
@@ -72,6 +75,7 @@ class Settings:
         return self._security
 
     def _resolve_security(self) -> Security:
+        identity = self._identity()
         cookie_file: str | Path | None = None
         if self.cookie_file is not None:
             cookie_file, source = self.cookie_file, f"--cookie-file {self.cookie_file}"
@@ -92,21 +96,38 @@ class Settings:
             tls_ca=self.tls.get("ca"),
             tls_cert=self.tls.get("cert"),
             tls_key=self.tls.get("key"),
+            identity=identity,
         )
         self.cookie_source = source if security.cookie is not None else ""
         return security
+
+    def _identity(self) -> str | None:
+        """The identity, in the cookie's order: --identity; the identity of --config;
+        RPCCTL_IDENTITY; the identity of the config found upward that gave the node."""
+        if self.identity:
+            return self.identity
+        if self.config_path and self.config().identity is not None:
+            return self.config().identity
+        if os.environ.get(IDENTITY_ENV):
+            return os.environ[IDENTITY_ENV]
+        if self._node_config is not None:
+            return self._node_config.identity
+        return None
 
     # -- nodes ---------------------------------------------------------------------------
 
     @property
     def is_fleet(self) -> bool:
-        return len(self.nodes) > 1 or bool(self.nodes_file or self.discover)
+        """Several nodes, or a --where filter (which makes even one node a fleet of one)."""
+        return len(self.nodes) > 1 or bool(self.nodes_file or self.discover or self.where)
 
     def fleet(self) -> list[str]:
         """Every node of -n, --nodes-file and --discover; a usage error when there is none."""
         from rpcctl import fleet
 
         nodes = fleet.resolve_nodes(self.nodes, self.nodes_file, self.discover)
+        if not nodes and self.where and not (self.nodes_file or self.discover):
+            nodes = [str(self.address())]  # --where on the one node found as usual
         if not nodes:
             msg = "no nodes: the nodes file is empty or discovery found no address"
             raise ConfigError(msg)

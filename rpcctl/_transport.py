@@ -38,7 +38,8 @@ _NO_COOKIE_HINT = (
 
 
 class Security:
-    """What the client proves and checks: the cookie, and TLS settings for tls:// nodes."""
+    """What the client proves and checks: the cookie, the identity it belongs to (for an
+    agent with an access file), and TLS settings for tls:// nodes."""
 
     def __init__(
         self,
@@ -46,11 +47,19 @@ class Security:
         tls_ca: str | None = None,
         tls_cert: str | None = None,
         tls_key: str | None = None,
+        identity: str | None = None,
     ) -> None:
+        if identity is not None and not wire.is_identity_name(identity):
+            msg = (
+                f"bad identity {identity!r}: expected 1 to 64 letters, digits, _ . or -, "
+                "starting with a letter or digit"
+            )
+            raise ConfigError(msg)
         self.cookie = cookie
         self.tls_ca = tls_ca
         self.tls_cert = tls_cert
         self.tls_key = tls_key
+        self.identity = identity
 
     @classmethod
     def resolve(
@@ -60,9 +69,10 @@ class Security:
         tls_ca: str | None = None,
         tls_cert: str | None = None,
         tls_key: str | None = None,
+        identity: str | None = None,
     ) -> Security:
-        """From the arguments, else ``RPCCTL_COOKIE``/``RPCCTL_COOKIE_FILE`` and
-        ``RPCCTL_TLS_CA``/``RPCCTL_TLS_CERT``/``RPCCTL_TLS_KEY``."""
+        """From the arguments, else ``RPCCTL_COOKIE``/``RPCCTL_COOKIE_FILE``,
+        ``RPCCTL_TLS_CA``/``RPCCTL_TLS_CERT``/``RPCCTL_TLS_KEY`` and ``RPCCTL_IDENTITY``."""
         try:
             secret = cookies.resolve_cookie(cookie, cookie_file)
         except cookies.CookieError as exc:
@@ -72,6 +82,7 @@ class Security:
             tls_ca or os.environ.get(wire.environment.TLS_CA),
             tls_cert or os.environ.get(wire.environment.TLS_CERT),
             tls_key or os.environ.get(wire.environment.TLS_KEY),
+            identity or os.environ.get(wire.environment.IDENTITY) or None,
         )
 
     def tls_context(self) -> ssl.SSLContext:
@@ -213,12 +224,17 @@ def _wrap_tls(sock: socket.socket, address: Address, security: Security) -> sock
 def handshake(
     sock: socket.socket, address: Address, op: str, security: Security
 ) -> tuple[dict[str, Any], tuple[bytes, bytes] | None]:
-    """Say hello for *op*, prove the cookie and check the agent's proof: the agent's answer,
-    and the record keys (client to agent, agent to client) when the connection must carry
+    """Say hello for *op* (naming our identity, if we have one), prove the cookie and check
+    the agent's proof: the agent's answer (pid, ready, app, version, identity), and the
+    record keys (client to agent, agent to client) when the connection must carry
     authenticated records from now on (a cookie without TLS)."""
     client_nonce = cookies.new_nonce()
+    named = security.identity or ""
+    hello: dict[str, Any] = {"op": op, "nonce": client_nonce}
+    if named:
+        hello["identity"] = named
     try:
-        answer = _exchange(sock, address, {"op": op, "nonce": client_nonce})
+        answer = _exchange(sock, address, hello)
         if "challenge" in answer:
             agent_nonce = answer["challenge"]
             if not cookies.is_nonce(agent_nonce):
@@ -228,13 +244,15 @@ def handshake(
             mine = (
                 None
                 if cookie is None
-                else cookies.proof(cookie, "client", client_nonce, agent_nonce, op)
+                else cookies.proof(cookie, "client", client_nonce, agent_nonce, op, identity=named)
             )
             answer = _exchange(sock, address, {"proof": mine})
-            _check(answer, address, had_cookie=cookie is not None)
+            _check(answer, address, had_cookie=cookie is not None, identity=named)
             assert cookie is not None  # an agent that challenges refuses a missing proof
             digest = cookies.answer_digest(answer)
-            theirs = cookies.proof(cookie, "agent", client_nonce, agent_nonce, op, digest)
+            theirs = cookies.proof(
+                cookie, "agent", client_nonce, agent_nonce, op, digest, identity=named
+            )
             if not cookies.proof_matches(theirs, answer.get("proof")):
                 msg = (
                     f"{address}: the agent's proof does not match our cookie: "
@@ -243,9 +261,9 @@ def handshake(
                 raise AuthenticationFailed(msg)
             keys = None
             if address.scheme != "tls":
-                keys = cookies.frame_keys(cookie, client_nonce, agent_nonce, op)
+                keys = cookies.frame_keys(cookie, client_nonce, agent_nonce, op, identity=named)
             return answer, keys
-        _check(answer, address, had_cookie=security.cookie is not None)
+        _check(answer, address, had_cookie=security.cookie is not None, identity=named)
         if security.cookie is not None:
             msg = (
                 f"{address}: the agent has no cookie, so it cannot prove it is ours; "
@@ -282,7 +300,7 @@ def _exchange(sock: socket.socket, address: Address, fields: dict[str, Any]) -> 
         raise UsageError(msg) from None
 
 
-def _check(answer: dict[str, Any], address: Address, had_cookie: bool) -> None:
+def _check(answer: dict[str, Any], address: Address, had_cookie: bool, identity: str) -> None:
     if answer.get("ok"):
         return
     kind = _kind(answer.get("kind"))
@@ -291,12 +309,20 @@ def _check(answer: dict[str, Any], address: Address, had_cookie: bool) -> None:
         message = f"the agent requires a cookie: {_NO_COOKIE_HINT}"
     elif kind is ErrorKind.AUTH and message == "wrong cookie" and had_cookie:
         message = "wrong cookie: the agent refused our proof"
+    elif kind is ErrorKind.AUTH and message == "unknown identity or wrong cookie":
+        message = (
+            f"identity {identity!r} refused: the agent knows no such identity, or our cookie "
+            "is not that identity's"
+        )
     raise BY_KIND[kind](f"{address}: {message}")
 
 
-def ping(address: Address, timeout: float, security: Security, ready: bool = False) -> None:
+def ping(
+    address: Address, timeout: float, security: Security, ready: bool = False
+) -> dict[str, Any]:
     """One ping through the handshake alone: no RPyC on either side. With *ready*, the app
-    must also have declared itself ready (NotReady otherwise)."""
+    must also have declared itself ready (NotReady otherwise). The agent's answer: pid,
+    ready, app, version (and identity, with an access file)."""
     sock = open_socket(address, timeout, security)
     try:
         answer, _keys = handshake(sock, address, "ping", security)
@@ -305,6 +331,7 @@ def ping(address: Address, timeout: float, security: Security, ready: bool = Fal
     if ready and answer.get("ready") is False:
         msg = f"{address}: the agent answers, but the app is not ready"
         raise NotReady(msg)
+    return answer
 
 
 def _read_line(sock: socket.socket) -> bytes:

@@ -77,7 +77,10 @@ class Client:
         self._sock: Any = sock
         self._abandoned = False
         try:
-            _answer, keys = _transport.handshake(sock, address, "rpc", security)
+            answer, keys = _transport.handshake(sock, address, "rpc", security)
+            self.handshake: dict[str, Any] = answer
+            """The agent's answer to our hello: pid, ready, app, version (and identity, with
+            an access file); covered by the agent's proof when a cookie was proven."""
             sock.settimeout(None)
             if keys is not None:
                 to_agent, to_client = keys
@@ -494,6 +497,7 @@ def connect(
     tls_ca: str | None = None,
     tls_cert: str | None = None,
     tls_key: str | None = None,
+    identity: str | None = None,
     security: Security | None = None,
 ) -> Client:
     """Connect to the agent at *node* (default ``RPCCTL_NODE``); use as a context manager.
@@ -501,7 +505,9 @@ def connect(
     The cookie comes from *cookie*, *cookie_file*, ``RPCCTL_COOKIE`` or
     ``RPCCTL_COOKIE_FILE``; for tls:// nodes, *tls_ca* is the CA that signed the agent's
     certificate and *tls_cert*/*tls_key* the client's own (``RPCCTL_TLS_*`` by default).
+    *identity* (default ``RPCCTL_IDENTITY``) names who we are to an agent with an access
+    file; the cookie is that identity's.
     """
     if security is None:
-        security = Security.resolve(cookie, cookie_file, tls_ca, tls_cert, tls_key)
+        security = Security.resolve(cookie, cookie_file, tls_ca, tls_cert, tls_key, identity)
     return Client(resolve_address(node), timeout=timeout, security=security)

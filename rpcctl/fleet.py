@@ -4,24 +4,136 @@ Like Erlang's ``rpc:multicall``, a call goes out to every node in parallel (at m
 *parallel* at a time) and comes back with each node's result and the nodes that failed,
 each failure typed. A node costs at most its deadline, which covers connecting, the
 handshake and the call, so a dead or black-holed node never delays the others.
+
+A :class:`Where` filter keeps only the nodes whose agents report matching values (the app's
+version, its name, readiness, or anything at the top of ``info``), decided on the
+connection that then makes the call: the handshake's answer carries version, app, ready
+and pid, so those cost no extra round trip.
 """
 
 from __future__ import annotations
 
 import collections
+import json
 import os
 import queue
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from app_agent.wire import Address, ErrorKind
 from rpcctl import _transport, waits
 from rpcctl._settings import parse_node
 from rpcctl._transport import Security
 from rpcctl.exceptions import CallTimeout, ConfigError, RpcctlError, Unreachable
+
+if TYPE_CHECKING:
+    from rpcctl.client import Client
+
+HANDSHAKE_KEYS = frozenset({"version", "app", "ready", "pid", "identity"})
+"""What the agent's handshake answer reports: filters on these cost no request."""
+
+
+class Skipped(Exception):
+    """A node that answered but does not match the filter: left out, not failed."""
+
+    def __init__(self, reason: str, seen: dict[str, str]) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.seen = seen
+
+
+class Where:
+    """Filters a node must all match, each ``KEY=VALUE``: the node's value of KEY (from the
+    handshake's answer, else the top level of ``info``) written as text (``true``/``false``,
+    ``null``, numbers and strings as they are) must equal VALUE."""
+
+    def __init__(self, filters: Iterable[tuple[str, str]] = ()) -> None:
+        self.filters = list(filters)
+
+    @classmethod
+    def parse(cls, given: Where | Mapping[str, object] | Iterable[str] | None) -> Where:
+        """A filter from ``["KEY=VALUE", ...]`` (the CLI's ``--where``), a mapping, or None;
+        ConfigError (exit 2) for an item that is not KEY=VALUE."""
+        if given is None:
+            return cls()
+        if isinstance(given, Where):
+            return given
+        if isinstance(given, Mapping):
+            return cls((str(k), as_text(v)) for k, v in given.items())
+        filters = []
+        for item in given:
+            key, eq, value = str(item).partition("=")
+            if not eq or not key.strip():
+                msg = f"--where expects KEY=VALUE (such as version=1.5.0), got {item!r}"
+                raise ConfigError(msg)
+            filters.append((key.strip(), value))
+        return cls(filters)
+
+    def __bool__(self) -> bool:
+        return bool(self.filters)
+
+    def __str__(self) -> str:
+        return " ".join(f"--where {k}={v}" for k, v in self.filters)
+
+    @property
+    def needs_info(self) -> bool:
+        """Whether a key is not in the handshake's answer, so ``info`` must be asked."""
+        return any(key not in HANDSHAKE_KEYS for key, _ in self.filters)
+
+    def check(self, values: Mapping[str, Any]) -> None:
+        """Skipped (with why) unless *values* match every filter; a match is noted for
+        :func:`fan_out`, which tells a node that matched from one never judged."""
+        seen = {k: as_text(values[k]) if k in values else "" for k, _ in self.filters}
+        for key, wanted in self.filters:
+            if key not in values:
+                raise Skipped(f"reports no {key} (--where {key}={wanted})", seen)
+            if seen[key] != wanted:
+                raise Skipped(f"{key} is {seen[key]!r} (--where {key}={wanted})", seen)
+        _judged.matched = True
+
+    def check_client(self, conn: Client) -> None:
+        """:meth:`check` on a connection: its handshake's answer, and ``info`` when a key
+        needs it (one more round trip, on the same connection)."""
+        if not self.filters:
+            return
+        values: dict[str, Any] = dict(conn.handshake)
+        if self.needs_info:
+            values = {**values, **conn.info()}
+        self.check(values)
+
+    def nothing_matched(self, seen: list[dict[str, str]]) -> str:
+        """Why no node of those judged (their *seen* values) matched: the filters that match
+        none of them, or, when each matches some, that none matches them all."""
+        empty = []
+        for key, wanted in self.filters:
+            if not any(s.get(key) == wanted for s in seen):
+                values = collections.Counter(s.get(key) or "(none)" for s in seen)
+                shown = ", ".join(f"{v} on {n}" for v, n in values.most_common(5))
+                empty.append(f"--where {key}={wanted} matches no node ({key}: {shown})")
+        if empty:
+            return "; ".join(empty)
+        counts = "; ".join(
+            f"{k}={v} on {sum(s.get(k) == v for s in seen)}" for k, v in self.filters
+        )
+        return f"no node matches {self} at once ({counts})"
+
+
+def as_text(value: Any) -> str:
+    """A reported value as ``--where`` compares it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+_judged = threading.local()
+"""Whether the node the current fleet thread works on matched its filter."""
 
 
 class Outcome:
@@ -38,16 +150,25 @@ class Outcome:
         self.result = result
         self.error = error
         self.duration = duration
+        self.skipped: str | None = None  # why the filter left this node out
+        self.seen: dict[str, str] | None = None  # its values of the filter's keys, if so
+        self.matched = False  # the filter judged this node and kept it
 
     @property
     def ok(self) -> bool:
-        return self.error is None
+        return self.error is None and self.skipped is None
 
     @property
     def exit_code(self) -> int:
         return 0 if self.error is None else self.error.exit_code
 
     def to_dict(self) -> dict[str, Any]:
+        if self.skipped is not None:
+            return {
+                "node": self.node,
+                "skipped": self.skipped,
+                "duration_s": round(self.duration, 3),
+            }
         data: dict[str, Any] = {
             "node": self.node,
             "ok": self.ok,
@@ -65,11 +186,15 @@ class Outcome:
 
 
 class MulticallResult:
-    """Every node's outcome, in the order the nodes were given."""
+    """Every node's outcome, in the order the nodes were given (nodes a :class:`Where`
+    filter left out are ``skipped``: neither ok nor failed)."""
 
-    def __init__(self, outcomes: list[Outcome], duration: float) -> None:
+    def __init__(
+        self, outcomes: list[Outcome], duration: float, where: Where | None = None
+    ) -> None:
         self.outcomes = outcomes
         self.duration = duration
+        self.where = where or Where()
 
     @property
     def results(self) -> dict[str, Any]:
@@ -81,12 +206,27 @@ class MulticallResult:
         """The nodes that failed, with why (as in ``rpc:multicall``'s BadNodes)."""
         return {o.node: o.error for o in self.outcomes if o.error is not None}
 
+    @property
+    def skipped(self) -> dict[str, str]:
+        """The nodes the filter left out, with why."""
+        return {o.node: o.skipped for o in self.outcomes if o.skipped is not None}
+
+    def no_match(self) -> str | None:
+        """Why nothing ran, when the filter kept none of the nodes it could judge."""
+        if not self.where or any(o.matched for o in self.outcomes):
+            return None
+        seen = [o.seen for o in self.outcomes if o.seen is not None]
+        return self.where.nothing_matched(seen) if seen else None
+
     def exit_code(self, min_ok: int | None = None) -> int:
         """0 when every node (or at least *min_ok*) succeeded; otherwise the exit code of the
-        most frequent failure (ties: the lower code)."""
-        failures = [o.exit_code for o in self.outcomes if not o.ok]
-        oks = len(self.outcomes) - len(failures)
-        needed = len(self.outcomes) if min_ok is None else min_ok
+        most frequent failure (ties: the lower code). 3 when the filter matched no node."""
+        if self.no_match() is not None:
+            return 3
+        kept = [o for o in self.outcomes if o.skipped is None]
+        failures = [o.exit_code for o in kept if not o.ok]
+        oks = len(kept) - len(failures)
+        needed = len(kept) if min_ok is None else min_ok
         if oks >= needed and (failures == [] or min_ok is not None):
             return 0
         if not failures:
@@ -95,11 +235,14 @@ class MulticallResult:
         return min(counts, key=lambda code: (-counts[code], code))
 
     def summary(self) -> str:
-        oks = sum(o.ok for o in self.outcomes)
-        kinds = collections.Counter(str(o.error.kind) for o in self.outcomes if o.error)
-        detail = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
-        tail = f"; {detail}" if detail else ""
-        return f"{oks}/{len(self.outcomes)} nodes ok in {self.duration:.2f}s{tail}"
+        kept = [o for o in self.outcomes if o.skipped is None]
+        oks = sum(o.ok for o in kept)
+        kinds = collections.Counter(str(o.error.kind) for o in kept if o.error)
+        details = [f"{n} {kind}" for kind, n in sorted(kinds.items())]
+        if len(kept) < len(self.outcomes):
+            details.append(f"{len(self.outcomes) - len(kept)} skipped by --where")
+        tail = f"; {', '.join(details)}" if details else ""
+        return f"{oks}/{len(kept)} nodes ok in {self.duration:.2f}s{tail}"
 
 
 def multicall(
@@ -110,20 +253,42 @@ def multicall(
     parallel: int = 32,
     security: Security | None = None,
     lock_wait: float = 0.0,
+    where: Where | Mapping[str, object] | Iterable[str] | None = None,
     **kwargs: Any,
 ) -> MulticallResult:
     """Call task *name* on every node in parallel; each node gets *timeout* seconds in all
-    (a busy task lock is waited for up to *lock_wait* of them)."""
+    (a busy task lock is waited for up to *lock_wait* of them). With *where* (a
+    :class:`Where`, ``{"version": "1.5.0"}`` or ``["version=1.5.0"]``), only on the nodes
+    that match, judged on the connection that makes the call."""
 
-    def call(address: Address, deadline: float, sec: Security) -> Any:
-        from rpcctl.client import Client
+    def call(conn: Client, deadline: float) -> Any:
+        return conn.invoke(name, args, kwargs, timeout=_remaining(deadline), lock_wait=lock_wait)
 
-        with Client(address, timeout=_remaining(deadline), security=sec) as conn:
-            return conn.invoke(
-                name, args, kwargs, timeout=_remaining(deadline), lock_wait=lock_wait
-            )
+    return on_clients(
+        nodes, call, timeout=timeout, parallel=parallel, security=security, where=where
+    )
 
-    return fan_out(nodes, call, timeout=timeout, parallel=parallel, security=security)
+
+def on_clients(
+    nodes: Sequence[str | Address],
+    action: Callable[[Client, float], Any],
+    timeout: float,
+    parallel: int = 32,
+    security: Security | None = None,
+    where: Where | Mapping[str, object] | Iterable[str] | None = None,
+) -> MulticallResult:
+    """Connect to every node and run *action(client, deadline)* on each connection that
+    matches *where*, at most *parallel* at once."""
+    from rpcctl.client import Client
+
+    where = Where.parse(where)
+
+    def one(address: Address, deadline: float, sec: Security) -> Any:
+        with Client(address, _remaining(deadline), sec) as conn:
+            where.check_client(conn)
+            return action(conn, deadline)
+
+    return fan_out(nodes, one, timeout, parallel, security, where)
 
 
 def fan_out(
@@ -132,30 +297,37 @@ def fan_out(
     timeout: float,
     parallel: int = 32,
     security: Security | None = None,
+    where: Where | None = None,
 ) -> MulticallResult:
-    """Run *action(address, deadline, security)* for every node, at most *parallel* at once."""
+    """Run *action(address, deadline, security)* for every node, at most *parallel* at once.
+    An action that raises :class:`Skipped` (its node does not match *where*) leaves its node
+    out of the outcome, neither ok nor failed."""
     security = security or Security.resolve()
     started = time.monotonic()
     outcomes = [Outcome(str(node)) for node in nodes]
     if not outcomes:
-        return MulticallResult([], 0.0)
+        return MulticallResult([], 0.0, where)
 
     def one(index: int) -> None:
         outcome = outcomes[index]
         node_started = time.monotonic()
         deadline = node_started + timeout
+        _judged.matched = False
         try:
             address = nodes[index] if isinstance(nodes[index], Address) else _parse(nodes[index])
             outcome.result = action(address, deadline, security)  # type: ignore[arg-type]
+        except Skipped as skipped:
+            outcome.skipped, outcome.seen = skipped.reason, skipped.seen
         except RpcctlError as exc:
             outcome.error = exc
         except (OSError, EOFError) as exc:
             outcome.error = Unreachable(f"{outcome.node}: {exc}")
+        outcome.matched = _judged.matched
         outcome.duration = time.monotonic() - node_started
 
     for thread in _in_parallel(one, range(len(outcomes)), parallel):
         thread.join()
-    return MulticallResult(outcomes, time.monotonic() - started)
+    return MulticallResult(outcomes, time.monotonic() - started, where)
 
 
 def _in_parallel(work: Callable[[Any], None], items: Iterable[Any], parallel: int) -> list[Any]:
@@ -194,26 +366,46 @@ def ping_all(
     security: Security | None = None,
     ready: bool = False,
     wait: float | None = None,
+    where: Where | Mapping[str, object] | Iterable[str] | None = None,
 ) -> MulticallResult:
     """Ping every node through the handshake alone (no RPyC); with *ready*, each app must
     also be ready. With *wait*, keep trying a node that does not answer (yet) until *wait*
     seconds from now: every node has that same deadline, and they are waited for in
-    parallel (at most *parallel* at once)."""
+    parallel (at most *parallel* at once). With *where*, the nodes that do not match are
+    left out, judged on the ping's answer (and ``info``, for keys it lacks)."""
+    where = Where.parse(where)
     if wait is None:
 
         def ping(address: Address, deadline: float, sec: Security) -> str:
-            _transport.ping(address, _remaining(deadline), sec, ready)
+            answer = _transport.ping(address, _remaining(deadline), sec, ready)
+            _judge(where, answer, address, deadline, sec)
             return "pong"
 
-        return fan_out(nodes, ping, timeout=timeout, parallel=parallel, security=security)
+        return fan_out(nodes, ping, timeout, parallel, security, where)
 
     until = time.monotonic() + wait
 
     def ping_until(address: Address, _deadline: float, sec: Security) -> str:
-        waits.wait_for(address, wait, sec, ready, deadline=until)
+        answer = waits.answer_when_up(address, sec, ready, until, wait)
+        _judge(where, answer, address, until, sec)
         return "pong"
 
-    return fan_out(nodes, ping_until, timeout=wait, parallel=parallel, security=security)
+    return fan_out(nodes, ping_until, wait, parallel, security, where)
+
+
+def _judge(
+    where: Where, answer: dict[str, Any], address: Address, deadline: float, sec: Security
+) -> None:
+    """:meth:`Where.check` on a ping's *answer*, asking ``info`` for keys it lacks."""
+    if not where:
+        return
+    if not where.needs_info:
+        where.check(answer)
+        return
+    from rpcctl.client import Client
+
+    with Client(address, _remaining(deadline), sec) as conn:
+        where.check_client(conn)
 
 
 def first_answering(
@@ -221,31 +413,47 @@ def first_answering(
     timeout: float = 5.0,
     security: Security | None = None,
     parallel: int = 32,
+    where: Where | Mapping[str, object] | Iterable[str] | None = None,
 ) -> Address:
-    """The node that answers a ping first (for ``--one``); Unreachable when none does.
+    """The node that answers a ping first (for ``--one``), among those that match *where*;
+    Unreachable when none does, naming the filter that matched nothing.
 
     At most *parallel* pings are in flight, on daemon threads, so the first answer is used
     at once and slower or dead nodes never hold up the caller (nor its exit).
     """
     security = security or Security.resolve()
+    where = Where.parse(where)
     addresses = [_parse(n) for n in nodes]
-    answers: queue.SimpleQueue[tuple[Address, str | None]] = queue.SimpleQueue()
+    answers: queue.SimpleQueue[tuple[Address, str | None, Skipped | None]] = queue.SimpleQueue()
 
     def ping(address: Address) -> None:
+        deadline = time.monotonic() + timeout
         try:
-            _transport.ping(address, timeout, security)
+            answer = _transport.ping(address, timeout, security)
+            _judge(where, answer, address, deadline, security)
+        except Skipped as skipped:
+            answers.put((address, None, skipped))
         except RpcctlError as exc:
-            answers.put((address, exc.message))
+            answers.put((address, exc.message, None))
         else:
-            answers.put((address, None))
+            answers.put((address, None, None))
 
     _in_parallel(ping, addresses, parallel)  # not joined: the first answer is enough
     errors = []
+    skipped: list[Skipped] = []
     for _ in addresses:
-        address, error = answers.get()
-        if error is None:
+        address, error, left_out = answers.get()
+        if left_out is not None:
+            skipped.append(left_out)
+        elif error is None:
             return address
-        errors.append(error)
+        else:
+            errors.append(error)
+    if skipped:
+        msg = where.nothing_matched([s.seen for s in skipped])
+        if errors:
+            msg += f"; {len(errors)} did not answer: " + "; ".join(errors[:3])
+        raise Unreachable(msg)
     msg = f"none of {len(addresses)} nodes answered: " + "; ".join(errors[:3])
     raise Unreachable(msg)
 

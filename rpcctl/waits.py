@@ -6,6 +6,7 @@ next to no CPU."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from app_agent import wire
 from app_agent.wire import Address
@@ -45,18 +46,28 @@ def wait_for(
     address = resolve_address(node)
     security = security or Security.resolve()
     started = time.monotonic()
-    backoff = Backoff(0.005, 0.04, deadline if deadline is not None else started + timeout)
+    answer_when_up(
+        address, security, ready, deadline if deadline is not None else started + timeout, timeout
+    )
+    return time.monotonic() - started
+
+
+def answer_when_up(
+    address: Address, security: Security, ready: bool, deadline: float, waited: float
+) -> dict[str, Any]:
+    """Ping *address* until it answers or *deadline* (``time.monotonic()``) passes; the
+    agent's handshake answer (its pid, version, readiness). Unreachable saying *waited*
+    seconds went by when nothing answered."""
+    backoff = Backoff(0.005, 0.04, deadline)
     while True:
         try:
-            _transport.ping(
+            return _transport.ping(
                 address, max(min(DEFAULT_TIMEOUT, backoff.remaining()), 0.05), security, ready
             )
         except (Unreachable, CallTimeout) as exc:
             if not backoff.sleep():
-                msg = f"no agent answered within {timeout:g}s: {exc.message}"
+                msg = f"no agent answered within {waited:g}s: {exc.message}"
                 raise Unreachable(msg) from None
-        else:
-            return time.monotonic() - started
 
 
 def wait_gone(

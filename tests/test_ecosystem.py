@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -208,16 +209,23 @@ def test_systemd_unit(tmp_path: Path) -> None:
     assert problems == [], result.stderr
 
 
+def kubernetes_documents() -> dict[str, dict[str, Any]]:
+    documents = yaml.safe_load_all((DEPLOY / "kubernetes" / "myapp.yaml").read_text())
+    return {d["kind"]: d for d in documents}
+
+
 def test_kubernetes_manifests() -> None:
-    documents = list(yaml.safe_load_all((DEPLOY / "kubernetes" / "myapp.yaml").read_text()))
-    by_kind = {d["kind"]: d for d in documents}
+    by_kind = kubernetes_documents()
     service, deployment, job = by_kind["Service"], by_kind["Deployment"], by_kind["Job"]
     assert service["spec"]["clusterIP"] == "None"  # headless: one record per pod
     port = service["spec"]["ports"][0]["port"]
-    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["RPCCTL_NODE"] == f"tcp://0.0.0.0:{port}"
-    assert env["RPCCTL_COOKIE_FILE"]  # TCP needs the cookie
+    assert env["RPCCTL_ACCESS"] == "/etc/rpcctl/access.toml"  # identities: TCP's secrets
+    version = container["image"].rpartition(":")[2]
+    assert env["RPCCTL_APP_VERSION"] == version  # what the Job's --where matches
     assert container["command"][-1] == "start"
     for probe, extra in (("livenessProbe", []), ("readinessProbe", ["--ready"])):
         spec = container[probe]
@@ -225,44 +233,85 @@ def test_kubernetes_manifests() -> None:
         command = spec["exec"]["command"]
         assert command[0].endswith("bin/myapp")
         assert "ping" in command
+        assert command[command.index("--identity") + 1] == "probe"
         assert all(flag in command for flag in extra)
         assert float(command[command.index("--timeout") + 1]) < spec["timeoutSeconds"]
-    job_command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    job_spec = job["spec"]["template"]["spec"]
+    job_command = job_spec["containers"][0]["command"]
+    assert job_spec["containers"][0]["image"] == container["image"]
     assert "--one" in job_command
+    assert job_command[job_command.index("--where") + 1] == f"version={version}"
+    assert job_command[job_command.index("--identity") + 1] == "deploy"
     assert f"dns:myapp-agents.default.svc.cluster.local:{port}" in job_command
     assert job_command[-1] == "myapp.tasks.migrate"
-    secret = deployment["spec"]["template"]["spec"]["volumes"][0]["secret"]
-    assert secret["defaultMode"] & 0o077 == 0  # owner-only, as rpcctl requires
+    # Files mounted one by one (a volume's own files are symlinks rpcctl does not follow),
+    # owner-only, and the Job gets its own cookie only.
+    for volume in pod["volumes"] + job_spec["volumes"]:
+        source = volume.get("secret") or volume.get("configMap")
+        assert source["defaultMode"] & 0o077 == 0  # owner-only, as rpcctl requires
+    for mount in container["volumeMounts"] + job_spec["containers"][0]["volumeMounts"]:
+        assert mount["mountPath"].endswith("/" + mount["subPath"])
+    assert job_spec["volumes"][0]["secret"]["items"] == [
+        {"key": "deploy.cookie", "path": "deploy.cookie"}
+    ]
 
 
-def test_kubernetes_probe_commands_work_against_a_live_app(short_tmp: Path) -> None:
-    """The probes' own argv (with this checkout's paths) against a real TCP agent."""
+def test_kubernetes_recipe_works_against_a_live_app(short_tmp: Path) -> None:
+    """The recipe's access file, environment, probes and migration Job (their own argv,
+    with this checkout's paths) against a real TCP agent of the example app."""
     from conftest import start_myapp
 
-    documents = list(yaml.safe_load_all((DEPLOY / "kubernetes" / "myapp.yaml").read_text()))
-    container = next(d for d in documents if d["kind"] == "Deployment")["spec"]["template"]["spec"][
-        "containers"
-    ][0]
+    by_kind = kubernetes_documents()
+    pod = by_kind["Deployment"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    etc = short_tmp / "etc-rpcctl"
+    etc.mkdir()
+    files = {"access.toml": by_kind["ConfigMap"]["data"]["access.toml"]}
+    files |= {name: f"{name} 0123456789abcdef\n" for name in ("deploy.cookie", "probe.cookie")}
+    for name, text in files.items():
+        (etc / name).write_text(text)
+        (etc / name).chmod(0o400)
     probe = socket.socket()
     probe.bind(("127.0.0.1", 0))
     port = probe.getsockname()[1]
     probe.close()
-    cookie = short_tmp / "cookie"
-    cookie.write_text("k" * 40)
-    cookie.chmod(0o600)
-    secret = {"RPCCTL_COOKIE_FILE": str(cookie)}
-    app = start_myapp(short_tmp, node=f"tcp://127.0.0.1:{port}", extra_env=secret)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RPCCTL_")}
-    env.update(secret, RPCCTL_BIN=str(Path(sys.executable).parent / "rpcctl"))
+
+    def local(text: str) -> str:
+        return text.replace("/etc/rpcctl", str(etc)).replace("4370", str(port))
+
+    env = {e["name"]: local(e["value"]) for e in container["env"] if "value" in e}
+    agent_env = {k: v for k, v in env.items() if k.startswith("RPCCTL_") and k != "RPCCTL_NODE"}
+    app = start_myapp(short_tmp, node=f"tcp://127.0.0.1:{port}", extra_env=agent_env)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("RPCCTL_")}
     try:
         for name in ("livenessProbe", "readinessProbe"):
             argv = [
-                str(EXAMPLE / "bin" / "myapp") if a.endswith("bin/myapp") else a
+                str(EXAMPLE / "bin" / "myapp") if a.endswith("bin/myapp") else local(a)
                 for a in container[name]["exec"]["command"]
             ]
-            argv = [a.replace("4370", str(port)) for a in argv]
-            result = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+            probe_env = {
+                **clean,
+                **agent_env,
+                "RPCCTL_BIN": str(Path(sys.executable).parent / "rpcctl"),
+            }
+            result = subprocess.run(
+                argv, capture_output=True, text=True, env=probe_env, check=False
+            )
             assert (result.returncode, result.stdout) == (0, "pong\n"), result.stderr
+        job = by_kind["Job"]["spec"]["template"]["spec"]["containers"][0]["command"]
+        argv = [local(a) for a in job]
+        argv[0] = str(Path(sys.executable).parent / "rpcctl")
+        argv = [f"dns:127.0.0.1:{port}" if a.startswith("dns:") else a for a in argv]
+        result = subprocess.run(argv, capture_output=True, text=True, env=clean, check=False)
+        assert result.returncode == 0, result.stderr
+        assert result.stderr.startswith(f"running on tcp://127.0.0.1:{port}\n")
+        # The probe identity may ping, and nothing more.
+        refused = run_rpcctl(
+            "-n", f"tcp://127.0.0.1:{port}", "--identity", "probe",
+            "--cookie-file", str(etc / "probe.cookie"), "rpc", "myapp.tasks.migrate",
+        )  # fmt: skip
+        assert refused.returncode == 5
+        assert "probe may not run myapp.tasks.migrate" in refused.stderr
     finally:
         app.close()
 

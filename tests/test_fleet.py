@@ -295,14 +295,15 @@ def test_fleet_info_is_a_table(agents: list[AppProcess], fleet_dir: Path) -> Non
     result = run_rpcctl(*fleet_args(nodes), "info")
     lines = result.stdout.splitlines()
     assert lines[0].split() == [
-        "NODE", "OUTCOME", "TIME", "APP", "PID", "UPTIME", "READY", "JOBS", "RPCCTL"
+        "NODE", "OUTCOME", "TIME", "APP", "PID", "UPTIME", "READY", "JOBS", "VERSION", "RPCCTL"
     ]  # fmt: skip
     for app, line in zip(agents[2:4], lines[1:3], strict=True):
         cells = line.split()
         assert cells[0] == app.node
         assert cells[1] == "ok"
         assert cells[4:6] == ["sampleapp", str(app.proc.pid)]
-        assert cells[-3] in ("yes", "no")
+        assert cells[-4] in ("yes", "no")
+        assert cells[-2] == "-"  # sampleapp reports no version
         assert "{" not in line  # no JSON blob
     assert lines[3].split()[:2] == [nodes[2], "unreachable"]
     assert lines[-1].startswith("2/3 nodes ok")

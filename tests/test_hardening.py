@@ -343,7 +343,7 @@ def dribble(host_or_path: Any, family: int, first: bytes, byte: bytes) -> int:
 
 def test_a_slow_handshake_is_dropped_at_its_deadline(sample_app: AppProcess) -> None:
     path = wire.parse_node(sample_app.node).path
-    dribbled = dribble(path, socket.AF_UNIX, b'{"rpcctl": 2, "op": "ping", "nonce": "', b"a")
+    dribbled = dribble(path, socket.AF_UNIX, b'{"rpcctl": 3, "op": "ping", "nonce": "', b"a")
     assert dribbled < 32  # a valid nonce is never completed: the deadline came first
     timed_out = [e for e in events(sample_app, "connection.refused")]
     assert [e["reason"] for e in timed_out] == ["handshake timed out"]
@@ -373,11 +373,17 @@ def app_agent_client(node: str, tls_files: dict[str, str]) -> Iterator[Any]:
 
 MALFORMED = {
     "deep nesting": b'{"rpcctl": ' + b"[" * 2000 + b"]" * 2000 + b"}\n",
-    "nested values": b'{"rpcctl": 2, "op": {"x": 1}, "nonce": "' + b"a" * 32 + b'"}\n',
-    "not UTF-8": b'{"rpcctl": 2, "op": "\xff\xfe"}\n',
+    "nested values": b'{"rpcctl": 3, "op": {"x": 1}, "nonce": "' + b"a" * 32 + b'"}\n',
+    "not UTF-8": b'{"rpcctl": 3, "op": "\xff\xfe"}\n',
     "version of the wrong type": b'{"rpcctl": "2", "op": "ping", "nonce": "' + b"a" * 32 + b'"}\n',
-    "op of the wrong type": b'{"rpcctl": 2, "op": 7, "nonce": "' + b"a" * 32 + b'"}\n',
-    "nonce of the wrong type": b'{"rpcctl": 2, "op": "ping", "nonce": 12345}\n',
+    "op of the wrong type": b'{"rpcctl": 3, "op": 7, "nonce": "' + b"a" * 32 + b'"}\n',
+    "nonce of the wrong type": b'{"rpcctl": 3, "op": "ping", "nonce": 12345}\n',
+    "identity of the wrong type": b'{"rpcctl": 3, "op": "ping", "nonce": "'
+    + b"a" * 32
+    + b'", "identity": 7}\n',
+    "identity with a newline": b'{"rpcctl": 3, "op": "ping", "nonce": "'
+    + b"a" * 32
+    + b'", "identity": "ops\\nagent"}\n',
 }
 
 
@@ -407,7 +413,7 @@ def test_malformed_pre_auth_lines_are_clean_audited_refusals(short_tmp: Path) ->
         # A non-ASCII proof, and one of the wrong type, after a valid hello.
         for proof in ("é" * 64, 12345, ["x"]):
             hello = {"rpcctl": wire.PROTOCOL_VERSION, "op": "ping", "nonce": cookies.new_nonce()}
-            second = (json.dumps({"rpcctl": 2, "proof": proof}) + "\n").encode()
+            second = (json.dumps({"rpcctl": 3, "proof": proof}) + "\n").encode()
             raw_exchange(path, [wire.encode_line(hello), second])
         ping = run_rpcctl("-n", app.node, "ping", env={"RPCCTL_COOKIE": COOKIE})
         assert ping.stdout == "pong\n"

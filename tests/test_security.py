@@ -386,9 +386,9 @@ FIXED_GARBAGE = [
     os.urandom(70000),
     b"\n" * 5000,
     b"{" * 5000,
-    b'{"rpcctl": 2, "op": "rpc"}',  # truncated: no newline, then EOF
-    b'{"rpcctl": 2, "op": "rpc", "nonce": "' + b"a" * 32 + b'"}\n{"proof": null}',
-    b'{"rpcctl": 2, "op": "ping", "nonce": "' + b"a" * 32 + b'"}\n' + b"x" * 100000,
+    b'{"rpcctl": 3, "op": "rpc"}',  # truncated: no newline, then EOF
+    b'{"rpcctl": 3, "op": "rpc", "nonce": "' + b"a" * 32 + b'"}\n{"proof": null}',
+    b'{"rpcctl": 3, "op": "ping", "nonce": "' + b"a" * 32 + b'"}\n' + b"x" * 100000,
     struct.pack("!LB", 0xFFFFFFFF, 0) + b"garbage",  # an RPyC frame header claiming 4 GiB
     b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
     b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",  # a TLS ClientHello start
@@ -413,13 +413,13 @@ def test_random_bytes(target: AppProcess, baseline: tuple[int, int], payload: by
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     hello=st.dictionaries(
-        st.sampled_from(["rpcctl", "op", "nonce", "proof", "challenge", "x"]),
+        st.sampled_from(["rpcctl", "op", "nonce", "proof", "challenge", "identity", "x"]),
         st.one_of(
             st.none(),
             st.booleans(),
             st.integers(),
             st.text(max_size=80),
-            st.sampled_from([1, "rpc", "ping", "a" * 32]),
+            st.sampled_from([1, 3, "rpc", "ping", "a" * 32, "deploy"]),
             st.lists(st.integers(), max_size=3),
         ),
     ),

@@ -26,6 +26,7 @@ from app_agent.wire.handshake import (
     LineReader,
     decode_line,
     encode_line,
+    is_identity_name,
 )
 from app_agent.wire.processes import pid_alive
 
@@ -54,6 +55,7 @@ __all__ = [
     "encode_line",
     "environment",
     "error",
+    "is_identity_name",
     "is_plain",
     "loads",
     "ok",

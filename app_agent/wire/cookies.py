@@ -4,7 +4,8 @@ Both sides use this module; it imports only the standard library.
 
 The handshake proves knowledge of the cookie both ways without sending it: each side sends a
 fresh random nonce, and each proof is an HMAC-SHA256 of both nonces under the cookie, with a
-different role label for the client and the agent. A recorded proof is worthless on another
+different role label for the client and the agent, and the identity the client named (with
+an access file, each identity has a cookie of its own). A recorded proof is worthless on another
 connection, whose agent nonce differs; proofs are compared in constant time.
 """
 
@@ -120,20 +121,33 @@ def is_nonce(value: object) -> bool:
 
 
 def proof(
-    cookie: bytes, role: str, client_nonce: str, agent_nonce: str, op: str, answer: str = ""
+    cookie: bytes,
+    role: str,
+    client_nonce: str,
+    agent_nonce: str,
+    op: str,
+    answer: str = "",
+    identity: str = "",
 ) -> str:
-    """HMAC-SHA256 over both nonces, bound to the role ("client"/"agent") and operation; the
-    agent's proof also covers *answer* (:func:`answer_digest` of what it reports)."""
+    """HMAC-SHA256 over both nonces, bound to the role ("client"/"agent"), the *identity* the
+    client named ("" for none) and the operation; the agent's proof also covers *answer*
+    (:func:`answer_digest` of what it reports). An identity name holds no newline (see
+    :func:`app_agent.wire.handshake.is_identity_name`), so the fields cannot run together."""
     import hashlib
     import hmac
 
-    message = f"rpcctl-v2\n{role}\n{client_nonce}\n{agent_nonce}\n{op}\n{answer}".encode()
-    return hmac.new(cookie, message, hashlib.sha256).hexdigest()
+    message = f"rpcctl-v3\n{role}\n{identity}\n{client_nonce}\n{agent_nonce}\n{op}\n{answer}"
+    return hmac.new(cookie, message.encode(), hashlib.sha256).hexdigest()
+
+
+ANSWER_FIELDS: Final = ("pid", "ready", "pong", "app", "version", "identity")
+"""The fields of the agent's final answer that its proof covers."""
 
 
 def answer_digest(fields: dict[str, object]) -> str:
-    """The part of the agent's final answer its proof covers: what a relay must not alter."""
-    return f"pid={fields.get('pid')!r} ready={fields.get('ready')!r} pong={fields.get('pong')!r}"
+    """The part of the agent's final answer its proof covers: what a relay must not alter
+    (``repr`` escapes newlines, so a value cannot pass for another field)."""
+    return " ".join(f"{name}={fields.get(name)!r}" for name in ANSWER_FIELDS)
 
 
 def proof_matches(expected: str, given: object) -> bool:
@@ -143,13 +157,15 @@ def proof_matches(expected: str, given: object) -> bool:
     return isinstance(given, str) and given.isascii() and hmac.compare_digest(expected, given)
 
 
-def frame_keys(cookie: bytes, client_nonce: str, agent_nonce: str, op: str) -> tuple[bytes, bytes]:
+def frame_keys(
+    cookie: bytes, client_nonce: str, agent_nonce: str, op: str, identity: str = ""
+) -> tuple[bytes, bytes]:
     """The two record keys of one connection, (client to agent, agent to client): derived from
-    the cookie and both nonces, so they exist for this connection only."""
+    the cookie, the identity and both nonces, so they exist for this connection only."""
     import hashlib
     import hmac
 
-    base = f"rpcctl-v2-records\n{client_nonce}\n{agent_nonce}\n{op}\n"
+    base = f"rpcctl-v3-records\n{identity}\n{client_nonce}\n{agent_nonce}\n{op}\n"
     return (
         hmac.new(cookie, (base + "client-to-agent").encode(), hashlib.sha256).digest(),
         hmac.new(cookie, (base + "agent-to-client").encode(), hashlib.sha256).digest(),

@@ -15,9 +15,16 @@ if TYPE_CHECKING:
     from typing import Any, Final, NoReturn
 
 
-PROTOCOL_VERSION: Final = 2
+PROTOCOL_VERSION: Final = 3
 """Bumped whenever the handshake or the service's methods change incompatibly (2: the agent's
-proof covers its answer, and cookie connections without TLS carry authenticated records)."""
+proof covers its answer, and cookie connections without TLS carry authenticated records;
+3: the hello may name an identity, bound into both proofs and the record keys, and the
+agent's answer reports the app's name and version, covered by its proof)."""
+
+MAX_IDENTITY_NAME: Final = 64
+_IDENTITY_CHARS: Final = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-"
+)
 
 MAX_HELLO_BYTES: Final = 4096
 """Upper bound of one handshake line; anything longer is refused before it is parsed."""
@@ -45,6 +52,18 @@ _UNESCAPES: Final = {
 }
 _WHITESPACE: Final = " \t\r\n"
 _NUMBER: Final = frozenset("0123456789+-.eE")
+
+
+def is_identity_name(value: object) -> bool:
+    """Whether *value* can name an identity: 1 to 64 letters, digits, ``_``, ``.`` or ``-``,
+    starting with a letter or digit (so never a newline the proofs would trip on)."""
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= MAX_IDENTITY_NAME
+        and value[0].isascii()
+        and value[0].isalnum()
+        and set(value) <= _IDENTITY_CHARS
+    )
 
 
 def encode_line(message: Mapping[str, Any]) -> bytes:

@@ -172,7 +172,24 @@ def timeout_option(default: float | None, help: str) -> Callable[[F], F]:
     )
 
 
+def _set_where(ctx: click.Context, _param: click.Parameter, value: tuple[str, ...]) -> None:
+    if value:
+        from rpcctl.fleet import Where
+
+        Where.parse(value)  # a bad filter is a usage error before anything connects
+        ctx.ensure_object(Settings).where = list(value)
+
+
 def fleet_options(f: F) -> F:
+    f = click.option(
+        "--where",
+        metavar="KEY=VALUE",
+        multiple=True,
+        expose_value=False,
+        callback=_set_where,
+        help="Fleets: only the nodes whose agent reports KEY=VALUE (version, app, ready, or "
+        "any key at the top of `info`); repeat to require several.",
+    )(f)
     f = click.option(
         "--min-ok",
         type=click.IntRange(min=0),

@@ -8,11 +8,9 @@ from typing import Any
 
 import click
 
-from app_agent.wire import Address
 from rpcctl import client as client_mod
 from rpcctl import fleet as fleet_mod
 from rpcctl._settings import Settings
-from rpcctl._transport import Security
 
 Cells = Callable[[Any], list[str]]
 """A table row's cells from one node's result."""
@@ -32,6 +30,9 @@ def run_fleet(
     line); a failed node shows its error there. *details* adds lines under the table.
     """
     code = outcome.exit_code(min_ok)
+    no_match = outcome.no_match()
+    if no_match is not None:
+        click.echo(f"rpcctl: error: {no_match}", err=True)
     if settings.json:
         for node in outcome.outcomes:
             data = node.to_dict()
@@ -43,8 +44,11 @@ def run_fleet(
             "duration_s": round(outcome.duration, 3),
             "ok": sum(o.ok for o in outcome.outcomes),
             "failed": len(outcome.bad_nodes),
+            "skipped": len(outcome.skipped),
             "exit_code": code,
         }
+        if no_match is not None:
+            summary["no_match"] = no_match
         click.echo(json.dumps(summary))
         raise click.exceptions.Exit(code)
     cells = cells or (lambda result: [one_line(result)])
@@ -52,7 +56,9 @@ def run_fleet(
     rows = []
     for o in outcome.outcomes:
         took = f"{o.duration * 1000:.0f} ms"
-        if o.error is None:
+        if o.skipped is not None:
+            rows.append([o.node, "skipped", took, o.skipped])
+        elif o.error is None:
             rows.append([o.node, "ok", took, *cells(o.result)])
         else:
             rows.append([o.node, str(o.error.kind), took, settings.explain(o.error)])
@@ -86,6 +92,7 @@ def info_cells(details: Any) -> list[str]:
         duration(details.get("uptime_s")),
         "" if ready is None else "yes" if ready else "no",
         str(len(details.get("jobs") or [])),
+        str(details.get("version") or "-"),
         str((details.get("versions") or {}).get("rpcctl", "")),
     ]
 
@@ -134,12 +141,16 @@ def tasks_details(outcome: fleet_mod.MulticallResult) -> list[str]:
 def fan_out(
     settings: Settings, method: str, timeout: float, parallel: int
 ) -> fleet_mod.MulticallResult:
-    def action(address: Address, deadline: float, security: Security) -> Any:
-        import time
+    """*method* of every node's client (those --where keeps), each within *timeout*."""
 
-        with client_mod.Client(address, max(deadline - time.monotonic(), 0.01), security) as c:
-            return getattr(c, method)()
+    def action(conn: client_mod.Client, _deadline: float) -> Any:
+        return getattr(conn, method)()
 
-    return fleet_mod.fan_out(
-        settings.fleet(), action, timeout=timeout, parallel=parallel, security=settings.security()
+    return fleet_mod.on_clients(
+        settings.fleet(),
+        action,
+        timeout=timeout,
+        parallel=parallel,
+        security=settings.security(),
+        where=settings.where,
     )

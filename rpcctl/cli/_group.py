@@ -54,6 +54,13 @@ from rpcctl.cli._common import RpcctlGroup, json_option, pass_settings
     "$RPCCTL_COOKIE, else $RPCCTL_COOKIE_FILE, else the cookie_file of the rpcctl.toml found "
     "upward. Never pass the cookie itself on the command line.",
 )
+@click.option(
+    "--identity",
+    metavar="NAME",
+    help="Who we are to an agent with an access file; the cookie (from the cookie options) "
+    "is that identity's. Default: --config's identity, else $RPCCTL_IDENTITY, else the "
+    "identity of the rpcctl.toml found upward.",
+)
 @click.option("--tls-ca", metavar="FILE", help="CA certificate(s) to verify a tls:// agent.")
 @click.option("--tls-cert", metavar="FILE", help="Client certificate for mutual TLS.")
 @click.option("--tls-key", metavar="FILE", help="Key of the client certificate.")
@@ -84,7 +91,7 @@ def apply_globals(settings: Settings, params: dict[str, Any]) -> None:
     if nodes:
         settings.nodes = nodes
         settings.node = nodes[0]
-    for name in ("nodes_file", "discover", "config_path", "cookie_file"):
+    for name in ("nodes_file", "discover", "config_path", "cookie_file", "identity"):
         if params.get(name):
             setattr(settings, name, params[name])
     for key in ("ca", "cert", "key"):

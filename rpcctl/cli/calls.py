@@ -13,7 +13,7 @@ from rpcctl import expr
 from rpcctl import fleet as fleet_mod
 from rpcctl._render import EventPrinter
 from rpcctl._settings import Settings
-from rpcctl.exceptions import BadExpression, ConfigError, RpcctlError
+from rpcctl.exceptions import BadExpression, ConfigError, RpcctlError, Unreachable
 
 if TYPE_CHECKING:
     from click.shell_completion import CompletionItem
@@ -110,21 +110,30 @@ def rpc(
             parallel=parallel,
             security=settings.security(),
             lock_wait=lock_wait,
+            where=settings.where,
             **call.kwargs,
         )
         run_fleet(settings, result, min_ok)
+    where = fleet_mod.Where.parse(settings.where)
     if settings.is_fleet:
         chosen = fleet_mod.first_answering(
             settings.fleet(),
             timeout=client_mod.DEFAULT_TIMEOUT,
             security=settings.security(),
             parallel=parallel,
+            where=where,
         )
         click.echo(f"running on {chosen}", err=True)
         settings.node = str(chosen)
         settings.nodes = [settings.node]
         settings.nodes_file = settings.discover = None
+        settings.where = []
     with settings.connect() as conn:
+        try:
+            where.check_client(conn)  # on the connection that runs the call
+        except fleet_mod.Skipped as changed:
+            msg = f"{conn.address} no longer matches: it {changed.reason}; nothing ran"
+            raise Unreachable(msg) from None
         job_id: str | None = None
         try:
             job_id = conn.start(

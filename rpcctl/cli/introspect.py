@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import os
 import re
-import time
 from collections.abc import Callable
 from typing import Any
 
 import click
 
-from app_agent.wire import Address
 from rpcctl import _flamegraph
 from rpcctl import _introspect_render as render
 from rpcctl import client as client_mod
 from rpcctl import fleet as fleet_mod
 from rpcctl._settings import Settings
-from rpcctl._transport import Security
 from rpcctl.cli._common import (
     emit_json,
     fleet_options,
@@ -48,12 +45,13 @@ def _fan_out(
 ) -> fleet_mod.MulticallResult:
     """*action(client)* on every node, each within *timeout* seconds in all."""
 
-    def one(address: Address, deadline: float, security: Security) -> Any:
-        with client_mod.Client(address, max(deadline - time.monotonic(), 0.01), security) as c:
-            return action(c)
-
-    return fleet_mod.fan_out(
-        settings.fleet(), one, timeout=timeout, parallel=parallel, security=settings.security()
+    return fleet_mod.on_clients(
+        settings.fleet(),
+        lambda conn, _deadline: action(conn),
+        timeout=timeout,
+        parallel=parallel,
+        security=settings.security(),
+        where=settings.where,
     )
 
 

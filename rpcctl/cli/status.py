@@ -62,6 +62,7 @@ def ping(
             security=settings.security(),
             ready=ready,
             wait=wait,
+            where=settings.where,
         )
         run_fleet(settings, result, min_ok)
     address = settings.address()
@@ -124,7 +125,7 @@ def info(settings: Settings, timeout: float, parallel: int, min_ok: int | None) 
             settings,
             fan_out(settings, "info", timeout, parallel),
             min_ok,
-            columns=["APP", "PID", "UPTIME", "READY", "JOBS", "RPCCTL"],
+            columns=["APP", "PID", "UPTIME", "READY", "JOBS", "VERSION", "RPCCTL"],
             cells=info_cells,
         )
     with settings.connect() as conn:
@@ -134,6 +135,7 @@ def info(settings: Settings, timeout: float, parallel: int, min_ok: int | None) 
         return
     versions = details.get("versions", {})
     click.echo(f"app:      {details.get('app')}")
+    click.echo(f"version:  {details.get('version') or '(unknown)'}")
     click.echo(f"pid:      {details.get('pid')}")
     click.echo(f"node:     {details.get('node')}")
     click.echo(f"uptime:   {details.get('uptime_s')}s")

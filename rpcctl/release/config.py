@@ -12,6 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Final
 
+from app_agent import wire
 from rpcctl._settings import parse_node
 from rpcctl.exceptions import ConfigError
 
@@ -33,6 +34,8 @@ _APP_KEYS: Final = {
     "cwd": "the app's working directory, relative to this file (default: this file's directory)",
     "env": "extra environment variables for the app and hooks, a table of strings",
     "cookie_file": "the owner-only file holding the cookie, relative to this file",
+    "identity": "the identity clients name to an agent with an access file (cookie_file "
+    "then holds that identity's cookie)",
     "ready_timeout": "seconds to wait for the agent to answer ping after start (a number > 0)",
     "stop_timeout": "seconds between SIGTERM and SIGKILL when stopping (a number > 0)",
 }
@@ -70,6 +73,14 @@ class Config:
             if cookie_file is not None
             else None
         )
+        self.identity: str | None = None
+        if "identity" in app:
+            identity = app["identity"]
+            if not wire.is_identity_name(identity):
+                problem = f"got {identity!r}"
+                expected = "a name of 1 to 64 letters, digits, _ . or -: " + _APP_KEYS["identity"]
+                raise _error(path, "app", "identity", expected, problem)
+            self.identity = identity
         self.ready_timeout = _seconds(path, app, "app", "ready_timeout", 30.0)
         self.stop_timeout = _seconds(path, app, "app", "stop_timeout", 10.0)
 

@@ -25,6 +25,7 @@ from typing import Any, Final, NamedTuple
 
 from app_agent.wire import NODE_ENV, RUNNER_ENV, ErrorKind, pid_alive
 from app_agent.wire.cookies import COOKIE_FILE_ENV
+from app_agent.wire.environment import IDENTITY as IDENTITY_ENV
 from rpcctl import _transport
 from rpcctl._transport import Security
 from rpcctl.exceptions import CallTimeout, RpcctlError, Unreachable, UsageError
@@ -65,8 +66,8 @@ class Runner:
         self._wakeup_r = -1
         self._answering_pid: int | None = None
         self._refusal = ""
-        # The runner's own pings prove the same cookie as the app's callers.
-        self.security = Security.resolve(cookie_file=config.cookie_file)
+        # The runner's own pings prove the same cookie (and identity) as the app's callers.
+        self.security = Security.resolve(cookie_file=config.cookie_file, identity=config.identity)
 
     # -- the whole life --------------------------------------------------------------------
 
@@ -321,6 +322,8 @@ class Runner:
         )
         if self.config.cookie_file is not None:
             env[COOKIE_FILE_ENV] = str(self.config.cookie_file)
+        if self.config.identity is not None:
+            env[IDENTITY_ENV] = self.config.identity
         if self.proc is not None and self.proc.poll() is None:
             env["RPCCTL_APP_PID"] = str(self.proc.pid)
         else:
