@@ -122,6 +122,12 @@ class _Drain:
             self._seen += 1
             return self.lines[self._seen - 1]
 
+    def rest(self, timeout: float) -> str:
+        """What next_line has not returned yet, once the pipe has closed."""
+        self._thread.join(timeout)
+        with self._cond:
+            return "".join(self.lines[self._seen :])
+
     def text(self, timeout: float) -> str:
         """Everything read, once the pipe has closed (or *timeout* passed)."""
         self._thread.join(timeout)

@@ -462,7 +462,12 @@ def test_output_streams_live_and_a_second_migrate_finds_the_lock_held(short_tmp:
             what="the second call to wait for the lock",
         )
         gate.touch()
-        out, err = first.communicate(timeout=DEADLINE)
+        first.wait(timeout=DEADLINE)  # its stdout is read on a thread since read_until
+        out = _DRAINS[first.stdout].rest(DEADLINE)
+        err = first.stderr.read() if first.stderr is not None else ""
+        for pipe in (first.stdout, first.stderr):
+            if pipe is not None:
+                pipe.close()
         assert first.returncode == 0, err
         assert "gate: open" in out
         assert json.loads(out[out.index("[\n") :]) == ["gate.0001_gate", *ALL_MIGRATIONS]
