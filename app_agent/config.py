@@ -41,6 +41,10 @@ class StartOptions(TypedDict, total=False):
     - ``ready``: the app's readiness (see :func:`app_agent.set_ready`).
     - ``idle_timeout``: seconds an authenticated connection may stay silent (else
       ``RPCCTL_IDLE_TIMEOUT``, default 300).
+    - ``console``: let ``rpcctl remote`` open a Python console inside the app (else
+      ``RPCCTL_CONSOLE=1``; off by default). ``console_log_statements``: the audit log
+      records each statement's text, not only its size (else
+      ``RPCCTL_CONSOLE_LOG_STATEMENTS=1``).
     """
 
     app: str | None
@@ -54,6 +58,8 @@ class StartOptions(TypedDict, total=False):
     locks: str | None
     ready: bool | None
     idle_timeout: float | None
+    console: bool | None
+    console_log_statements: bool | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +77,8 @@ class AgentConfig:
     ready: bool | None = None
     max_connections: int = 256
     max_handshakes: int = 512
+    console: bool = False
+    console_log_statements: bool = False
 
     @property
     def insecure(self) -> bool:
@@ -108,6 +116,12 @@ def load(node: str | None = None, **options: Any) -> AgentConfig:
         idle_timeout=_idle_timeout(options.get("idle_timeout")),
         on_stop=options.get("on_stop"),
         ready=options.get("ready"),
+        console=_flag("console", options.get("console"), env.CONSOLE),
+        console_log_statements=_flag(
+            "console_log_statements",
+            options.get("console_log_statements"),
+            env.CONSOLE_LOG_STATEMENTS,
+        ),
     )
 
 
@@ -177,6 +191,26 @@ def _idle_timeout(given: float | None) -> float:
         msg = f"idle_timeout must be a positive number of seconds, not {value!r}"
         raise ConfigurationError(msg)
     return value
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("", "0", "false", "no", "off")
+
+
+def _flag(option: str, given: bool | None, variable: str) -> bool:
+    """A start option that is off by default: as given, else from *variable*."""
+    if given is not None:
+        if type(given) is not bool:
+            msg = f"{option} must be True or False, not {given!r}"
+            raise ConfigurationError(msg)
+        return given
+    text = os.environ.get(variable, "").strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    msg = f"{variable}={os.environ[variable]!r}: expected 1 (on) or 0 (off)"
+    raise ConfigurationError(msg)
 
 
 def _default_app_name() -> str:

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Final, NamedTuple
 
-from app_agent.wire import NODE_ENV, RUNNER_ENV, pid_alive
+from app_agent.wire import NODE_ENV, RUNNER_ENV, environment, pid_alive
 from app_agent.wire.cookies import COOKIE_FILE_ENV
 from rpcctl import _transport, hooks
 from rpcctl._transport import Security
@@ -319,6 +319,8 @@ class Runner:
         )
         if self.config.cookie_file is not None:
             env[COOKIE_FILE_ENV] = str(self.config.cookie_file)
+        if self.config.locks is not None:  # the app's locks are those `rpcctl eval` takes
+            env[environment.LOCKS] = self.config.locks
         if self.proc is not None and self.proc.poll() is None:
             env["RPCCTL_APP_PID"] = str(self.proc.pid)
         else:

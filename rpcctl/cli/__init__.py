@@ -10,11 +10,13 @@ Results go to stdout; diagnostics go to stderr. Every failure is an RpcctlError 
 - ``calls``: ``rpc``, ``jobs``, ``logs``, ``wait``, ``cancel``
 - ``release``: ``start``, ``stop``, ``restart``, ``pid``, ``release init``, ``cookie``
 - ``introspect``: ``stack``, ``stats``, ``health``, ``profile``, ``log-level``
+- ``eval``: ``eval`` (a task in a fresh process); ``remote``: ``remote`` (a console in the app)
 """
 
 from __future__ import annotations
 
-from rpcctl.cli import calls, introspect, release, status
+from rpcctl.cli import calls, introspect, release, remote, status
+from rpcctl.cli import eval as eval_
 from rpcctl.cli._group import cli, main
 
-__all__ = ["calls", "cli", "introspect", "main", "release", "status"]
+__all__ = ["calls", "cli", "eval_", "introspect", "main", "release", "remote", "status"]
