@@ -116,7 +116,7 @@ class Session:
         fields: dict[str, Any] = {
             "statement": number,
             "bytes": len(source.encode("utf-8", "surrogatepass")),
-            "lines": source.count("\n") + 1,
+            "lines": len(source.splitlines()) or 1,
         }
         if self.log_statements:
             fields["source"] = source
@@ -168,6 +168,7 @@ class Session:
         return True
 
     def _run(self, job: Job, code: types.CodeType, number: int, started: float) -> None:
+        _capture.reinstall()  # whatever the app did to sys.stdout since, not its stdout
         token = _capture.current_job.set(job)
         job.thread = threading.get_ident()
         with self._lock:

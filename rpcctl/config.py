@@ -39,8 +39,8 @@ _APP_KEYS: Final = {
     '["myapp.tasks"]',
     "python": "the interpreter `rpcctl eval` runs tasks with: python (rpcctl's own), a path "
     "relative to this file, or a name on PATH",
-    "locks": "where task locks live, for the app (as RPCCTL_LOCKS) and `rpcctl eval`: memory, "
-    "file:DIR (relative to this file) or postgresql://...",
+    "locks": "where task locks live, for the app and `rpcctl eval` unless RPCCTL_LOCKS says "
+    "otherwise: memory, file:DIR (relative to this file) or postgresql://...",
 }
 _HOOK_KEYS: Final = {
     **{event: f"the directory of {event} scripts, relative to this file" for event in HOOK_EVENTS},

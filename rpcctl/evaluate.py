@@ -6,8 +6,8 @@ new Python process (:mod:`app_agent.eval`) with the release's interpreter (``[ap
 else the one rpcctl runs under), environment (``[app] env``) and working directory
 (``[app] cwd``, as the runner gives the app), so ``myapp.tasks`` imports as it does in the
 app. No agent starts and no socket appears. The task's lock is taken through the
-configured backend (``[app] locks``, else ``RPCCTL_LOCKS``), so a live replica and an eval
-never run the same locked task at once.
+configured backend (``RPCCTL_LOCKS``, else ``[app] locks``: what the runner hands the app),
+so a live replica and an eval never run the same locked task at once.
 
 Output, results and failures come back as the agent's jobs report them, and are raised as
 the same :class:`~rpcctl.exceptions.RpcctlError` kinds. Unlike ``rpc``, where the job goes on
@@ -71,8 +71,8 @@ def environment(config: Config | None) -> dict[str, str]:
         child.update(config.env)
         child[env.APP] = config.name
         child[env.ROOT] = str(config.root)
-        if config.locks is not None:
-            child[env.LOCKS] = config.locks
+        if config.locks is not None:  # the release's default, as the runner hands it over
+            child.setdefault(env.LOCKS, config.locks)
     for name in (env.NODE, env.RUNNER_PID, env.PROG, env.APP_PID, env.HOOK):
         child.pop(name, None)
     return child

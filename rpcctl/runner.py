@@ -319,8 +319,8 @@ class Runner:
         )
         if self.config.cookie_file is not None:
             env[COOKIE_FILE_ENV] = str(self.config.cookie_file)
-        if self.config.locks is not None:  # the app's locks are those `rpcctl eval` takes
-            env[environment.LOCKS] = self.config.locks
+        if self.config.locks is not None:  # the release's default; RPCCTL_LOCKS overrides
+            env.setdefault(environment.LOCKS, self.config.locks)
         if self.proc is not None and self.proc.poll() is None:
             env["RPCCTL_APP_PID"] = str(self.proc.pid)
         else:

@@ -44,8 +44,8 @@ def eval_command(
     function's name) is imported, and the modules of [app] tasks in rpcctl.toml, with the
     release's interpreter, environment and working directory. No agent starts. Output,
     results and exit codes are those of rpc; the task's lock is taken through the
-    configured backend ([app] locks, RPCCTL_LOCKS), so a running replica and an eval never
-    run it at once. Ctrl-C or --timeout stops the task's process.
+    configured backend (RPCCTL_LOCKS, else [app] locks), so a running replica and an eval
+    never run it at once. Ctrl-C or --timeout stops the task's process.
     """
     if settings.nodes or settings.nodes_file or settings.discover:
         msg = (

@@ -26,9 +26,9 @@ import click
 from rpcctl import client as client_mod
 from rpcctl._render import EventPrinter
 from rpcctl._settings import Settings
-from rpcctl.cli._common import pass_settings
+from rpcctl.cli._common import emit_json, json_option, pass_settings
 from rpcctl.cli._group import cli
-from rpcctl.exceptions import BadExpression, RpcctlError, TaskFailed
+from rpcctl.exceptions import BadExpression, ConfigError, RpcctlError, TaskFailed
 
 PUSH_WAIT = 0.5
 """Seconds the app may take to answer a statement at once (most take less)."""
@@ -38,6 +38,7 @@ HISTORY_LENGTH = 1000
 
 
 @cli.command()
+@json_option
 @pass_settings
 def remote(settings: Settings) -> None:
     """Open a Python console inside the running app (off unless the app enables it).
@@ -47,14 +48,19 @@ def remote(settings: Settings) -> None:
     Multi-line blocks end with an empty line. Ctrl-C interrupts the running statement
     (where possible), Ctrl-D ends the session. With stdin not a terminal
     (rpcctl remote < script.py) the script's statements run in order, and the first that
-    raises ends it with exit 1. The app turns the console on with
-    app_agent.start(console=True) or RPCCTL_CONSOLE=1; otherwise exit 5.
+    raises ends it with exit 1; --json then prints the output as JSON lines and an
+    envelope. The app turns the console on with app_agent.start(console=True) or
+    RPCCTL_CONSOLE=1; otherwise exit 5.
     """
     settings.single("remote")
+    interactive = sys.stdin.isatty()
+    if interactive and settings.json:
+        msg = f"--json is for scripts: `{settings.prog} remote --json < FILE`"
+        raise ConfigError(msg)
     # A script is parsed whole first: one that cannot run opens no session in the app.
-    script = None if sys.stdin.isatty() else script_statements(sys.stdin.read())
+    script = None if interactive else script_statements(sys.stdin.read())
     with settings.connect() as conn:
-        session = RemoteSession(conn, conn.console_open())
+        session = RemoteSession(conn, conn.console_open(), as_json=settings.json)
         try:
             if script is None:
                 interact(session)
@@ -62,6 +68,8 @@ def remote(settings: Settings) -> None:
                 run_script(session, script)
         finally:
             session.close()
+    if script is not None and settings.json:
+        emit_json({"ok": True, "result": {"statements": len(script)}})
 
 
 class RemoteSession:
@@ -72,9 +80,12 @@ class RemoteSession:
     the connection at once.
     """
 
-    def __init__(self, conn: client_mod.Client, opened: dict[str, Any]) -> None:
+    def __init__(
+        self, conn: client_mod.Client, opened: dict[str, Any], as_json: bool = False
+    ) -> None:
         self.conn = conn
         self.opened = opened
+        self.as_json = as_json  # output as JSON lines (scripts), as rpc --json prints events
         self.interrupted = False  # Ctrl-C was pressed while a statement ran
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -82,7 +93,7 @@ class RemoteSession:
         idle = float(opened.get("idle_timeout") or 300.0)
         self._keepalive = threading.Thread(
             target=self._keep_alive,
-            args=(min(max(idle / 3, 1.0), 60.0),),
+            args=(min(max(idle / 3, 0.1), 60.0),),
             name="rpcctl-console-keepalive",
             daemon=True,
         )
@@ -90,7 +101,7 @@ class RemoteSession:
 
     def run(self, source: str) -> dict[str, Any]:
         """Run *source* in the app, showing its output as it comes; its last snapshot."""
-        printer = EventPrinter(False)
+        printer = EventPrinter(self.as_json)
         try:
             with self._ctrl_c_interrupts():
                 with self._lock:
