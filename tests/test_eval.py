@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from test_example import pg_database  # noqa: F401  (a fixture: a fresh PostgreSQL database)
 from test_jobs import pg_url  # noqa: F401  (a fixture: skips without a PostgreSQL server)
 
 from app_agent import wire
@@ -597,3 +598,38 @@ def test_a_lock_only_this_process_sees_is_warned_about(short_tmp: Path) -> None:
     # RPCCTL_LOCKS in the operator's environment counts as configured.
     shared = release.eval("sampleapp.locked(0)", env={"RPCCTL_LOCKS": f"file:{short_tmp}/l"})
     assert "warning" not in shared.stderr
+
+
+# -- the Kubernetes recipe -------------------------------------------------------------------
+
+
+@pytest.mark.pg
+def test_the_kubernetes_eval_recipe_migrates_with_its_own_command(
+    short_tmp: Path,
+    pg_database: str,  # noqa: F811  (the fixture)
+) -> None:
+    """The Job's command and environment as written (the Secret's URL: a fresh database),
+    with /srv/myapp standing for a copy of the example release; no app runs."""
+    import yaml
+
+    recipe = EXAMPLE.parent / "deploy" / "kubernetes" / "myapp-migrate-eval.yaml"
+    [job] = list(yaml.safe_load_all(recipe.read_text()))
+    assert job["kind"] == "Job"
+    [container] = job["spec"]["template"]["spec"]["containers"]
+    root = copy_example(short_tmp / "srv" / "myapp")
+    argv = [a.replace("/srv/myapp", str(root)) for a in container["command"]]
+    assert argv[1:] == ["eval", "--lock-wait", "300", "myapp.tasks.migrate"]
+    env = launcher_env(pg_database)
+    for variable in container["env"]:
+        assert variable["valueFrom"]["secretKeyRef"] == {"name": "myapp-database", "key": "url"}
+        env[variable["name"]] = pg_database
+    result = subprocess.run(
+        argv, capture_output=True, text=True, env=env, timeout=DEADLINE * 3, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [
+        "0001: create the notes table",
+        "0002: add tags to notes",
+    ]
+    assert "warning" not in result.stderr  # the lock is PostgreSQL's, shared
+    assert not (root / "run" / "myapp.sock").exists()
