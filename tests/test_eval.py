@@ -633,3 +633,42 @@ def test_the_kubernetes_eval_recipe_migrates_with_its_own_command(
     ]
     assert "warning" not in result.stderr  # the lock is PostgreSQL's, shared
     assert not (root / "run" / "myapp.sock").exists()
+
+
+def test_eval_in_a_pre_start_hook(short_tmp: Path) -> None:
+    """Before the app starts, a hook migrates with eval: the runner's hook environment (its
+    node, its runner pid) does not make eval think it is the app."""
+    release = EvalRelease(short_tmp)
+    release.config.write_text(
+        release.config.read_text().replace(
+            'command = ["python", "-c", "pass"]',
+            f"command = [{json.dumps(sys.executable)}, {json.dumps(str(APPS / 'sampleapp.py'))}]",
+        )
+        + 'node = "unix:run/app.sock"\n'
+    )
+    hook = short_tmp / "rel" / "hooks" / "pre_start" / "10-eval.sh"
+    hook.parent.mkdir(parents=True)
+    hook.write_text('"$RPCCTL" eval where_am_i --json > "$RPCCTL_ROOT/eval.json"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RPCCTL_")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    runner = subprocess.Popen(
+        [rpcctl_executable(), "--config", str(release.config), "start"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        ping = run_rpcctl("--config", str(release.config), "ping", "--wait", str(DEADLINE))
+        assert ping.returncode == 0, ping.stderr
+        stop = run_rpcctl("--config", str(release.config), "stop")
+        assert stop.returncode == 0, stop.stderr
+        _out, err = runner.communicate(timeout=DEADLINE)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.communicate()
+    assert runner.returncode == 0, err
+    where = json.loads((short_tmp / "eval.json").read_text())["result"]
+    assert (where["cwd"], where["node"], where["agent"]) == (str(short_tmp), None, False)
+    assert where["locks"] == f"file:{short_tmp}/locks"
