@@ -39,6 +39,10 @@ from app_agent import wire
 from app_agent.wire import ErrorKind
 from app_agent.wire import environment as env
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from app_agent._registry import Task
+
 START_REFUSED = (
     "app_agent.start() was called while `rpcctl eval` imported the task modules: a task "
     "module must be importable on its own, without starting the app (start the agent in "
@@ -176,7 +180,7 @@ def run(request: dict[str, Any], report: Reporter) -> None:
         os._exit(0)
 
 
-def find_task(name: str, modules: list[str]) -> Any:
+def find_task(name: str, modules: list[str]) -> Task:
     """The registered task *name*: after importing *modules* (``[app] tasks``), else the
     module part of its dotted name. A function that is not a registered task is not one."""
     from app_agent._registry import registry

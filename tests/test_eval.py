@@ -92,6 +92,8 @@ class EvalRelease:
         self.root = root
         (root / "evaltasks.py").write_text(EVALTASKS)
         (root / "startsapp.py").write_text(STARTS_THE_APP)
+        (root / "broken.py").write_text('raise RuntimeError("no settings here")\n')
+        (root / "needsdep.py").write_text("import nosuchdependency  # noqa\n")
         self.locks = root / "locks"
         self.config = root / "rpcctl.toml"
         self.config.write_text(
@@ -320,6 +322,24 @@ def test_exit_codes_are_rpcs(
     assert result.returncode == code, result.stderr
     assert message in result.stderr
     assert result.stderr.count("rpcctl: error:") == 1
+
+
+def test_a_task_module_that_fails_to_import_is_the_apps_code_raising(
+    release: EvalRelease,
+) -> None:
+    broken = release.eval("broken.f")
+    assert broken.returncode == 1
+    assert "RuntimeError: no settings here" in broken.stderr  # the traceback
+    assert broken.stderr.endswith(
+        "rpcctl: error: importing broken (for broken.f) raised RuntimeError: no settings here\n"
+    )
+    # A module that exists but lacks a dependency is not "no such task".
+    missing = release.eval("needsdep.f")
+    assert missing.returncode == 1
+    assert (
+        "importing needsdep (for needsdep.f) raised ModuleNotFoundError: "
+        "No module named 'nosuchdependency'" in missing.stderr
+    )
 
 
 def test_a_raised_task_shows_its_traceback(release: EvalRelease) -> None:
