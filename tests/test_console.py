@@ -6,6 +6,7 @@ import json
 import os
 import select
 import shutil
+import signal
 import socket
 import subprocess
 import textwrap
@@ -214,6 +215,70 @@ def test_a_script_with_json_output(short_tmp: Path) -> None:
         assert documents[-1]["error"]["exit_code"] == 1
     finally:
         app.close()
+
+
+def test_ctrl_c_interrupts_a_script_and_exits_130(short_tmp: Path) -> None:
+    app = console_app(short_tmp)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RPCCTL_")}
+    script = short_tmp / "script.py"
+    script.write_text("if True:\n    print('started')\n    while True: pass\nprint('never')\n")
+    with script.open() as stdin:
+        proc = subprocess.Popen(
+            [rpcctl_executable(), "-n", app.node, "remote"],
+            stdin=stdin,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "started\n"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=DEADLINE)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130
+    assert "never" not in out
+    assert "KeyboardInterrupt" in err  # the statement's own traceback, from the app
+    assert err.endswith("rpcctl: interrupted\n")
+    assert app.alive()
+    _stdout, events = finish(app)
+    assert [e.get("error") for e in by_event(events, "console.statement_finished")] == [
+        "KeyboardInterrupt"
+    ]
+
+
+def test_json_needs_a_script(short_tmp: Path) -> None:
+    app = console_app(short_tmp)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RPCCTL_", "TMUX"))}
+    tmux = Tmux(short_tmp, env)
+    command = f"{rpcctl_executable()} -n {app.node} remote --json; echo EXITED=$?; exec cat"
+    try:
+        tmux("new-session", "-d", "-s", "console", "-x", "160", "-y", "20", command)
+        screen = tmux.wait_for("EXITED=2")
+    finally:
+        tmux.kill()
+        app.close()
+    assert "rpcctl: error: --json is for scripts: `rpcctl remote --json < FILE`" in screen
+
+
+def test_the_console_methods_check_their_arguments(console_agent: app_agent.Agent) -> None:
+    with rpcctl.connect(console_agent.node) as app:
+        app.console_open()
+        for method, args in (
+            ("console_push", (123, 1.0)),
+            ("console_push", ("1", -1.0)),
+            ("console_poll", ("0", 1.0)),
+        ):
+            with pytest.raises(rpcctl.UsageError, match="takes"):
+                app._reply(app._request(method, 5.0, *args))
+        with pytest.raises(rpcctl.UsageError, match="no statement has run"):
+            app.console_poll(0, 0.0)
+        with pytest.raises(rpcctl.UsageError, match="at most 1,048,576 characters"):
+            app.console_push("x" * ((1 << 20) + 1), 0.0)
 
 
 def test_a_script_that_does_not_parse_runs_nothing(short_tmp: Path) -> None:
