@@ -25,7 +25,12 @@ from app_agent._registry import registry as global_registry
 from app_agent._state import AgentState
 from app_agent.config import AgentConfig, StartOptions, app_modules, distribution_version
 from app_agent.config import load as load_config
-from app_agent.exceptions import AddressInUse, AgentAlreadyRunning, ConfigurationError
+from app_agent.exceptions import (
+    AddressInUse,
+    AgentAlreadyRunning,
+    AgentError,
+    ConfigurationError,
+)
 from app_agent.logs import get_logger
 from app_agent.wire import Address
 
@@ -65,6 +70,7 @@ class Agent:
             version=config.version,
         )
         self.state.stop_handler = config.on_stop
+        self.state.config = config
         self.max_connections = config.max_connections
         self.idle_timeout = config.idle_timeout
         if config.insecure:
@@ -314,6 +320,9 @@ class Agent:
 
 _lock = threading.Lock()
 _current: Agent | None = None
+refusal: str | None = None
+"""Why this process must never start an agent, when it must not: ``python -m
+app_agent.eval`` sets it, so a task module that starts the app on import is named."""
 
 
 def _forget(agent: Agent) -> None:
@@ -336,6 +345,8 @@ def start(
     """
     global _current
     with _lock:
+        if refusal is not None:
+            raise AgentError(refusal)
         if _current is not None:
             msg = f"an agent is already running in this process on {_current.node}"
             raise AgentAlreadyRunning(msg)

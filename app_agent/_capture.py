@@ -91,6 +91,18 @@ def install() -> None:
         logging.getLogger().addHandler(_handler)
 
 
+def reinstall() -> None:
+    """Put the proxies back in front of sys.stdout and sys.stderr if the app replaced them
+    since :func:`install` (they pass everything but a job's output through unchanged)."""
+    with _lock:
+        if not _installed:
+            return
+        if not isinstance(sys.stdout, _JobStream):
+            sys.stdout = _JobStream(sys.stdout, "stdout")
+        if not isinstance(sys.stderr, _JobStream):
+            sys.stderr = _JobStream(sys.stderr, "stderr")
+
+
 def uninstall() -> None:
     """Undo :func:`install` when the last agent stops, if nobody replaced the streams since."""
     global _installed

@@ -19,7 +19,7 @@ import rpyc
 
 from app_agent import _process, wire
 from app_agent import _readiness as readiness
-from app_agent._access import LOG_LEVEL, READ, STOP, UNRESTRICTED, Identity
+from app_agent._access import CONSOLE, LOG_LEVEL, READ, STOP, UNRESTRICTED, Identity
 from app_agent._jobs import (
     CANCELLED,
     MAX_NESTING,
@@ -37,6 +37,8 @@ from app_agent.wire import ErrorKind
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    from app_agent._console import Session
 
 PROTOCOL_CONFIG: dict[str, Any] = {
     # Only the service's exposed_ methods are reachable: RPyC's own rule, nothing else on.
@@ -98,6 +100,7 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
         # follows, which stop waiting for it when it goes.
         self._follower = next(_FOLLOWER_KEYS)
         self._following: dict[str, Job] = {}
+        self._console: Session | None = None  # this connection's console session, if open
 
     def run_after_reply(self) -> None:
         """Run what waits for the reply to have left (the audit line of a call): the
@@ -110,6 +113,9 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
         for job in self._following.values():
             job.detach(self._follower)
         self._following.clear()
+        if self._console is not None:
+            self._console.close("connection closed")
+            self._console = None
 
     # -- the exposed methods ------------------------------------------------------------
 
@@ -451,6 +457,54 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
             log.info(event, **who, **fields)
         else:
             self._after_reply.append(lambda: log.info(event, **who, **fields))
+
+    # -- the remote console (app_agent/_console.py): off unless the app turns it on ---------
+    # Loaded on first use, like introspection; one session per connection.
+
+    def exposed_console_open(self) -> str:
+        """Open this connection's console session (refused, exit 5, unless enabled)."""
+        if (refused := self._forbidden(CONSOLE, "use the console")) is not None:
+            return refused
+        from app_agent import _console
+
+        reply, self._console = _console.open_session(
+            self._state, self._caller, self._auth, self._console
+        )
+        return reply
+
+    def exposed_console_push(self, source: Any, wait: Any = 1.0) -> str:
+        """Run *source* (complete statements) in the session; its first output."""
+        if (refused := self._forbidden(CONSOLE, "use the console")) is not None:
+            return refused
+        from app_agent import _console
+
+        return _console.push(self._console, source, wait)
+
+    def exposed_console_poll(self, cursor: Any, wait: Any = 1.0) -> str:
+        """The running statement's output from *cursor* on, waiting up to *wait* s."""
+        if (refused := self._forbidden(CONSOLE, "use the console")) is not None:
+            return refused
+        from app_agent import _console
+
+        return _console.poll(self._console, cursor, wait)
+
+    def exposed_console_interrupt(self) -> str:
+        """Raise KeyboardInterrupt in the running statement, where possible."""
+        if (refused := self._forbidden(CONSOLE, "use the console")) is not None:
+            return refused
+        from app_agent import _console
+
+        return _console.interrupt(self._console)
+
+    def exposed_console_close(self) -> str:
+        """End the session (as the connection's end does)."""
+        if (refused := self._forbidden(CONSOLE, "use the console")) is not None:
+            return refused
+        from app_agent import _console
+
+        reply = _console.close(self._console, "closed by the client")
+        self._console = None
+        return reply
 
     def _no_such_task(self, name: str) -> str:
         hint = ""

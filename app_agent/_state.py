@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app_agent._jobs import JobTable
 from app_agent._locks import Backend
 from app_agent._registry import Registry
+
+if TYPE_CHECKING:
+    from app_agent.config import AgentConfig
 
 
 class AgentState:
@@ -36,3 +39,4 @@ class AgentState:
         self.jobs = JobTable(locks, loop)
         self.started_at = time.time()
         self.stop_handler: Callable[[], None] | None = None
+        self.config: AgentConfig | None = None  # the agent's settings (the console's switch)

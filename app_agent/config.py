@@ -50,6 +50,10 @@ class StartOptions(TypedDict, total=False):
     - ``version``: the app's version, reported in ``info`` and the handshake (else
       ``RPCCTL_APP_VERSION``, else the version of the distribution that provides the
       package of the app's first registered task, when one does).
+    - ``console``: let ``rpcctl remote`` open a Python console inside the app (else
+      ``RPCCTL_CONSOLE=1``; off by default). ``console_log_statements``: the audit log
+      records each statement's text, not only its size (else
+      ``RPCCTL_CONSOLE_LOG_STATEMENTS=1``).
     """
 
     app: str | None
@@ -65,6 +69,8 @@ class StartOptions(TypedDict, total=False):
     idle_timeout: float | None
     access: str | os.PathLike[str] | None
     version: str | None
+    console: bool | None
+    console_log_statements: bool | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +93,8 @@ class AgentConfig:
     warnings: tuple[str, ...] = ()
     """Problems that do not stop the agent (an identity its transport never admits), logged
     at start as ``access.warning``."""
+    console: bool = False
+    console_log_statements: bool = False
 
     @property
     def insecure(self) -> bool:
@@ -151,6 +159,12 @@ def load(node: str | None = None, **options: Any) -> AgentConfig:
         access=access,
         version=_version(options.get("version")),
         warnings=warnings,
+        console=_flag("console", options.get("console"), env.CONSOLE),
+        console_log_statements=_flag(
+            "console_log_statements",
+            options.get("console_log_statements"),
+            env.CONSOLE_LOG_STATEMENTS,
+        ),
     )
 
 
@@ -297,6 +311,26 @@ def _idle_timeout(given: float | None) -> float:
         msg = f"idle_timeout must be a positive number of seconds, not {value!r}"
         raise ConfigurationError(msg)
     return value
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("", "0", "false", "no", "off")
+
+
+def _flag(option: str, given: bool | None, variable: str) -> bool:
+    """A start option that is off by default: as given, else from *variable*."""
+    if given is not None:
+        if type(given) is not bool:
+            msg = f"{option} must be True or False, not {given!r}"
+            raise ConfigurationError(msg)
+        return given
+    text = os.environ.get(variable, "").strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    msg = f"{variable}={os.environ[variable]!r}: expected 1 (on) or 0 (off)"
+    raise ConfigurationError(msg)
 
 
 def _default_app_name() -> str:

@@ -427,6 +427,43 @@ class Client:
             )
             raise UsageError(msg) from None
 
+    # -- the remote console (agent side: app_agent/_console.py) ----------------------------
+
+    def console_open(self) -> dict[str, Any]:
+        """Open this connection's console session inside the app: ``{session, app, pid, node,
+        python, idle_timeout, log_statements}``. AuthenticationFailed (exit 5) when the app
+        has not turned its console on."""
+        result: dict[str, Any] = self._reply(self._newer_request("console_open", self.timeout))
+        return result
+
+    def console_push(self, source: str, wait: float = 0.5) -> dict[str, Any]:
+        """Run *source* (complete statements) in the session, inside the app; its output so
+        far, all of it when it ends within *wait* seconds: ``{statement, events, cursor,
+        dropped, state[, error]}``, *state* ``running`` until it ends."""
+        result: dict[str, Any] = self._reply(
+            self._request("console_push", self.timeout + wait, source, wait)
+        )
+        return result
+
+    def console_poll(self, cursor: int, wait: float = 0.5) -> dict[str, Any]:
+        """The running statement's output from *cursor* on (as :meth:`console_push`),
+        waiting up to *wait* seconds for news."""
+        result: dict[str, Any] = self._reply(
+            self._request("console_poll", self.timeout + wait, cursor, wait)
+        )
+        return result
+
+    def console_interrupt(self) -> bool:
+        """Raise KeyboardInterrupt in the running statement, where possible; False when
+        none runs."""
+        result: dict[str, Any] = self._reply(self._request("console_interrupt", self.timeout))
+        return bool(result["interrupted"])
+
+    def console_close(self) -> dict[str, Any]:
+        """End the session: ``{statements, failed}``."""
+        result: dict[str, Any] = self._reply(self._request("console_close", self.timeout))
+        return result
+
 
 def unhealthy_message(checks: list[dict[str, Any]]) -> str:
     """``unhealthy: NAME: message; ...`` for the failed checks."""

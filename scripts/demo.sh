@@ -1,7 +1,9 @@
 #!/bin/sh
 # The seed story, the way an Erlang release tells it: `bin/myapp start` starts the example app
 # and, once its agent answers ping, a post_start hook migrates the database inside the live
-# process; `bin/myapp rpc ...` talks to it; `bin/myapp stop` runs the stop hooks.
+# process; `bin/myapp rpc ...` talks to it; `bin/myapp stop` runs the stop hooks. Then, with
+# the app down, `bin/myapp eval ...` runs release tasks in a fresh process, as an Elixir
+# release's `bin/app eval` does (a Kubernetes migration Job, an init container).
 # Run it with ./dev demo (which puts rpcctl and python on PATH).
 set -eu
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -97,3 +99,14 @@ RUNNER_PID=""
 show_log "$before"
 echo "   the runner exited with status $status"
 run "$BIN" ping || echo "   -> exit $? (unreachable, as expected)"
+
+say "9. With the app down, eval runs a registered task in a fresh process of the release (no
+   agent, no socket): roll back one migration, then migrate again by its alias (found through
+   [app] tasks in rpcctl.toml). Output and results are rpc's; the lock is the app's too."
+run "$BIN" eval myapp.tasks.current
+run "$BIN" eval 'myapp.tasks.rollback(1)'
+run "$BIN" eval migrate
+
+say "10. eval runs registered tasks only, never any function; and it started no app."
+run "$BIN" eval myapp.db.engine || echo "   -> exit $?"
+run "$BIN" ping || echo "   -> exit $? (still unreachable: eval started no agent)"

@@ -24,7 +24,7 @@ import sampleapp  # noqa: F401  (registers the tasks the in-process agents serve
 from app_agent import _access, config, wire
 from app_agent.exceptions import ConfigurationError
 from app_agent.wire import cookies
-from conftest import DEADLINE, SAMPLEAPP, AppProcess, run_rpcctl, wait_until
+from conftest import DEADLINE, SAMPLEAPP, AppProcess, rpcctl_executable, run_rpcctl, wait_until
 from rpcctl.client import Security
 
 NOBODY = 65534
@@ -850,3 +850,36 @@ def test_where_with_identities_over_tcp(short_tmp: Path) -> None:
     finally:
         for app in apps:
             app.close()
+
+
+def test_the_console_needs_its_own_grant_which_star_does_not_imply(short_tmp: Path) -> None:
+    """`*` (deploy) runs every task but gets no console; `console` (ops) does, piped."""
+    access = ACCESS + '\n[identity.ops]\ncookie_file = "ops.cookie"\nallow = ["console"]\n'
+    app = start_app(
+        f"unix:{short_tmp}/run/agent.sock",
+        {"RPCCTL_ACCESS": str(access_files(short_tmp, access)), "RPCCTL_CONSOLE": "1"},
+    )
+    try:
+        options = ["-n", app.node, "--identity"]
+        star = subprocess.run(
+            [rpcctl_executable(), *options, "deploy", "--cookie-file",
+             str(short_tmp / "deploy.cookie"), "remote"],
+            input="print(1)\n", capture_output=True, text=True, timeout=DEADLINE, check=False,
+            env={k: v for k, v in os.environ.items() if not k.startswith("RPCCTL_")},
+        )  # fmt: skip
+        assert star.returncode == 5, star.stderr
+        assert "deploy may not use the console (that needs the console grant)" in star.stderr
+        granted = subprocess.run(
+            [rpcctl_executable(), *options, "ops", "--cookie-file",
+             str(short_tmp / "ops.cookie"), "remote"],
+            input="import os\nprint(os.getpid())\n", capture_output=True, text=True,
+            timeout=DEADLINE, check=False,
+            env={k: v for k, v in os.environ.items() if not k.startswith("RPCCTL_")},
+        )  # fmt: skip
+        assert granted.returncode == 0, granted.stderr
+        assert granted.stdout.strip() == str(app.proc.pid)
+    finally:
+        log = agent_log(app)
+        app.close()
+    denied = [e for e in log if e["event"] == "access.denied"]
+    assert [(e["identity"], e["grant"]) for e in denied] == [("deploy", "console")]

@@ -82,6 +82,8 @@ cli.lazy = {
     **dict.fromkeys(("rpc", "jobs", "logs", "wait", "cancel"), "rpcctl.cli.calls"),
     **dict.fromkeys(("start", "stop", "restart", "pid", "release", "cookie"), "rpcctl.cli.release"),
     **dict.fromkeys(("stack", "stats", "health", "profile", "log-level"), "rpcctl.cli.introspect"),
+    "eval": "rpcctl.cli.eval",
+    "remote": "rpcctl.cli.remote",
 }
 
 

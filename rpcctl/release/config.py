@@ -38,6 +38,12 @@ _APP_KEYS: Final = {
     "then holds that identity's cookie)",
     "ready_timeout": "seconds to wait for the agent to answer ping after start (a number > 0)",
     "stop_timeout": "seconds between SIGTERM and SIGKILL when stopping (a number > 0)",
+    "tasks": "the modules `rpcctl eval` imports to find tasks by alias, a list of module names: "
+    '["myapp.tasks"]',
+    "python": "the interpreter `rpcctl eval` runs tasks with: python (rpcctl's own), a path "
+    "relative to this file, or a name on PATH",
+    "locks": "where task locks live, for the app and `rpcctl eval` unless RPCCTL_LOCKS says "
+    "otherwise: memory, file:DIR (relative to this file) or postgresql://...",
 }
 _HOOK_KEYS: Final = {
     **{event: f"the directory of {event} scripts, relative to this file" for event in HOOK_EVENTS},
@@ -83,6 +89,11 @@ class Config:
             self.identity = identity
         self.ready_timeout = _seconds(path, app, "app", "ready_timeout", 30.0)
         self.stop_timeout = _seconds(path, app, "app", "stop_timeout", 10.0)
+        self.tasks: list[str] = _modules(path, app)
+        self.python: str | None = (
+            _string(path, app, "app", "python", default="") if "python" in app else None
+        )
+        self.locks: str | None = _locks(path, app, self.root)
 
         self.hook_dirs: dict[str, Path] = {}
         for event in HOOK_EVENTS:
@@ -217,6 +228,31 @@ def _env(path: Path, app: dict[str, Any]) -> dict[str, str]:
     ):
         raise _error(path, "app", "env", _APP_KEYS["env"], f"got {env!r}")
     return dict(env)
+
+
+def _modules(path: Path, app: dict[str, Any]) -> list[str]:
+    modules = app.get("tasks", [])
+    if not isinstance(modules, list) or not all(
+        isinstance(m, str) and m and all(part.isidentifier() for part in m.split("."))
+        for m in modules
+    ):
+        raise _error(path, "app", "tasks", _APP_KEYS["tasks"], f"got {modules!r}")
+    return list(modules)
+
+
+def _locks(path: Path, app: dict[str, Any], root: Path) -> str | None:
+    if "locks" not in app:
+        return None
+    spec = app["locks"]
+    if not isinstance(spec, str) or not (
+        spec == "memory"
+        or (spec.startswith("file:") and len(spec) > len("file:"))
+        or spec.startswith(("postgresql:", "postgresql+", "postgres:"))
+    ):
+        raise _error(path, "app", "locks", _APP_KEYS["locks"], f"got {spec!r}")
+    if spec.startswith("file:"):
+        return f"file:{root / spec.removeprefix('file:')}"  # an absolute DIR stays as it is
+    return spec
 
 
 def rpcctl_executable() -> str:

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Final, NamedTuple
 
-from app_agent.wire import NODE_ENV, RUNNER_ENV, ErrorKind, pid_alive
+from app_agent.wire import NODE_ENV, RUNNER_ENV, ErrorKind, environment, pid_alive
 from app_agent.wire.cookies import COOKIE_FILE_ENV
 from app_agent.wire.environment import IDENTITY as IDENTITY_ENV
 from rpcctl import _transport
@@ -324,6 +324,8 @@ class Runner:
             env[COOKIE_FILE_ENV] = str(self.config.cookie_file)
         if self.config.identity is not None:
             env[IDENTITY_ENV] = self.config.identity
+        if self.config.locks is not None:  # the release's default; RPCCTL_LOCKS overrides
+            env.setdefault(environment.LOCKS, self.config.locks)
         if self.proc is not None and self.proc.poll() is None:
             env["RPCCTL_APP_PID"] = str(self.proc.pid)
         else:

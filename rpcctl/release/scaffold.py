@@ -23,6 +23,9 @@ node = "unix:run/{name}.sock"
 # cwd = "."
 # env = {{ LOG_LEVEL = "info" }}
 # cookie_file = "cookie"  # required for tcp:// nodes: `rpcctl cookie generate cookie`
+# tasks = ["{module}.tasks"]  # modules `bin/{name} eval` imports to find tasks by alias
+# python = "python"       # the interpreter of `bin/{name} eval` (default: rpcctl's own)
+# locks = "file:run/locks"  # task locks shared by the app and `bin/{name} eval`
 # ready_timeout = 30      # seconds for the agent to answer ping after the app starts
 # stop_timeout = 10       # seconds between SIGTERM and SIGKILL
 
