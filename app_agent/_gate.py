@@ -18,7 +18,6 @@ rest as one summary, so a flood cannot fill the app's log.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import errno
 import os
@@ -33,6 +32,7 @@ from typing import Any
 from app_agent import _readiness as readiness
 from app_agent import wire
 from app_agent._access import UNRESTRICTED, Access, Identity, certificate_subject
+from app_agent._refusals import RefusalLog, Refused, short
 from app_agent.wire import ErrorKind, cookies
 from app_agent.wire.records import RecordSocket
 
@@ -40,16 +40,6 @@ _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
 _ACCEPT_BATCH = 64
 """Connections accepted per wake-up, so handshakes in progress keep their turn."""
-
-
-class Refused(Exception):
-    """The peer failed a check; ``reason`` is logged, ``kind``/``message`` are sent to it."""
-
-    def __init__(self, reason: str, kind: ErrorKind | None = None, message: str = "") -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.kind = kind
-        self.message = message or reason
 
 
 class _Pending:
@@ -91,46 +81,6 @@ class _Pending:
         self.identity: Identity | None = None  # who the connection is, once decided
         self.secret: bytes | None = None  # the cookie it must prove, when it must
         self.unknown = ""  # why a named identity cannot be this connection (logged only)
-
-
-class RefusalLog:
-    """Logs the first *burst* refusals of each *window* seconds, then counts the rest."""
-
-    def __init__(self, log: Any, burst: int = 5, window: float = 10.0) -> None:
-        self.log = log
-        self.burst = burst
-        self.window = window
-        self._window_end = 0.0
-        self._logged = 0
-        self._suppressed: collections.Counter[str] = collections.Counter()
-
-    def note(self, peer: str, reason: str, auth: str, identity: str | None = None) -> None:
-        now = time.monotonic()
-        if now >= self._window_end:
-            self.flush()
-            self._window_end = now + self.window
-            self._logged = 0
-        if self._logged < self.burst:
-            self._logged += 1
-            fields = {"identity": identity} if identity else {}
-            self.log.warning("connection.refused", peer=peer, reason=reason, auth=auth, **fields)
-        else:
-            self._suppressed[reason] += 1
-
-    def due(self) -> float | None:
-        """When the summary of suppressed refusals is due, if there is one."""
-        return self._window_end if self._suppressed else None
-
-    def flush(self) -> None:
-        if not self._suppressed:
-            return
-        self.log.warning(
-            "connection.refused_summary",
-            refused=sum(self._suppressed.values()),
-            reasons=dict(self._suppressed.most_common(10)),
-            window_s=self.window,
-        )
-        self._suppressed.clear()
 
 
 class Gate:
@@ -370,19 +320,19 @@ class Gate:
         version = hello.get("rpcctl")
         if version != wire.PROTOCOL_VERSION:
             reason = (
-                f"protocol version mismatch: the client speaks {_short(version)}, "
+                f"protocol version mismatch: the client speaks {short(version)}, "
                 f"this agent speaks {wire.PROTOCOL_VERSION}"
             )
             raise Refused(reason, ErrorKind.USAGE)
         op = hello.get("op")
         if op not in ("rpc", "ping"):
-            raise Refused(f"unknown operation {_short(op)}", ErrorKind.USAGE)
+            raise Refused(f"unknown operation {short(op)}", ErrorKind.USAGE)
         nonce = hello.get("nonce")
         if not cookies.is_nonce(nonce):
             raise Refused("the hello carries no valid nonce", ErrorKind.USAGE)
         named = hello.get("identity")
         if named is not None and not wire.is_identity_name(named):
-            raise Refused(f"the hello names a malformed identity {_short(named)}", ErrorKind.USAGE)
+            raise Refused(f"the hello names a malformed identity {short(named)}", ErrorKind.USAGE)
         pending.op = str(op)
         pending.client_nonce = str(nonce)
         pending.named = named or ""
@@ -574,12 +524,6 @@ class Gate:
     @property
     def _mutual_tls(self) -> bool:
         return self.tls is not None and self.tls.verify_mode == ssl.CERT_REQUIRED
-
-
-def _short(value: object) -> str:
-    """A peer-supplied value, as much of it as a log line should carry."""
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:

@@ -8,7 +8,6 @@ direction: the service never touches an object that lives in the caller's proces
 from __future__ import annotations
 
 import difflib
-import itertools
 import os
 import platform
 import sys
@@ -19,7 +18,7 @@ import rpyc
 
 from app_agent import _process, wire
 from app_agent import _readiness as readiness
-from app_agent._access import CONSOLE, LOG_LEVEL, READ, STOP, UNRESTRICTED, Identity
+from app_agent._access import READ, STOP
 from app_agent._jobs import (
     CANCELLED,
     MAX_NESTING,
@@ -31,14 +30,13 @@ from app_agent._jobs import (
 )
 from app_agent._locks import Busy
 from app_agent._registry import Task
-from app_agent._state import AgentState
+from app_agent._service_console import ConsoleMethods
+from app_agent._service_introspect import IntrospectionMethods
 from app_agent._version import __version__
 from app_agent.wire import ErrorKind
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
-    from app_agent._console import Session
+    pass
 
 PROTOCOL_CONFIG: dict[str, Any] = {
     # Only the service's exposed_ methods are reachable: RPyC's own rule, nothing else on.
@@ -77,45 +75,12 @@ class _Refused(Exception):
         self.reply = reply
 
 
-class AgentService(rpyc.Service):  # type: ignore[misc]
+class AgentService(IntrospectionMethods, ConsoleMethods):
     """One instance per connection; a caller reaches only its ``exposed_`` methods (RPyC's
     ``allow_exposed_attrs``, every other kind of attribute access off), and of those only
-    what its *identity* is granted (every method checks at its top; see :meth:`_forbidden`)."""
-
-    def __init__(
-        self,
-        state: AgentState,
-        caller: str = "unknown",
-        auth: str = "none",
-        identity: Identity = UNRESTRICTED,
-    ) -> None:
-        self._state = state
-        self._caller = caller
-        self._auth = auth
-        self._identity = identity
-        # Who asked, on every audit line.
-        self._who = {"caller": caller, "auth": auth, "identity": identity.name}
-        self._after_reply: list[Callable[[], None]] = []
-        # This connection as a follower of jobs (see Job.events_since), and the jobs it
-        # follows, which stop waiting for it when it goes.
-        self._follower = next(_FOLLOWER_KEYS)
-        self._following: dict[str, Job] = {}
-        self._console: Session | None = None  # this connection's console session, if open
-
-    def run_after_reply(self) -> None:
-        """Run what waits for the reply to have left (the audit line of a call): the
-        connection's thread calls this after each request it served, so the line costs the
-        caller nothing and stays in call order."""
-        while self._after_reply:
-            self._after_reply.pop(0)()
-
-    def on_disconnect(self, conn: Any) -> None:
-        for job in self._following.values():
-            job.detach(self._follower)
-        self._following.clear()
-        if self._console is not None:
-            self._console.close("connection closed")
-            self._console = None
+    what its *identity* is granted (every method checks at its top; see
+    :meth:`ServiceBase._forbidden`). Introspection and the console live in their own
+    modules (``_service_introspect``, ``_service_console``)."""
 
     # -- the exposed methods ------------------------------------------------------------
 
@@ -336,176 +301,6 @@ class AgentService(rpyc.Service):  # type: ignore[misc]
             fields["error"] = f"{kind}: {job.error.get('message', '')}"
         self._state.log.warning("call.finished", **fields)
 
-    # -- introspection (app_agent/_introspect.py, _health.py, _profile.py) ----------------
-    # Their modules load on first use: an agent nobody looks into does not carry them.
-
-    def exposed_stack(self) -> str:
-        """Every thread's stack and the asyncio tasks of the app's loop."""
-        if (refused := self._forbidden(READ, "read the stack")) is not None:
-            return refused
-        from app_agent import _introspect
-
-        self._audit("introspect.stack")
-        return wire.ok(_introspect.stack(self._state.app, self._state.jobs.loop))
-
-    def exposed_stats(self, objects: Any = 0) -> str:
-        """Process figures; with *objects* > 0, that many of the most common object types."""
-        if (refused := self._forbidden(READ, "read stats")) is not None:
-            return refused
-        if type(objects) is not int or objects < 0:
-            return wire.error(ErrorKind.USAGE, "stats() takes a number of object types")
-        from app_agent import _introspect
-
-        state = self._state
-        self._audit("introspect.stats", objects=objects)
-        return wire.ok(_introspect.stats(state.app, state.node, state.started_at, objects))
-
-    def exposed_health(self, timeout: Any = 10.0) -> str:
-        """Run the built-in and the app's health checks, each within *timeout* seconds."""
-        if (refused := self._forbidden(READ, "run the health checks")) is not None:
-            return refused
-        if type(timeout) not in (int, float) or not 0 < timeout <= 3600:
-            return wire.error(ErrorKind.USAGE, "health() takes seconds, at most 3600")
-        from app_agent import _health
-
-        report = _health.report(self._state.jobs, float(timeout))
-        failed = [c["name"] for c in report["checks"] if not c["ok"]]
-        self._audit("health.checked", healthy=report["healthy"], failed=failed)
-        return wire.ok(report)
-
-    def exposed_profile(self, seconds: Any, rate: Any = 100.0, idle: Any = False) -> str:
-        """Sample every thread *rate* times a second for *seconds*; the counted stacks."""
-        if (refused := self._forbidden(READ, "profile the app")) is not None:
-            return refused
-        from app_agent import _profile
-
-        if (
-            type(seconds) not in (int, float)
-            or type(rate) not in (int, float)
-            or type(idle) is not bool
-            or not 0 < seconds <= _profile.MAX_SECONDS
-            or not 1 <= rate <= _profile.MAX_RATE
-        ):
-            msg = "profile() takes seconds (at most 3600), a rate in Hz (1 to 1000) and a flag"
-            return wire.error(ErrorKind.USAGE, msg)
-        self._audit("profile.started", seconds=seconds, rate=rate, now=True)
-        try:
-            result = _profile.profile(float(seconds), float(rate), idle, self._caller)
-        except _profile.ProfilerBusy as exc:
-            return wire.error(ErrorKind.BUSY, str(exc))
-        self._audit("profile.finished", samples=result["samples"])
-        return wire.ok(result)
-
-    def exposed_log_level(self, logger: Any = None, level: Any = None, for_s: Any = None) -> str:
-        """Show, or set (for *for_s* seconds when given), a stdlib logger's level."""
-        from app_agent import _loglevels
-
-        try:
-            name = _loglevels.logger_name(logger)
-            if level is None:
-                if (refused := self._forbidden(READ, "read log levels")) is not None:
-                    return refused
-                return wire.ok(_loglevels.log_levels.show(None if logger is None else name))
-            # Setting a level changes what the app writes (DEBUG may log more than INFO).
-            if (refused := self._forbidden(LOG_LEVEL, "set log levels")) is not None:
-                return refused
-            number = _loglevels.parse_level(level)
-            if for_s is not None and type(for_s) not in (int, float):
-                return wire.error(ErrorKind.USAGE, "the duration must be a number of seconds")
-            changed = _loglevels.log_levels.set(name, number, for_s, self._log_reverted)
-        except _loglevels.LevelError as exc:
-            return wire.error(ErrorKind.USAGE, str(exc))
-        self._audit(
-            "log_level.set",
-            logger=changed["logger"],
-            new_level=changed["level"],
-            previous=changed["previous"],
-            for_s=for_s,
-        )
-        return wire.ok(changed)
-
-    def _log_reverted(self, logger: str, temporary: str, level: str) -> None:
-        self._state.log.info("log_level.reverted", logger=logger, was=temporary, restored=level)
-
-    # -- access control (app_agent/_access.py) ---------------------------------------------
-
-    def _forbidden(self, grant: str, action: str) -> str | None:
-        """The refusal to send when this connection's identity lacks *grant* (one of
-        ``app_agent._access.GRANTS``), audited; None when it holds it. Every exposed method
-        but ``ping`` starts with this check (``call``/``run`` check the task instead)::
-
-            if (refused := self._forbidden(CONSOLE, "open a console")) is not None:
-                return refused
-        """
-        if self._identity.may(grant):
-            return None
-        self._state.log.warning("access.denied", grant=grant, action=action, **self._who)
-        message = f"{self._identity} may not {action} (that needs the {grant} grant)"
-        return wire.error(ErrorKind.AUTH, message)
-
-    def _may_not_run(self, task: str, action: str = "") -> str:
-        """The refusal of a task this identity's patterns do not cover, audited."""
-        self._state.log.warning("access.denied", task=task, action=action or "run", **self._who)
-        message = f"{self._identity} may not run {task}"
-        return wire.error(ErrorKind.AUTH, f"{message} (asked to {action})" if action else message)
-
-    def _audit(self, event: str, now: bool = False, **fields: Any) -> None:
-        """Log who asked for what: at once, or (*now* False) once the reply has left."""
-        log = self._state.log
-        who = self._who
-        if now:
-            log.info(event, **who, **fields)
-        else:
-            self._after_reply.append(lambda: log.info(event, **who, **fields))
-
-    # -- the remote console (app_agent/_console.py): off unless the app turns it on ---------
-    # Loaded on first use, like introspection; one session per connection.
-
-    def exposed_console_open(self) -> str:
-        """Open this connection's console session (refused, exit 5, unless enabled)."""
-        if (refused := self._forbidden(CONSOLE, "use the console")) is not None:
-            return refused
-        from app_agent import _console
-
-        reply, self._console = _console.open_session(
-            self._state, self._caller, self._auth, self._console
-        )
-        return reply
-
-    def exposed_console_push(self, source: Any, wait: Any = 1.0) -> str:
-        """Run *source* (complete statements) in the session; its first output."""
-        if (refused := self._forbidden(CONSOLE, "use the console")) is not None:
-            return refused
-        from app_agent import _console
-
-        return _console.push(self._console, source, wait)
-
-    def exposed_console_poll(self, cursor: Any, wait: Any = 1.0) -> str:
-        """The running statement's output from *cursor* on, waiting up to *wait* s."""
-        if (refused := self._forbidden(CONSOLE, "use the console")) is not None:
-            return refused
-        from app_agent import _console
-
-        return _console.poll(self._console, cursor, wait)
-
-    def exposed_console_interrupt(self) -> str:
-        """Raise KeyboardInterrupt in the running statement, where possible."""
-        if (refused := self._forbidden(CONSOLE, "use the console")) is not None:
-            return refused
-        from app_agent import _console
-
-        return _console.interrupt(self._console)
-
-    def exposed_console_close(self) -> str:
-        """End the session (as the connection's end does)."""
-        if (refused := self._forbidden(CONSOLE, "use the console")) is not None:
-            return refused
-        from app_agent import _console
-
-        reply = _console.close(self._console, "closed by the client")
-        self._console = None
-        return reply
-
     def _no_such_task(self, name: str) -> str:
         hint = ""
         # Suggest a task whose last name part is close to the one asked for (a typo).
@@ -592,9 +387,6 @@ def _decode_arguments(args_json: str, kwargs_json: str) -> tuple[list[Any], dict
     if max(measure(args, 1 << 62)[1], measure(kwargs, 1 << 62)[1]) > MAX_NESTING + 1:
         raise ValueError(too_deep)
     return args, kwargs
-
-
-_FOLLOWER_KEYS = itertools.count(1)
 
 
 def _ms(started: float) -> float:

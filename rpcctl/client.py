@@ -9,6 +9,7 @@ from collections.abc import Callable
 from app_agent import wire
 from app_agent.wire import Address, ErrorKind
 from rpcctl import _transport
+from rpcctl._client_more import MoreCalls
 from rpcctl._transport import Security
 from rpcctl.exceptions import (
     BY_KIND,
@@ -16,7 +17,6 @@ from rpcctl.exceptions import (
     CallTimeout,
     ConfigError,
     TaskFailed,
-    Unhealthy,
     Unreachable,
     UsageError,
 )
@@ -56,7 +56,7 @@ def resolve_address(node: str | Address | None) -> Address:
     return parse_node(text)
 
 
-class Client:
+class Client(MoreCalls):
     """A kept connection to one agent. Use :func:`connect` to make one."""
 
     def __init__(
@@ -365,110 +365,6 @@ class Client:
             self._request("events", self.timeout + wait, job_id, since, wait)
         )
         return snapshot
-
-    # -- introspection (agent side: app_agent/_introspect.py, _health.py, _profile.py) ------
-
-    def stack(self) -> dict[str, Any]:
-        """Every thread's frames (innermost last), agent threads marked, and the asyncio
-        tasks of the app's event loop (``None`` when the agent runs on none)."""
-        result: dict[str, Any] = self._reply(self._newer_request("stack", self.timeout))
-        return result
-
-    def stats(self, objects: int = 0) -> dict[str, Any]:
-        """pid, uptime, memory, CPU, threads, descriptors, GC, versions; with *objects*, the
-        most common object types by count."""
-        result: dict[str, Any] = self._reply(self._newer_request("stats", self.timeout, objects))
-        return result
-
-    def health(self, timeout: float = 10.0) -> dict[str, Any]:
-        """Run the app's health checks and the agent's built-in ones (each fails after its
-        own timeout, and none runs past *timeout* seconds): the report when all pass;
-        Unhealthy, with every check's outcome in ``.checks``, when one fails."""
-        report: dict[str, Any] = self._reply(
-            self._newer_request("health", timeout + self.timeout, float(timeout))
-        )
-        if not report.get("healthy"):
-            raise Unhealthy(unhealthy_message(report["checks"]), report["checks"])
-        return report
-
-    def profile(self, seconds: float, rate: float = 100.0, idle: bool = False) -> dict[str, Any]:
-        """Sample every thread's stack *rate* times a second for *seconds*: the frames and the
-        counted stacks (rpcctl._flamegraph turns them into collapsed stacks, speedscope or
-        SVG). Busy while another profile of the app runs."""
-        result: dict[str, Any] = self._reply(
-            self._newer_request(
-                "profile", seconds + self.timeout, float(seconds), float(rate), idle
-            )
-        )
-        return result
-
-    def log_level(
-        self,
-        level: str | int | None = None,
-        logger: str | None = None,
-        duration: float | None = None,
-    ) -> dict[str, Any]:
-        """Without *level*: the levels of *logger* (default: the root and every logger with
-        a level of its own). With *level*: set it, for *duration* seconds when given (the
-        agent puts the old level back by itself, client or no client)."""
-        result: dict[str, Any] = self._reply(
-            self._newer_request("log_level", self.timeout, logger, level, duration)
-        )
-        return result
-
-    def _newer_request(self, method: str, timeout: float, *args: Any) -> Any:
-        """A request for a method that older agents lack: they refuse its name."""
-        try:
-            return self._request(method, timeout, *args)
-        except AttributeError:
-            msg = (
-                f"{self.address}: the agent does not offer `{method}`; "
-                "it runs an rpcctl older than this client (see `rpcctl info`)"
-            )
-            raise UsageError(msg) from None
-
-    # -- the remote console (agent side: app_agent/_console.py) ----------------------------
-
-    def console_open(self) -> dict[str, Any]:
-        """Open this connection's console session inside the app: ``{session, app, pid, node,
-        python, idle_timeout, log_statements}``. AuthenticationFailed (exit 5) when the app
-        has not turned its console on."""
-        result: dict[str, Any] = self._reply(self._newer_request("console_open", self.timeout))
-        return result
-
-    def console_push(self, source: str, wait: float = 0.5) -> dict[str, Any]:
-        """Run *source* (complete statements) in the session, inside the app; its output so
-        far, all of it when it ends within *wait* seconds: ``{statement, events, cursor,
-        dropped, state[, error]}``, *state* ``running`` until it ends."""
-        result: dict[str, Any] = self._reply(
-            self._request("console_push", self.timeout + wait, source, wait)
-        )
-        return result
-
-    def console_poll(self, cursor: int, wait: float = 0.5) -> dict[str, Any]:
-        """The running statement's output from *cursor* on (as :meth:`console_push`),
-        waiting up to *wait* seconds for news."""
-        result: dict[str, Any] = self._reply(
-            self._request("console_poll", self.timeout + wait, cursor, wait)
-        )
-        return result
-
-    def console_interrupt(self) -> bool:
-        """Raise KeyboardInterrupt in the running statement, where possible; False when
-        none runs."""
-        result: dict[str, Any] = self._reply(self._request("console_interrupt", self.timeout))
-        return bool(result["interrupted"])
-
-    def console_close(self) -> dict[str, Any]:
-        """End the session: ``{statements, failed}``."""
-        result: dict[str, Any] = self._reply(self._request("console_close", self.timeout))
-        return result
-
-
-def unhealthy_message(checks: list[dict[str, Any]]) -> str:
-    """``unhealthy: NAME: message; ...`` for the failed checks."""
-    failed = [f"{c['name']}: {c.get('message') or 'failed'}" for c in checks if not c["ok"]]
-    return "unhealthy: " + "; ".join(failed)
 
 
 SUMMARY_ONLY = 1 << 62

@@ -1,0 +1,109 @@
+"""The introspection methods of the service: stack, stats, health, profile, log levels.
+
+Each is thin: it checks the grant, calls its module (loaded on first use, so an idle agent
+carries none of them) and answers with plain data.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app_agent import wire
+from app_agent._access import LOG_LEVEL, READ
+from app_agent._service_base import ServiceBase
+from app_agent.wire import ErrorKind
+
+
+class IntrospectionMethods(ServiceBase):
+    """stack, stats, health, profile, log-level: read-only views of the live app."""
+
+    # -- introspection (app_agent/_introspect.py, _health.py, _profile.py) ----------------
+    # Their modules load on first use: an agent nobody looks into does not carry them.
+
+    def exposed_stack(self) -> str:
+        """Every thread's stack and the asyncio tasks of the app's loop."""
+        if (refused := self._forbidden(READ, "read the stack")) is not None:
+            return refused
+        from app_agent import _introspect
+
+        self._audit("introspect.stack")
+        return wire.ok(_introspect.stack(self._state.app, self._state.jobs.loop))
+
+    def exposed_stats(self, objects: Any = 0) -> str:
+        """Process figures; with *objects* > 0, that many of the most common object types."""
+        if (refused := self._forbidden(READ, "read stats")) is not None:
+            return refused
+        if type(objects) is not int or objects < 0:
+            return wire.error(ErrorKind.USAGE, "stats() takes a number of object types")
+        from app_agent import _introspect
+
+        state = self._state
+        self._audit("introspect.stats", objects=objects)
+        return wire.ok(_introspect.stats(state.app, state.node, state.started_at, objects))
+
+    def exposed_health(self, timeout: Any = 10.0) -> str:
+        """Run the built-in and the app's health checks, each within *timeout* seconds."""
+        if (refused := self._forbidden(READ, "run the health checks")) is not None:
+            return refused
+        if type(timeout) not in (int, float) or not 0 < timeout <= 3600:
+            return wire.error(ErrorKind.USAGE, "health() takes seconds, at most 3600")
+        from app_agent import _health
+
+        report = _health.report(self._state.jobs, float(timeout))
+        failed = [c["name"] for c in report["checks"] if not c["ok"]]
+        self._audit("health.checked", healthy=report["healthy"], failed=failed)
+        return wire.ok(report)
+
+    def exposed_profile(self, seconds: Any, rate: Any = 100.0, idle: Any = False) -> str:
+        """Sample every thread *rate* times a second for *seconds*; the counted stacks."""
+        if (refused := self._forbidden(READ, "profile the app")) is not None:
+            return refused
+        from app_agent import _profile
+
+        if (
+            type(seconds) not in (int, float)
+            or type(rate) not in (int, float)
+            or type(idle) is not bool
+            or not 0 < seconds <= _profile.MAX_SECONDS
+            or not 1 <= rate <= _profile.MAX_RATE
+        ):
+            msg = "profile() takes seconds (at most 3600), a rate in Hz (1 to 1000) and a flag"
+            return wire.error(ErrorKind.USAGE, msg)
+        self._audit("profile.started", seconds=seconds, rate=rate, now=True)
+        try:
+            result = _profile.profile(float(seconds), float(rate), idle, self._caller)
+        except _profile.ProfilerBusy as exc:
+            return wire.error(ErrorKind.BUSY, str(exc))
+        self._audit("profile.finished", samples=result["samples"])
+        return wire.ok(result)
+
+    def exposed_log_level(self, logger: Any = None, level: Any = None, for_s: Any = None) -> str:
+        """Show, or set (for *for_s* seconds when given), a stdlib logger's level."""
+        from app_agent import _loglevels
+
+        try:
+            name = _loglevels.logger_name(logger)
+            if level is None:
+                if (refused := self._forbidden(READ, "read log levels")) is not None:
+                    return refused
+                return wire.ok(_loglevels.log_levels.show(None if logger is None else name))
+            # Setting a level changes what the app writes (DEBUG may log more than INFO).
+            if (refused := self._forbidden(LOG_LEVEL, "set log levels")) is not None:
+                return refused
+            number = _loglevels.parse_level(level)
+            if for_s is not None and type(for_s) not in (int, float):
+                return wire.error(ErrorKind.USAGE, "the duration must be a number of seconds")
+            changed = _loglevels.log_levels.set(name, number, for_s, self._log_reverted)
+        except _loglevels.LevelError as exc:
+            return wire.error(ErrorKind.USAGE, str(exc))
+        self._audit(
+            "log_level.set",
+            logger=changed["logger"],
+            new_level=changed["level"],
+            previous=changed["previous"],
+            for_s=for_s,
+        )
+        return wire.ok(changed)
+
+    def _log_reverted(self, logger: str, temporary: str, level: str) -> None:
+        self._state.log.info("log_level.reverted", logger=logger, was=temporary, restored=level)
