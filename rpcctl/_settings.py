@@ -123,9 +123,9 @@ class Settings:
 
     def fleet(self) -> list[str]:
         """Every node of -n, --nodes-file and --discover; a usage error when there is none."""
-        from rpcctl import fleet
+        from rpcctl._nodes import resolve_nodes
 
-        nodes = fleet.resolve_nodes(self.nodes, self.nodes_file, self.discover)
+        nodes = resolve_nodes(self.nodes, self.nodes_file, self.discover)
         if not nodes and self.where and not (self.nodes_file or self.discover):
             nodes = [str(self.address())]  # --where on the one node found as usual
         if not nodes:

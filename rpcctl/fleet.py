@@ -14,10 +14,7 @@ and pid, so those cost no extra round trip.
 from __future__ import annotations
 
 import collections
-import json
-import os
 import queue
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -27,113 +24,11 @@ from app_agent.wire import Address, ErrorKind
 from rpcctl import _transport, waits
 from rpcctl._settings import parse_node
 from rpcctl._transport import Security
-from rpcctl.exceptions import CallTimeout, ConfigError, RpcctlError, Unreachable
+from rpcctl._where import Skipped, Where, judged
+from rpcctl.exceptions import CallTimeout, RpcctlError, Unreachable
 
 if TYPE_CHECKING:
     from rpcctl.client import Client
-
-HANDSHAKE_KEYS = frozenset({"version", "app", "ready", "pid", "identity"})
-"""What the agent's handshake answer reports: filters on these cost no request."""
-
-
-class Skipped(Exception):
-    """A node that answered but does not match the filter: left out, not failed."""
-
-    def __init__(self, reason: str, seen: dict[str, str]) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.seen = seen
-
-
-class Where:
-    """Filters a node must all match, each ``KEY=VALUE``: the node's value of KEY (from the
-    handshake's answer, else the top level of ``info``) written as text (``true``/``false``,
-    ``null``, numbers and strings as they are) must equal VALUE."""
-
-    def __init__(self, filters: Iterable[tuple[str, str]] = ()) -> None:
-        self.filters = list(filters)
-
-    @classmethod
-    def parse(cls, given: Where | Mapping[str, object] | Iterable[str] | None) -> Where:
-        """A filter from ``["KEY=VALUE", ...]`` (the CLI's ``--where``), a mapping, or None;
-        ConfigError (exit 2) for an item that is not KEY=VALUE."""
-        if given is None:
-            return cls()
-        if isinstance(given, Where):
-            return given
-        if isinstance(given, Mapping):
-            return cls((str(k), as_text(v)) for k, v in given.items())
-        filters = []
-        for item in given:
-            key, eq, value = str(item).partition("=")
-            if not eq or not key.strip():
-                msg = f"--where expects KEY=VALUE (such as version=1.5.0), got {item!r}"
-                raise ConfigError(msg)
-            filters.append((key.strip(), value))
-        return cls(filters)
-
-    def __bool__(self) -> bool:
-        return bool(self.filters)
-
-    def __str__(self) -> str:
-        return " ".join(f"--where {k}={v}" for k, v in self.filters)
-
-    @property
-    def needs_info(self) -> bool:
-        """Whether a key is not in the handshake's answer, so ``info`` must be asked."""
-        return any(key not in HANDSHAKE_KEYS for key, _ in self.filters)
-
-    def check(self, values: Mapping[str, Any]) -> None:
-        """Skipped (with why) unless *values* match every filter; a match is noted for
-        :func:`fan_out`, which tells a node that matched from one never judged."""
-        seen = {k: as_text(values[k]) if k in values else "" for k, _ in self.filters}
-        for key, wanted in self.filters:
-            if key not in values:
-                raise Skipped(f"reports no {key} (--where {key}={wanted})", seen)
-            if seen[key] != wanted:
-                raise Skipped(f"{key} is {seen[key]!r} (--where {key}={wanted})", seen)
-        _judged.matched = True
-
-    def check_client(self, conn: Client) -> None:
-        """:meth:`check` on a connection: its handshake's answer, and ``info`` when a key
-        needs it (one more round trip, on the same connection)."""
-        if not self.filters:
-            return
-        values: dict[str, Any] = dict(conn.handshake)
-        if self.needs_info:
-            values = {**values, **conn.info()}
-        self.check(values)
-
-    def nothing_matched(self, seen: list[dict[str, str]]) -> str:
-        """Why no node of those judged (their *seen* values) matched: the filters that match
-        none of them, or, when each matches some, that none matches them all."""
-        empty = []
-        for key, wanted in self.filters:
-            if not any(s.get(key) == wanted for s in seen):
-                values = collections.Counter(s.get(key) or "(none)" for s in seen)
-                shown = ", ".join(f"{v} on {n}" for v, n in values.most_common(5))
-                empty.append(f"--where {key}={wanted} matches no node ({key}: {shown})")
-        if empty:
-            return "; ".join(empty)
-        counts = "; ".join(
-            f"{k}={v} on {sum(s.get(k) == v for s in seen)}" for k, v in self.filters
-        )
-        return f"no node matches {self} at once ({counts})"
-
-
-def as_text(value: Any) -> str:
-    """A reported value as ``--where`` compares it."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
-
-
-_judged = threading.local()
-"""Whether the node the current fleet thread works on matched its filter."""
 
 
 class Outcome:
@@ -312,7 +207,7 @@ def fan_out(
         outcome = outcomes[index]
         node_started = time.monotonic()
         deadline = node_started + timeout
-        _judged.matched = False
+        judged.matched = False
         try:
             address = nodes[index] if isinstance(nodes[index], Address) else _parse(nodes[index])
             outcome.result = action(address, deadline, security)  # type: ignore[arg-type]
@@ -322,7 +217,7 @@ def fan_out(
             outcome.error = exc
         except (OSError, EOFError) as exc:
             outcome.error = Unreachable(f"{outcome.node}: {exc}")
-        outcome.matched = _judged.matched
+        outcome.matched = judged.matched
         outcome.duration = time.monotonic() - node_started
 
     for thread in _in_parallel(one, range(len(outcomes)), parallel):
@@ -456,68 +351,6 @@ def first_answering(
         raise Unreachable(msg)
     msg = f"none of {len(addresses)} nodes answered: " + "; ".join(errors[:3])
     raise Unreachable(msg)
-
-
-def read_nodes_file(path: str) -> list[str]:
-    """Addresses from a file: one a line, ``#`` comments and blank lines ignored."""
-    try:
-        with open(path) as f:
-            lines = f.read().splitlines()
-    except OSError as exc:
-        msg = f"cannot read nodes file {path}: {exc.strerror}"
-        raise ConfigError(msg) from None
-    nodes = []
-    for number, line in enumerate(lines, 1):
-        text = line.split("#", 1)[0].strip()
-        if not text:
-            continue
-        try:
-            parse_node(text, base_dir=os.path.dirname(os.path.abspath(path)))
-        except ConfigError as exc:
-            msg = f"{path}:{number}: {exc.message}"
-            raise ConfigError(msg) from None
-        nodes.append(text)
-    return nodes
-
-
-def discover(spec: str) -> list[str]:
-    """``dns:NAME:PORT`` (or ``dns+tls:NAME:PORT``): a node for every A/AAAA record of NAME,
-    what a Kubernetes headless service resolves to."""
-    scheme = "tcp"
-    if spec.startswith("dns+tls:"):
-        scheme, rest = "tls", spec.removeprefix("dns+tls:")
-    elif spec.startswith("dns:"):
-        rest = spec.removeprefix("dns:")
-    else:
-        msg = f"bad discovery {spec!r}: expected dns:NAME:PORT or dns+tls:NAME:PORT"
-        raise ConfigError(msg)
-    name, _, port = rest.rpartition(":")
-    if not name or not port.isdigit():
-        msg = f"bad discovery {spec!r}: expected dns:NAME:PORT"
-        raise ConfigError(msg)
-    try:
-        infos = socket.getaddrinfo(name, int(port), type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        msg = f"discovery: cannot resolve {name!r} ({exc.strerror})"
-        raise Unreachable(msg) from None
-    seen: dict[str, None] = {}
-    for family, _type, _proto, _name, sockaddr in infos:
-        host = str(sockaddr[0])
-        shown = f"[{host}]" if family == socket.AF_INET6 else host
-        seen.setdefault(f"{scheme}://{shown}:{port}", None)
-    return list(seen)
-
-
-def resolve_nodes(
-    nodes: Iterable[str], nodes_file: str | None, discover_spec: str | None
-) -> list[str]:
-    """The union of -n nodes, a nodes file and discovery, in that order, without repeats."""
-    found: dict[str, None] = dict.fromkeys(nodes)
-    if nodes_file:
-        found.update(dict.fromkeys(read_nodes_file(nodes_file)))
-    if discover_spec:
-        found.update(dict.fromkeys(discover(discover_spec)))
-    return list(found)
 
 
 def _parse(node: str | Address) -> Address:

@@ -15,7 +15,7 @@ import pytest
 
 import rpcctl
 from conftest import DEADLINE, SAMPLEAPP, AppProcess, rpcctl_executable, run_rpcctl
-from rpcctl import fleet
+from rpcctl import _nodes, fleet
 
 FLEET = 20
 NODE_DEADLINE = 3.0
@@ -210,9 +210,9 @@ def test_discovery_through_a_name_with_several_addresses(tmp_path: Path) -> None
 
 def test_discover_spec_errors() -> None:
     with pytest.raises(rpcctl.ConfigError, match="expected dns:NAME:PORT"):
-        fleet.discover("srv:thing")
+        _nodes.discover("srv:thing")
     with pytest.raises(rpcctl.ConfigError, match="expected dns:NAME:PORT"):
-        fleet.discover("dns:name-without-port")
+        _nodes.discover("dns:name-without-port")
 
 
 def test_discover_keeps_ipv6_brackets(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -223,8 +223,8 @@ def test_discover_keeps_ipv6_brackets(monkeypatch: pytest.MonkeyPatch) -> None:
             (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.2", port)),
         ]
 
-    monkeypatch.setattr(fleet.socket, "getaddrinfo", fake)
-    assert fleet.discover("dns+tls:svc.ns.svc.cluster.local:4370") == [
+    monkeypatch.setattr(_nodes.socket, "getaddrinfo", fake)
+    assert _nodes.discover("dns+tls:svc.ns.svc.cluster.local:4370") == [
         "tls://[fd00::1]:4370",
         "tls://10.0.0.2:4370",
     ]

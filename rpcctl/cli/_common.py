@@ -174,7 +174,7 @@ def timeout_option(default: float | None, help: str) -> Callable[[F], F]:
 
 def _set_where(ctx: click.Context, _param: click.Parameter, value: tuple[str, ...]) -> None:
     if value:
-        from rpcctl.fleet import Where
+        from rpcctl._where import Where
 
         Where.parse(value)  # a bad filter is a usage error before anything connects
         ctx.ensure_object(Settings).where = list(value)

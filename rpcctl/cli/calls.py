@@ -13,6 +13,7 @@ from rpcctl import expr
 from rpcctl import fleet as fleet_mod
 from rpcctl._render import EventPrinter
 from rpcctl._settings import Settings
+from rpcctl._where import Skipped, Where
 from rpcctl.exceptions import BadExpression, ConfigError, RpcctlError, Unreachable
 
 if TYPE_CHECKING:
@@ -114,7 +115,7 @@ def rpc(
             **call.kwargs,
         )
         run_fleet(settings, result, min_ok)
-    where = fleet_mod.Where.parse(settings.where)
+    where = Where.parse(settings.where)
     if settings.is_fleet:
         chosen = fleet_mod.first_answering(
             settings.fleet(),
@@ -131,7 +132,7 @@ def rpc(
     with settings.connect() as conn:
         try:
             where.check_client(conn)  # on the connection that runs the call
-        except fleet_mod.Skipped as changed:
+        except Skipped as changed:
             msg = f"{conn.address} no longer matches: it {changed.reason}; nothing ran"
             raise Unreachable(msg) from None
         job_id: str | None = None
