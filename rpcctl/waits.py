@@ -6,7 +6,6 @@ next to no CPU."""
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from app_agent import wire
 from app_agent.wire import Address
@@ -15,6 +14,11 @@ from rpcctl import _transport
 from rpcctl._transport import Security
 from rpcctl.client import DEFAULT_TIMEOUT, Client, resolve_address
 from rpcctl.exceptions import CallTimeout, Unreachable
+
+# Without importing typing (which costs the ping path ~10 ms); mypy knows this name.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def ping(
