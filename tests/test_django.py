@@ -312,6 +312,12 @@ def test_gunicorn_preloaded_runs_the_agent_once_in_the_arbiter_and_migrates_the_
         assert "security.W001" in {m["id"] for m in checked}  # no SecurityMiddleware
         assert {m["level"] for m in checked} == {"WARNING"}
         assert rpc_result(node, "django.check") == []
+        # Django's system checks and its database are health checks of the live site.
+        health = run_rpcctl("-n", node, "health", "--json")
+        assert health.returncode == 0, health.stdout + health.stderr
+        checks = {c["name"]: c["ok"] for c in json.loads(health.stdout)["result"]["checks"]}
+        assert checks["django.system_checks"] is True
+        assert checks["django.database"] is True
         assert open_files(app.proc.pid, "db.sqlite3") == []
         workers = {http_get(http, "/health")[1]["status"] for _ in range(3)}
         assert workers == {"ok"}

@@ -1,5 +1,5 @@
 """Django's own checks as plain functions that raise on failure: for ``django.check`` now,
-and as health checks once ``app_agent.health_check`` exists (see docs/django.md)."""
+and as the site's health checks (``rpcctl health``; see docs/django.md)."""
 
 from __future__ import annotations
 
@@ -57,7 +57,8 @@ def database_check() -> list[str]:
 
 
 def register_health_checks() -> bool:
-    """Register both checks with ``app_agent.health_check`` where that feature exists."""
+    """Register both checks with ``app_agent.health_check`` (False where an older agent
+    has no such feature)."""
     health_check = getattr(app_agent, "health_check", None)
     if health_check is None:
         return False
