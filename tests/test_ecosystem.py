@@ -226,7 +226,9 @@ def test_kubernetes_manifests() -> None:
     assert env["RPCCTL_ACCESS"] == "/etc/rpcctl/access.toml"  # identities: TCP's secrets
     version = container["image"].rpartition(":")[2]
     assert env["RPCCTL_APP_VERSION"] == version  # what the Job's --where matches
-    assert container["command"][-1] == "start"
+    # The app itself: the runner would replace RPCCTL_NODE with its rpcctl.toml's node.
+    assert container["command"] == ["python", "-m", "myapp"]
+    assert container["workingDir"] == "/srv/myapp"
     for probe, extra in (("livenessProbe", []), ("readinessProbe", ["--ready"])):
         spec = container[probe]
         assert spec["timeoutSeconds"] == 1
@@ -281,7 +283,9 @@ def test_kubernetes_recipe_works_against_a_live_app(short_tmp: Path) -> None:
 
     env = {e["name"]: local(e["value"]) for e in container["env"] if "value" in e}
     agent_env = {k: v for k, v in env.items() if k.startswith("RPCCTL_") and k != "RPCCTL_NODE"}
-    app = start_myapp(short_tmp, node=f"tcp://127.0.0.1:{port}", extra_env=agent_env)
+    # The test's own wait for the agent names an identity, as the probes do.
+    waiter = {"RPCCTL_IDENTITY": "probe", "RPCCTL_COOKIE_FILE": str(etc / "probe.cookie")}
+    app = start_myapp(short_tmp, node=f"tcp://127.0.0.1:{port}", extra_env=agent_env | waiter)
     clean = {k: v for k, v in os.environ.items() if not k.startswith("RPCCTL_")}
     try:
         for name in ("livenessProbe", "readinessProbe"):
