@@ -43,8 +43,10 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=100.0)
     args = parser.parse_args()
 
+    import threading
+
     import app_agent
-    from app_agent._profile import Profiler
+    import rpcctl
 
     work = tempfile.mkdtemp(prefix="rpcctl-bench-", dir="/tmp")
     agent = app_agent.start(node=f"unix:{work}/agent.sock", app="profile-bench")
@@ -54,14 +56,21 @@ def main() -> None:
         profiled: list[tuple[float, float]] = []
         sampler: list[float] = []
         samples = 0
-        for _ in range(args.rounds):
-            bare.append(spin(args.seconds))
-            profiler = Profiler(args.rate)
-            profiler.start()
-            profiled.append(spin(args.seconds))
-            profiler.stop()
-            sampler.append(profiler.sampler_cpu / max(profiler.elapsed, 1e-9))
-            samples += profiler.samples
+        # The profile is asked for as an operator would (`rpcctl profile`, through the
+        # client API on a thread of this process) while the main thread spins.
+        with rpcctl.connect(agent.node) as client:
+            for _ in range(args.rounds):
+                bare.append(spin(args.seconds))
+                results: list[dict[str, object]] = []
+                asking = threading.Thread(
+                    target=lambda out=results: out.append(client.profile(args.seconds, args.rate))
+                )
+                asking.start()
+                profiled.append(spin(args.seconds))
+                asking.join()
+                result = results[0]
+                sampler.append(float(result["sampler_cpu_s"]) / max(float(result["seconds"]), 1e-9))  # type: ignore[arg-type]
+                samples += int(result["samples"])  # type: ignore[call-overload]
     finally:
         agent.stop()
         shutil.rmtree(work, ignore_errors=True)
