@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import os
-import stat
 from collections.abc import Iterable
 from typing import Any, Final
 
@@ -59,6 +58,10 @@ _SUBJECT_KEYS: Final = {
     "UID": "userId",
     "emailAddress": "emailAddress",
 }
+
+
+MAX_ACCESS_BYTES: Final = 1 << 20
+"""An access file larger than this is refused."""
 
 
 class AccessError(ValueError):
@@ -176,26 +179,10 @@ def load(path: str | os.PathLike[str]) -> Access:
 
 
 def _read_owner_only(path: str) -> bytes:
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    except FileNotFoundError:
-        msg = f"access file {path} does not exist"
-        raise AccessError(msg) from None
-    except OSError as exc:
-        msg = f"cannot read access file {path}: {exc.strerror}"
-        raise AccessError(msg) from None
-    try:
-        mode = os.fstat(fd).st_mode
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            msg = (
-                f"access file {path} is accessible by group or others "
-                f"(mode {stat.S_IMODE(mode):04o}); fix it with: chmod 600 {path}"
-            )
-            raise AccessError(msg)
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            raw = f.read()
-    finally:
-        os.close(fd)
+    raw = cookies.read_owner_only(path, "access file", MAX_ACCESS_BYTES, AccessError)
+    if len(raw) > MAX_ACCESS_BYTES:
+        msg = f"access file {path} is longer than {MAX_ACCESS_BYTES} bytes"
+        raise AccessError(msg)
     return raw
 
 

@@ -33,29 +33,39 @@ class CookieError(ValueError):
     """A cookie file that cannot be used: missing, empty, or readable by others."""
 
 
-def read_cookie_file(path: str | os.PathLike[str]) -> bytes:
-    """The cookie in *path*; refused when the file is readable by group or others."""
-    path = os.fspath(path)
+def read_owner_only(
+    path: str, what: str, limit: int, error: type[ValueError], missing_hint: str = ""
+) -> bytes:
+    """At most *limit* + 1 bytes of *path*, a file only its owner may access (cookies, the
+    access file): *error* naming *what* and the fix when it is missing, unreadable, or open to
+    group or others. Symbolic links are not followed."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     except FileNotFoundError:
-        msg = f"cookie file {path} does not exist (create one with `rpcctl cookie generate {path}`)"
-        raise CookieError(msg) from None
+        msg = f"{what} {path} does not exist{missing_hint}"
+        raise error(msg) from None
     except OSError as exc:
-        msg = f"cannot read cookie file {path}: {exc.strerror}"
-        raise CookieError(msg) from None
+        msg = f"cannot read {what} {path}: {exc.strerror}"
+        raise error(msg) from None
     try:
         mode = os.fstat(fd).st_mode
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
             msg = (
-                f"cookie file {path} is accessible by group or others "
+                f"{what} {path} is accessible by group or others "
                 f"(mode {stat.S_IMODE(mode):04o}); fix it with: chmod 600 {path}"
             )
-            raise CookieError(msg)
+            raise error(msg)
         with os.fdopen(fd, "rb", closefd=False) as f:
-            raw = f.read(MAX_COOKIE_BYTES + 1)
+            return f.read(limit + 1)
     finally:
         os.close(fd)
+
+
+def read_cookie_file(path: str | os.PathLike[str]) -> bytes:
+    """The cookie in *path*; refused when the file is readable by group or others."""
+    path = os.fspath(path)
+    hint = f" (create one with `rpcctl cookie generate {path}`)"
+    raw = read_owner_only(path, "cookie file", MAX_COOKIE_BYTES, CookieError, hint)
     if len(raw) > MAX_COOKIE_BYTES:
         msg = (
             f"cookie file {path} is longer than {MAX_COOKIE_BYTES} bytes; a cookie is one "
