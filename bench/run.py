@@ -411,27 +411,6 @@ def kept_connection(report: Report, work: Path, calls: int, erlang: Erlang) -> N
         )
 
 
-FLOOD = """
-import socket, sys, time
-path, seconds = sys.argv[1], float(sys.argv[2])
-end = time.monotonic() + seconds
-held, made = [], 0
-while time.monotonic() < end:
-    s = socket.socket(socket.AF_UNIX)
-    try:
-        s.connect(path)
-        s.send(b"x")
-    except OSError:
-        s.close()
-        continue
-    made += 1
-    held.append(s)
-    if len(held) > 200:
-        held.pop(0).close()
-print(made)
-"""
-
-
 def flood(report: Report, work: Path, pings: int) -> None:
     """Pings with a 1 s timeout while two local processes flood the agent with connections
     that never finish their handshake (bounded in time, loopback only)."""
@@ -442,7 +421,7 @@ def flood(report: Report, work: Path, pings: int) -> None:
         seconds = max(pings * 0.2, 2.0)
         flooders = [
             subprocess.Popen(
-                [PY, "-c", FLOOD, path, str(seconds)], stdout=subprocess.PIPE, text=True
+                [PY, str(HERE / "flood.py"), path, str(seconds)], stdout=subprocess.PIPE, text=True
             )
             for _ in range(2)
         ]

@@ -302,6 +302,16 @@ def popen_rpcctl(*args: str, env: dict[str, str] | None = None) -> subprocess.Po
     )
 
 
+def listed_jobs(app: AppProcess) -> list[dict[str, Any]]:
+    """`rpcctl jobs --json` of *app*: its recent and running jobs, newest first."""
+    import json
+
+    result = app.rpcctl("jobs", "--json")
+    assert result.returncode == 0, result.stderr
+    listed: list[dict[str, Any]] = json.loads(result.stdout)["result"]
+    return listed
+
+
 # -- PostgreSQL: one probe for every test that needs the server --------------------------------
 
 PG_ADMIN_URL = os.environ.get(

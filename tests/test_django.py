@@ -149,10 +149,6 @@ def open_files(pid: int, needle: str) -> list[str]:
     return found
 
 
-def popen_rpcctl_at(node: str, *args: str) -> subprocess.Popen[str]:
-    return popen_rpcctl("-n", node, *args)
-
-
 _DRAINS: weakref.WeakKeyDictionary[Any, _Drain] = weakref.WeakKeyDictionary()
 
 
@@ -450,7 +446,7 @@ def test_output_streams_live_and_a_second_migrate_finds_the_lock_held(short_tmp:
     app, _ = start_gunicorn(
         short_tmp, node, workers=1, DJANGO_SETTINGS_MODULE=settings, DJANGO_TEST_GATE=str(gate)
     )
-    first = popen_rpcctl_at(node, "rpc", "django.migrate")
+    first = popen_rpcctl("-n", node, "rpc", "django.migrate")
     waiter = None
     try:
         lines = read_until(first, "gate: waiting")
@@ -460,8 +456,8 @@ def test_output_streams_live_and_a_second_migrate_finds_the_lock_held(short_tmp:
         assert busy.returncode == 7
         assert "lock 'migrations' is held by job" in busy.stderr
         assert "(django.migrate, called by" in busy.stderr
-        waiter = popen_rpcctl_at(
-            node, "rpc", "--json", "--lock-wait", str(DEADLINE), "django.migrate"
+        waiter = popen_rpcctl(
+            "-n", node, "rpc", "--json", "--lock-wait", str(DEADLINE), "django.migrate"
         )
         wait_until(
             lambda: sorted(j["state"] for j in rpc_jobs(node)) == ["failed", "running", "running"],
@@ -521,8 +517,9 @@ def test_two_replicas_on_postgresql_apply_each_migration_exactly_once(
             replicas.append((app, node, http))
         (_, node_a, _), (_, node_b, http_b) = replicas
         # Both replicas are told to migrate at once; one holds the lock inside the gate.
+        wait = str(DEADLINE * 2)
         procs = [
-            popen_rpcctl_at(n, "rpc", "--json", "--lock-wait", str(DEADLINE * 2), "django.migrate")
+            popen_rpcctl("-n", n, "rpc", "--json", "--lock-wait", wait, "django.migrate")
             for n in (node_a, node_b)
         ]
         holder = wait_for_lock_holder([node_a, node_b])

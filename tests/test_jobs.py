@@ -4,39 +4,20 @@ agent-side timeouts and run-once locks, with real processes."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import DEADLINE, SAMPLEAPP, AppProcess, rpcctl_executable, wait_until
-
-
-def popen_rpcctl(node: str, *args: str) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RPCCTL_")}
-    return subprocess.Popen(
-        [rpcctl_executable(), "-n", node, *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-
-
-def jobs(app: AppProcess) -> list[dict[str, Any]]:
-    result = app.rpcctl("jobs", "--json")
-    assert result.returncode == 0, result.stderr
-    listed: list[dict[str, Any]] = json.loads(result.stdout)["result"]
-    return listed
+from conftest import DEADLINE, SAMPLEAPP, AppProcess, popen_rpcctl, wait_until
+from conftest import listed_jobs as jobs
 
 
 def test_output_arrives_live_before_the_task_ends(sample_app: AppProcess, short_tmp: Path) -> None:
     """The client shows early lines while the task is still blocked on its last one."""
     gate = short_tmp / "gate"
-    client = popen_rpcctl(sample_app.node, "rpc", f'sampleapp.chatty(10, gate="{gate}")')
+    client = popen_rpcctl("-n", sample_app.node, "rpc", f'sampleapp.chatty(10, gate="{gate}")')
     try:
         assert client.stdout is not None
         seen = [client.stdout.readline() for _ in range(9)]
@@ -169,7 +150,7 @@ def test_client_timeout_names_the_job_which_goes_on(sample_app: AppProcess) -> N
 
 
 def test_killed_client_leaves_the_job_running_to_success(sample_app: AppProcess) -> None:
-    client = popen_rpcctl(sample_app.node, "rpc", "sampleapp.chatty(4, 0.3)")
+    client = popen_rpcctl("-n", sample_app.node, "rpc", "sampleapp.chatty(4, 0.3)")
     assert client.stdout is not None
     assert client.stdout.readline() == "line 1\n"
     client.send_signal(signal.SIGKILL)
@@ -213,7 +194,7 @@ def test_lock_busy_fails_at_once_or_waits(sample_app: AppProcess) -> None:
     assert busy.returncode == 7
     assert f"lock 'sample-lock' is held by job {holder} (sampleapp.locked" in busy.stderr
     assert " since " in busy.stderr
-    waiter = popen_rpcctl(sample_app.node, "rpc", "--lock-wait", "60", "sampleapp.locked(0)")
+    waiter = popen_rpcctl("-n", sample_app.node, "rpc", "--lock-wait", "60", "sampleapp.locked(0)")
     try:
         wait_until(
             lambda: (

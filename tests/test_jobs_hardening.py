@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,25 +12,8 @@ from typing import Any
 
 import pytest
 
-from conftest import DEADLINE, AppProcess, rpcctl_executable, wait_until
-
-
-def popen_rpcctl(node: str, *args: str) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RPCCTL_")}
-    return subprocess.Popen(
-        [rpcctl_executable(), "-n", node, *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-
-
-def jobs(app: AppProcess) -> list[dict[str, Any]]:
-    result = app.rpcctl("jobs", "--json")
-    assert result.returncode == 0, result.stderr
-    listed: list[dict[str, Any]] = json.loads(result.stdout)["result"]
-    return listed
+from conftest import DEADLINE, AppProcess, popen_rpcctl, wait_until
+from conftest import listed_jobs as jobs
 
 
 def job_state(app: AppProcess, job_id: str) -> str:
@@ -115,7 +96,7 @@ def test_a_follower_far_behind_is_left_behind_and_told_how_much_it_missed(
     grace = sample_app.rpcctl("rpc", "sampleapp.set_follower_grace(0.2)")
     assert grace.returncode == 0, grace.stderr
     count = 200_000
-    client = popen_rpcctl(sample_app.node, "rpc", "--json", f"sampleapp.lines({count})")
+    client = popen_rpcctl("-n", sample_app.node, "rpc", "--json", f"sampleapp.lines({count})")
     try:
         # Nobody reads the client's stdout: it blocks on its pipe and stops asking for events.
         wait_until(

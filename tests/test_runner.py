@@ -487,7 +487,9 @@ def test_an_agent_in_a_child_of_the_app_counts_as_ours(short_tmp: Path) -> None:
     toml.write_text('[app]\nname = "web"\ncommand = ["web"]\n')
     runner = Runner(config.load(toml), structlog.get_logger())
     pidfile = short_tmp / "inner.pid"
-    inner = f"import os, time; open({str(pidfile)!r}, 'w').write(str(os.getpid())); time.sleep(600)"
+    inner = (
+        f"import os, signal; open({str(pidfile)!r}, 'w').write(str(os.getpid())); signal.pause()"
+    )
     # `; :` keeps sh from exec'ing python: python is the app's child, as in a forking app.
     runner.proc = subprocess.Popen(
         ["sh", "-c", f"{sys.executable} -c {shlex.quote(inner)}; :"], process_group=0
@@ -576,7 +578,7 @@ def test_stop_never_signals_a_runner_pid_that_is_not_the_apps_parent(short_tmp: 
 
     # A live process of ours that RPCCTL_RUNNER_PID names: a reused pid, or the runner of
     # a hook that started this app.
-    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    bystander = subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"])
     app = AppProcess(
         SAMPLEAPP,
         node=f"unix:{short_tmp}/run/app.sock",
