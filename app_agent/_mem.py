@@ -23,9 +23,7 @@ from typing import Any
 
 from app_agent import _introspect, _profile
 
-DEFAULT_SECONDS = 10.0
 MAX_SECONDS = 3600.0
-DEFAULT_TOP = 10
 MAX_TOP = 1000
 GROUPS = ("line", "file", "traceback")
 FRAMES = {"line": 8, "file": 8, "traceback": 32}

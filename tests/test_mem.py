@@ -282,6 +282,7 @@ def test_stopping_the_agent_stops_tracing(agent_in_process: Any) -> None:
             "Invalid value for '--seconds': 'soon' is not a valid float range.",
         ),
         (["--top", "0"], "Invalid value for '--top': 0 is not in the range 1<=x<=1000."),
+        (["--timeout", "0"], "Invalid value for '--timeout': 0.0 is not in the range x>0."),
         (["--top", "5000"], "Invalid value for '--top': 5000 is not in the range 1<=x<=1000."),
         (
             ["--group-by", "function"],
