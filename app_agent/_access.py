@@ -25,8 +25,8 @@ from typing import Any, Final
 from app_agent.wire import cookies, is_identity_name
 
 READ: Final = "read"
-"""ping, info, tasks, jobs, a job's events (logs, wait), stack, stats, health, profile, and
-showing log levels."""
+"""ping, info, tasks, jobs, a job's events (logs, wait), stack, stats, health, profile, mem,
+and showing log levels."""
 STOP: Final = "stop"
 """Stopping or restarting the app (``rpcctl stop``/``restart``)."""
 LOG_LEVEL: Final = "log_level"

@@ -4,6 +4,9 @@ access check every exposed method starts with, the audit, and what waits for the
 from __future__ import annotations
 
 import itertools
+import math
+import select
+import time
 from typing import TYPE_CHECKING, Any
 
 import rpyc
@@ -44,6 +47,10 @@ class ServiceBase(rpyc.Service):  # type: ignore[misc]
         self._follower = next(_FOLLOWER_KEYS)
         self._following: dict[str, Job] = {}
         self._console: Session | None = None  # this connection's console session, if open
+        self._conn: Any = None  # the RPyC connection, from on_connect
+
+    def on_connect(self, conn: Any) -> None:
+        self._conn = conn
 
     def run_after_reply(self) -> None:
         """Run what waits for the reply to have left (the audit line of a call): the
@@ -59,6 +66,24 @@ class ServiceBase(rpyc.Service):  # type: ignore[misc]
         if self._console is not None:
             self._console.close("connection closed")
             self._console = None
+        self._conn = None
+
+    def _wait_while_connected(self, seconds: float) -> bool:
+        """Wait *seconds* on the connection's thread: False as soon as the client hangs up
+        (its socket's POLLRDHUP, Linux), so what runs for it ends with it; elsewhere, or
+        without a socket, True after the whole wait."""
+        hangup = getattr(select, "POLLRDHUP", 0)
+        try:
+            fileno = self._conn.fileno() if self._conn is not None else -1
+        except (EOFError, OSError):  # already closed
+            return False
+        if not hangup or fileno < 0:
+            time.sleep(seconds)
+            return True
+        poller = select.poll()
+        # Not POLLIN: a request the client sends meanwhile must not end the wait.
+        poller.register(fileno, hangup | select.POLLHUP | select.POLLERR)
+        return not poller.poll(math.ceil(seconds * 1000))
 
     # -- access control (app_agent/_access.py) ---------------------------------------------
 

@@ -1,4 +1,4 @@
-"""The introspection methods of the service: stack, stats, health, profile, log levels.
+"""The introspection methods of the service: stack, stats, health, profile, mem, log levels.
 
 Each is thin: it checks the grant, calls its module (loaded on first use, so an idle agent
 carries none of them) and answers with plain data.
@@ -15,9 +15,9 @@ from app_agent.wire import ErrorKind
 
 
 class IntrospectionMethods(ServiceBase):
-    """stack, stats, health, profile, log-level: read-only views of the live app."""
+    """stack, stats, health, profile, mem, log-level: read-only views of the live app."""
 
-    # -- introspection (app_agent/_introspect.py, _health.py, _profile.py) ----------------
+    # -- introspection (app_agent/_introspect.py, _health.py, _profile.py, _mem.py) -------
     # Their modules load on first use: an agent nobody looks into does not carry them.
 
     def exposed_stack(self) -> str:
@@ -75,6 +75,46 @@ class IntrospectionMethods(ServiceBase):
         except _profile.ProfilerBusy as exc:
             return wire.error(ErrorKind.BUSY, str(exc))
         self._audit("profile.finished", samples=result["samples"])
+        return wire.ok(result)
+
+    def exposed_mem(self, seconds: Any = 10.0, top: Any = 10, group_by: Any = "line") -> str:
+        """Trace allocations for *seconds*: the *top* sites that grew, grouped by *group_by*
+        (line, file, traceback). Ends early, tracing stopped, when the client hangs up."""
+        if (refused := self._forbidden(READ, "diagnose memory")) is not None:
+            return refused
+        from app_agent import _mem
+
+        if (
+            type(seconds) not in (int, float)
+            or type(top) is not int
+            or type(group_by) is not str
+            or not 0 < seconds <= _mem.MAX_SECONDS
+            or not 1 <= top <= _mem.MAX_TOP
+            or group_by not in _mem.GROUPS
+        ):
+            msg = (
+                "mem() takes seconds (at most 3600), a number of sites (1 to 1000) and a "
+                "grouping (line, file or traceback)"
+            )
+            return wire.error(ErrorKind.USAGE, msg)
+        self._audit("mem.started", seconds=seconds, top=top, group_by=group_by, now=True)
+        try:
+            result = _mem.diagnose(
+                float(seconds), top, group_by, self._caller, self._wait_while_connected
+            )
+        except _mem.MemBusy as exc:
+            return wire.error(ErrorKind.BUSY, str(exc))
+        except _mem.TracingStopped as exc:
+            return wire.error(ErrorKind.TASK_FAILED, str(exc))
+        if result is None:  # nobody is left to answer; tracing has stopped
+            self._audit("mem.abandoned", reason="the client went away", now=True)
+            return wire.error(ErrorKind.UNREACHABLE, "the client went away")
+        self._audit(
+            "mem.finished",
+            grew=result["grew"],
+            size_diff=result["size_diff"],
+            tracing_left_on=result["tracing"]["left_on"],
+        )
         return wire.ok(result)
 
     def exposed_log_level(self, logger: Any = None, level: Any = None, for_s: Any = None) -> str:

@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
@@ -667,6 +668,41 @@ def profiler_overhead(report: Report, rounds: int, seconds: float) -> None:
     )
 
 
+def mem_overhead(report: Report, rounds: int, seconds: float) -> None:
+    """Row 9: what `rpcctl mem` costs a host while it traces (bench/mem_overhead.py): its
+    request-like loop's throughput and CPU, tracemalloc's memory and the host's RSS."""
+    argv = [PY, str(HERE / "mem_overhead.py"), "--rounds", str(rounds), "--seconds", str(seconds)]
+    variants = {
+        "line": ["--group-by", "line"],
+        "traceback": ["--group-by", "traceback"],
+        "app traces": ["--app-traces", "1"],  # PYTHONTRACEMALLOC=1: mem only compares
+    }
+    found: dict[str, Any] = {}
+    for name, options in variants.items():
+        out = subprocess.run([*argv, *options], capture_output=True, text=True, check=True)
+        found = json.loads(out.stdout)
+        what = (
+            f"mem --group-by {name} ({found['frames']} frames)"
+            if not found["already"]
+            else f"mem on an app tracing {found['frames']} frame (PYTHONTRACEMALLOC=1)"
+        )
+        report.add(
+            "9",
+            f"{what}: allocating host loop while traced",
+            f"{found['with']:,.0f} req/s",
+            f"÷ untraced {found['with'] / found['without']:.3f}x, "
+            f"CPU per request {found['cpu_per_work'] + 1:.1f}x",
+        )
+        if name == "line":
+            report.add(
+                "9",
+                "mem --group-by line: memory while tracing",
+                f"tracemalloc {found['tracemalloc_bytes'] / 1024:.0f} KiB",
+                f"host RSS +{found['rss_growth_bytes'] / 1024:.0f} KiB, "
+                f"snapshots {found['snapshots_s'] * 1000:.0f} ms",
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -698,6 +734,7 @@ def main() -> None:
             fleet_ping(report, work, 1000, 3)
         flood(report, work, 3 if args.quick else 30)
         profiler_overhead(report, 2 if args.quick else 10, 0.2 if args.quick else 1.0)
+        mem_overhead(report, 1 if args.quick else 5, 0.2 if args.quick else 2.0)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     table = report.markdown()

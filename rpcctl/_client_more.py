@@ -1,5 +1,5 @@
 """The client's calls beyond tasks and jobs: introspection (stack, stats, health, profile,
-log levels) and the remote console. :class:`rpcctl.client.Client` inherits them."""
+mem, log levels) and the remote console. :class:`rpcctl.client.Client` inherits them."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ class MoreCalls:
 
         def _reply(self, text: Any) -> Any: ...
 
-    # -- introspection (agent side: app_agent/_introspect.py, _health.py, _profile.py) ------
+    # -- introspection (agent side: app_agent/_introspect.py, _health.py, _profile.py, _mem.py)
 
     def stack(self) -> dict[str, Any]:
         """Every thread's frames (innermost last), agent threads marked, and the asyncio
@@ -58,6 +58,17 @@ class MoreCalls:
             self._newer_request(
                 "profile", seconds + self.timeout, float(seconds), float(rate), idle
             )
+        )
+        return result
+
+    def mem(self, seconds: float = 10.0, top: int = 10, group_by: str = "line") -> dict[str, Any]:
+        """Trace the app's allocations (tracemalloc) for *seconds*: the *top* allocation sites
+        that grew, grouped by ``line`` (the app's frame), ``file`` or ``traceback``, with
+        ``{top: [{file, line, size_diff, count_diff, traceback, ...}], seconds, overhead,
+        tracing}``. Tracing stops after, and as soon as this connection closes. Busy while
+        another diagnosis of the app runs."""
+        result: dict[str, Any] = self._reply(
+            self._newer_request("mem", seconds + self.timeout, float(seconds), top, group_by)
         )
         return result
 

@@ -1,4 +1,5 @@
-"""Human output of ``stack``, ``stats``, ``health`` and ``log-level``: plain text, no colour.
+"""Human output of ``stack``, ``stats``, ``health``, ``mem`` and ``log-level``: plain text,
+no colour.
 
 Each function takes what the agent sent (plain data, see app_agent/_introspect.py) and
 returns text ending with a newline; ``--json`` prints that data as it came.
@@ -199,3 +200,65 @@ def log_level_set(data: dict[str, Any]) -> str:
 
 def _clock(epoch: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(epoch))
+
+
+# -- mem ---------------------------------------------------------------------------------------
+
+
+def mem(data: dict[str, Any]) -> str:
+    """The sites that grew, largest first: size and block deltas, the app's file:line (and
+    where inside a library the bytes were allocated), the code; then how it was traced."""
+    grew, shown = data["grew"], len(data["top"])
+    lines = [
+        f"{grew} allocation site{'s' if grew != 1 else ''} grew in {data['seconds']:g} s "
+        f"({signed_size(data['size_diff'])}, {data['count_diff']:+,} blocks in all); "
+        + (f"the top {shown} by size, " if shown < grew else "")
+        + f"grouped by {data['group_by']}"
+    ]
+    width = max((len(signed_size(e["size_diff"])) for e in data["top"]), default=0)
+    for entry in data["top"]:
+        where = entry["short"] if entry["line"] is None else f"{entry['short']}:{entry['line']}"
+        if entry.get("via"):
+            where += f" (via {entry['via']['short']}:{entry['via']['line']})"
+        lines.append(
+            f"  {signed_size(entry['size_diff']):>{width}}  {entry['count_diff']:>+8,} blocks"
+            f"  {where}"
+        )
+        if data["group_by"] == "traceback":
+            for frame in entry["traceback"]:
+                lines.append(f"      {frame['short']}:{frame['line']}")
+                if frame.get("code"):
+                    lines.append(f"        {frame['code']}")
+        elif entry.get("code"):
+            lines.append(f"      {entry['code']}")
+    lines.append(mem_tracing(data))
+    return "\n".join(lines) + "\n"
+
+
+def mem_tracing(data: dict[str, Any]) -> str:
+    """How the diagnosis traced, and what it cost."""
+    tracing, cost = data["tracing"], data["overhead"]
+    frames = f"{tracing['frames']} frame{'s' if tracing['frames'] != 1 else ''}"
+    if tracing["already"]:
+        how = (
+            f"the app was already tracing (PYTHONTRACEMALLOC or its own tracemalloc.start(), "
+            f"{frames}): its traces were compared and tracing left on"
+        )
+    else:
+        how = f"started for this run with {frames} and stopped after"
+    return (
+        f"tracing: {how}; tracemalloc held {size(cost['tracemalloc_bytes'])}, "
+        f"RSS {size(cost['rss_before_bytes'])} -> {size(cost['rss_during_bytes'])}, "
+        f"snapshots took {cost['snapshots_s'] * 1000:.0f} ms"
+    )
+
+
+def signed_size(value: int) -> str:
+    """``+8.8 MiB``, ``-512 B``: a size change in the largest unit that keeps it above 1."""
+    sign = "-" if value < 0 else "+"
+    amount = float(abs(value))
+    for unit in ("B", "KiB", "MiB"):
+        if amount < 1024:
+            return f"{sign}{amount:.0f} {unit}" if unit == "B" else f"{sign}{amount:.1f} {unit}"
+        amount /= 1024
+    return f"{sign}{amount:.1f} GiB"

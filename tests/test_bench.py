@@ -40,5 +40,9 @@ def test_quick_benchmark_prints_every_row(tmp_path: object) -> None:
         "rpcctl ping of 5 agents",
         "profiler at 100 Hz: CPU-bound host loop slowdown",
         "profiler at 100 Hz: extra CPU per unit of the host's work",
+        "mem --group-by line (8 frames): allocating host loop while traced",
+        "mem --group-by traceback (32 frames): allocating host loop while traced",
+        "mem --group-by line: memory while tracing",
+        "mem on an app tracing 1 frame (PYTHONTRACEMALLOC=1): allocating host loop while traced",
     ):
         assert row in table, row

@@ -32,7 +32,7 @@ from rpcctl.cli._common import RpcctlGroup, json_option, pass_settings
     "--nodes-file",
     metavar="FILE",
     help="A fleet: one address a line, # comments (ping, rpc, info, tasks, stack, stats, "
-    "health, profile, log-level).",
+    "health, profile, mem, log-level).",
 )
 @click.option(
     "--discover",
@@ -84,6 +84,7 @@ cli.lazy = {
     **dict.fromkeys(("stack", "stats", "health", "profile", "log-level"), "rpcctl.cli.introspect"),
     "eval": "rpcctl.cli.eval",
     "remote": "rpcctl.cli.remote",
+    "mem": "rpcctl.cli.introspect",
 }
 
 

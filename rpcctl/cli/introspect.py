@@ -1,4 +1,5 @@
-"""The introspection commands: ``stack``, ``stats``, ``health``, ``profile``, ``log-level``.
+"""The introspection commands: ``stack``, ``stats``, ``health``, ``profile``, ``mem``,
+``log-level``.
 
 Each works on one node or a fleet (``-n`` repeated, ``--nodes-file``, ``--discover``), with
 ``--json`` and the usual exit codes; ``health`` adds 8 (unhealthy). They are registered on
@@ -7,6 +8,7 @@ the main group when :mod:`rpcctl.cli` imports this module.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable
@@ -328,6 +330,84 @@ def _totals(profiles: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
         "rate": first["rate"],
         "seconds": first["seconds"],
     }
+
+
+# -- mem ---------------------------------------------------------------------------------------
+
+MEM_GROUPS = ("line", "file", "traceback")
+
+
+def _finite(_ctx: click.Context, param: click.Parameter, value: float) -> float:
+    # FloatRange lets nan through (every comparison with it is false).
+    if math.isnan(value):
+        msg = f"{value} is not a number of seconds"
+        raise click.BadParameter(msg, param=param)
+    return value
+
+
+@cli.command()
+@click.option(
+    "--seconds",
+    type=click.FloatRange(min=0, max=3600, min_open=True),
+    default=10.0,
+    show_default=True,
+    callback=_finite,
+    metavar="N",
+    help="How long to trace allocations (at most 3600).",
+)
+@click.option(
+    "--top",
+    type=click.IntRange(min=1, max=1000),
+    default=10,
+    show_default=True,
+    metavar="K",
+    help="How many of the sites that grew most to show.",
+)
+@click.option(
+    "--group-by",
+    type=click.Choice(MEM_GROUPS),
+    default="line",
+    show_default=True,
+    help="line: the app's own line that allocated (a library's inside it shown as `via`); "
+    "file: its file; traceback: the whole call chain.",
+)
+@timeout_option(
+    client_mod.DEFAULT_TIMEOUT,
+    "Seconds to wait for the answer beyond N (per node): comparing a large traced heap "
+    "takes a while.",
+)
+@fleet_options
+@json_option
+@pass_settings
+def mem(
+    settings: Settings,
+    seconds: float,
+    top: int,
+    group_by: str,
+    timeout: float,
+    parallel: int,
+    min_ok: int | None,
+) -> None:
+    """Find what grows: trace the app's allocations for N seconds (tracemalloc, inside the
+    app) and show the K allocation sites that grew most.
+
+    Tracing slows the app's allocations while it runs, and stops after (or as soon as this
+    command goes away); an app that already traces (PYTHONTRACEMALLOC) is compared and left
+    tracing. One at a time per app (a second one exits 7).
+    """
+
+    def action(c: client_mod.Client) -> dict[str, Any]:
+        return c.mem(seconds, top, group_by)
+
+    if settings.is_fleet:
+        outcome = _fan_out(settings, action, seconds + timeout, parallel)
+        _sections(settings, outcome, min_ok, render.mem)
+    with _connect(settings, timeout) as conn:
+        found = action(conn)
+    if settings.json:
+        emit_json({"ok": True, "result": found})
+    else:
+        click.echo(render.mem(found), nl=False)
 
 
 # -- log-level -------------------------------------------------------------------------------
