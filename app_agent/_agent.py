@@ -84,6 +84,7 @@ class Agent:
         self._served: set[Any] = set()
         self._socket_inode: tuple[int, int] | None = None
         self._stopped = threading.Event()
+        self._stopping = threading.Lock()  # stop() is one transition: one caller wins
         self.gate = Gate(
             self._bind(),
             self.log,
@@ -271,12 +272,15 @@ class Agent:
                 )
 
     def stop(self) -> None:
-        """Close the server and every connection, and remove the socket file."""
-        if self._stopped.is_set():
-            return
-        self._stopped.set()
+        """Close the server and every connection, and remove the socket file. Idempotent:
+        of concurrent calls one stops the agent, the others return at once."""
+        with self._stopping:
+            if self._stopped.is_set():
+                return
+            self._stopped.set()
         self.gate.close()
-        self._thread.join(timeout=5)
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout=5)
         with self._served_lock:
             served = list(self._served)
         for sock in served:  # wakes each connection's thread, which then cleans up
@@ -302,6 +306,7 @@ class Agent:
         sockets belong to the parent. Close the child's copies of the descriptors (never
         shutdown(), which would reach the parent's socket too) and forget the socket file,
         so the child neither serves nor deletes what its parent owns."""
+        self._stopping = threading.Lock()  # a parent's thread may have held it at the fork
         self._stopped.set()
         self._socket_inode = None
         self.gate.abandon()
