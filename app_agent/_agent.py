@@ -328,6 +328,9 @@ _current: Agent | None = None
 refusal: str | None = None
 """Why this process must never start an agent, when it must not: ``python -m
 app_agent.eval`` sets it, so a task module that starts the app on import is named."""
+_starting: str | None = None
+"""While a start() runs: the task module it imports, "" outside its imports. start() does
+not hold _lock while it imports, so a task module that calls start() is refused at once."""
 
 
 def _forget(agent: Agent) -> None:
@@ -348,17 +351,33 @@ def start(
     Started inside a running asyncio event loop, the agent runs ``async def`` tasks on that
     loop, so they can use the app's async resources; sync tasks always run on threads.
     """
-    global _current
+    global _current, _starting
     with _lock:
         if refusal is not None:
             raise AgentError(refusal)
         if _current is not None:
             msg = f"an agent is already running in this process on {_current.node}"
             raise AgentAlreadyRunning(msg)
+        if _starting:
+            msg = (
+                f"app_agent.start() was called by module {_calling_module(sys._getframe(1))} "
+                f"while the agent imported its task modules ({_starting}): start the agent "
+                "from the app's entry point (its __main__, a server hook), not from a task "
+                "module"
+            )
+            raise AgentError(msg)
+        if _starting is not None:
+            msg = "another thread is starting this process's agent"
+            raise AgentAlreadyRunning(msg)
+        _starting = ""
+    try:
         config = load_config(node, **options)
         locks = lock_backend(config)
         tasks = tuple(tasks)
-        import_task_modules(tasks)
+        for module in tasks:
+            _starting = module
+            import_task_modules((module,))
+        _starting = ""
         if config.version is None:
             # The app's own code: the modules named by tasks=, then those of its tasks.
             found = (*tasks, *(t.func.__module__ for t in global_registry.all()))
@@ -367,8 +386,21 @@ def start(
             readiness.set_ready(config.ready)
         agent = Agent(config, locks=locks, loop=_running_loop())
         agent.serve()
-        _current = agent
+        with _lock:
+            _current = agent
         return agent
+    finally:
+        _starting = None
+
+
+def _calling_module(frame: Any) -> str:
+    """The module of the innermost frame from *frame* outward that is not the agent's."""
+    while frame is not None:
+        name = str(frame.f_globals.get("__name__", "?"))
+        if name != "app_agent" and not name.startswith("app_agent."):
+            return name
+        frame = frame.f_back
+    return "?"
 
 
 def lock_backend(config: AgentConfig) -> Backend:
@@ -397,8 +429,9 @@ def _running_loop() -> Any:
 
 
 def _after_fork_in_child() -> None:
-    global _current, _lock
+    global _current, _lock, _starting
     _lock = threading.Lock()  # another thread may have held it at the moment of the fork
+    _starting = None  # a start() under way in another thread did not come along
     agent, _current = _current, None
     if agent is not None:
         agent._abandon_in_child()
