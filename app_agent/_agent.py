@@ -11,10 +11,11 @@ import socket
 import stat
 import sys
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from typing import Any, Unpack
 
-from app_agent import _capture
+from app_agent import _capture, _threads
 from app_agent import _readiness as readiness
 from app_agent._access import Identity
 from app_agent._gate import Gate
@@ -23,6 +24,7 @@ from app_agent._locks import backend as lock_backends
 from app_agent._registry import Registry, import_task_modules
 from app_agent._registry import registry as global_registry
 from app_agent._state import AgentState
+from app_agent._threads import NoThread
 from app_agent.config import AgentConfig, StartOptions, app_modules, distribution_version
 from app_agent.config import load as load_config
 from app_agent.exceptions import (
@@ -40,6 +42,9 @@ _rpyc_logger = logging.getLogger("app_agent.rpyc")
 _rpyc_logger.setLevel(logging.WARNING)
 
 _UNIX_PATH_MAX = 107  # sun_path is 108 bytes on Linux, NUL included
+RESTARTS = 3
+RESTART_WINDOW = 60.0
+"""The agent's loop is run again at most RESTARTS times in RESTART_WINDOW seconds."""
 
 
 class Agent:
@@ -98,9 +103,9 @@ class Agent:
             app=config.app,
             version=config.version,
         )
-        self._thread = threading.Thread(
-            target=self.gate.serve_forever, name="rpcctl-agent", daemon=True
-        )
+        self._thread = threading.Thread(target=self._run, name="rpcctl-agent", daemon=True)
+        self.down: str | None = None
+        """Why the agent's thread ended for good while nobody stopped the agent, if it did."""
 
     @property
     def node(self) -> str:
@@ -168,18 +173,34 @@ class Agent:
         with self._served_lock:
             return len(self._served) < self.max_connections
 
-    def _hand_over(self, sock: Any, peer: str, auth: str, identity: Identity) -> None:
-        """Serve an admitted connection on a thread of its own (called on the gate's thread)."""
-        with self._served_lock:
-            self._served.add(sock)
-        threading.Thread(
+    def _hand_over(
+        self, sock: Any, peer: str, auth: str, identity: Identity
+    ) -> Callable[[bool], None]:
+        """Ready a thread of its own for an admitted connection (called on the gate's
+        thread, before it answers); NoThread when the app cannot start one. The thread
+        waits for the gate's word: serve (True) or leave the socket alone (False)."""
+        word = _Word()
+        thread = threading.Thread(
             target=self._serve,
-            args=(sock, peer, auth, identity),
+            args=(sock, peer, auth, identity, word),
             name="rpcctl-agent-conn",
             daemon=True,
-        ).start()
+        )
+        with self._served_lock:
+            self._served.add(sock)
+        try:
+            _threads.start(thread)
+        except NoThread:
+            with self._served_lock:
+                self._served.discard(sock)
+            raise
+        return word.say
 
-    def _serve(self, sock: Any, peer: str, auth: str, identity: Identity) -> None:
+    def _serve(self, sock: Any, peer: str, auth: str, identity: Identity, word: _Word) -> None:
+        if not word.wait():
+            with self._served_lock:
+                self._served.discard(sock)
+            return  # the gate could not answer: the socket is its to close
         # RPyC loads with the first admitted connection: an agent that is only pinged
         # (probes: the gate answers them) never carries it.
         import rpyc
@@ -244,6 +265,44 @@ class Agent:
         raise AddressInUse(msg)
 
     # -- lifecycle -------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        """The agent's thread: the gate's loop. The loop itself outlives any error; should
+        something still end it (an exception injected into the thread, say), it is run
+        again, up to RESTARTS times in RESTART_WINDOW seconds; past that the agent says it
+        is down (``agent.down``) and stops, so nothing pretends it is alive."""
+        restarts: list[float] = []
+        while True:
+            try:
+                self.gate.serve_forever()
+                return
+            # The agent's thread must say why it ends, whatever ended it.
+            except BaseException as exc:
+                if self._stopped.is_set():
+                    return
+                now = time.monotonic()
+                restarts = [t for t in restarts if now - t < RESTART_WINDOW]
+                if len(restarts) >= RESTARTS:
+                    self._go_down(exc)
+                    return
+                restarts.append(now)
+                self.log.error(
+                    "gate.error",
+                    error=f"{type(exc).__name__}: {exc}",
+                    restart=len(restarts),
+                    exc_info=exc,
+                )
+
+    def _go_down(self, exc: BaseException) -> None:
+        self.down = f"the agent's thread failed {RESTARTS + 1} times: {type(exc).__name__}: {exc}"
+        self.log.error("agent.down", node=self.node, reason=self.down, exc_info=exc)
+        self.gate.shut()
+        self.stop()
+
+    @property
+    def alive(self) -> bool:
+        """Whether the agent serves: started, not stopped, and its thread running."""
+        return self._thread.is_alive() and not self._stopped.is_set()
 
     def serve(self) -> None:
         """Start serving on the agent's thread (``app_agent.start`` does this; an Agent made
@@ -441,5 +500,24 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def current() -> Agent | None:
-    """The running agent of this process, if any."""
-    return _current
+    """The running agent of this process, if any: never one whose thread has ended."""
+    agent = _current
+    return agent if agent is not None and agent.alive else None
+
+
+class _Word:
+    """The gate's one word to a connection's thread: serve, or not."""
+
+    __slots__ = ("_event", "_serve")
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._serve = False
+
+    def say(self, serve: bool) -> None:
+        self._serve = serve
+        self._event.set()
+
+    def wait(self) -> bool:
+        self._event.wait()
+        return self._serve

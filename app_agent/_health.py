@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, overload
 
+from app_agent import _threads
 from app_agent._registry import _module_name
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -132,7 +133,12 @@ class _Run:
         self.future: Any = None  # an async check's future on the app's loop
 
     def start(self) -> None:
-        threading.Thread(target=self.body, name="rpcctl-health", daemon=True).start()
+        try:
+            _threads.start(threading.Thread(target=self.body, name="rpcctl-health", daemon=True))
+        except _threads.NoThread as exc:  # the check fails, saying why; the others still run
+            self.message = str(exc)
+            self.duration = time.monotonic() - self.started
+            self.done.set()
 
     def body(self) -> None:
         try:

@@ -5,10 +5,15 @@ event loop, out of descriptors, and the review's races."""
 from __future__ import annotations
 
 import contextlib
+import errno
+import json
 import os
+import resource
+import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +21,11 @@ import pytest
 from structlog.testing import capture_logs
 
 import app_agent
-from app_agent import _job
+from app_agent import _gate, _job
 from app_agent._registry import Task
-from conftest import DEADLINE
+from conftest import DEADLINE, EXIT_CODES, run_rpcctl, wait_until
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another uid")
 
 # -- 9. the review's races ---------------------------------------------------------------------
 
@@ -165,3 +172,204 @@ def test_start_from_another_thread_while_task_modules_import_is_refused(short_tm
     assert first.startswith("RuntimeError: app_agent.start() was called by module acme_waits ")
     assert "(acme_waits)" in first
     assert result.stdout.splitlines()[-1] == "started again"
+
+
+# -- 1. the gate never dies --------------------------------------------------------------------
+
+
+def test_an_error_in_the_gate_is_logged_and_the_gate_goes_on(
+    short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    failures = [OSError(errno.EBADF, "injected")]
+    real = _gate.peer_credentials
+
+    def flaky(sock: socket.socket) -> tuple[int, int, int]:
+        if failures:
+            raise failures.pop()
+        return real(sock)
+
+    monkeypatch.setattr(_gate, "peer_credentials", flaky)
+    node = f"unix:{short_tmp}/agent.sock"
+    with capture_logs() as logs, app_agent.start(node=node, app="flaky"):
+        first = run_rpcctl("-n", node, "ping", "--timeout", "5")
+        again = run_rpcctl("-n", node, "ping")
+        info = run_rpcctl("-n", node, "info", "--json")
+    assert first.returncode == EXIT_CODES["unreachable"], first.stderr
+    assert (again.returncode, again.stdout) == (0, "pong\n"), again.stderr
+    assert info.returncode == 0, info.stderr
+    errors = [e for e in logs if e["event"] == "gate.error"]
+    assert [(e["error"], e["log_level"]) for e in errors] == [
+        ("OSError: [Errno 9] injected", "error")
+    ]
+    assert isinstance(errors[0]["exc_info"], OSError)
+
+
+def interrupting(gate: _gate.Gate, times: int) -> list[int]:
+    """Make the gate's loop end *times* times with an exception the loop does not catch (as
+    one injected into its thread would); the count of the ones raised so far."""
+    raised = [0]
+    real = gate._housekeeping
+
+    def housekeeping() -> None:
+        if raised[0] < times:
+            raised[0] += 1
+            raise KeyboardInterrupt("injected")
+        real()
+
+    gate._housekeeping = housekeeping  # type: ignore[method-assign]
+    return raised
+
+
+def test_an_agent_thread_that_dies_is_run_again(short_tmp: Path) -> None:
+    node = f"unix:{short_tmp}/agent.sock"
+    with capture_logs() as logs, app_agent.start(node=node, app="once") as agent:
+        raised = interrupting(agent.gate, 1)
+        run_rpcctl("-n", node, "ping")  # wakes the loop, which dies and is run again
+        answered = run_rpcctl("-n", node, "ping")
+        assert raised == [1]
+        assert app_agent.current() is agent
+    assert answered.returncode == 0, answered.stderr
+    restarted = [e for e in logs if e["event"] == "gate.error"]
+    assert [(e["error"], e["restart"]) for e in restarted] == [("KeyboardInterrupt: injected", 1)]
+
+
+def test_an_agent_whose_thread_keeps_dying_says_it_is_down(short_tmp: Path) -> None:
+    node = f"unix:{short_tmp}/agent.sock"
+    with capture_logs() as logs:
+        agent = app_agent.start(node=node, app="doomed")
+        interrupting(agent.gate, 1000)
+        wait_until(
+            lambda: run_rpcctl("-n", node, "ping").returncode != 0 and not agent.alive,
+            what="the agent to give up",
+        )
+        current = app_agent.current()
+    assert current is None
+    assert agent.down is not None
+    assert "KeyboardInterrupt: injected" in agent.down
+    assert not (short_tmp / "agent.sock").exists()  # nothing left that looks alive
+    result = run_rpcctl("-n", node, "ping")
+    assert result.returncode == EXIT_CODES["unreachable"]
+    assert "no agent is running (the socket does not exist)" in result.stderr
+    down = [e for e in logs if e["event"] == "agent.down"]
+    assert [e["reason"] for e in down] == [agent.down]
+    # A new agent can start in its place.
+    with app_agent.start(node=node, app="again"):
+        assert run_rpcctl("-n", node, "ping").returncode == 0
+
+
+HUNGRY_UID = 64_123
+"""An unprivileged uid of the thread-hungry app's own: RLIMIT_NPROC counts every thread of
+the uid on the machine, so a uid other tests share (nobody) would make its limit move."""
+HUNGRY_LIMIT = 24
+
+
+def hungry_echo(value: Any = None) -> Any:
+    """A task of the thread-hungry app (registered only in its forked process)."""
+    return value
+
+
+def thread_hungry_app(node: str, commands: int, answers: int, log: Path) -> None:
+    """The forked child, as HUNGRY_UID under RLIMIT_NPROC: an agent, and on command
+    (one byte on *commands*) threads started until none can be ("h"), all released ("r"),
+    all released but one slot ("o")."""
+    sys.stderr = open(log, "w", buffering=1)  # noqa: SIM115  (the child's log until it exits)
+    resource.setrlimit(resource.RLIMIT_NPROC, (HUNGRY_LIMIT, HUNGRY_LIMIT))
+    app_agent.task(hungry_echo)
+    agent = app_agent.start(node=node, app="hungry", version="1")  # no metadata to read
+    hogs: list[tuple[threading.Thread, threading.Event]] = []
+
+    def release(count: int) -> None:
+        for _ in range(count):
+            thread, event = hogs.pop()
+            event.set()
+            thread.join()
+
+    while command := os.read(commands, 1):
+        if command == b"h":
+            while True:
+                event = threading.Event()
+                thread = threading.Thread(target=event.wait, daemon=True)
+                try:
+                    thread.start()
+                except RuntimeError:
+                    break
+                hogs.append((thread, event))
+            os.write(answers, f"{len(hogs)}\n".encode())
+        elif command == b"o":
+            release(1)
+            os.write(answers, b"one\n")
+        elif command == b"r":
+            release(len(hogs))
+            os.write(answers, b"released\n")
+    agent.stop()
+
+
+@needs_root
+def test_an_app_out_of_threads_refuses_calls_in_words_answers_pings_and_recovers(
+    short_tmp: Path,
+) -> None:
+    import app_agent._service  # noqa: F401  (loaded before the fork: the child cannot read it)
+
+    run_dir = short_tmp / "run"
+    run_dir.mkdir(mode=0o700)
+    os.chown(run_dir, HUNGRY_UID, HUNGRY_UID)
+    short_tmp.chmod(0o755)
+    node = f"unix:{run_dir}/agent.sock"
+    log = run_dir / "app.log"
+    commands_r, commands_w = os.pipe()
+    answers_r, answers_w = os.pipe()
+    child = forked_as(
+        HUNGRY_UID, lambda: thread_hungry_app(node, commands_r, answers_w, log), [commands_w]
+    )
+    os.close(commands_r)
+    os.close(answers_w)
+    answers = os.fdopen(answers_r)
+
+    def command(byte: bytes) -> str:
+        os.write(commands_w, byte)
+        return answers.readline().strip()
+
+    try:
+        assert run_rpcctl("-n", node, "ping", "--wait", str(DEADLINE)).returncode == 0
+        assert int(command(b"h")) > 0  # the app now has every thread it may have
+        refused = run_rpcctl("-n", node, "info")
+        pinged = run_rpcctl("-n", node, "ping")
+        assert command(b"o") == "one"  # room for a connection's thread, none for a job's
+        job_refused = run_rpcctl("-n", node, "rpc", "test_sick.hungry_echo(1)")
+        assert command(b"r") == "released"
+        again = run_rpcctl("-n", node, "rpc", "test_sick.hungry_echo(2)")
+    finally:
+        os.close(commands_w)
+        answers.close()
+        os.waitpid(child, 0)
+    assert refused.returncode == EXIT_CODES["busy"], refused.stderr
+    assert f"{node}: the app cannot start a thread (it has {HUNGRY_LIMIT} threads" in refused.stderr
+    assert "this call is refused, pings still answer" in refused.stderr
+    assert len(refused.stderr.splitlines()) == 1
+    assert (pinged.returncode, pinged.stdout) == (0, "pong\n"), pinged.stderr
+    assert job_refused.returncode == EXIT_CODES["busy"], job_refused.stderr
+    assert "the app cannot start a thread (it has" in job_refused.stderr
+    assert (again.returncode, again.stdout) == (0, "2\n"), again.stderr  # no restart needed
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    reasons = [e.get("reason", "") for e in events if e["event"] == "connection.refused"]
+    assert any(r.startswith("no thread for the connection: the app cannot") for r in reasons)
+    assert not [e for e in events if e["event"] in ("gate.error", "agent.down")]
+
+
+def forked_as(uid: int, work: Callable[[], None], close: list[int]) -> int:
+    """Run *work* in a forked child that has become *uid* (closing the parent's ends
+    *close*); the child's pid. The child exits 0 when *work* returns, 1 when it raised."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        status = 1
+        try:
+            for fd in close:
+                os.close(fd)
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            work()
+            status = 0
+        finally:
+            os._exit(status)
+    return pid
