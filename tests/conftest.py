@@ -11,7 +11,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -286,6 +286,23 @@ def agent_in_process(short_tmp: Path) -> Iterator[object]:
         yield agent
     finally:
         agent.stop()
+
+
+def as_user(uid: int, work: Callable[[], None]) -> int:
+    """Run *work* in a forked child that has become *uid*; the child's pid. The child
+    exits 0 when *work* returns, 1 when it raised."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        status = 1
+        try:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            work()
+            status = 0
+        finally:
+            os._exit(status)
+    return pid
 
 
 def popen_rpcctl(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:

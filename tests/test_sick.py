@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from structlog.testing import capture_logs
 import app_agent
 from app_agent import _gate, _job
 from app_agent._registry import Task
-from conftest import DEADLINE, EXIT_CODES, run_rpcctl, wait_until
+from conftest import DEADLINE, EXIT_CODES, as_user, run_rpcctl, wait_until
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another uid")
 
@@ -318,9 +317,12 @@ def test_an_app_out_of_threads_refuses_calls_in_words_answers_pings_and_recovers
     log = run_dir / "app.log"
     commands_r, commands_w = os.pipe()
     answers_r, answers_w = os.pipe()
-    child = forked_as(
-        HUNGRY_UID, lambda: thread_hungry_app(node, commands_r, answers_w, log), [commands_w]
-    )
+
+    def app() -> None:
+        os.close(commands_w)
+        thread_hungry_app(node, commands_r, answers_w, log)
+
+    child = as_user(HUNGRY_UID, app)
     os.close(commands_r)
     os.close(answers_w)
     answers = os.fdopen(answers_r)
@@ -354,22 +356,3 @@ def test_an_app_out_of_threads_refuses_calls_in_words_answers_pings_and_recovers
     reasons = [e.get("reason", "") for e in events if e["event"] == "connection.refused"]
     assert any(r.startswith("no thread for the connection: the app cannot") for r in reasons)
     assert not [e for e in events if e["event"] in ("gate.error", "agent.down")]
-
-
-def forked_as(uid: int, work: Callable[[], None], close: list[int]) -> int:
-    """Run *work* in a forked child that has become *uid* (closing the parent's ends
-    *close*); the child's pid. The child exits 0 when *work* returns, 1 when it raised."""
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        status = 1
-        try:
-            for fd in close:
-                os.close(fd)
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-            work()
-            status = 0
-        finally:
-            os._exit(status)
-    return pid
