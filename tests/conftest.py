@@ -217,6 +217,14 @@ SAMPLEAPP = [sys.executable, str(APPS / "sampleapp.py")]
 """The command that runs tests/apps/sampleapp.py (it prints READY once its agent listens)."""
 
 
+def tcp_sample_app(cookie: str) -> AppProcess:
+    """tests/apps/sampleapp.py on loopback TCP (port 0) with *cookie*; its node has the
+    real port."""
+    app = AppProcess(SAMPLEAPP, node="tcp://127.0.0.1:0", env={"RPCCTL_COOKIE": cookie})
+    app.node = app.stdout_lines[-1].split()[1]  # READY <node>: the real port
+    return app
+
+
 @pytest.fixture
 def sample_app(short_tmp: Path) -> Iterator[AppProcess]:
     """tests/apps/sampleapp.py running with its agent on a UNIX socket."""

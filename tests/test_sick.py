@@ -9,10 +9,12 @@ import errno
 import json
 import os
 import resource
+import signal
 import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,18 @@ from structlog.testing import capture_logs
 import app_agent
 from app_agent import _gate, _job
 from app_agent._registry import Task
-from conftest import DEADLINE, EXIT_CODES, as_user, run_rpcctl, wait_until
+from conftest import (
+    APPS,
+    DEADLINE,
+    EXIT_CODES,
+    SAMPLEAPP,
+    AppProcess,
+    as_user,
+    popen_rpcctl,
+    run_rpcctl,
+    tcp_sample_app,
+    wait_until,
+)
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another uid")
 
@@ -356,3 +369,144 @@ def test_an_app_out_of_threads_refuses_calls_in_words_answers_pings_and_recovers
     reasons = [e.get("reason", "") for e in events if e["event"] == "connection.refused"]
     assert any(r.startswith("no thread for the connection: the app cannot") for r in reasons)
     assert not [e for e in events if e["event"] in ("gate.error", "agent.down")]
+
+
+# -- 3. a client that gets no answer says why --------------------------------------------------
+
+COOKIE = "sick-app-cookie"
+SICKAPP = [sys.executable, str(APPS / "sickapp.py")]
+
+
+@pytest.fixture(params=["unix", "tcp"])
+def any_app(request: pytest.FixtureRequest, short_tmp: Path) -> Iterator[AppProcess]:
+    """sampleapp on a UNIX socket, or on loopback TCP with a cookie."""
+    if request.param == "unix":
+        app = AppProcess(SAMPLEAPP, node=f"unix:{short_tmp}/run/agent.sock")
+    else:
+        app = tcp_sample_app(COOKIE)
+    try:
+        yield app
+    finally:
+        app.close()
+
+
+def rpcctl_of(app: AppProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    cookie = app.env.get("RPCCTL_COOKIE")
+    return run_rpcctl("-n", app.node, *args, env={"RPCCTL_COOKIE": cookie} if cookie else None)
+
+
+@pytest.mark.parametrize("command", ["ping", "info"])
+def test_a_stopped_app_is_named_with_how_to_resume_it(any_app: AppProcess, command: str) -> None:
+    pid = any_app.proc.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_until(lambda: proc_state(pid) == "T", what="the app to stop")
+        result = rpcctl_of(any_app, command, "--timeout", "1")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert result.returncode == EXIT_CODES["timeout"], result.stderr
+    assert result.stderr == (
+        f"rpcctl: error: {any_app.node}: the agent did not answer the handshake within 1s: "
+        f"the app (pid {pid}) is stopped — SIGSTOP or a debugger; `kill -CONT {pid}` resumes "
+        "it\n"
+    )
+    assert rpcctl_of(any_app, "ping").returncode == 0
+
+
+def proc_state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def test_an_app_whose_gil_is_held_by_native_code_is_named(short_tmp: Path) -> None:
+    """A task holds the GIL in one C call: no Python thread of the app, the agent's
+    included, gets a word in, so the handshake gets no answer (today: only "did not answer
+    the handshake in time")."""
+    app = AppProcess(SICKAPP, node=f"unix:{short_tmp}/run/agent.sock")
+    marker = short_tmp / "holding"
+    holder = popen_rpcctl("-n", app.node, "rpc", f"sickapp.hold_gil({str(marker)!r})")
+    try:
+        wait_until(marker.exists, what="the task to hold the GIL")
+        result = app.rpcctl("ping", "--timeout", "1")
+    finally:
+        app.proc.kill()  # its SIGTERM handler would wait for the GIL for minutes
+        app.close()
+        holder.kill()
+        holder.communicate()
+    pid = app.proc.pid
+    assert result.returncode == EXIT_CODES["timeout"], result.stderr
+    assert result.stderr == (
+        f"rpcctl: error: {app.node}: the agent did not answer the handshake within 1s: the "
+        f"app (pid {pid}) is running but none of its Python threads answered: native code may "
+        f"be holding the GIL; `py-spy dump --pid {pid}` shows where\n"
+    )
+
+
+@pytest.mark.parametrize("reaped", [False, True])
+def test_a_listener_that_exited_while_its_child_keeps_the_socket(
+    short_tmp: Path, reaped: bool
+) -> None:
+    """The process that listened has exited (a zombie, or reaped), but a process it forked
+    holds the socket: connections queue and nothing will ever accept them."""
+    path = str(short_tmp / "agent.sock")
+    release_r, release_w = os.pipe()
+    listener = os.fork()
+    if listener == 0:  # pragma: no cover - the child
+        os.close(release_w)
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(path)
+        sock.listen()
+        if os.fork() == 0:
+            os.read(release_r, 1)  # the grandchild holds the socket until the test is done
+        os._exit(0)
+    os.close(release_r)
+    try:
+        if reaped:
+            os.waitpid(listener, 0)
+        else:
+            wait_until(lambda: proc_state(listener) == "Z", what="a zombie")
+        result = run_rpcctl("-n", f"unix:{path}", "ping", "--timeout", "1")
+    finally:
+        os.close(release_w)
+        if not reaped:
+            os.waitpid(listener, 0)
+    assert result.returncode == EXIT_CODES["timeout"], result.stderr
+    exited = (
+        "that listened there has exited"
+        if reaped
+        else "has exited (a zombie its parent has not reaped)"
+    )
+    assert f"the app (pid {listener}) {exited}, but a process it forked still holds " in (
+        result.stderr
+    )
+    assert result.stderr.endswith("so nothing answers; `ss -lp` names it\n")
+
+
+def test_a_silent_app_on_another_host_accepted_but_did_not_answer() -> None:
+    """Over TCP to an address of another host (here: one of this host's own that is not
+    loopback, listened on by a process that never accepts), the client can only say that
+    the connection was accepted and nothing answered."""
+    host = non_loopback_address()
+    with socket.socket() as silent:
+        silent.bind((host, 0))
+        silent.listen()
+        node = f"tcp://{host}:{silent.getsockname()[1]}"
+        result = run_rpcctl("-n", node, "ping", "--timeout", "1", env={"RPCCTL_COOKIE": COOKIE})
+    assert result.returncode == EXIT_CODES["timeout"], result.stderr
+    assert result.stderr == (
+        f"rpcctl: error: {node}: the app accepted the connection but did not answer within 1s "
+        "(it may be stopped, blocked by native code, or out of descriptors: on its host, "
+        "`py-spy dump --pid PID` shows where it is)\n"
+    )
+
+
+def non_loopback_address() -> str:
+    """An IPv4 address of this host that is not loopback (the test skips without one)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: no packet is sent by a UDP connect
+            address = str(probe.getsockname()[0])
+        except OSError:
+            address = "127.0.0.1"
+    if address.startswith("127."):
+        pytest.skip("this host has no address other than loopback")
+    return address
