@@ -8,6 +8,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import resource
 import signal
 import socket
@@ -510,3 +511,41 @@ def non_loopback_address() -> str:
     if address.startswith("127."):
         pytest.skip("this host has no address other than loopback")
     return address
+
+
+# -- 4. a blocked event loop is named ----------------------------------------------------------
+
+INTROAPP = APPS / "introapp.py"
+
+
+def test_health_names_what_blocks_the_event_loop(short_tmp: Path) -> None:
+    app = AppProcess(
+        [sys.executable, str(INTROAPP)],
+        node=f"unix:{short_tmp}/run/agent.sock",
+        env={"INTROAPP_LOOP": "1"},
+    )
+    gate = short_tmp / "gate"
+    blocker = popen_rpcctl("-n", app.node, "rpc", f"introapp.block_loop({str(gate)!r})")
+    try:
+        assert blocker.stdout is not None
+        assert blocker.stdout.readline() == "blocking\n"  # the coroutine now sleeps on the loop
+        health = app.rpcctl("health")
+        stack = app.rpcctl("stack")
+    finally:
+        gate.touch()
+        blocker.communicate(timeout=DEADLINE)
+        app.close()
+    sleeping = next(
+        number
+        for number, line in enumerate(INTROAPP.read_text().splitlines(), 1)
+        if "time.sleep(TICK)  # on purpose" in line
+    )
+    assert health.returncode == EXIT_CODES["unhealthy"], health.stderr
+    assert re.search(
+        r"^FAIL  agent\.event_loop +\d+ ms  the event loop is blocked for over \d+\.\d s in "
+        rf"block_loop \(introapp\.py:{sleeping}\) \(threshold 1s; `rpcctl stack` shows the "
+        r"whole stack\)$",
+        health.stdout,
+        re.M,
+    ), health.stdout
+    assert f'introapp.py", line {sleeping}, in block_loop' in stack.stdout  # still in full
