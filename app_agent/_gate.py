@@ -86,6 +86,17 @@ class _Pending:
         self.unknown = ""  # why a named identity cannot be this connection (logged only)
 
 
+class _Starved:
+    """An episode of accept() failing for lack of descriptors."""
+
+    __slots__ = ("logged", "since", "tries")
+
+    def __init__(self, since: float) -> None:
+        self.since = since
+        self.tries = 0
+        self.logged = False
+
+
 class Gate:
     """Accepts connections on *listener* and runs their handshakes on one thread.
 
@@ -137,6 +148,8 @@ class Gate:
         self._closed = False
         self._registered = False
         self._accept_paused_until: float | None = None
+        self._starved: _Starved | None = None  # while accept() fails for lack of descriptors
+        self._starved_logged = -ERROR_LOG_INTERVAL
         self._errors = 0  # errors of the loop in a row
         self._error_logged = 0.0
 
@@ -271,17 +284,47 @@ class Gate:
             except OSError as exc:
                 if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     raise
-                # Out of descriptors: stop accepting for a moment instead of spinning on a
-                # listener that stays readable.
-                self.refusals.note("unknown", f"cannot accept: {exc.strerror}", "none")
-                self._selector.unregister(self.listener)
-                self._accept_paused_until = time.monotonic() + 0.1
+                self._cannot_accept(exc)
                 return
+            if self._starved is not None:
+                self._accepting_again()
             try:
                 self._admit_new(sock, address)
             except BaseException:
                 sock.close()
                 raise
+
+    def _cannot_accept(self, exc: OSError) -> None:
+        """Out of descriptors (or memory): stop accepting for a pause that grows while it
+        lasts, instead of spinning on a listener that stays readable. Logged once per
+        episode (and no more than once per ERROR_LOG_INTERVAL); connections wait in the
+        listen queue meanwhile."""
+        now = time.monotonic()
+        starved = self._starved
+        if starved is None:
+            starved = self._starved = _Starved(now)
+            if now >= self._starved_logged + ERROR_LOG_INTERVAL:
+                self._starved_logged = now
+                starved.logged = True
+                self.log.warning(
+                    "gate.cannot_accept",
+                    error=exc.strerror,
+                    errno=errno.errorcode.get(exc.errno or 0, str(exc.errno)),
+                    reason="new connections wait in the listen queue until descriptors "
+                    "are free; accept is retried with a growing pause",
+                )
+        starved.tries += 1
+        self._selector.unregister(self.listener)
+        self._accept_paused_until = now + min(0.01 * 2**starved.tries, 0.5)
+
+    def _accepting_again(self) -> None:
+        starved, self._starved = self._starved, None
+        if starved is not None and starved.logged:
+            self.log.info(
+                "gate.accepting_again",
+                paused_s=round(time.monotonic() - starved.since, 3),
+                tries=starved.tries,
+            )
 
     def _admit_new(self, sock: socket.socket, address: Any) -> None:
         sock.setblocking(False)

@@ -549,3 +549,50 @@ def test_health_names_what_blocks_the_event_loop(short_tmp: Path) -> None:
         re.M,
     ), health.stdout
     assert f'introapp.py", line {sleeping}, in block_loop' in stack.stdout  # still in full
+
+
+# -- 6. descriptors exhausted ------------------------------------------------------------------
+
+NOFILE = 64
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_out_of_descriptors_the_gate_backs_off_logs_once_and_answers_again(
+    short_tmp: Path,
+) -> None:
+    app = AppProcess(
+        SICKAPP,
+        node=f"unix:{short_tmp}/run/agent.sock",
+        env={"SICKAPP_NOFILE": str(NOFILE), "SICKAPP_DIR": str(short_tmp)},
+    )
+    pid = app.proc.pid
+    try:
+        for episode in (1, 2):  # the second within the log's interval: not logged again
+            os.kill(pid, signal.SIGUSR1)
+            wait_until((short_tmp / f"holding-{episode}").exists, what="every descriptor held")
+            before = cpu_seconds(pid)
+            starved = [app.rpcctl("ping", "--timeout", "1") for _ in range(3)]
+            spent = cpu_seconds(pid) - before
+            (short_tmp / f"release-{episode}").touch()
+            wait_until(lambda: app.rpcctl("ping").returncode == 0, what="answers again")
+            for result in starved:
+                assert result.returncode == EXIT_CODES["timeout"], result.stderr
+                assert (
+                    f"the app (pid {pid}) has all {NOFILE} descriptors it may open "
+                    "(RLIMIT_NOFILE) in use, so it cannot accept the connection; "
+                    f"`ls -l /proc/{pid}/fd` shows what holds them\n"
+                ) in result.stderr
+            # Three seconds and more without descriptors: a gate that spun would burn them.
+            assert spent < 0.5, f"{spent:.2f} s of CPU while out of descriptors"
+        assert app.rpcctl("info").returncode == 0
+    finally:
+        log = app.stderr()
+        app.close()
+    events = [json.loads(line)["event"] for line in log.splitlines() if line.startswith("{")]
+    assert events.count("gate.cannot_accept") == 1, log
+    assert events.count("gate.accepting_again") == 1, log
+    assert "gate.error" not in events

@@ -1,8 +1,9 @@
 """A host application that falls ill on request, for tests/test_sick.py.
 
-Run as ``python sickapp.py``; it reads RPCCTL_NODE (and SICKAPP_NOFILE, a descriptor
-limit to run under), starts the agent, prints ``READY <node>`` on stdout and serves until
-SIGTERM. Its tasks hold the GIL in one C call, or every descriptor the app may open.
+Run as ``python sickapp.py``; it reads RPCCTL_NODE (SICKAPP_NOFILE, a descriptor limit
+to run under, and SICKAPP_DIR), starts the agent, prints ``READY <node>`` on stdout and
+serves until SIGTERM. Its task holds the GIL in one C call; on SIGUSR1 it holds every
+descriptor it may open (marking it in SICKAPP_DIR).
 """
 
 from __future__ import annotations
@@ -28,10 +29,14 @@ def hold_gil(marker: str) -> int:
     return sum(range(10**12))
 
 
-@task
-def hold_descriptors(marker: str, gate: str) -> int:
-    """Open descriptors until none is left, make directory MARKER (mkdir needs none), keep
-    them until GATE (a file) exists; the number held."""
+_episodes = iter(range(1, 1000))
+
+
+def hold_descriptors(directory: str) -> None:
+    """Open descriptors until none is left, make directory DIRECTORY/holding-N (mkdir
+    needs none), keep them until DIRECTORY/release-N exists. Run on SIGUSR1 (N counts the
+    signals), not as a task: a connection of its own would free a descriptor as it ends."""
+    episode = next(_episodes)
     held = []
     try:
         while True:
@@ -39,20 +44,26 @@ def hold_descriptors(marker: str, gate: str) -> int:
     except OSError:
         pass
     try:
-        os.mkdir(marker)
+        os.mkdir(f"{directory}/holding-{episode}")
         deadline = time.monotonic() + HOLD_SECONDS
-        while not os.path.exists(gate) and time.monotonic() < deadline:
+        while not os.path.exists(f"{directory}/release-{episode}"):
+            if time.monotonic() > deadline:
+                break
             time.sleep(TICK)
     finally:
         for fd in held:
             os.close(fd)
-    return len(held)
 
 
 def main() -> None:
     limit = os.environ.get("SICKAPP_NOFILE")
     if limit:
         resource.setrlimit(resource.RLIMIT_NOFILE, (int(limit), int(limit)))
+    directory = os.environ.get("SICKAPP_DIR", ".")
+    signal.signal(
+        signal.SIGUSR1,
+        lambda *_: threading.Thread(target=hold_descriptors, args=(directory,)).start(),
+    )
     agent = app_agent.start(app="sickapp")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
