@@ -40,5 +40,6 @@ def test_quick_benchmark_prints_every_row(tmp_path: object) -> None:
         "rpcctl ping of 5 agents",
         "profiler at 100 Hz: CPU-bound host loop slowdown",
         "profiler at 100 Hz: extra CPU per unit of the host's work",
+        "long run: 500 calls on one connection + 20 short connections",
     ):
         assert row in table, row
