@@ -382,7 +382,7 @@ class Agent:
 
 # -- the process-wide singleton -----------------------------------------------------------
 
-_lock = threading.Lock()
+_lock = threading.RLock()  # re-entrant: stop() from a signal handler that interrupted start()
 _current: Agent | None = None
 refusal: str | None = None
 """Why this process must never start an agent, when it must not: ``python -m
@@ -489,7 +489,7 @@ def _running_loop() -> Any:
 
 def _after_fork_in_child() -> None:
     global _current, _lock, _starting
-    _lock = threading.Lock()  # another thread may have held it at the moment of the fork
+    _lock = threading.RLock()  # another thread may have held it at the moment of the fork
     _starting = None  # a start() under way in another thread did not come along
     agent, _current = _current, None
     if agent is not None:

@@ -187,6 +187,34 @@ def test_start_from_another_thread_while_task_modules_import_is_refused(short_tm
     assert result.stdout.splitlines()[-1] == "started again"
 
 
+STOP_INSIDE_START = """
+import signal, sys
+import app_agent
+from app_agent import _agent
+
+agent = app_agent.start(node=sys.argv[1], app="signal")
+signal.signal(signal.SIGUSR1, lambda *_: agent.stop())
+with _agent._lock:  # as inside start()'s checks, when a signal arrives
+    signal.raise_signal(signal.SIGUSR1)  # the handler stops the agent on this same thread
+print("stopped" if app_agent.current() is None else "running")
+"""
+
+
+def test_stop_from_a_signal_handler_that_interrupted_start_does_not_deadlock(
+    short_tmp: Path,
+) -> None:
+    script = short_tmp / "stop_in_handler.py"
+    script.write_text(STOP_INSIDE_START)
+    result = subprocess.run(
+        [sys.executable, str(script), f"unix:{short_tmp}/agent.sock"],
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,  # a stop() waiting for the lock its own thread holds hangs here
+        check=False,
+    )
+    assert (result.returncode, result.stdout) == (0, "stopped\n"), result.stderr
+
+
 # -- 1. the gate never dies --------------------------------------------------------------------
 
 
