@@ -23,6 +23,7 @@ import pytest
 from structlog.testing import capture_logs
 
 import app_agent
+import rpcctl
 from app_agent import _gate, _job
 from app_agent._registry import Task
 from conftest import (
@@ -440,6 +441,23 @@ def test_a_stopped_app_is_named_with_how_to_resume_it(any_app: AppProcess, comma
         "it\n"
     )
     assert rpcctl_of(any_app, "ping").returncode == 0
+
+
+def test_a_kept_connection_to_an_app_that_stops_says_it_is_stopped(sample_app: AppProcess) -> None:
+    pid = sample_app.proc.pid
+    with rpcctl.connect(sample_app.node, timeout=1) as app:
+        assert app.ping() == "pong"
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            wait_until(lambda: proc_state(pid) == "T", what="the app to stop")
+            with pytest.raises(rpcctl.CallTimeout) as raised:
+                app.info()
+        finally:
+            os.kill(pid, signal.SIGCONT)
+    assert raised.value.message == (
+        f"{sample_app.node}: no answer to info within 1s: the app (pid {pid}) is stopped — "
+        f"SIGSTOP or a debugger; `kill -CONT {pid}` resumes it"
+    )
 
 
 def proc_state(pid: int) -> str:
