@@ -381,6 +381,12 @@ def test_an_app_out_of_threads_refuses_calls_in_words_answers_pings_and_recovers
         pinged = run_rpcctl("-n", node, "ping")
         assert command(b"o") == "one"  # room for a connection's thread, none for a job's
         job_refused = run_rpcctl("-n", node, "rpc", "test_sick.hungry_echo(1)")
+        checks: list[subprocess.CompletedProcess[str]] = []
+        # The connection's thread runs (once the last one has exited), its checks cannot.
+        wait_until(
+            lambda: checks.append(run_rpcctl("-n", node, "health")) or checks[-1].returncode != 7,
+            what="health with room for its connection only",
+        )
         assert command(b"r") == "released"
         again = run_rpcctl("-n", node, "rpc", "test_sick.hungry_echo(2)")
     finally:
@@ -394,6 +400,9 @@ def test_an_app_out_of_threads_refuses_calls_in_words_answers_pings_and_recovers
     assert (pinged.returncode, pinged.stdout) == (0, "pong\n"), pinged.stderr
     assert job_refused.returncode == EXIT_CODES["busy"], job_refused.stderr
     assert "the app cannot start a thread (it has" in job_refused.stderr
+    assert checks[-1].returncode == EXIT_CODES["unhealthy"], checks[-1].stderr
+    assert "FAIL  agent.jobs" in checks[-1].stdout
+    assert "the app cannot start a thread (it has" in checks[-1].stdout
     assert (again.returncode, again.stdout) == (0, "2\n"), again.stderr  # no restart needed
     events = [json.loads(line) for line in log.read_text().splitlines()]
     reasons = [e.get("reason", "") for e in events if e["event"] == "connection.refused"]
