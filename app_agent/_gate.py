@@ -151,7 +151,8 @@ class Gate:
         self._starved: _Starved | None = None  # while accept() fails for lack of descriptors
         self._starved_logged = -ERROR_LOG_INTERVAL
         self._errors = 0  # errors of the loop in a row
-        self._error_logged = 0.0
+        self._error_logged = -ERROR_LOG_INTERVAL
+        self._errors_unlogged = 0
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -171,6 +172,9 @@ class Gate:
                     self._turn()
                 except Exception as exc:  # noqa: BLE001  (the gate outlives any error: logged)
                     self._on_error(exc)
+                    # A pause that grows while the loop keeps failing, so it cannot spin.
+                    self._errors += 1
+                    time.sleep(min(0.001 * 2**self._errors, 0.5))
                 else:
                     self._errors = 0
         finally:
@@ -199,25 +203,25 @@ class Gate:
         self._housekeeping()
 
     def _on_error(self, exc: Exception, pending: _Pending | None = None) -> None:
-        """An error of the gate's own: one ``gate.error`` line (then one per
-        ERROR_LOG_INTERVAL while errors go on), the connection it was handling closed, and
-        a pause that grows while the errors repeat, so a broken loop cannot spin."""
-        self._errors += 1
+        """An error of the gate's own: a ``gate.error`` line (at most one per
+        ERROR_LOG_INTERVAL, counting the errors not logged since), and the connection it
+        was handling closed."""
         now = time.monotonic()
-        if self._errors == 1 or now >= self._error_logged + ERROR_LOG_INTERVAL:
+        if now >= self._error_logged + ERROR_LOG_INTERVAL:
             self._error_logged = now
             self.log.error(
                 "gate.error",
                 error=f"{type(exc).__name__}: {exc}",
-                in_a_row=self._errors,
+                not_logged_before=self._errors_unlogged,
                 peer=pending.peer if pending is not None else None,
                 exc_info=exc,
             )
+            self._errors_unlogged = 0
+        else:
+            self._errors_unlogged += 1
         if pending is not None:
             with contextlib.suppress(OSError, ValueError):
                 self._close(pending)
-        if self._errors > 1:
-            time.sleep(min(0.001 * 2**self._errors, 0.5))
 
     def close(self) -> None:
         """Ask the loop to end (from any thread); it closes the listener on its way out."""
