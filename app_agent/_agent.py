@@ -11,10 +11,11 @@ import socket
 import stat
 import sys
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from typing import Any, Unpack
 
-from app_agent import _capture
+from app_agent import _capture, _threads
 from app_agent import _readiness as readiness
 from app_agent._access import Identity
 from app_agent._gate import Gate
@@ -23,6 +24,7 @@ from app_agent._locks import backend as lock_backends
 from app_agent._registry import Registry, import_task_modules
 from app_agent._registry import registry as global_registry
 from app_agent._state import AgentState
+from app_agent._threads import NoThread
 from app_agent.config import AgentConfig, StartOptions, app_modules, distribution_version
 from app_agent.config import load as load_config
 from app_agent.exceptions import (
@@ -40,6 +42,9 @@ _rpyc_logger = logging.getLogger("app_agent.rpyc")
 _rpyc_logger.setLevel(logging.WARNING)
 
 _UNIX_PATH_MAX = 107  # sun_path is 108 bytes on Linux, NUL included
+RESTARTS = 3
+RESTART_WINDOW = 60.0
+"""The agent's loop is run again at most RESTARTS times in RESTART_WINDOW seconds."""
 
 
 class Agent:
@@ -84,6 +89,7 @@ class Agent:
         self._served: set[Any] = set()
         self._socket_inode: tuple[int, int] | None = None
         self._stopped = threading.Event()
+        self._stopping = threading.Lock()  # stop() is one transition: one caller wins
         self.gate = Gate(
             self._bind(),
             self.log,
@@ -97,9 +103,9 @@ class Agent:
             app=config.app,
             version=config.version,
         )
-        self._thread = threading.Thread(
-            target=self.gate.serve_forever, name="rpcctl-agent", daemon=True
-        )
+        self._thread = threading.Thread(target=self._run, name="rpcctl-agent", daemon=True)
+        self.down: str | None = None
+        """Why the agent's thread ended for good while nobody stopped the agent, if it did."""
 
     @property
     def node(self) -> str:
@@ -167,18 +173,34 @@ class Agent:
         with self._served_lock:
             return len(self._served) < self.max_connections
 
-    def _hand_over(self, sock: Any, peer: str, auth: str, identity: Identity) -> None:
-        """Serve an admitted connection on a thread of its own (called on the gate's thread)."""
-        with self._served_lock:
-            self._served.add(sock)
-        threading.Thread(
+    def _hand_over(
+        self, sock: Any, peer: str, auth: str, identity: Identity
+    ) -> Callable[[bool], None]:
+        """Ready a thread of its own for an admitted connection (called on the gate's
+        thread, before it answers); NoThread when the app cannot start one. The thread
+        waits for the gate's word: serve (True) or leave the socket alone (False)."""
+        word = _Word()
+        thread = threading.Thread(
             target=self._serve,
-            args=(sock, peer, auth, identity),
+            args=(sock, peer, auth, identity, word),
             name="rpcctl-agent-conn",
             daemon=True,
-        ).start()
+        )
+        with self._served_lock:
+            self._served.add(sock)
+        try:
+            _threads.start(thread)
+        except NoThread:
+            with self._served_lock:
+                self._served.discard(sock)
+            raise
+        return word.say
 
-    def _serve(self, sock: Any, peer: str, auth: str, identity: Identity) -> None:
+    def _serve(self, sock: Any, peer: str, auth: str, identity: Identity, word: _Word) -> None:
+        if not word.wait():
+            with self._served_lock:
+                self._served.discard(sock)
+            return  # the gate could not answer: the socket is its to close
         # RPyC loads with the first admitted connection: an agent that is only pinged
         # (probes: the gate answers them) never carries it.
         import rpyc
@@ -244,6 +266,44 @@ class Agent:
 
     # -- lifecycle -------------------------------------------------------------------------
 
+    def _run(self) -> None:
+        """The agent's thread: the gate's loop. The loop itself outlives any error; should
+        something still end it (an exception injected into the thread, say), it is run
+        again, up to RESTARTS times in RESTART_WINDOW seconds; past that the agent says it
+        is down (``agent.down``) and stops, so nothing pretends it is alive."""
+        restarts: list[float] = []
+        while True:
+            try:
+                self.gate.serve_forever()
+                return
+            # The agent's thread must say why it ends, whatever ended it.
+            except BaseException as exc:
+                if self._stopped.is_set():
+                    return
+                now = time.monotonic()
+                restarts = [t for t in restarts if now - t < RESTART_WINDOW]
+                if len(restarts) >= RESTARTS:
+                    self._go_down(exc)
+                    return
+                restarts.append(now)
+                self.log.error(
+                    "gate.error",
+                    error=f"{type(exc).__name__}: {exc}",
+                    restart=len(restarts),
+                    exc_info=exc,
+                )
+
+    def _go_down(self, exc: BaseException) -> None:
+        self.down = f"the agent's thread failed {RESTARTS + 1} times: {type(exc).__name__}: {exc}"
+        self.log.error("agent.down", node=self.node, reason=self.down, exc_info=exc)
+        self.gate.shut()
+        self.stop()
+
+    @property
+    def alive(self) -> bool:
+        """Whether the agent serves: started, not stopped, and its thread running."""
+        return self._thread.is_alive() and not self._stopped.is_set()
+
     def serve(self) -> None:
         """Start serving on the agent's thread (``app_agent.start`` does this; an Agent made
         directly, as the benchmark makes many in one process, must call it)."""
@@ -271,12 +331,15 @@ class Agent:
                 )
 
     def stop(self) -> None:
-        """Close the server and every connection, and remove the socket file."""
-        if self._stopped.is_set():
-            return
-        self._stopped.set()
+        """Close the server and every connection, and remove the socket file. Idempotent:
+        of concurrent calls one stops the agent, the others return at once."""
+        with self._stopping:
+            if self._stopped.is_set():
+                return
+            self._stopped.set()
         self.gate.close()
-        self._thread.join(timeout=5)
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout=5)
         with self._served_lock:
             served = list(self._served)
         for sock in served:  # wakes each connection's thread, which then cleans up
@@ -302,6 +365,7 @@ class Agent:
         sockets belong to the parent. Close the child's copies of the descriptors (never
         shutdown(), which would reach the parent's socket too) and forget the socket file,
         so the child neither serves nor deletes what its parent owns."""
+        self._stopping = threading.Lock()  # a parent's thread may have held it at the fork
         self._stopped.set()
         self._socket_inode = None
         self.gate.abandon()
@@ -318,11 +382,14 @@ class Agent:
 
 # -- the process-wide singleton -----------------------------------------------------------
 
-_lock = threading.Lock()
+_lock = threading.RLock()  # re-entrant: stop() from a signal handler that interrupted start()
 _current: Agent | None = None
 refusal: str | None = None
 """Why this process must never start an agent, when it must not: ``python -m
 app_agent.eval`` sets it, so a task module that starts the app on import is named."""
+_starting: str | None = None
+"""While a start() runs: the task module it imports, "" outside its imports. start() does
+not hold _lock while it imports, so a task module that calls start() is refused at once."""
 
 
 def _forget(agent: Agent) -> None:
@@ -343,17 +410,33 @@ def start(
     Started inside a running asyncio event loop, the agent runs ``async def`` tasks on that
     loop, so they can use the app's async resources; sync tasks always run on threads.
     """
-    global _current
+    global _current, _starting
     with _lock:
         if refusal is not None:
             raise AgentError(refusal)
         if _current is not None:
             msg = f"an agent is already running in this process on {_current.node}"
             raise AgentAlreadyRunning(msg)
+        if _starting:
+            msg = (
+                f"app_agent.start() was called by module {_calling_module(sys._getframe(1))} "
+                f"while the agent imported its task modules ({_starting}): start the agent "
+                "from the app's entry point (its __main__, a server hook), not from a task "
+                "module"
+            )
+            raise AgentError(msg)
+        if _starting is not None:
+            msg = "another thread is starting this process's agent"
+            raise AgentAlreadyRunning(msg)
+        _starting = ""
+    try:
         config = load_config(node, **options)
         locks = lock_backend(config)
         tasks = tuple(tasks)
-        import_task_modules(tasks)
+        for module in tasks:
+            _starting = module
+            import_task_modules((module,))
+        _starting = ""
         if config.version is None:
             # The app's own code: the modules named by tasks=, then those of its tasks.
             found = (*tasks, *(t.func.__module__ for t in global_registry.all()))
@@ -362,8 +445,21 @@ def start(
             readiness.set_ready(config.ready)
         agent = Agent(config, locks=locks, loop=_running_loop())
         agent.serve()
-        _current = agent
+        with _lock:
+            _current = agent
         return agent
+    finally:
+        _starting = None
+
+
+def _calling_module(frame: Any) -> str:
+    """The module of the innermost frame from *frame* outward that is not the agent's."""
+    while frame is not None:
+        name = str(frame.f_globals.get("__name__", "?"))
+        if name != "app_agent" and not name.startswith("app_agent."):
+            return name
+        frame = frame.f_back
+    return "?"
 
 
 def lock_backend(config: AgentConfig) -> Backend:
@@ -392,8 +488,9 @@ def _running_loop() -> Any:
 
 
 def _after_fork_in_child() -> None:
-    global _current, _lock
-    _lock = threading.Lock()  # another thread may have held it at the moment of the fork
+    global _current, _lock, _starting
+    _lock = threading.RLock()  # another thread may have held it at the moment of the fork
+    _starting = None  # a start() under way in another thread did not come along
     agent, _current = _current, None
     if agent is not None:
         agent._abandon_in_child()
@@ -403,5 +500,24 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def current() -> Agent | None:
-    """The running agent of this process, if any."""
-    return _current
+    """The running agent of this process, if any: never one whose thread has ended."""
+    agent = _current
+    return agent if agent is not None and agent.alive else None
+
+
+class _Word:
+    """The gate's one word to a connection's thread: serve, or not."""
+
+    __slots__ = ("_event", "_serve")
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._serve = False
+
+    def say(self, serve: bool) -> None:
+        self._serve = serve
+        self._event.set()
+
+    def wait(self) -> bool:
+        self._event.wait()
+        return self._serve

@@ -33,6 +33,7 @@ from app_agent import _readiness as readiness
 from app_agent import wire
 from app_agent._access import UNRESTRICTED, Access, Identity, certificate_subject
 from app_agent._refusals import RefusalLog, Refused, short
+from app_agent._threads import NoThread
 from app_agent.wire import ErrorKind, cookies
 from app_agent.wire.records import RecordSocket
 
@@ -40,6 +41,8 @@ _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
 _ACCEPT_BATCH = 64
 """Connections accepted per wake-up, so handshakes in progress keep their turn."""
+ERROR_LOG_INTERVAL = 10.0
+"""Seconds between two ``gate.error`` lines while the same trouble goes on."""
 
 
 class _Pending:
@@ -83,11 +86,25 @@ class _Pending:
         self.unknown = ""  # why a named identity cannot be this connection (logged only)
 
 
+class _Starved:
+    """An episode of accept() failing for lack of descriptors."""
+
+    __slots__ = ("logged", "since", "tries")
+
+    def __init__(self, since: float) -> None:
+        self.since = since
+        self.tries = 0
+        self.logged = False
+
+
 class Gate:
     """Accepts connections on *listener* and runs their handshakes on one thread.
 
     *has_room* says whether another RPyC connection may be served; *hand_over* takes an
-    admitted connection (socket-like, peer, auth, identity) and serves it elsewhere. With
+    admitted connection (socket-like, peer, auth, identity) and readies a thread to serve
+    it, raising :class:`~app_agent._threads.NoThread` when it cannot; it returns the
+    function the gate calls once it has answered: with True the thread serves, with False
+    (the answer could not be sent) it ends without touching the socket. With
     *access*, connections are its identities and the agent's *cookie* is not used. *app*
     and *version* are reported in every answer.
     """
@@ -100,7 +117,7 @@ class Gate:
         cookie: bytes | None,
         tls: ssl.SSLContext | None,
         has_room: Callable[[], bool],
-        hand_over: Callable[[Any, str, str, Identity], None],
+        hand_over: Callable[[Any, str, str, Identity], Callable[[bool], None]],
         max_pending: int = 512,
         handshake_timeout: float = wire.HANDSHAKE_TIMEOUT,
         access: Access | None = None,
@@ -128,39 +145,83 @@ class Gate:
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._closing = False
+        self._closed = False
+        self._registered = False
         self._accept_paused_until: float | None = None
+        self._starved: _Starved | None = None  # while accept() fails for lack of descriptors
+        self._starved_logged = -ERROR_LOG_INTERVAL
+        self._errors = 0  # errors of the loop in a row
+        self._error_logged = -ERROR_LOG_INTERVAL
+        self._errors_unlogged = 0
 
     # -- the loop ------------------------------------------------------------------------------
 
     def serve_forever(self) -> None:
-        self.listener.setblocking(False)
-        self._wake_r.setblocking(False)
-        self._selector.register(self.listener, _READ, "listener")
-        self._selector.register(self._wake_r, _READ, "wake")
+        """Serve until close(). No error ends the loop: each is logged (``gate.error``) and
+        the loop goes on. Anything that still escapes (a BaseException) leaves the listener
+        open, so the loop can be run again (``Agent._run`` does)."""
+        if not self._registered:
+            self.listener.setblocking(False)
+            self._wake_r.setblocking(False)
+            self._selector.register(self.listener, _READ, "listener")
+            self._selector.register(self._wake_r, _READ, "wake")
+            self._registered = True
         try:
             while not self._closing:
-                ready = self._selector.select(self._next_timeout())
-                accept = False
-                # Handshakes first, then new connections: a caller whose line has arrived is
-                # answered before a flood of arrivals can evict it.
-                for key, _mask in ready:
-                    if key.data == "listener":
-                        accept = True
-                    elif key.data == "wake":
-                        with contextlib.suppress(OSError):
-                            self._wake_r.recv(64)
-                    else:
-                        self._step(key.data)
-                if accept:
-                    self._accept()
-                self._housekeeping()
+                try:
+                    self._turn()
+                except Exception as exc:  # noqa: BLE001  (the gate outlives any error: logged)
+                    self._on_error(exc)
+                    # A pause that grows while the loop keeps failing, so it cannot spin.
+                    self._errors += 1
+                    time.sleep(min(0.001 * 2**self._errors, 0.5))
+                else:
+                    self._errors = 0
         finally:
-            for pending in list(self._pending.values()):
+            if self._closing:
+                self.shut()
+
+    def _turn(self) -> None:
+        """One wake-up of the loop."""
+        ready = self._selector.select(self._next_timeout())
+        accept = False
+        # Handshakes first, then new connections: a caller whose line has arrived is
+        # answered before a flood of arrivals can evict it.
+        for key, _mask in ready:
+            if key.data == "listener":
+                accept = True
+            elif key.data == "wake":
+                with contextlib.suppress(OSError):
+                    self._wake_r.recv(64)
+            else:
+                try:
+                    self._step(key.data)
+                except Exception as exc:  # noqa: BLE001  (one connection's trouble: logged)
+                    self._on_error(exc, key.data)
+        if accept:
+            self._accept()
+        self._housekeeping()
+
+    def _on_error(self, exc: Exception, pending: _Pending | None = None) -> None:
+        """An error of the gate's own: a ``gate.error`` line (at most one per
+        ERROR_LOG_INTERVAL, counting the errors not logged since), and the connection it
+        was handling closed."""
+        now = time.monotonic()
+        if now >= self._error_logged + ERROR_LOG_INTERVAL:
+            self._error_logged = now
+            self.log.error(
+                "gate.error",
+                error=f"{type(exc).__name__}: {exc}",
+                not_logged_before=self._errors_unlogged,
+                peer=pending.peer if pending is not None else None,
+                exc_info=exc,
+            )
+            self._errors_unlogged = 0
+        else:
+            self._errors_unlogged += 1
+        if pending is not None:
+            with contextlib.suppress(OSError, ValueError):
                 self._close(pending)
-            self.refusals.flush()
-            self._selector.close()
-            for sock in (self._wake_r, self._wake_w, self.listener):
-                sock.close()
 
     def close(self) -> None:
         """Ask the loop to end (from any thread); it closes the listener on its way out."""
@@ -168,10 +229,25 @@ class Gate:
         with contextlib.suppress(OSError):
             self._wake_w.send(b"x")
 
+    def shut(self) -> None:
+        """Close every descriptor of the gate (the loop does, on its way out); idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._closing = True
+        for pending in list(self._pending.values()):
+            with contextlib.suppress(OSError, ValueError):
+                self._close(pending)
+        self.refusals.flush()
+        self._selector.close()
+        for sock in (self._wake_r, self._wake_w, self.listener):
+            sock.close()
+
     def abandon(self) -> None:
         """In a forked child: close this process's copies of the descriptors, nothing more."""
         for pending in self._pending.values():
             pending.sock.close()
+        self._selector.close()  # this process's descriptor of it: the parent keeps its own
         for sock in (self._wake_r, self._wake_w, self.listener):
             sock.close()
 
@@ -212,13 +288,47 @@ class Gate:
             except OSError as exc:
                 if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     raise
-                # Out of descriptors: stop accepting for a moment instead of spinning on a
-                # listener that stays readable.
-                self.refusals.note("unknown", f"cannot accept: {exc.strerror}", "none")
-                self._selector.unregister(self.listener)
-                self._accept_paused_until = time.monotonic() + 0.1
+                self._cannot_accept(exc)
                 return
-            self._admit_new(sock, address)
+            if self._starved is not None:
+                self._accepting_again()
+            try:
+                self._admit_new(sock, address)
+            except BaseException:
+                sock.close()
+                raise
+
+    def _cannot_accept(self, exc: OSError) -> None:
+        """Out of descriptors (or memory): stop accepting for a pause that grows while it
+        lasts, instead of spinning on a listener that stays readable. Logged once per
+        episode (and no more than once per ERROR_LOG_INTERVAL); connections wait in the
+        listen queue meanwhile."""
+        now = time.monotonic()
+        starved = self._starved
+        if starved is None:
+            starved = self._starved = _Starved(now)
+            if now >= self._starved_logged + ERROR_LOG_INTERVAL:
+                self._starved_logged = now
+                starved.logged = True
+                self.log.warning(
+                    "gate.cannot_accept",
+                    error=exc.strerror,
+                    errno=errno.errorcode.get(exc.errno or 0, str(exc.errno)),
+                    reason="new connections wait in the listen queue until descriptors "
+                    "are free; accept is retried with a growing pause",
+                )
+        starved.tries += 1
+        self._selector.unregister(self.listener)
+        self._accept_paused_until = now + min(0.01 * 2**starved.tries, 0.5)
+
+    def _accepting_again(self) -> None:
+        starved, self._starved = self._starved, None
+        if starved is not None and starved.logged:
+            self.log.info(
+                "gate.accepting_again",
+                paused_s=round(time.monotonic() - starved.since, 3),
+                tries=starved.tries,
+            )
 
     def _admit_new(self, sock: socket.socket, address: Any) -> None:
         sock.setblocking(False)
@@ -458,23 +568,14 @@ class Gate:
                 cookies.answer_digest(fields),
                 identity=pending.named,
             )
-        self._send(pending, fields)
-        self._forget(pending)
         auth = "+".join(pending.methods) or "none"
         identity = pending.identity or UNRESTRICTED
-        # Probes connect every few seconds: only refusals, stops and calls log at info.
-        self.log.debug(
-            "connection.accepted",
-            peer=pending.peer,
-            op=pending.op,
-            auth=auth,
-            identity=identity.name,
-        )
         if pending.op == "ping":
-            pending.sock.close()
+            self._send(pending, fields)
+            self._accepted(pending, auth, identity)
+            self._close(pending)
             return
         sock: Any = pending.sock
-        sock.setblocking(True)
         if pending.secret is not None and self.tls is None:
             to_agent, to_client = cookies.frame_keys(
                 pending.secret,
@@ -484,7 +585,36 @@ class Gate:
                 identity=pending.named,
             )
             sock = RecordSocket(sock, send_key=to_client, recv_key=to_agent)
-        self.hand_over(sock, pending.peer, auth, identity)
+        # The thread first, then the answer: a connection the app has no thread for is
+        # refused in words (exit 7), not answered "ok" and then dropped.
+        try:
+            serve = self.hand_over(sock, pending.peer, auth, identity)
+        except NoThread as exc:
+            raise Refused(
+                f"no thread for the connection: {exc}",
+                ErrorKind.BUSY,
+                f"{exc}; this call is refused, pings still answer: try again once the app "
+                "has fewer threads",
+            ) from None
+        admitted = False
+        try:
+            self._send(pending, fields)
+            self._forget(pending)
+            pending.sock.setblocking(True)
+            admitted = True
+        finally:
+            serve(admitted)
+        self._accepted(pending, auth, identity)
+
+    def _accepted(self, pending: _Pending, auth: str, identity: Identity) -> None:
+        # Probes connect every few seconds: only refusals, stops and calls log at info.
+        self.log.debug(
+            "connection.accepted",
+            peer=pending.peer,
+            op=pending.op,
+            auth=auth,
+            identity=identity.name,
+        )
 
     # -- endings -------------------------------------------------------------------------------
 

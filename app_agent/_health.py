@@ -12,11 +12,13 @@ import dataclasses
 import inspect
 import math
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, overload
 
+from app_agent import _threads
 from app_agent._registry import _module_name
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -132,7 +134,12 @@ class _Run:
         self.future: Any = None  # an async check's future on the app's loop
 
     def start(self) -> None:
-        threading.Thread(target=self.body, name="rpcctl-health", daemon=True).start()
+        try:
+            _threads.start(threading.Thread(target=self.body, name="rpcctl-health", daemon=True))
+        except _threads.NoThread as exc:  # the check fails, saying why; the others still run
+            self.message = str(exc)
+            self.duration = time.monotonic() - self.started
+            self.done.set()
 
     def body(self) -> None:
         try:
@@ -275,16 +282,56 @@ def loop_lag(loop: Any, threshold: float) -> str:
     scheduled = time.monotonic()
     loop.call_soon_threadsafe(callback)
     if not ran.wait(threshold):
-        msg = (
-            f"the event loop is blocked: a callback scheduled {threshold:g}s ago has not run "
-            f"(threshold {threshold:g}s; `rpcctl stack` shows what the loop's thread is doing)"
-        )
+        where = blocking_frame(loop)
+        blocked = time.monotonic() - scheduled
+        if where is None:
+            msg = (
+                f"the event loop is blocked: a callback scheduled {blocked:.1f} s ago has not "
+                f"run (threshold {threshold:g}s; `rpcctl stack` shows what the loop's thread "
+                "is doing)"
+            )
+        else:
+            msg = (
+                f"the event loop is blocked for over {blocked:.1f} s in {where} (threshold "
+                f"{threshold:g}s; `rpcctl stack` shows the whole stack)"
+            )
         raise CheckFailed(msg)
     lag = ran_at[0] - scheduled
     if lag > threshold:
         msg = f"event loop lag {lag:.2f}s is above the threshold of {threshold:g}s"
         raise CheckFailed(msg)
     return f"lag {lag * 1000:.1f} ms"
+
+
+def blocking_frame(loop: Any) -> str | None:
+    """``function (file:line)`` of the innermost frame of the app's own code that the loop's
+    thread runs now (not asyncio's, the standard library's or the agent's, when there is
+    one); None when the loop's thread is unknown."""
+    ident = getattr(loop, "_thread_id", None)  # set by asyncio's run_forever (and uvloop's)
+    frame = sys._current_frames().get(ident) if ident is not None else None
+    innermost = frame
+    while frame is not None and _library_code(frame.f_code.co_filename):
+        frame = frame.f_back
+    frame = frame if frame is not None else innermost
+    if frame is None:
+        return None
+    from app_agent._profile import short_path
+
+    code = frame.f_code
+    return f"{code.co_qualname} ({short_path(code.co_filename)}:{frame.f_lineno})"
+
+
+_STDLIB = os.path.dirname(os.__file__) + os.sep
+_AGENT = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _library_code(filename: str) -> bool:
+    """Whether *filename* is the standard library's or the agent's (not the app's)."""
+    if filename.startswith("<"):  # frozen modules: importlib, zipimport
+        return True
+    if filename.startswith(_AGENT):
+        return True
+    return filename.startswith(_STDLIB) and "-packages" + os.sep not in filename
 
 
 def jobs_within_timeout(jobs: Any) -> str:

@@ -381,7 +381,12 @@ class Job:
 
     def summary(self, full: bool = True) -> dict[str, Any]:
         """State, times and outcome; *full* adds the result and the error's traceback (the
-        job listing carries neither)."""
+        job listing carries neither). Read under the job's lock: never a state without the
+        outcome that goes with it (``succeeded`` with ``result: null``)."""
+        with self._lock:
+            return self._summary(full)
+
+    def _summary(self, full: bool) -> dict[str, Any]:
         end = self.finished_at or time.time()
         summary: dict[str, Any] = {
             "id": self.id,

@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from app_agent import _capture, wire
+from app_agent import _capture, _threads, wire
 from app_agent._job import (
     CANCELLED,
     FAILED,
@@ -73,14 +73,14 @@ class Workers:
         self._idle_seconds = idle
 
     def submit(self, work: Callable[[], None]) -> None:
-        """Run *work* on a worker; raises (RuntimeError) when no thread can be started."""
+        """Run *work* on a worker; NoThread when no thread can be started."""
         with self._lock:
             if self._idle:
                 self._idle -= 1
                 self._queue.put(work)
                 return
         name = f"rpcctl-worker-{next(self._count)}"
-        threading.Thread(target=self._loop, args=(work,), name=name, daemon=True).start()
+        _threads.start(threading.Thread(target=self._loop, args=(work,), name=name, daemon=True))
 
     def _loop(self, work: Callable[[], None] | None) -> None:
         while work is not None:
@@ -214,7 +214,7 @@ class JobTable:
             if job.task.timeout is not None:
                 job.timer = threading.Timer(job.task.timeout, self._expire, (job,))
                 job.timer.daemon = True
-                job.timer.start()
+                _threads.start(job.timer)
             if not inline:
                 self._workers.submit(lambda: self._run(job, args, kwargs, lease))
         except BaseException as exc:

@@ -32,6 +32,7 @@ from app_agent._locks import Busy
 from app_agent._registry import Task
 from app_agent._service_console import ConsoleMethods
 from app_agent._service_introspect import IntrospectionMethods
+from app_agent._threads import NoThread
 from app_agent._version import __version__
 from app_agent.wire import ErrorKind
 
@@ -279,7 +280,10 @@ class AgentService(IntrospectionMethods, ConsoleMethods):
         except Busy as busy:
             self._log_finished(job, started)
             raise _Refused(wire.error(ErrorKind.BUSY, str(busy), job=job.id)) from None
-        except Exception as exc:  # noqa: BLE001  (a lock backend down, no thread left)
+        except NoThread as exc:  # the app is out of threads: busy, try again later
+            self._log_finished(job, started)
+            raise _Refused(wire.error(ErrorKind.BUSY, str(exc), job=job.id)) from None
+        except Exception as exc:  # noqa: BLE001  (a lock backend down)
             self._log_finished(job, started)
             raise _Refused(_start_failed(job, exc)) from None
 

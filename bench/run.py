@@ -701,6 +701,34 @@ def mem_overhead(report: Report, rounds: int, seconds: float) -> None:
                 f"host RSS +{found['rss_growth_bytes'] / 1024:.0f} KiB, "
                 f"snapshots {found['snapshots_s'] * 1000:.0f} ms",
             )
+def long_run(report: Report, work: Path, calls: int, connections: int) -> None:
+    """Row 10: a long run (bench/longrun.py, also run by the tests): CALLS calls on one kept
+    connection and CONNECTIONS short ones each running a job; the agent's RSS growth, and
+    its descriptors and threads once they settle."""
+    node = f"unix:{work}/long.sock"
+    env = dict(os.environ, PYTHONPATH=str(HERE))
+    with background([PY, str(HERE / "host.py"), node, "agent"], "LISTENING", env=env) as host:
+        argv = [PY, str(HERE / "longrun.py"), node, str(host.pid), "bench_tasks.noop"]
+        out = subprocess.run(
+            [*argv, str(calls), str(connections)],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=env,
+        )
+    found = json.loads(out.stdout)
+    idle, after = found["idle"], found["after"]
+    growth = found["rss_growth"] / (1 << 20)
+    flat = after["fds"] <= idle["fds"] and after["threads"] <= idle["threads"]
+    report.add(
+        "10",
+        f"long run: {calls:,} calls on one connection + {connections} short connections",
+        f"RSS +{growth:.2f} MiB",
+        f"fds {idle['fds']}→{after['fds']}, threads {idle['threads']}→{after['threads']} "
+        f"{found['settle_s']:.1f} s after; {calls / found['kept_s']:,.0f} calls/s",
+        "≤ 8 MiB; fds, threads back ≤ 15 s",
+        verdict(growth <= 8 and flat),
+    )
 
 
 def main() -> None:
@@ -735,6 +763,7 @@ def main() -> None:
         flood(report, work, 3 if args.quick else 30)
         profiler_overhead(report, 2 if args.quick else 10, 0.2 if args.quick else 1.0)
         mem_overhead(report, 1 if args.quick else 5, 0.2 if args.quick else 2.0)
+        long_run(report, work, 500 if args.quick else 20_000, 20 if args.quick else 300)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     table = report.markdown()

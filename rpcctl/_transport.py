@@ -233,8 +233,10 @@ def handshake(
     hello: dict[str, Any] = {"op": op, "nonce": client_nonce}
     if named:
         hello["identity"] = named
+    waited = sock.gettimeout() or 0.0
+    deadline = time.monotonic() + waited  # one deadline for the whole exchange
     try:
-        answer = _exchange(sock, address, hello)
+        answer = _exchange(sock, address, hello, deadline)
         if "challenge" in answer:
             agent_nonce = answer["challenge"]
             if not cookies.is_nonce(agent_nonce):
@@ -246,7 +248,7 @@ def handshake(
                 if cookie is None
                 else cookies.proof(cookie, "client", client_nonce, agent_nonce, op, identity=named)
             )
-            answer = _exchange(sock, address, {"proof": mine})
+            answer = _exchange(sock, address, {"proof": mine}, deadline)
             _check(answer, address, had_cookie=cookie is not None, identity=named)
             assert cookie is not None  # an agent that challenges refuses a missing proof
             digest = cookies.answer_digest(answer)
@@ -272,8 +274,9 @@ def handshake(
             raise AuthenticationFailed(msg)
         return answer, None
     except TimeoutError:
-        msg = f"{address}: the agent did not answer the handshake in time"
-        raise CallTimeout(msg) from None
+        from rpcctl._diagnose import why_silent  # only now: what the app's process looks like
+
+        raise CallTimeout(why_silent(sock, address, waited)) from None
     except OSError as exc:
         if _is_tls_error(exc):
             # With TLS 1.3 a refused client certificate shows up on the first read.
@@ -283,7 +286,14 @@ def handshake(
         raise Unreachable(msg) from None
 
 
-def _exchange(sock: socket.socket, address: Address, fields: dict[str, Any]) -> dict[str, Any]:
+def _exchange(
+    sock: socket.socket, address: Address, fields: dict[str, Any], deadline: float
+) -> dict[str, Any]:
+    if sock.gettimeout() is not None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        sock.settimeout(remaining)
     # An agent that refused before reading has closed: its reason may still be waiting.
     try:  # noqa: SIM105  (not contextlib: this module is the whole of `rpcctl ping`)
         sock.sendall(wire.encode_line({"rpcctl": wire.PROTOCOL_VERSION, **fields}))

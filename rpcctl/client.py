@@ -208,6 +208,12 @@ class Client(MoreCalls):
         except AsyncResultTimeout:
             waited = timeout if timeout is not None else self.timeout
             msg = f"{self.address}: no answer to {method} within {waited:g}s"
+            pid = self.handshake.get("pid") if self.address.is_loopback else None
+            if isinstance(pid, int):
+                from rpcctl._diagnose import why_stalled
+
+                stalled = why_stalled(pid)
+                msg += f": {stalled}" if stalled else ""
             raise CallTimeout(msg) from None
         except (EOFError, OSError) as exc:
             if getattr(self._sock, "tampered", False):

@@ -11,7 +11,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -217,6 +217,14 @@ SAMPLEAPP = [sys.executable, str(APPS / "sampleapp.py")]
 """The command that runs tests/apps/sampleapp.py (it prints READY once its agent listens)."""
 
 
+def tcp_sample_app(cookie: str) -> AppProcess:
+    """tests/apps/sampleapp.py on loopback TCP (port 0) with *cookie*; its node has the
+    real port."""
+    app = AppProcess(SAMPLEAPP, node="tcp://127.0.0.1:0", env={"RPCCTL_COOKIE": cookie})
+    app.node = app.stdout_lines[-1].split()[1]  # READY <node>: the real port
+    return app
+
+
 @pytest.fixture
 def sample_app(short_tmp: Path) -> Iterator[AppProcess]:
     """tests/apps/sampleapp.py running with its agent on a UNIX socket."""
@@ -286,6 +294,23 @@ def agent_in_process(short_tmp: Path) -> Iterator[object]:
         yield agent
     finally:
         agent.stop()
+
+
+def as_user(uid: int, work: Callable[[], None]) -> int:
+    """Run *work* in a forked child that has become *uid*; the child's pid. The child
+    exits 0 when *work* returns, 1 when it raised."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        status = 1
+        try:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            work()
+            status = 0
+        finally:
+            os._exit(status)
+    return pid
 
 
 def popen_rpcctl(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:

@@ -44,5 +44,6 @@ def test_quick_benchmark_prints_every_row(tmp_path: object) -> None:
         "mem --group-by traceback (32 frames): allocating host loop while traced",
         "mem --group-by line: memory while tracing",
         "mem on an app tracing 1 frame (PYTHONTRACEMALLOC=1): allocating host loop while traced",
+        "long run: 500 calls on one connection + 20 short connections",
     ):
         assert row in table, row

@@ -27,7 +27,16 @@ import sampleapp  # noqa: F401  (registers the tasks the in-process agents serve
 from app_agent import wire
 from app_agent.exceptions import ConfigurationError
 from app_agent.wire import cookies
-from conftest import DEADLINE, ROOT, SAMPLEAPP, AppProcess, run_rpcctl, wait_until
+from conftest import (
+    DEADLINE,
+    ROOT,
+    SAMPLEAPP,
+    AppProcess,
+    as_user,
+    run_rpcctl,
+    tcp_sample_app,
+    wait_until,
+)
 
 COOKIE = "hardening-cookie-0123456789abcdef"
 NOBODY = 65534
@@ -45,8 +54,7 @@ def events(app: AppProcess, name: str) -> list[dict[str, Any]]:
 @pytest.fixture
 def tcp_app() -> Iterator[AppProcess]:
     """sampleapp on tcp:// with a cookie: the transport an on-path relay can reach."""
-    app = AppProcess(SAMPLEAPP, node="tcp://127.0.0.1:0", env={"RPCCTL_COOKIE": COOKIE})
-    app.node = app.stdout_lines[-1].split()[1]  # READY <node>: the real port
+    app = tcp_sample_app(COOKIE)
     try:
         yield app
     finally:
@@ -220,22 +228,6 @@ def test_the_agent_answer_is_covered_by_its_proof(tcp_app: AppProcess) -> None:
 
 
 # -- 2. the client checks who listens on a UNIX socket ---------------------------------------
-
-
-def as_user(uid: int, work: Callable[[], None]) -> int:
-    """Run *work* in a forked child that has become *uid*; the child's pid."""
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        status = 1
-        try:
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-            work()
-            status = 0
-        finally:
-            os._exit(status)
-    return pid
 
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another uid")

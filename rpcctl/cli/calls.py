@@ -129,7 +129,10 @@ def rpc(
         settings.nodes = [settings.node]
         settings.nodes_file = settings.discover = None
         settings.where = []
-    with settings.connect() as conn:
+    # Connecting and the handshake wait no longer than --timeout either.
+    with settings.connect(
+        min(timeout or client_mod.DEFAULT_TIMEOUT, client_mod.DEFAULT_TIMEOUT)
+    ) as conn:
         try:
             where.check_client(conn)  # on the connection that runs the call
         except Skipped as changed:

@@ -79,7 +79,7 @@ def ping(
 
 
 @cli.command()
-@timeout_option(client_mod.DEFAULT_TIMEOUT, "Fleets: seconds per node.")
+@timeout_option(client_mod.DEFAULT_TIMEOUT, "Seconds to wait for the answer (per node).")
 @fleet_options
 @json_option
 @pass_settings
@@ -94,7 +94,7 @@ def tasks(settings: Settings, timeout: float, parallel: int, min_ok: int | None)
             cells=tasks_cells,
             details=tasks_details,
         )
-    with settings.connect() as conn:
+    with settings.connect(timeout) as conn:
         found = conn.tasks()
     if settings.json:
         emit_json({"ok": True, "result": found})
@@ -114,7 +114,7 @@ def tasks(settings: Settings, timeout: float, parallel: int, min_ok: int | None)
 
 
 @cli.command()
-@timeout_option(client_mod.DEFAULT_TIMEOUT, "Fleets: seconds per node.")
+@timeout_option(client_mod.DEFAULT_TIMEOUT, "Seconds to wait for the answer (per node).")
 @fleet_options
 @json_option
 @pass_settings
@@ -128,7 +128,7 @@ def info(settings: Settings, timeout: float, parallel: int, min_ok: int | None) 
             columns=["APP", "PID", "UPTIME", "READY", "JOBS", "VERSION", "RPCCTL"],
             cells=info_cells,
         )
-    with settings.connect() as conn:
+    with settings.connect(timeout) as conn:
         details = conn.info()
     if settings.json:
         emit_json({"ok": True, "result": details})
