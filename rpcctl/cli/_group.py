@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from app_agent import __version__
-from rpcctl._settings import Settings
+from rpcctl._settings import PROG_ENV, Settings
 
 if TYPE_CHECKING:
     pass
@@ -115,4 +115,6 @@ def main(argv: list[str] | None = None) -> None:
             parsed = cli.make_context("rpcctl", list(args), resilient_parsing=True)
             apply_globals(settings, parsed.params)
         extra["obj"] = settings
-    cli.main(args=args, prog_name="rpcctl", complete_var=COMPLETE_VAR, **extra)
+    # Through bin/NAME, usage lines name what the user typed, as the hints do.
+    prog = os.environ.get(PROG_ENV) or "rpcctl"
+    cli.main(args=args, prog_name=prog, complete_var=COMPLETE_VAR, **extra)
