@@ -260,7 +260,9 @@ class AgentService(IntrospectionMethods, ConsoleMethods):
             # may carry secrets).
             job.audit = {
                 **who,
-                "arguments": {k: len(wire.dumps(v)) for k, v in named.items()} if named else {},
+                "argument_sizes": {k: len(wire.dumps(v)) for k, v in named.items()}
+                if named
+                else {},
             }
             if task.log_values:
                 job.audit["values"] = named

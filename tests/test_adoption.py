@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import DEADLINE, SAMPLEAPP, AppProcess, rpcctl_executable
+from conftest import DEADLINE, SAMPLEAPP, AppProcess, rpcctl_executable, run_rpcctl
 from rpcctl.release import scaffold
 
 
@@ -42,8 +41,8 @@ class Launcher:
 
 
 @pytest.fixture
-def shop(short_tmp: Path) -> Iterator[Launcher]:
-    yield Launcher(short_tmp)
+def shop(short_tmp: Path) -> Launcher:
+    return Launcher(short_tmp)
 
 
 # -- 7. usage errors through bin/NAME name bin/NAME -------------------------------------------
@@ -61,8 +60,83 @@ def test_usage_errors_through_the_launcher_name_the_launcher(shop: Launcher) -> 
 
 
 def test_usage_errors_of_plain_rpcctl_name_rpcctl(short_tmp: Path) -> None:
-    from conftest import run_rpcctl
 
     result = run_rpcctl("rpc", cwd=short_tmp)
     assert result.returncode == 2
     assert result.stderr.startswith("Usage: rpcctl rpc [OPTIONS] EXPR\n")
+
+
+# -- 8. the small ones -------------------------------------------------------------------------
+
+
+def test_counts_of_one_read_as_one() -> None:
+    from app_agent.wire.words import plural
+    from rpcctl import _flamegraph
+    from rpcctl import _introspect_render as render
+    from rpcctl.fleet import MulticallResult, Outcome
+
+    check = {"name": "db", "ok": True, "duration_s": 0.001, "message": ""}
+    assert render.health([check]).endswith("\nhealthy: 1 check passed\n")
+    assert render.health_line({"checks": [check]}) == "healthy: 1 check passed"
+    failing = {**check, "ok": False}
+    assert render.health([failing]).endswith("\nunhealthy: 1 of 1 check failed\n")
+    assert render.health([check, failing]).endswith("\nunhealthy: 1 of 2 checks failed\n")
+    thread = {"idle": True, "name": "rpcctl-agent", "main": False, "frames": [], "agent": True}
+    thread |= {"ident": 1, "daemon": True, "frames_cut": 0}
+    header = render.stack({"pid": 1, "app": "a", "python": "3.12", "threads": [thread]})
+    assert header.startswith("Process 1 (a), Python 3.12: 1 thread, 1 idle agent thread folded")
+    fleet = MulticallResult([Outcome("unix:/a.sock", "pong")], duration=0.5)
+    assert fleet.summary() == "1/1 node ok in 0.50s"
+    profile = {"samples": 1, "rate": 100.0, "seconds": 1.0}
+    assert _flamegraph.title_of(profile, "app") == "app: 1 sample at 100 Hz over 1 s"
+    assert (plural(0, "check"), plural(2, "check"), plural(1_000, "entry", "entries")) == (
+        "0 checks",
+        "2 checks",
+        "1,000 entries",
+    )
+
+
+@pytest.mark.parametrize("command", [["ping"], ["rpc", "sampleapp.echo"]])
+def test_a_bare_socket_path_as_node_suggests_unix_path(short_tmp: Path, command: list[str]) -> None:
+
+    path = f"{short_tmp}/run/app.sock"
+    result = run_rpcctl("-n", path, *command)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (
+        f"rpcctl: error: bad node address {path!r}: expected unix:PATH, tcp://HOST:PORT or "
+        f"tls://HOST:PORT; for the UNIX socket at that path, write unix:{path}\n"
+    )
+    tcp = run_rpcctl("-n", "127.0.0.1:7000", *command)
+    assert tcp.returncode == 2
+    assert tcp.stderr.endswith("; for TCP, write tcp://127.0.0.1:7000\n")
+
+
+@pytest.mark.parametrize(
+    ("argument", "pointed", "why"),
+    [
+        (
+            "1e400",
+            "1e400",
+            "it is beyond a float's range (about 1.8e308), and JSON has no infinity",
+        ),
+        (
+            "[-1e400]",
+            "-1e400",
+            "it is beyond a float's range (about 1.8e308), and JSON has no infinity",
+        ),
+        ("nan", "nan", "JSON has no infinity or NaN"),
+        ("-Infinity", "-Infinity", "JSON has no infinity or NaN"),
+    ],
+)
+def test_a_number_that_is_not_finite_says_so(
+    sample_app: AppProcess, argument: str, pointed: str, why: str
+) -> None:
+    result = sample_app.rpcctl("rpc", f"sampleapp.echo({argument})")
+    assert (result.returncode, result.stdout) == (2, "")
+    first = result.stderr.splitlines()[0]
+    assert (
+        first
+        == f"rpcctl: error: bad expression at {pointed!r}: argument 1 is not a finite number: {why}"
+    )
+    # Nothing reached the app: no job was started.
+    assert "sampleapp.echo" not in sample_app.rpcctl("jobs").stdout
