@@ -34,6 +34,7 @@ from app_agent._service_console import ConsoleMethods
 from app_agent._service_introspect import IntrospectionMethods
 from app_agent._version import __version__
 from app_agent.wire import ErrorKind
+from app_agent.wire.words import REGISTER_TASKS
 
 if TYPE_CHECKING:
     pass
@@ -304,6 +305,8 @@ class AgentService(IntrospectionMethods, ConsoleMethods):
         self._state.log.warning("call.finished", **fields)
 
     def _no_such_task(self, name: str) -> str:
+        if not self._state.registry.all():
+            return f"no task named {name!r}: this app registers no tasks; {REGISTER_TASKS}"
         hint = ""
         # Suggest a task whose last name part is close to the one asked for (a typo).
         wanted = name.rsplit(".", 1)[-1]

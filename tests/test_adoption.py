@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -140,3 +141,54 @@ def test_a_number_that_is_not_finite_says_so(
     )
     # Nothing reached the app: no job was started.
     assert "sampleapp.echo" not in sample_app.rpcctl("jobs").stdout
+
+
+# -- 4. an app with no tasks says how to register them ----------------------------------------
+
+BARE_APP = """
+import threading
+import app_agent
+
+app_agent.start(app="bare")
+print("READY", flush=True)
+threading.Event().wait()
+"""
+
+
+def test_an_app_without_tasks_says_how_to_register_them(short_tmp: Path) -> None:
+    app = AppProcess([sys.executable, "-c", BARE_APP], node=f"unix:{short_tmp}/run/bare.sock")
+    try:
+        called = app.rpcctl("rpc", "myapp.tasks.migrate")
+        assert (called.returncode, called.stdout) == (6, "")
+        assert called.stderr == (
+            "rpcctl: error: no task named 'myapp.tasks.migrate': this app registers no tasks; "
+            "mark functions with @task (from app_agent import task) and name their modules in "
+            'app_agent.start(tasks=["myapp.tasks"])\n'
+        )
+        listed = app.rpcctl("tasks")
+        assert (listed.returncode, listed.stdout) == (0, "")
+        assert listed.stderr == (
+            "no tasks registered: mark functions with @task (from app_agent import task) and "
+            'name their modules in app_agent.start(tasks=["myapp.tasks"])\n'
+        )
+        assert json.loads(app.rpcctl("tasks", "--json").stdout) == {"ok": True, "result": []}
+    finally:
+        app.close()
+
+
+def test_an_identity_that_may_run_no_task_is_not_told_to_register_some(short_tmp: Path) -> None:
+    cookie = short_tmp / "reader.cookie"
+    cookie.write_text("reader-cookie-0123456789abcdef\n")
+    access = short_tmp / "access.toml"
+    access.write_text(f'[identity.reader]\ncookie_file = "{cookie}"\nallow = ["read"]\n')
+    for path in (cookie, access):
+        path.chmod(0o600)
+    app = AppProcess(
+        SAMPLEAPP, node=f"unix:{short_tmp}/run/a.sock", env={"RPCCTL_ACCESS": str(access)}
+    )
+    try:
+        listed = app.rpcctl("--identity", "reader", "--cookie-file", str(cookie), "tasks")
+        assert (listed.returncode, listed.stdout) == (0, "")
+        assert listed.stderr == "no tasks registered that identity 'reader' may run\n"
+    finally:
+        app.close()
