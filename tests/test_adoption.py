@@ -192,3 +192,122 @@ def test_an_identity_that_may_run_no_task_is_not_told_to_register_some(short_tmp
         assert listed.stderr == "no tasks registered that identity 'reader' may run\n"
     finally:
         app.close()
+
+
+# -- 6. global options after the command too --------------------------------------------------
+
+
+@pytest.fixture
+def cli_runner(monkeypatch: pytest.MonkeyPatch) -> object:
+    from click.testing import CliRunner
+
+    for name in [n for n in os.environ if n.startswith("RPCCTL_")]:
+        monkeypatch.delenv(name)
+    return CliRunner()
+
+
+def test_global_options_after_the_command(
+    cli_runner: object, agent_in_process: object, short_tmp: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from rpcctl.cli import cli
+
+    assert isinstance(cli_runner, CliRunner)
+    node = agent_in_process.node  # type: ignore[attr-defined]
+
+    def run(*args: str) -> tuple[int, str, str]:
+        result = cli_runner.invoke(cli, list(args))
+        return result.exit_code, result.stdout, result.stderr
+
+    assert run("ping", "-n", node) == (0, "pong\n", "")
+    assert run("ping", "--node", node, "--json")[1].startswith('{"ok": true, "result": "pong"')
+    assert run("rpc", "sampleapp.echo", "-n", node) == (0, "", "")  # None prints nothing
+    assert run("rpc", "-n", node, 'sampleapp.echo("x")') == (0, "x\n", "")
+    config = short_tmp / "rpcctl.toml"
+    config.write_text(f'[app]\nname = "inproc"\ncommand = ["true"]\nnode = "{node}"\n')
+    assert run("tasks", "--json", "--config", str(config))[0] == 0
+    assert run("info", f"--config={config}")[0] == 0
+    # Nodes add up wherever they are given: a fleet of two, one of them down.
+    down = f"unix:{short_tmp}/down.sock"
+    code, out, _err = run("-n", node, "ping", "-n", down)
+    assert code == 3
+    assert out.splitlines()[-1].startswith("1/2 nodes ok")
+    listing = short_tmp / "nodes.txt"
+    listing.write_text(f"{node}\n")
+    assert run("ping", "--nodes-file", str(listing))[1].splitlines()[-1].startswith("1/1 node ok")
+    # The credentials and TLS options too, with what they mean before the command.
+    missing = short_tmp / "missing.cookie"
+    code, _out, err = run("ping", "-n", node, "--cookie-file", str(missing))
+    assert (code, err) == run("-n", node, "--cookie-file", str(missing), "ping")[::2]
+    assert code == 2
+    assert "bad identity" in run("ping", "-n", node, "--identity", "-x")[2]
+    assert run("ping", "-n", node, "--tls-ca", str(missing))[0] == 0  # only tls:// reads it
+    # Still one clear usage error for an option no command has.
+    assert run("ping", "--nodes", node)[0] == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "served"),
+    [
+        (["ping", "-n", "N"], ({"nodes": "N"}, False)),
+        (
+            ["--config", "C", "ping", "--wait", "5", "--ready"],
+            ({"config_path": "C", "wait": "5"}, True),
+        ),
+        (
+            ["ping", "--timeout=3", "--identity", "I", "--cookie-file", "F"],
+            (
+                {"timeout": "3", "identity": "I", "cookie_file": "F"},
+                False,
+            ),
+        ),
+        (["--timeout", "3", "ping", "-n", "N"], None),  # ping's own options come after it
+        (["-n", "N", "ping", "-n", "M"], None),  # two nodes: a fleet, for click
+        (["ping", "--discover", "dns:x:1"], None),
+        (["ping", "--json", "-n", "N"], None),
+        (["ping", "-n=N"], None),  # click reads the node "=N"
+        (["ping", "-n"], None),
+        (["ping", "stray"], None),
+        (["ping", "--ready", "--ready"], None),
+        (["tasks", "-n", "N"], None),
+    ],
+)
+def test_the_fast_ping_path_serves_options_after_ping(
+    args: list[str], served: tuple[dict[str, str], bool] | None
+) -> None:
+    from rpcctl.__main__ import _parse
+
+    assert _parse(args) == served
+
+
+def test_the_fast_path_reads_the_options_click_declares() -> None:
+    from rpcctl.__main__ import _GLOBAL, _PING
+    from rpcctl._settings import GLOBAL_OPTIONS
+    from rpcctl.cli import cli
+
+    group = {f: p.name for p in cli.params for f in p.opts}
+    assert {f: group[f] for f in _GLOBAL} == _GLOBAL
+    declared = set(group) - {"--version", "--json", "-h", "--help"}
+    assert declared == {f for o in GLOBAL_OPTIONS for f in o.flags}
+    ping = cli.get_command(cli.make_context("rpcctl", ["ping"]), "ping")
+    assert ping is not None
+    ping_flags = {f: p.name for p in ping.params for f in p.opts}
+    assert {f: ping_flags[f] for f in _PING} == _PING
+    assert "--ready" in ping_flags
+    # Every global option is taken after the command too (hidden from its help).
+    assert declared <= set(ping_flags)
+
+
+def test_ping_with_options_after_it_through_the_executable(sample_app: AppProcess) -> None:
+    config = Path(sample_app.node[len("unix:") :]).parent / "rpcctl.toml"
+    config.write_text(f'[app]\nname = "s"\ncommand = ["true"]\nnode = "{sample_app.node}"\n')
+    for args in (
+        ["ping", "-n", sample_app.node],
+        ["ping", "--wait", "5", "--node", sample_app.node, "--ready"],
+        ["ping", "--config", str(config), "--timeout", "3"],
+        ["ping", "-n", sample_app.node, "--json"],  # through click
+    ):
+        result = run_rpcctl(*args)
+        assert result.returncode == 0, (args, result.stderr)
+        assert result.stdout.startswith(("pong\n", '{"ok": true, "result": "pong"')), args
