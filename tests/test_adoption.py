@@ -311,3 +311,99 @@ def test_ping_with_options_after_it_through_the_executable(sample_app: AppProces
         result = run_rpcctl(*args)
         assert result.returncode == 0, (args, result.stderr)
         assert result.stdout.startswith(("pong\n", '{"ok": true, "result": "pong"')), args
+
+
+# -- 5. release init says what to do next ------------------------------------------------------
+
+
+def test_release_init_prints_the_next_steps(short_tmp: Path) -> None:
+    result = run_rpcctl("release", "init", "shop", cwd=short_tmp)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (
+        f"wrote {short_tmp}/rpcctl.toml\n"
+        f"wrote {short_tmp}/bin/shop\n"
+        f"wrote {short_tmp}/rel/hooks/post_start/10-migrate.sh\n"
+        "\n"
+        "Next steps:\n"
+        "  1. Write your release tasks in shop/tasks.py, each marked @task (from app_agent import\n"
+        "     task): the post_start hook (rel/hooks/post_start/10-migrate.sh) calls\n"
+        "     shop.tasks.migrate.\n"
+        "  2. Start the agent in your app's entry point (python -m shop) with\n"
+        '     app_agent.start(tasks=["shop.tasks"]) and no node: bin/shop start gives it\n'
+        "     RPCCTL_NODE. On SIGTERM, stop serving and call agent.stop().\n"
+        "  3. bin/shop start    (in the foreground: the app, then the post_start hook)\n"
+        "  4. bin/shop ping     (from another terminal)\n"
+        "  5. bin/shop rpc shop.tasks.migrate\n"
+    )
+    again = run_rpcctl(
+        "release", "init", "shop", "--force", "--module", "shopapp", "--json", cwd=short_tmp
+    )
+    assert again.returncode == 0, again.stderr
+    steps = json.loads(again.stdout)["result"]["next_steps"]
+    assert steps[0].startswith("Write your release tasks in shopapp/tasks.py")
+    assert steps[-1] == "bin/shop rpc shopapp.tasks.migrate"
+
+
+def test_release_init_json_carries_the_next_steps(short_tmp: Path) -> None:
+    result = run_rpcctl("release", "init", "shop", "--json", cwd=short_tmp)
+    steps = json.loads(result.stdout)["result"]["next_steps"]
+    assert steps[-3:] == [
+        "bin/shop start    (in the foreground: the app, then the post_start hook)",
+        "bin/shop ping     (from another terminal)",
+        "bin/shop rpc shop.tasks.migrate",
+    ]
+
+
+def test_release_init_in_a_django_project_releases_the_site(short_tmp: Path) -> None:
+    import shutil
+    import signal
+
+    from conftest import ROOT, wait_until
+
+    example = ROOT / "examples" / "djangoapp"
+    for part in ("djangoapp", "polls"):
+        shutil.copytree(example / part, short_tmp / part)
+    shutil.copy(example / "manage.py", short_tmp)
+    result = run_rpcctl("release", "init", "site", cwd=short_tmp)
+    assert result.returncode == 0, result.stderr
+    steps = result.stdout.split("Next steps:\n")[1]
+    assert steps.startswith(
+        '  1. Add "app_agent.contrib.django" to INSTALLED_APPS in djangoapp/settings.py: the\n'
+    )
+    assert steps.endswith("  5. bin/site rpc django.showmigrations\n")
+    hook = (short_tmp / "rel/hooks/post_start/10-migrate.sh").read_text()
+    assert hook.endswith('"$RPCCTL" rpc --lock-wait 300 django.migrate\n')
+
+    # As scaffolded, with only where gunicorn listens given (never a fixed port in tests).
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("RPCCTL_", "_RPCCTL"))}
+    env = {**clean, "GUNICORN_CMD_ARGS": f"--bind unix:{short_tmp}/http.sock --no-control-socket"}
+    runner = subprocess.Popen(
+        ["bin/site", "start"], cwd=short_tmp, env=env, stderr=subprocess.PIPE, text=True
+    )
+    try:
+
+        def migrated() -> bool:
+            """The hook migrated the site (or the runner ended: the assert below says why)."""
+            shown = subprocess.run(
+                ["bin/site", "rpc", "--json", "django.showmigrations"],
+                cwd=short_tmp,
+                env=clean,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if shown.returncode != 0:
+                return runner.poll() is not None
+            result = json.loads(shown.stdout.splitlines()[-1])["result"]
+            return bool(result["polls"]["applied"]) and result["polls"]["pending"] == []
+
+        wait_until(migrated, what="the post_start hook's django.migrate")
+        assert runner.poll() is None, runner.communicate()[1]
+        runner.send_signal(signal.SIGTERM)
+        _out, err = runner.communicate(timeout=DEADLINE * 2)
+        assert runner.returncode == 0, err
+        assert '"hooks": "post_start"' in err
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.communicate()

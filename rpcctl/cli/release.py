@@ -113,16 +113,24 @@ def release() -> None:
 @pass_settings
 def release_init(settings: Settings, name: str, module: str | None, force: bool) -> None:
     """Write rpcctl.toml, bin/NAME and rel/hooks/*/ into the current directory."""
+    import textwrap
     from pathlib import Path
 
     from rpcctl.release import scaffold
 
     written = scaffold.init(name, Path.cwd(), force=force, module=module)
+    steps = scaffold.next_steps(name, Path.cwd(), module=module)
     if settings.json:
-        emit_json({"ok": True, "result": {"files": [str(p) for p in written]}})
+        files = [str(p) for p in written]
+        emit_json({"ok": True, "result": {"files": files, "next_steps": steps}})
         return
     for path in written:
         click.echo(f"wrote {path}")
+    click.echo("\nNext steps:")
+    for number, step in enumerate(steps, 1):
+        click.echo(
+            textwrap.fill(step, 88, initial_indent=f"  {number}. ", subsequent_indent="     ")
+        )
 
 
 @cli.group()
