@@ -23,7 +23,13 @@ from app_agent._locks import backend as lock_backends
 from app_agent._registry import Registry, import_task_modules
 from app_agent._registry import registry as global_registry
 from app_agent._state import AgentState
-from app_agent.config import AgentConfig, StartOptions, app_modules, distribution_version
+from app_agent.config import (
+    AgentConfig,
+    StartOptions,
+    app_modules,
+    distribution_version,
+    task_module,
+)
 from app_agent.config import load as load_config
 from app_agent.exceptions import (
     AddressInUse,
@@ -356,7 +362,7 @@ def start(
         import_task_modules(tasks)
         if config.version is None:
             # The app's own code: the modules named by tasks=, then those of its tasks.
-            found = (*tasks, *(t.func.__module__ for t in global_registry.all()))
+            found = (*tasks, *(task_module(t.func) for t in global_registry.all()))
             config = dataclasses.replace(config, version=distribution_version(app_modules(found)))
         if config.ready is not None:
             readiness.set_ready(config.ready)

@@ -225,6 +225,17 @@ def app_modules(task_modules: Iterable[str]) -> list[str]:
     return list(found)
 
 
+def task_module(func: Callable[..., Any]) -> str:
+    """The module a registered task counts as when looking for the app's version: where it
+    was defined when that is the agent's own code (its Django tasks are named after Django,
+    ``django.migrate``, and must not report Django's version as the app's), else its
+    ``__module__``."""
+    defined = str(getattr(func, "__globals__", {}).get("__name__", ""))
+    if defined.partition(".")[0] == "app_agent":
+        return defined
+    return func.__module__
+
+
 def distribution_version(packages: Iterable[str]) -> str | None:
     """The version of the installed distribution that provides the first of *packages*
     that one provides; None when none does."""

@@ -407,3 +407,77 @@ def test_release_init_in_a_django_project_releases_the_site(short_tmp: Path) -> 
         if runner.poll() is None:
             runner.kill()
             runner.communicate()
+
+
+# -- 3. a Django site never reports Django's version as its own --------------------------------
+
+
+def serve_django_site(tmp: Path, **env: str) -> AppProcess:
+    """The example Django site under gunicorn (preloaded: the agent in the arbiter)."""
+    from conftest import ROOT
+
+    site = ROOT / "examples" / "djangoapp"
+    http = f"unix:{tmp}/http.sock"
+    gunicorn = ["-m", "gunicorn", "--preload", "--no-control-socket", "-w", "1", "--bind", http]
+    app = AppProcess(
+        [sys.executable, *gunicorn, "djangoapp.wsgi"],
+        node=f"unix:{tmp}/run/agent.sock",
+        env={
+            "PYTHONPATH": os.pathsep.join([str(tmp / "site-packages"), str(site)]),
+            "DATABASE_URL": f"sqlite:///{tmp}/db.sqlite3",
+            **env,
+        },
+        cwd=site,
+        ready_line=None,
+    )
+    waited = run_rpcctl("-n", app.node, "ping", "--wait", str(DEADLINE))
+    assert waited.returncode == 0, waited.stderr + app.stderr()
+    return app
+
+
+def site_version(app: AppProcess) -> object:
+    info = app.rpcctl("info", "--json")
+    assert info.returncode == 0, info.stderr
+    return json.loads(info.stdout)["result"]["version"]
+
+
+@pytest.mark.parametrize(
+    ("env", "installed", "reported"),
+    [
+        ({}, False, None),  # not Django's version: nothing
+        ({}, True, "2.5.0"),  # the distribution that provides the settings' package
+        ({"RPCCTL_APP_VERSION": "1.2.3"}, True, "1.2.3"),  # said outright: that
+    ],
+)
+def test_a_django_site_reports_its_own_version_or_none(
+    short_tmp: Path, env: dict[str, str], installed: bool, reported: str | None
+) -> None:
+    if installed:  # a distribution "polling-site" that installs the package djangoapp
+        dist = short_tmp / "site-packages" / "polling_site-2.5.0.dist-info"
+        dist.mkdir(parents=True)
+        (dist / "METADATA").write_text(
+            "Metadata-Version: 2.1\nName: polling-site\nVersion: 2.5.0\n"
+        )
+        (dist / "top_level.txt").write_text("djangoapp\n")
+    app = serve_django_site(short_tmp, **env)
+    try:
+        assert site_version(app) == reported
+        handshake = app.rpcctl("ping", "--json")
+        assert handshake.returncode == 0
+    finally:
+        app.close()
+
+
+def test_the_agents_own_tasks_never_name_the_apps_version() -> None:
+    from app_agent.config import task_module
+
+    def django_named() -> None: ...
+
+    django_named.__module__ = "django"  # as app_agent.contrib.django names its tasks
+    assert task_module(django_named) == "django"  # defined here, in the tests: as named
+    from app_agent.contrib.django import tasks
+
+    assert tasks.migrate.__module__ == "app_agent.contrib.django.tasks"
+    registered = tasks._as_task(tasks.migrate, "migrate")
+    assert registered.__module__ == "django"
+    assert task_module(registered) == "app_agent.contrib.django.tasks"
