@@ -95,6 +95,9 @@ class AgentConfig:
     at start as ``access.warning``."""
     console: bool = False
     console_log_statements: bool = False
+    environment_node: wire.Address | None = None
+    """``RPCCTL_NODE`` when ``start(node=...)`` named another address: logged at start as
+    ``agent.node_differs`` (under ``rpcctl start``, clients and the runner look there)."""
 
     @property
     def insecure(self) -> bool:
@@ -165,7 +168,20 @@ def load(node: str | None = None, **options: Any) -> AgentConfig:
             options.get("console_log_statements"),
             env.CONSOLE_LOG_STATEMENTS,
         ),
+        environment_node=_other_environment_node(node, address),
     )
+
+
+def _other_environment_node(given: str | None, address: wire.Address) -> wire.Address | None:
+    """``RPCCTL_NODE`` when *given* (``start(node=...)``) names another address."""
+    text = os.environ.get(env.NODE)
+    if given is None or not text:
+        return None
+    try:
+        other = wire.parse_node(text)
+    except wire.AddressError:
+        return None  # not this agent's to judge: start(node=...) took its place
+    return other if other != address else None
 
 
 def _access_file(options: dict[str, Any]) -> Access | None:

@@ -3,10 +3,12 @@ app processes and a real bin/NAME launcher."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -481,3 +483,292 @@ def test_the_agents_own_tasks_never_name_the_apps_version() -> None:
     registered = tasks._as_task(tasks.migrate, "migrate")
     assert registered.__module__ == "django"
     assert task_module(registered) == "app_agent.contrib.django.tasks"
+
+
+# -- 1. an app that dies on SIGTERM leaves no stale socket behind ------------------------------
+
+NO_HANDLER_APP = """
+import sys, threading
+import app_agent
+
+app_agent.start(**({"node": sys.argv[1]} if len(sys.argv) > 1 else {}))
+print("READY", flush=True)
+threading.Event().wait()  # no SIGTERM handler: SIGTERM ends the process at once
+"""
+
+
+class Release:
+    """A release whose app is a one-line program, run by the real `rpcctl start`."""
+
+    def __init__(self, root: Path, *argv: str, toml: str = "") -> None:
+        self.config = root / "rpcctl.toml"
+        command = json.dumps([sys.executable, "-c", *argv])
+        self.config.write_text(
+            f'[app]\nname = "app"\ncommand = {command}\nnode = "unix:run/app.sock"\n'
+            f"stop_timeout = 10\n{toml}"
+        )
+        self.socket = root / "run" / "app.sock"
+        self.node = f"unix:{self.socket}"
+        clean = {k: v for k, v in os.environ.items() if not k.startswith(("RPCCTL_", "_RPCCTL"))}
+        # A file, not a pipe: the app inherits it, and an app that outlived a killed runner
+        # would hold a pipe open for ever.
+        self.log = root / "runner.log"
+        with self.log.open("w") as log:
+            self.proc = subprocess.Popen(
+                [rpcctl_executable(), "--config", str(self.config), "start"],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                env=clean,
+            )
+
+    def rpcctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return run_rpcctl("--config", str(self.config), *args)
+
+    def wait_ready(self) -> int:
+        """The app's pid, once its agent answers."""
+        waited = self.rpcctl("ping", "--wait", str(DEADLINE))
+        assert waited.returncode == 0, waited.stderr + self.finish()[2]
+        return int(self.rpcctl("pid").stdout)
+
+    def finish(self) -> tuple[int, list[dict[str, object]], str]:
+        """The runner's status, its log events and its whole stderr, once it has exited."""
+        status = self.proc.wait(timeout=DEADLINE * 2)
+        err = self.log.read_text()
+        events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+        return status, events, err
+
+    def close(self) -> None:
+        """The runner and everything it started, gone (a test that failed half-way)."""
+        import signal
+
+        from rpcctl.release.listening import process_tree
+
+        if self.proc.poll() is None:
+            for pid in process_tree(self.proc.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+@pytest.fixture
+def releases() -> Iterator[list[Release]]:
+    made: list[Release] = []
+    yield made
+    for release in made:
+        release.close()
+
+
+def test_stop_leaves_no_socket_when_the_app_dies_on_sigterm(
+    short_tmp: Path, releases: list[Release]
+) -> None:
+    release = Release(short_tmp, NO_HANDLER_APP)
+    releases.append(release)
+    pid = release.wait_ready()
+    assert Path(f"{release.socket}.pid").read_text() == f"{pid}\n"
+    stopped = release.rpcctl("stop")
+    assert (stopped.returncode, stopped.stdout) == (0, f"stopped {release.node} (pid {pid})\n")
+    # At once, not eventually: whatever comes next says plainly that nothing runs.
+    assert not release.socket.exists()
+    assert not Path(f"{release.socket}.pid").exists()
+    pinged = release.rpcctl("ping")
+    assert pinged.returncode == 3
+    assert pinged.stderr.startswith(
+        f"rpcctl: error: {release.node}: no agent is running (the socket does not exist); "
+    )
+    again = release.rpcctl("stop")
+    assert again.returncode == 3
+    assert "(the socket does not exist)" in again.stderr
+    status, events, _err = release.finish()
+    assert status == 0
+    assert [e["status"] for e in events if e["event"] == "runner.app_stopped"] == [143]
+
+
+@pytest.mark.parametrize("how", ["runner_sigterm", "app_crash"])
+def test_the_runner_removes_the_socket_its_app_left_behind(
+    short_tmp: Path, releases: list[Release], how: str
+) -> None:
+    import signal
+
+    release = Release(short_tmp, NO_HANDLER_APP)
+    releases.append(release)
+    pid = release.wait_ready()
+    if how == "runner_sigterm":  # systemd stopping the unit: the runner SIGTERMs the app
+        release.proc.send_signal(signal.SIGTERM)
+        expected = 0
+    else:
+        os.kill(pid, signal.SIGKILL)
+        expected = 128 + signal.SIGKILL
+    status, events, err = release.finish()
+    assert status == expected, err
+    removed = [e for e in events if e["event"] == "runner.socket_removed"]
+    assert [(e["path"], e["reason"]) for e in removed] == [
+        (str(release.socket), f"the app (pid {pid}) exited without stopping its agent")
+    ]
+    assert not release.socket.exists()
+    assert "(the socket does not exist)" in release.rpcctl("ping").stderr
+
+
+def test_a_socket_left_by_a_crash_names_the_pid_that_is_gone(short_tmp: Path) -> None:
+    import signal
+
+    node = f"unix:{short_tmp}/run/app.sock"
+    app = AppProcess([sys.executable, "-c", NO_HANDLER_APP], node=node)
+    app.proc.send_signal(signal.SIGKILL)
+    app.proc.wait(timeout=DEADLINE)
+    try:
+        for command in (["ping"], ["rpc", "x.y"], ["tasks"]):
+            result = run_rpcctl("-n", node, *command)
+            assert (result.returncode, result.stderr) == (
+                3,
+                f"rpcctl: error: {node}: no agent is running: the app exited without stopping "
+                f"its agent (pid {app.proc.pid} is gone)\n",
+            )
+        # The next agent on the node takes the socket over, and records its own pid.
+        again = AppProcess([sys.executable, "-c", NO_HANDLER_APP], node=node)
+        try:
+            assert again.rpcctl("ping").stdout == "pong\n"
+            assert (short_tmp / "run/app.sock.pid").read_text() == f"{again.proc.pid}\n"
+        finally:
+            again.close()
+    finally:
+        app.close()
+
+
+def test_only_a_stale_socket_is_removed(short_tmp: Path, agent_in_process: object) -> None:
+    import socket
+
+    from app_agent.wire import processes
+
+    live = agent_in_process.address.path  # type: ignore[attr-defined]
+    assert processes.recorded_agent_pid(live) == os.getpid()
+    assert not processes.remove_stale_socket(live)  # something answers there
+    assert os.path.exists(live)
+    plain = short_tmp / "plain.sock"
+    plain.write_text("not a socket")
+    assert not processes.remove_stale_socket(str(plain))
+    assert plain.exists()
+    assert not processes.remove_stale_socket(str(short_tmp / "missing.sock"))
+    stale = str(short_tmp / "stale.sock")
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(stale)  # bound, never listening, then closed: what a dead agent leaves
+    Path(f"{stale}.pid").write_text("999999999\n")  # beyond any pid: gone
+    assert processes.gone_agent_pid(stale) == 999999999
+    assert processes.remove_stale_socket(stale)
+    assert not os.path.exists(stale)
+    assert not os.path.exists(f"{stale}.pid")
+
+
+@pytest.mark.parametrize("recorded", ["garbage\n", "", "1" * 100, "{mine}\n"])
+def test_a_stale_socket_without_a_gone_pid_says_stale(short_tmp: Path, recorded: str) -> None:
+    import socket
+
+    stale = short_tmp / "stale.sock"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(stale))
+    Path(f"{stale}.pid").write_text(recorded.format(mine=os.getpid()))  # ours runs: not gone
+    result = run_rpcctl("-n", f"unix:{stale}", "ping")
+    assert (result.returncode, result.stderr) == (
+        3,
+        f"rpcctl: error: unix:{stale}: no agent is running (the socket is stale)\n",
+    )
+
+
+def test_the_agent_records_its_pid_and_takes_it_away(short_tmp: Path) -> None:
+    import app_agent
+
+    path = short_tmp / "run" / "a.sock"
+    pid_file = Path(f"{path}.pid")
+    with app_agent.start(node=f"unix:{path}"):
+        assert pid_file.read_text() == f"{os.getpid()}\n"
+        assert oct(pid_file.stat().st_mode & 0o777) == oct(0o644)
+        pid_file.write_text("12345\n")  # a newer agent's, say: not ours to remove
+    assert pid_file.read_text() == "12345\n"
+    with app_agent.start(node=f"unix:{path}"):
+        pass
+    assert not pid_file.exists()
+    assert not path.exists()
+
+
+# -- 2. a node given twice: warned, and the runner says where the agent went ------------------
+
+
+def test_a_node_other_than_rpcctl_node_is_a_warning(
+    short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app_agent import config, wire
+
+    monkeypatch.chdir(short_tmp)
+    monkeypatch.setenv("RPCCTL_NODE", "unix:run/app.sock")
+    other = config.load("unix:/elsewhere/agent.sock")
+    assert other.environment_node == wire.parse_node(f"unix:{short_tmp}/run/app.sock")
+    assert config.load(f"unix:{short_tmp}/run/app.sock").environment_node is None  # the same
+    assert config.load().environment_node is None  # none given: RPCCTL_NODE itself
+    monkeypatch.setenv("RPCCTL_NODE", "not-a-node")
+    assert config.load("unix:/x.sock").environment_node is None  # not this agent's to judge
+    monkeypatch.delenv("RPCCTL_NODE")
+    assert config.load("unix:/x.sock").environment_node is None
+
+
+def test_the_runner_says_where_a_hard_coded_node_listens(
+    short_tmp: Path, releases: list[Release]
+) -> None:
+    elsewhere = f"unix:{short_tmp}/other/agent.sock"
+    # Long enough for the app to start its agent on a loaded machine; the verdict waits it.
+    release = Release(short_tmp, NO_HANDLER_APP, elsewhere, toml="ready_timeout = 5\n")
+    releases.append(release)
+    status, events, err = release.finish()
+    assert status == 3, err
+    warned = [e for e in events if e["event"] == "agent.node_differs"]
+    assert [(e["node"], e["environment_node"]) for e in warned] == [(elsewhere, release.node)]
+    stopped = events[-1]
+    assert stopped["event"] == "runner.stopped"
+    assert stopped["reason"] == (
+        f"the app's agent did not answer ping at {release.node} within 5s: it listens at "
+        f"{elsewhere} instead (a node given to app_agent.start() overrides "
+        f"RPCCTL_NODE={release.node}; under `rpcctl start`, call start() without node=); "
+        "the app was stopped"
+    )
+
+
+def test_the_runner_says_start_needs_no_node_when_it_cannot_tell(
+    short_tmp: Path, releases: list[Release]
+) -> None:
+    release = Release(
+        short_tmp, "import threading; threading.Event().wait()", toml="ready_timeout = 1\n"
+    )
+    releases.append(release)
+    status, events, err = release.finish()
+    assert status == 3, err
+    assert events[-1]["reason"] == (
+        f"the app's agent did not answer ping at {release.node} within 1s (under `rpcctl "
+        f"start`, app_agent.start() needs no node: it listens at RPCCTL_NODE={release.node}, "
+        "which the runner sets); the app was stopped"
+    )
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another uid")
+def test_another_user_cannot_remove_a_stale_socket(short_tmp: Path) -> None:
+    import socket
+
+    from app_agent.wire import processes
+
+    short_tmp.chmod(0o755)  # others may look and connect, not write
+    stale = str(short_tmp / "stale.sock")
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(stale)
+    os.chmod(stale, 0o666)  # noqa: S103  (anyone may connect: only the directory protects it)
+    Path(f"{stale}.pid").write_text("999999999\n")
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child, as nobody
+        removed = True
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            removed = processes.remove_stale_socket(stale)
+        finally:
+            os._exit(1 if removed else 0)
+    _pid, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0  # refused, nothing raised
+    assert os.path.exists(stale)
+    assert processes.remove_stale_socket(stale)  # its owner can

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from app_agent.wire import processes
 from rpcctl import waits
 from rpcctl._settings import PROG_ENV, Settings
 from rpcctl.exceptions import ConfigError
@@ -54,6 +55,10 @@ def stop(settings: Settings, timeout: float) -> None:
         how = conn.stop()["via"]
     address = conn.address
     waits.wait_gone(address, app_pid, timeout, settings.security())
+    if address.is_unix:
+        # An app that dies on SIGTERM leaves its socket behind; gone with it, so the next
+        # command says plainly that nothing runs (the runner does the same on its side).
+        processes.remove_stale_socket(address.path)
     if settings.json:
         emit_json({"ok": True, "result": {"pid": app_pid, "via": how}})
     else:
