@@ -730,19 +730,40 @@ def test_the_runner_says_where_a_hard_coded_node_listens(
     )
 
 
-def test_the_runner_says_start_needs_no_node_when_it_cannot_tell(
-    short_tmp: Path, releases: list[Release]
+# An "agent" that listens at the node, its pid beside it, and never answers.
+SILENT_AGENT = """
+import os, socket, threading
+path = os.environ["RPCCTL_NODE"][len("unix:"):]
+listener = socket.socket(socket.AF_UNIX)
+listener.bind(path)
+listener.listen()
+with open(path + ".pid", "w") as f:
+    f.write(f"{os.getpid()}\\n")
+threading.Event().wait()
+"""
+
+
+@pytest.mark.parametrize(
+    ("program", "verdict"),
+    [
+        (
+            "import threading; threading.Event().wait()",
+            " (does the app call app_agent.start()? Under `rpcctl start` it needs no node: "
+            "the runner sets RPCCTL_NODE={node})",
+        ),
+        (SILENT_AGENT, ": its agent listens there but did not answer in time"),
+    ],
+)
+def test_the_never_ready_verdict_when_the_agent_is_not_elsewhere(
+    short_tmp: Path, releases: list[Release], program: str, verdict: str
 ) -> None:
-    release = Release(
-        short_tmp, "import threading; threading.Event().wait()", toml="ready_timeout = 1\n"
-    )
+    release = Release(short_tmp, program, toml="ready_timeout = 1\n")
     releases.append(release)
     status, events, err = release.finish()
     assert status == 3, err
     assert events[-1]["reason"] == (
-        f"the app's agent did not answer ping at {release.node} within 1s (under `rpcctl "
-        f"start`, app_agent.start() needs no node: it listens at RPCCTL_NODE={release.node}, "
-        "which the runner sets); the app was stopped"
+        f"the app's agent did not answer ping at {release.node} within 1s"
+        f"{verdict.format(node=release.node)}; the app was stopped"
     )
 
 

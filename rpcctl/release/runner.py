@@ -235,15 +235,17 @@ class Runner:
         the runner start() needs no node."""
         node = self.config.node
         found = listening.agent_socket(self.proc.pid) if self.proc is not None else None
-        if found is not None and found != self.config.address.path:
+        if found == self.config.address.path:
+            return ": its agent listens there but did not answer in time"
+        if found is not None:
             return (
                 f": it listens at unix:{found} instead (a node given to "
                 f"app_agent.start() overrides RPCCTL_NODE={node}; under `rpcctl start`, call "
                 "start() without node=)"
             )
         return (
-            f" (under `rpcctl start`, app_agent.start() needs no node: it listens at "
-            f"RPCCTL_NODE={node}, which the runner sets)"
+            " (does the app call app_agent.start()? Under `rpcctl start` it needs no node: "
+            f"the runner sets RPCCTL_NODE={node})"
         )
 
     def _agent_pid(self, timeout: float) -> int:
