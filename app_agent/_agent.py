@@ -25,7 +25,13 @@ from app_agent._registry import Registry, import_task_modules
 from app_agent._registry import registry as global_registry
 from app_agent._state import AgentState
 from app_agent._threads import NoThread
-from app_agent.config import AgentConfig, StartOptions, app_modules, distribution_version
+from app_agent.config import (
+    AgentConfig,
+    StartOptions,
+    app_modules,
+    distribution_version,
+    task_module,
+)
 from app_agent.config import load as load_config
 from app_agent.exceptions import (
     AddressInUse,
@@ -34,7 +40,7 @@ from app_agent.exceptions import (
     ConfigurationError,
 )
 from app_agent.logs import get_logger
-from app_agent.wire import Address
+from app_agent.wire import Address, processes
 
 # RPyC logs through stdlib logging; the agent logs its own events with structlog, so RPyC's
 # chatter is kept to warnings and above.
@@ -165,6 +171,10 @@ class Agent:
             raise
         st = os.stat(path)
         self._socket_inode = (st.st_dev, st.st_ino)
+        try:
+            processes.record_agent_pid(path)
+        except OSError as exc:  # only a diagnostic for later: the agent serves without it
+            self.log.warning("agent.pid_not_recorded", path=path, error=str(exc))
         return listener
 
     # -- serving admitted connections ----------------------------------------------------------
@@ -318,6 +328,14 @@ class Agent:
             version=self.config.version,
             **({"access": access.path, "identities": list(access.identities)} if access else {}),
         )
+        if self.config.environment_node is not None:
+            self.log.warning(
+                "agent.node_differs",
+                node=self.node,
+                environment_node=str(self.config.environment_node),
+                reason="start(node=...) overrides RPCCTL_NODE, where `rpcctl start` and its "
+                "clients look for this agent; under `rpcctl start`, call start() without node=",
+            )
         for warning in self.config.warnings:
             self.log.warning("access.warning", problem=warning)
         if access is not None:
@@ -359,6 +377,7 @@ class Agent:
         # Only our own socket: another agent may have replaced it since.
         if (st.st_dev, st.st_ino) == self._socket_inode:
             os.unlink(path)
+            processes.forget_agent_pid(path, os.getpid())
 
     def _abandon_in_child(self) -> None:
         """After a fork, in the child: the server's threads did not come along, and its
@@ -439,7 +458,7 @@ def start(
         _starting = ""
         if config.version is None:
             # The app's own code: the modules named by tasks=, then those of its tasks.
-            found = (*tasks, *(t.func.__module__ for t in global_registry.all()))
+            found = (*tasks, *(task_module(t.func) for t in global_registry.all()))
             config = dataclasses.replace(config, version=distribution_version(app_modules(found)))
         if config.ready is not None:
             readiness.set_ready(config.ready)

@@ -20,6 +20,7 @@ from typing import Any, TypeVar, overload
 
 from app_agent import _threads
 from app_agent._registry import _module_name
+from app_agent.wire.words import plural
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -346,7 +347,7 @@ def jobs_within_timeout(jobs: Any) -> str:
         )
         raise CheckFailed(msg)
     running = len(jobs.running())
-    return f"{running} job{'s' if running != 1 else ''} running"
+    return f"{plural(running, 'job')} running"
 
 
 def _message(exc: BaseException) -> str:

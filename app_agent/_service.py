@@ -35,6 +35,7 @@ from app_agent._service_introspect import IntrospectionMethods
 from app_agent._threads import NoThread
 from app_agent._version import __version__
 from app_agent.wire import ErrorKind
+from app_agent.wire.words import REGISTER_TASKS
 
 if TYPE_CHECKING:
     pass
@@ -261,7 +262,9 @@ class AgentService(IntrospectionMethods, ConsoleMethods):
             # may carry secrets).
             job.audit = {
                 **who,
-                "arguments": {k: len(wire.dumps(v)) for k, v in named.items()} if named else {},
+                "argument_sizes": {k: len(wire.dumps(v)) for k, v in named.items()}
+                if named
+                else {},
             }
             if task.log_values:
                 job.audit["values"] = named
@@ -306,6 +309,8 @@ class AgentService(IntrospectionMethods, ConsoleMethods):
         self._state.log.warning("call.finished", **fields)
 
     def _no_such_task(self, name: str) -> str:
+        if not self._state.registry.all():
+            return f"no task named {name!r}: this app registers no tasks; {REGISTER_TASKS}"
         hint = ""
         # Suggest a task whose last name part is close to the one asked for (a typo).
         wanted = name.rsplit(".", 1)[-1]

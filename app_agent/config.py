@@ -95,6 +95,9 @@ class AgentConfig:
     at start as ``access.warning``."""
     console: bool = False
     console_log_statements: bool = False
+    environment_node: wire.Address | None = None
+    """``RPCCTL_NODE`` when ``start(node=...)`` named another address: logged at start as
+    ``agent.node_differs`` (under ``rpcctl start``, clients and the runner look there)."""
 
     @property
     def insecure(self) -> bool:
@@ -165,7 +168,20 @@ def load(node: str | None = None, **options: Any) -> AgentConfig:
             options.get("console_log_statements"),
             env.CONSOLE_LOG_STATEMENTS,
         ),
+        environment_node=_other_environment_node(node, address),
     )
+
+
+def _other_environment_node(given: str | None, address: wire.Address) -> wire.Address | None:
+    """``RPCCTL_NODE`` when *given* (``start(node=...)``) names another address."""
+    text = os.environ.get(env.NODE)
+    if given is None or not text:
+        return None
+    try:
+        other = wire.parse_node(text)
+    except wire.AddressError:
+        return None  # not this agent's to judge: start(node=...) took its place
+    return other if other != address else None
 
 
 def _access_file(options: dict[str, Any]) -> Access | None:
@@ -223,6 +239,17 @@ def app_modules(task_modules: Iterable[str]) -> list[str]:
         if top and top != "app_agent":
             found.setdefault(top)
     return list(found)
+
+
+def task_module(func: Callable[..., Any]) -> str:
+    """The module a registered task counts as when looking for the app's version: where it
+    was defined when that is the agent's own code (its Django tasks are named after Django,
+    ``django.migrate``, and must not report Django's version as the app's), else its
+    ``__module__``."""
+    defined = str(getattr(func, "__globals__", {}).get("__name__", ""))
+    if defined.partition(".")[0] == "app_agent":
+        return defined
+    return func.__module__
 
 
 def distribution_version(packages: Iterable[str]) -> str | None:

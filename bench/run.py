@@ -701,6 +701,8 @@ def mem_overhead(report: Report, rounds: int, seconds: float) -> None:
                 f"host RSS +{found['rss_growth_bytes'] / 1024:.0f} KiB, "
                 f"snapshots {found['snapshots_s'] * 1000:.0f} ms",
             )
+
+
 def long_run(report: Report, work: Path, calls: int, connections: int) -> None:
     """Row 10: a long run (bench/longrun.py, also run by the tests): CALLS calls on one kept
     connection and CONNECTIONS short ones each running a job; the agent's RSS growth, and

@@ -9,50 +9,54 @@ from __future__ import annotations
 
 import sys
 
-_GLOBAL = {
-    "-n": "node",
-    "--node": "node",
-    "--config": "config_path",
-    "--cookie-file": "cookie_file",
-    "--identity": "identity",
-    "--tls-ca": "tls_ca",
-    "--tls-cert": "tls_cert",
-    "--tls-key": "tls_key",
-}
+from rpcctl._settings import GLOBAL_OPTIONS
+
+# The global options a single node's ping can take (a fleet's go to the click CLI), read
+# from the table the click group is built from; ping's own, as the click command has them.
+_FLEET = ("nodes_file", "discover")
+_GLOBAL = {f: o.dest for o in GLOBAL_OPTIONS if o.dest not in _FLEET for f in o.flags}
 _PING = {"--wait": "wait", "--timeout": "timeout"}
 
 
-def _options(args: list[str], known: dict[str, str]) -> tuple[dict[str, str], list[str]] | None:
-    """Leading ``--opt value`` / ``--opt=value`` pairs from *known*; None if any other flag."""
+def _parse(argv: list[str]) -> tuple[dict[str, str], bool] | None:
+    """``ping`` with global options before or after it and its own after it: the options
+    and ``--ready``; None for any other form (another command, a flag not served here, a
+    repeated option such as several nodes), which the click CLI handles."""
     found: dict[str, str] = {}
+    ping = ready = False
     i = 0
-    while i < len(args) and args[i].startswith("-"):
-        flag, eq, value = args[i].partition("=")
-        if flag not in known or (not eq and i + 1 >= len(args)):
+    while i < len(argv):
+        word = argv[i]
+        i += 1
+        if word == "ping" and not ping:
+            ping = True
+            continue
+        if word == "--ready" and ping and not ready:
+            ready = True
+            continue
+        # click takes "--opt=value" for long options only: "-n=x" would be the node "=x".
+        flag, eq, value = word.partition("=") if word.startswith("--") else (word, "", "")
+        dest = _GLOBAL.get(flag) or (_PING.get(flag) if ping else None)
+        if dest is None or dest in found:
             return None
         if not eq:
+            if i >= len(argv):
+                return None
+            value = argv[i]
             i += 1
-            value = args[i]
-        if known[flag] in found:
-            return None  # a repeated option (several nodes): the click CLI's fleet mode
-        found[known[flag]] = value
-        i += 1
-    return found, args[i:]
+        found[dest] = value
+    return (found, ready) if ping else None
 
 
 def _fast_ping(argv: list[str]) -> int | None:
     """Run ``ping`` without click; None when *argv* is not a form handled here."""
-    split = _options(argv, _GLOBAL)
-    if split is None or split[1][:1] != ["ping"]:
+    parsed = _parse(argv)
+    if parsed is None:
         return None
-    globals_, rest = split
-    ready = "--ready" in rest[1:]
-    ping_split = _options([a for a in rest[1:] if a != "--ready"], _PING)
-    if ping_split is None or ping_split[1]:
-        return None
+    options, ready = parsed
     try:
-        wait = float(ping_split[0]["wait"]) if "wait" in ping_split[0] else None
-        timeout = float(ping_split[0].get("timeout", "5"))
+        wait = float(options["wait"]) if "wait" in options else None
+        timeout = float(options.get("timeout", "5"))
     except ValueError:
         return None  # click words the usage error
     if (wait is not None and wait < 0) or timeout <= 0:
@@ -63,11 +67,9 @@ def _fast_ping(argv: list[str]) -> int | None:
     from rpcctl.exceptions import RpcctlError
 
     settings = Settings()
-    settings.node = globals_.get("node")
-    settings.config_path = globals_.get("config_path")
-    settings.cookie_file = globals_.get("cookie_file")
-    settings.identity = globals_.get("identity")
-    settings.tls = {k: globals_.get(f"tls_{k}") for k in ("ca", "cert", "key")}
+    for option in GLOBAL_OPTIONS:
+        value = options.get(option.dest)
+        settings.apply(option.dest, [value] if option.multiple and value else value)
     try:
         address = settings.address()
         security = settings.security()

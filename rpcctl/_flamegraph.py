@@ -16,6 +16,7 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 from app_agent import __version__
+from app_agent.wire.words import plural
 
 Stacks = list[tuple[tuple[str, ...], int]]
 """(frames from the root to the innermost, samples)."""
@@ -161,7 +162,7 @@ def svg(all_stacks: Stacks, title: str) -> str:
             return  # too narrow to see; its share still counts in its parent's width
         y = height - MARGIN - (level + 1) * FRAME_HEIGHT
         share = 100.0 * node.value / total
-        tip = f"{node.name} — {node.value} samples ({share:.2f}%)"
+        tip = f"{node.name} — {plural(node.value, 'sample')} ({share:.2f}%)"
         fill = "rgb(200,200,200)" if level == 0 else _colour(node.name)
         parts.append(
             f"<g><title>{escape(tip)}</title>"
@@ -185,6 +186,6 @@ def svg(all_stacks: Stacks, title: str) -> str:
 
 def title_of(profile: dict[str, Any], what: str) -> str:
     return (
-        f"{what}: {profile['samples']} samples at {profile['rate']:g} Hz "
+        f"{what}: {plural(profile['samples'], 'sample')} at {profile['rate']:g} Hz "
         f"over {profile['seconds']:g} s"
     )

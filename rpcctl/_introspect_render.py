@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from app_agent.wire.words import plural
+
 # -- stack -------------------------------------------------------------------------------------
 
 
@@ -18,10 +20,10 @@ def stack(data: dict[str, Any], show_all: bool = False) -> str:
     idle threads folded into one line unless *show_all*."""
     threads = data["threads"]
     folded = [t for t in threads if t["idle"] and not show_all]
+    fold_note = f", {plural(len(folded), 'idle agent thread')} folded (--all shows them)"
     lines = [
         f"Process {data['pid']} ({data['app']}), Python {data['python']}: "
-        f"{len(threads)} threads"
-        + (f", {len(folded)} idle agent threads folded (--all shows them)" if folded else "")
+        f"{plural(len(threads), 'thread')}" + (fold_note if folded else "")
     ]
     for thread in threads:
         if thread in folded:
@@ -91,7 +93,7 @@ def stats(data: dict[str, Any]) -> str:
     threads = data["threads"]
     python = data["python"]
     generations = ", ".join(
-        f"gen{g['generation']} {g['count']} tracked / {g['collections']} collections"
+        f"gen{g['generation']} {g['count']} tracked / {plural(g['collections'], 'collection')}"
         for g in gc["generations"]
     )
     limit = f" (limit {fds['limit']})" if fds.get("limit") else ""
@@ -120,7 +122,7 @@ def stats_line(data: dict[str, Any]) -> str:
         f"pid {data['pid']}, up {duration(data['uptime_s'])}, "
         f"RSS {size(data['memory']['rss_bytes'])}, "
         f"CPU {data['cpu']['user_s'] + data['cpu']['system_s']:.1f} s, "
-        f"{data['threads']['python']} threads, {data['fds']['open']} fds"
+        f"{plural(data['threads']['python'], 'thread')}, {data['fds']['open']} fds"
     )
 
 
@@ -158,14 +160,14 @@ def health(checks: list[dict[str, Any]]) -> str:
         lines.append(f"{mark}  {c['name']:<{width}}  {took:>8}  {message}".rstrip())
     failed = [c["name"] for c in checks if not c["ok"]]
     if failed:
-        lines.append(f"unhealthy: {len(failed)} of {len(checks)} checks failed")
+        lines.append(f"unhealthy: {len(failed)} of {plural(len(checks), 'check')} failed")
     else:
-        lines.append(f"healthy: {len(checks)} checks passed")
+        lines.append(f"healthy: {plural(len(checks), 'check')} passed")
     return "\n".join(lines) + "\n"
 
 
 def health_line(report: dict[str, Any]) -> str:
-    return f"healthy: {len(report['checks'])} checks passed"
+    return f"healthy: {plural(len(report['checks']), 'check')} passed"
 
 
 # -- log levels --------------------------------------------------------------------------------

@@ -32,6 +32,84 @@ PROG_ENV = wire.environment.PROG
 IDENTITY_ENV = wire.environment.IDENTITY
 
 
+class GlobalOption:
+    """One of the options every command takes, before or after its name: its flags, the
+    Settings attribute it fills, and its help. Declared here, without click, so that the
+    click group and the ``ping`` fast path (``rpcctl.__main__``) read the same table."""
+
+    __slots__ = ("dest", "flags", "help", "metavar", "multiple", "path")
+
+    def __init__(
+        self,
+        flags: tuple[str, ...],
+        dest: str,
+        metavar: str,
+        help: str,
+        multiple: bool = False,
+        path: bool = False,
+    ) -> None:
+        self.flags = flags
+        self.dest = dest
+        self.metavar = metavar
+        self.help = help
+        self.multiple = multiple  # repeatable: each value adds one
+        self.path = path  # a file (click checks it is not a directory)
+
+
+GLOBAL_OPTIONS = (
+    GlobalOption(
+        ("--node", "-n"),
+        "nodes",
+        "NODE",
+        "Agent address: unix:PATH, tcp://HOST:PORT or tls://HOST:PORT; repeat for a fleet. "
+        "Default: --config's node, else $RPCCTL_NODE, else rpcctl.toml found upward.",
+        multiple=True,
+    ),
+    GlobalOption(
+        ("--nodes-file",),
+        "nodes_file",
+        "FILE",
+        "A fleet: one address a line, # comments (ping, rpc, info, tasks, stack, stats, "
+        "health, profile, mem, log-level).",
+    ),
+    GlobalOption(
+        ("--discover",),
+        "discover",
+        "dns:NAME:PORT",
+        "A fleet: every A/AAAA record of NAME (a Kubernetes headless service).",
+    ),
+    GlobalOption(
+        ("--config",),
+        "config_path",
+        "FILE",
+        "The release config (rpcctl.toml or pyproject.toml). Default: found upward from here.",
+        path=True,
+    ),
+    GlobalOption(
+        ("--cookie-file",),
+        "cookie_file",
+        "FILE",
+        "Owner-only file holding the cookie. Default: --config's cookie_file, else "
+        "$RPCCTL_COOKIE, else $RPCCTL_COOKIE_FILE, else the cookie_file of the rpcctl.toml "
+        "found upward. Never pass the cookie itself on the command line.",
+        path=True,
+    ),
+    GlobalOption(
+        ("--identity",),
+        "identity",
+        "NAME",
+        "Who we are to an agent with an access file; the cookie (from the cookie options) is "
+        "that identity's. Default: --config's identity, else $RPCCTL_IDENTITY, else the "
+        "identity of the rpcctl.toml found upward.",
+    ),
+    GlobalOption(("--tls-ca",), "tls_ca", "FILE", "CA certificate(s) to verify a tls:// agent."),
+    GlobalOption(("--tls-cert",), "tls_cert", "FILE", "Client certificate for mutual TLS."),
+    GlobalOption(("--tls-key",), "tls_key", "FILE", "Key of the client certificate."),
+)
+"""The options of the ``rpcctl`` group, also accepted after the command's name (``--json``
+too, which each command declares itself)."""
+
+
 def parse_node(text: str, base_dir: str | None = None) -> Address:
     """An Address from *text*; ConfigError (exit 2) naming every accepted form."""
     try:
@@ -59,6 +137,19 @@ class Settings:
         self._node_config: Config | None = None  # the config that gave the node
         self._config: Config | None = None
         self._security: Security | None = None
+
+    def apply(self, dest: str, value: str | tuple[str, ...] | list[str] | None) -> None:
+        """A global option's value (see GLOBAL_OPTIONS); not given (None, empty) keeps what
+        is set. Nodes add up, wherever they were given: ``-n A ping -n B`` is a fleet."""
+        if not value:
+            return
+        if dest == "nodes":
+            self.nodes = [*self.nodes, *value]
+            self.node = self.nodes[0]
+        elif dest.startswith("tls_"):
+            self.tls[dest[len("tls_") :]] = str(value)
+        else:
+            setattr(self, dest, value)
 
     # -- credentials ---------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import sys
 import time
 
 from app_agent import wire
-from app_agent.wire import Address, ErrorKind, cookies
+from app_agent.wire import Address, ErrorKind, cookies, processes
 from app_agent.wire.backoff import Backoff
 from rpcctl.exceptions import (
     BY_KIND,
@@ -128,8 +128,12 @@ def open_socket(address: Address, timeout: float, security: Security) -> socket.
         raise Unreachable(msg) from None
     except ConnectionRefusedError:
         sock.close()
-        what = "the socket is stale" if address.is_unix else "connection refused"
-        msg = f"{address}: no agent is running ({what})"
+        gone = processes.gone_agent_pid(address.path) if address.is_unix else None
+        if gone is not None:
+            why = f": the app exited without stopping its agent (pid {gone} is gone)"
+        else:
+            why = " (the socket is stale)" if address.is_unix else " (connection refused)"
+        msg = f"{address}: no agent is running{why}"
         raise Unreachable(msg) from None
     except OSError as exc:
         sock.close()

@@ -419,7 +419,9 @@ def _encode_arguments(args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any])
         return "[]", "{}"
     try:
         if not wire.is_plain(list(args)) or not wire.is_plain(kwargs):
-            msg = "task arguments must be JSON data (str, int, float, bool, None, list, dict)"
+            msg = (
+                "task arguments must be JSON data (str, int, finite float, bool, None, list, dict)"
+            )
             raise UsageError(msg)
         return wire.dumps(list(args)), wire.dumps(kwargs)
     except RecursionError:

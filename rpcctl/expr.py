@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -112,8 +113,14 @@ _KIND = {
 }
 
 
+_NOT_FINITE = frozenset({"inf", "infinity", "nan"})
+"""Names (any case) a user may type for the numbers JSON cannot carry."""
+
+
 def _literal(source: str, node: ast.expr, where: str) -> Any:
     if isinstance(node, ast.Constant):
+        if isinstance(node.value, float) and not math.isfinite(node.value):
+            raise _not_finite(source, node, where, overflow=True)
         if node.value is None or isinstance(node.value, bool | int | float | str):
             return node.value
         kind = type(node.value).__name__
@@ -122,7 +129,13 @@ def _literal(source: str, node: ast.expr, where: str) -> Any:
         operand = node.operand
         if isinstance(operand, ast.Constant) and type(operand.value) in (int, float):
             number: int | float = operand.value  # type: ignore[assignment]
+            if not math.isfinite(number):
+                raise _not_finite(source, node, where, overflow=True)
             return -number if isinstance(node.op, ast.USub) else number
+        if isinstance(operand, ast.Name) and operand.id.lower() in _NOT_FINITE:
+            raise _not_finite(source, node, where)
+    if isinstance(node, ast.Name) and node.id.lower() in _NOT_FINITE:
+        raise _not_finite(source, node, where)
     if isinstance(node, ast.List | ast.Tuple):
         return [_literal(source, item, where) for item in node.elts]
     if isinstance(node, ast.Dict):
@@ -140,6 +153,15 @@ def _literal(source: str, node: ast.expr, where: str) -> Any:
         node,
         f"{where} must be a literal (string, number, True/False/None, list, dict), not {kind}",
     )
+
+
+def _not_finite(source: str, node: ast.AST, where: str, overflow: bool = False) -> BadExpression:
+    why = (
+        "it is beyond a float's range (about 1.8e308), and JSON has no infinity"
+        if overflow
+        else "JSON has no infinity or NaN"
+    )
+    return _at(source, node, f"{where} is not a finite number: {why}")
 
 
 def _at(source: str, node: ast.AST, message: str) -> BadExpression:

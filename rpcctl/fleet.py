@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from app_agent.wire import Address, ErrorKind
+from app_agent.wire.words import plural
 from rpcctl import _transport, waits
 from rpcctl._settings import parse_node
 from rpcctl._transport import Security
@@ -137,7 +138,7 @@ class MulticallResult:
         if len(kept) < len(self.outcomes):
             details.append(f"{len(self.outcomes) - len(kept)} skipped by --where")
         tail = f"; {', '.join(details)}" if details else ""
-        return f"{oks}/{len(kept)} nodes ok in {self.duration:.2f}s{tail}"
+        return f"{oks}/{plural(len(kept), 'node')} ok in {self.duration:.2f}s{tail}"
 
 
 def multicall(
@@ -349,7 +350,7 @@ def first_answering(
         if errors:
             msg += f"; {len(errors)} did not answer: " + "; ".join(errors[:3])
         raise Unreachable(msg)
-    msg = f"none of {len(addresses)} nodes answered: " + "; ".join(errors[:3])
+    msg = f"none of {plural(len(addresses), 'node')} answered: " + "; ".join(errors[:3])
     raise Unreachable(msg)
 
 

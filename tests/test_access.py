@@ -771,7 +771,7 @@ def test_where_runs_on_exactly_the_matching_replicas(replicas: list[AppProcess])
     lines = table.stdout.splitlines()
     assert lines[1].split()[:2] == [n0, "ok"]
     assert [line.split()[1] for line in lines[2:4]] == ["skipped", "skipped"]
-    assert lines[-1].startswith("1/1 nodes ok in ")
+    assert lines[-1].startswith("1/1 node ok in ")
     assert lines[-1].endswith("; 2 skipped by --where")
 
     # A key beyond the handshake's answer is asked of info, on the same connection.

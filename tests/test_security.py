@@ -244,7 +244,7 @@ def test_audit_log_records_calls_with_argument_sizes_not_values(sample_app: AppP
     log = agent_log(sample_app)
     calls = {e["task"]: e for e in log if e["event"] == "call.finished"}
     echo = calls["sampleapp.echo"]
-    assert echo["arguments"] == {"value": len(json.dumps(private_value))}
+    assert echo["argument_sizes"] == {"value": len(json.dumps(private_value))}
     assert "values" not in echo
     assert echo["outcome"] == "succeeded"
     assert echo["caller"].startswith(f"uid={os.geteuid()} pid=")

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from app_agent._registry import Task, registry
+from app_agent.wire.words import plural
 
 if TYPE_CHECKING:
     import sqlalchemy
@@ -98,7 +99,8 @@ class AlembicTasks:
             return []
         applied = len(self.path(before, None))
         if steps > applied:
-            msg = f"cannot roll back {steps} migrations: only {applied} are applied"
+            are = "is" if applied == 1 else "are"
+            msg = f"cannot roll back {plural(steps, 'migration')}: only {applied} {are} applied"
             raise ValueError(msg)
         self.run("downgrade", f"-{steps}")
         return list(reversed(self.path(before, self.current_revision())))

@@ -81,8 +81,20 @@ def parse_node(text: str, base_dir: str | os.PathLike[str] | None = None) -> Add
         prefix = f"{scheme}://"
         if text.startswith(prefix):
             return _parse_host_port(scheme, text, text[len(prefix) :])
-    msg = f"bad node address {text!r}: {_NODE_FORMS}"
+    msg = f"bad node address {text!r}: {_NODE_FORMS}{_meant(text)}"
     raise AddressError(msg)
+
+
+def _meant(text: str) -> str:
+    """The address a scheme-less *text* most likely meant, as a hint; "" when unclear."""
+    if "://" in text or not text:
+        return ""
+    if text.startswith(("/", "./", "../")) or text.endswith(".sock"):
+        return f"; for the UNIX socket at that path, write unix:{text}"
+    host, sep, port = text.rpartition(":")
+    if sep and host and port.isdigit():
+        return f"; for TCP, write tcp://{text}"
+    return ""
 
 
 def _parse_host_port(scheme: str, text: str, rest: str) -> Address:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from app_agent import wire
-from rpcctl._settings import Settings
+from rpcctl._settings import GLOBAL_OPTIONS, Settings
 from rpcctl.exceptions import RpcctlError, TaskFailed
 
 if TYPE_CHECKING:
@@ -49,6 +49,13 @@ class RpcctlGroup(click.Group):
         self.lazy: dict[str, str] = {}
         """Command name -> the module that defines it, imported only when that command runs (or
         help lists them all): `rpcctl ping` of a fleet should not pay for the profiler's SVG."""
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        if not isinstance(cmd, click.Group):
+            # The global options after the command's name too (`rpcctl ping -n NODE`), as
+            # --json already is; hidden, so each command's help shows its own options.
+            global_options(late=True)(cmd)
+        super().add_command(cmd, name)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(self.commands) | set(self.lazy))
@@ -159,6 +166,35 @@ def json_option(f: F) -> F:
         is_eager=True,
         help="Print one JSON document: {ok, result} or {ok, error}.",
     )(f)
+
+
+def _apply_late(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    """A global option given after the command's name: into the settings, after the group's."""
+    if param.name is not None:
+        ctx.ensure_object(Settings).apply(param.name, value)
+
+
+def global_options(late: bool = False) -> Callable[[F], F]:
+    """The group's options (GLOBAL_OPTIONS); *late*: the hidden copies every command takes,
+    which go straight into the settings."""
+
+    def decorate(f: F) -> F:
+        for option in reversed(GLOBAL_OPTIONS):
+            late_only: dict[str, Any] = (
+                {"hidden": True, "expose_value": False, "callback": _apply_late} if late else {}
+            )
+            f = click.option(
+                *option.flags,
+                option.dest,
+                metavar=option.metavar,
+                multiple=option.multiple,
+                type=click.Path(dir_okay=False) if option.path else None,
+                help=option.help,
+                **late_only,
+            )(f)
+        return f
+
+    return decorate
 
 
 def timeout_option(default: float | None, help: str) -> Callable[[F], F]:

@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from app_agent.wire.words import plural
 from rpcctl import _flamegraph
 from rpcctl import _introspect_render as render
 from rpcctl import client as client_mod
@@ -299,7 +300,7 @@ def _write_profile(
             s for n, p in profiles for s in _flamegraph.stacks(p, prefix=(n,) if fleet else ())
         ]
         if fmt == "svg":
-            what = f"{len(profiles)} nodes" if fleet else profiles[0][0]
+            what = plural(len(profiles), "node") if fleet else profiles[0][0]
             text = _flamegraph.svg(stacks, _flamegraph.title_of(_totals(profiles), what))
         else:
             text = _flamegraph.collapsed(stacks)
@@ -314,7 +315,7 @@ def _write_profile(
             raise ConfigError(msg) from None
     first = profiles[0][1]
     note = (
-        f"{samples} samples at {first['rate']:g} Hz over {first['seconds']:g} s"
+        f"{plural(samples, 'sample')} at {first['rate']:g} Hz over {first['seconds']:g} s"
         f" (the sampler used {100 * first['sampler_cpu_s'] / max(first['seconds'], 1e-9):.1f}%"
         " of one CPU)"
     )

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from app_agent.wire import processes
 from rpcctl import waits
 from rpcctl._settings import PROG_ENV, Settings
 from rpcctl.exceptions import ConfigError
@@ -54,6 +55,10 @@ def stop(settings: Settings, timeout: float) -> None:
         how = conn.stop()["via"]
     address = conn.address
     waits.wait_gone(address, app_pid, timeout, settings.security())
+    if address.is_unix:
+        # An app that dies on SIGTERM leaves its socket behind; gone with it, so the next
+        # command says plainly that nothing runs (the runner does the same on its side).
+        processes.remove_stale_socket(address.path)
     if settings.json:
         emit_json({"ok": True, "result": {"pid": app_pid, "via": how}})
     else:
@@ -113,16 +118,24 @@ def release() -> None:
 @pass_settings
 def release_init(settings: Settings, name: str, module: str | None, force: bool) -> None:
     """Write rpcctl.toml, bin/NAME and rel/hooks/*/ into the current directory."""
+    import textwrap
     from pathlib import Path
 
     from rpcctl.release import scaffold
 
     written = scaffold.init(name, Path.cwd(), force=force, module=module)
+    steps = scaffold.next_steps(name, Path.cwd(), module=module)
     if settings.json:
-        emit_json({"ok": True, "result": {"files": [str(p) for p in written]}})
+        files = [str(p) for p in written]
+        emit_json({"ok": True, "result": {"files": files, "next_steps": steps}})
         return
     for path in written:
         click.echo(f"wrote {path}")
+    click.echo("\nNext steps:")
+    for number, step in enumerate(steps, 1):
+        click.echo(
+            textwrap.fill(step, 88, initial_indent=f"  {number}. ", subsequent_indent="     ")
+        )
 
 
 @cli.group()

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from app_agent.wire.words import REGISTER_TASKS
 from rpcctl import client as client_mod
 from rpcctl import fleet as fleet_mod
 from rpcctl import waits
@@ -100,7 +101,11 @@ def tasks(settings: Settings, timeout: float, parallel: int, min_ok: int | None)
         emit_json({"ok": True, "result": found})
         return
     if not found:
-        click.echo("no tasks registered", err=True)
+        identity = settings.security().identity
+        if identity:  # its grants may hide tasks that exist
+            click.echo(f"no tasks registered that identity {identity!r} may run", err=True)
+        else:
+            click.echo(f"no tasks registered: {REGISTER_TASKS}", err=True)
     for task in found:
         click.echo(task["signature"])
         if task.get("alias"):

@@ -23,13 +23,13 @@ import time
 from pathlib import Path
 from typing import Any, Final, NamedTuple
 
-from app_agent.wire import NODE_ENV, RUNNER_ENV, ErrorKind, environment, pid_alive
+from app_agent.wire import NODE_ENV, RUNNER_ENV, ErrorKind, environment, pid_alive, processes
 from app_agent.wire.cookies import COOKIE_FILE_ENV
 from app_agent.wire.environment import IDENTITY as IDENTITY_ENV
 from rpcctl import _transport
 from rpcctl._transport import Security
 from rpcctl.exceptions import CallTimeout, RpcctlError, Unreachable, UsageError
-from rpcctl.release import hooks
+from rpcctl.release import hooks, listening
 from rpcctl.release.config import Config, rpcctl_executable
 
 # Exit statuses of `rpcctl start` besides 0 (clean stop) and the app's own status, from the
@@ -108,12 +108,13 @@ class Runner:
             status = self._app_status()
             reason = f"the app exited with status {status} before its agent answered ping"
             self.log.error("runner.app_exited_before_ready", status=status, reason=reason)
+            self._clear_socket()
             self._hooks("post_stop")
             return Ending(status or HOOK_FAILED, reason)
         if ready in ("timeout", "refused"):
             reason = (
                 f"the app's agent did not answer ping at {self.config.node} within "
-                f"{self.config.ready_timeout:g}s"
+                f"{self.config.ready_timeout:g}s{self._where_it_listens()}"
                 if ready == "timeout"
                 else f"the agent at {self.config.node} refused the runner: {self._refusal}"
             )
@@ -157,6 +158,7 @@ class Runner:
                 if self.proc is not None and self.proc.poll() is not None:
                     status = self._app_status()
                     self.log.error("runner.app_exited", status=status)
+                    self._clear_socket()
                     self._hooks("post_stop")
                     return Ending(status, f"the app exited by itself with status {status}")
                 pending = self._take_signals()
@@ -227,6 +229,25 @@ class Runner:
             self._answering_pid = pid
             return "foreign"
 
+    def _where_it_listens(self) -> str:
+        """What the never-ready verdict adds: where the app's agent listens instead, when
+        its process tree tells (its socket and the pid recorded beside it), else that under
+        the runner start() needs no node."""
+        node = self.config.node
+        found = listening.agent_socket(self.proc.pid) if self.proc is not None else None
+        if found == self.config.address.path:
+            return ": its agent listens there but did not answer in time"
+        if found is not None:
+            return (
+                f": it listens at unix:{found} instead (a node given to "
+                f"app_agent.start() overrides RPCCTL_NODE={node}; under `rpcctl start`, call "
+                "start() without node=)"
+            )
+        return (
+            " (does the app call app_agent.start()? Under `rpcctl start` it needs no node: "
+            f"the runner sets RPCCTL_NODE={node})"
+        )
+
     def _agent_pid(self, timeout: float) -> int:
         """The pid the agent answering at the node reports (``info``)."""
         from rpcctl.client import Client
@@ -257,14 +278,31 @@ class Runner:
             proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=self.config.stop_timeout)
-            self.log.info("runner.app_exited", status=self._app_status())
-            return True
+            clean = True
+            self.log.info("runner.app_stopped", pid=proc.pid, status=self._app_status())
         except subprocess.TimeoutExpired:
             self.log.warning("runner.killing", pid=proc.pid, reason="still running after grace")
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-            return False
+            clean = False
+        self._clear_socket()
+        return clean
+
+    def _clear_socket(self) -> None:
+        """Once the app is gone: remove the UNIX socket it was given if its agent left it
+        behind (an app that dies on SIGTERM never runs its agent.stop()); only a socket
+        that nothing answers on, so a new agent's is never touched."""
+        address = self.config.address
+        if not address.is_unix:
+            return
+        app_pid = self._pid()
+        if processes.remove_stale_socket(address.path):
+            self.log.info(
+                "runner.socket_removed",
+                path=address.path,
+                reason=f"the app (pid {app_pid}) exited without stopping its agent",
+            )
 
     def _killed(self, clean: bool) -> str:
         """What an ending's reason adds when the app had to be killed."""

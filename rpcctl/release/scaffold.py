@@ -79,8 +79,25 @@ set -eu
 echo "migrating {name} (pid ${{RPCCTL_APP_PID:-?}})"
 # --lock-wait: with a lock backend shared by replicas, every replica can run this hook;
 # one migrates, the others wait for it and then find nothing left to do.
-"$RPCCTL" rpc --lock-wait 300 {module}.tasks.migrate
+"$RPCCTL" rpc --lock-wait 300 {task}
 """
+
+DJANGO_COMMAND = '["python", "-m", "gunicorn", "--preload", "{module}.wsgi"]'
+"""A Django site's command: gunicorn loads the site (and so the agent) once, in its arbiter,
+before it forks the workers (docs/django.md)."""
+
+_DJANGO_SETTINGS = re.compile(r"""DJANGO_SETTINGS_MODULE["']\s*,\s*["']([A-Za-z_][\w.]*)["']""")
+
+
+def django_settings(directory: Path) -> str | None:
+    """The settings module a Django project's ``manage.py`` in *directory* names
+    (``mysite.settings``); None when there is no Django project there."""
+    try:
+        text = (directory / "manage.py").read_text(errors="replace")
+    except OSError:
+        return None
+    found = _DJANGO_SETTINGS.search(text)
+    return found.group(1) if found else None
 
 
 def init(
@@ -98,16 +115,21 @@ def init(
     if not _NAME.match(name):
         msg = f"bad release name {name!r}: use letters, digits, '_', '-' and '.'"
         raise UsageError(msg)
-    module = module or name.replace("-", "_")
+    settings = django_settings(directory)
+    module = _module(name, module, settings)
     made_by = shlex.quote(rpcctl_executable() if launcher_rpcctl is None else launcher_rpcctl)
+    config = CONFIG_TEMPLATE.format(name=name, module=module)
+    if settings is not None:
+        python_m = f'["python", "-m", "{module}"]'
+        config = config.replace(python_m, DJANGO_COMMAND.format(module=module), 1)
     files: dict[Path, tuple[str, int]] = {
-        directory / "rpcctl.toml": (CONFIG_TEMPLATE.format(name=name, module=module), 0o644),
+        directory / "rpcctl.toml": (config, 0o644),
         directory / "bin" / name: (
             LAUNCHER_TEMPLATE.format(name=name, made_by=made_by),
             0o755,
         ),
         directory / "rel" / "hooks" / "post_start" / "10-migrate.sh": (
-            MIGRATE_TEMPLATE.format(name=name, module=module),
+            MIGRATE_TEMPLATE.format(name=name, task=_migrate_task(module, settings)),
             0o755,
         ),
     }
@@ -125,3 +147,51 @@ def init(
         path.chmod(mode)
         written.append(path)
     return written
+
+
+def next_steps(name: str, directory: Path, module: str | None = None) -> list[str]:
+    """What to do after ``release init``, in order: the file to edit, then the commands to
+    try; for a Django project (a ``manage.py`` naming its settings), Django's way."""
+    settings = django_settings(directory)
+    module = _module(name, module, settings)
+    launcher = f"bin/{name}"
+    if settings is not None:
+        where = settings.replace(".", "/") + ".py"
+        first = [
+            f'Add "app_agent.contrib.django" to INSTALLED_APPS in {where}: the site\'s agent '
+            "then starts under gunicorn, and the post_start hook runs django.migrate in it.",
+            f"Check [app] command in rpcctl.toml: it serves {module}.wsgi with gunicorn "
+            "--preload (pip install gunicorn).",
+        ]
+        task = "django.showmigrations"
+    else:
+        tasks = f"{module.replace('.', '/')}/tasks.py"
+        first = [
+            f"Write your release tasks in {tasks}, each marked @task (from app_agent import "
+            f"task): the post_start hook (rel/hooks/post_start/10-migrate.sh) calls "
+            f"{module}.tasks.migrate.",
+            f"Start the agent in your app's entry point (python -m {module}) with "
+            f'app_agent.start(tasks=["{module}.tasks"]) and no node: {launcher} start gives '
+            "it RPCCTL_NODE. On SIGTERM, stop serving and call agent.stop().",
+        ]
+        task = f"{module}.tasks.migrate"
+    return [
+        *first,
+        f"{launcher} start    (in the foreground: the app, then the post_start hook)",
+        f"{launcher} ping     (from another terminal)",
+        f"{launcher} rpc {task}",
+    ]
+
+
+def _module(name: str, given: str | None, settings: str | None) -> str:
+    """The app's package: --module, else a Django project's (its settings' package), else
+    NAME."""
+    if given:
+        return given
+    if settings is not None and "." in settings:
+        return settings.rpartition(".")[0]
+    return name.replace("-", "_")
+
+
+def _migrate_task(module: str, settings: str | None) -> str:
+    return "django.migrate" if settings is not None else f"{module}.tasks.migrate"

@@ -8,7 +8,8 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
-from app_agent.config import StartOptions
+from app_agent.config import StartOptions, distribution_version
+from app_agent.wire import environment
 
 DEFAULT_COMMANDS = ("migrate", "showmigrations", "check")
 """``RPCCTL_DJANGO_COMMANDS`` when unset: the management commands callable remotely."""
@@ -59,6 +60,13 @@ def task_modules() -> list[str]:
     return list(value)
 
 
+def site_version() -> str | None:
+    """The version of the installed distribution that provides the settings module's top
+    package (``mysite`` for ``mysite.settings``); None when none does."""
+    top = str(getattr(settings, "SETTINGS_MODULE", "") or "").partition(".")[0]
+    return distribution_version([top]) if top else None
+
+
 def start_options() -> StartOptions:
     """``RPCCTL_AGENT_OPTIONS``: keyword options of ``app_agent.start`` (locks, cookie_file,
     app, ...)."""
@@ -72,6 +80,11 @@ def start_options() -> StartOptions:
         )
         raise ImproperlyConfigured(msg)
     options: StartOptions = {**value}  # type: ignore[typeddict-item]
+    if options.get("version") is None and not os.environ.get(environment.APP_VERSION):
+        # The site's own distribution, never Django's (whose tasks the agent registers).
+        version = site_version()
+        if version is not None:
+            options["version"] = version
     if not options.get("app"):
         # The project's name (DJANGO_SETTINGS_MODULE "mysite.settings" -> "mysite").
         module = str(getattr(settings, "SETTINGS_MODULE", "") or "")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import app_agent
+from app_agent.wire.words import plural
 
 LEVELS = {10: "DEBUG", 20: "INFO", 30: "WARNING", 40: "ERROR", 50: "CRITICAL"}
 
@@ -22,7 +23,7 @@ def run(deploy: bool = False) -> list[Any]:
     serious = [m for m in messages if m.is_serious()]
     if serious:
         listed = "; ".join(str(m).replace("\n\t", " ") for m in serious)
-        msg = f"System check identified {len(serious)} error(s): {listed}"
+        msg = f"System check identified {plural(len(serious), 'error')}: {listed}"
         raise SystemCheckError(msg)
     return messages
 

@@ -23,6 +23,8 @@ def main() -> None:
         tasks=["myapp.tasks"],
         app="myapp",
     )
+    # On SIGTERM (`bin/myapp stop`, systemd, Kubernetes) stop serving and stop the agent:
+    # Python's default is to die at once, and the agent's socket would stay behind.
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.set())
