@@ -33,6 +33,7 @@ from app_agent.exceptions import (
 )
 from app_agent.logs import get_logger
 from app_agent.wire import Address
+from app_agent.wire.processes import uid_label
 
 # RPyC logs through stdlib logging; the agent logs its own events with structlog, so RPyC's
 # chatter is kept to warnings and above.
@@ -145,6 +146,7 @@ class Agent:
         shared = self.config.shared_socket
         if not os.path.isdir(directory):
             os.makedirs(directory, mode=0o711 if shared else 0o700, exist_ok=True)
+        _check_directory_owner(path, directory)
         self._clear_stale_socket(path)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -372,6 +374,20 @@ def lock_backend(config: AgentConfig) -> Backend:
         return lock_backends(config.locks)
     except (ValueError, RuntimeError, OSError) as exc:
         raise ConfigurationError(f"locks: {exc}") from None
+
+
+def _check_directory_owner(path: str, directory: str) -> None:
+    """ConfigurationError when the socket's directory belongs to another user: whoever owns
+    it (say, one who made /tmp/app before the app started) could swap the socket for an
+    impostor's at any time."""
+    owner = os.stat(directory or ".").st_uid
+    if owner not in (os.geteuid(), 0):
+        msg = (
+            f"unix:{path}: refusing to listen in {directory}: it belongs to {uid_label(owner)}, "
+            f"not to this process (uid {os.geteuid()}) or root, so that user could replace the "
+            "socket; remove the directory or pick another"
+        )
+        raise ConfigurationError(msg)
 
 
 def _cause(exc: BaseException) -> BaseException:

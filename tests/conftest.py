@@ -11,7 +11,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +87,42 @@ def short_tmp() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def run_tmp() -> Iterator[Path]:
+    """A short temporary directory under /run, whose parents only root can write (unlike
+    /tmp's): where a socket directory owned by another user can be trusted."""
+    if not os.access("/run", os.W_OK):
+        pytest.skip("needs a writable /run")
+    path = Path(tempfile.mkdtemp(prefix="rpcctl-", dir="/run"))
+    path.chmod(0o755)  # another uid must reach the directories made below
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+NOBODY = 65534
+"""The uid tests act as when they need another user."""
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another uid")
+
+
+def as_user(uid: int, work: Callable[[], None]) -> int:
+    """Run *work* in a forked child that has become *uid*; the child's pid."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        status = 1
+        try:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            work()
+            status = 0
+        finally:
+            os._exit(status)
+    return pid
 
 
 class _Drain:

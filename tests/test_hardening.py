@@ -27,10 +27,19 @@ import sampleapp  # noqa: F401  (registers the tasks the in-process agents serve
 from app_agent import wire
 from app_agent.exceptions import ConfigurationError
 from app_agent.wire import cookies
-from conftest import DEADLINE, ROOT, SAMPLEAPP, AppProcess, run_rpcctl, wait_until
+from conftest import (
+    DEADLINE,
+    NOBODY,
+    ROOT,
+    SAMPLEAPP,
+    AppProcess,
+    as_user,
+    needs_root,
+    run_rpcctl,
+    wait_until,
+)
 
 COOKIE = "hardening-cookie-0123456789abcdef"
-NOBODY = 65534
 FLOOD = ROOT / "bench" / "flood.py"  # the benchmark's connect flood, bounded in time
 
 
@@ -222,25 +231,6 @@ def test_the_agent_answer_is_covered_by_its_proof(tcp_app: AppProcess) -> None:
 # -- 2. the client checks who listens on a UNIX socket ---------------------------------------
 
 
-def as_user(uid: int, work: Callable[[], None]) -> int:
-    """Run *work* in a forked child that has become *uid*; the child's pid."""
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        status = 1
-        try:
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-            work()
-            status = 0
-        finally:
-            os._exit(status)
-    return pid
-
-
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another uid")
-
-
 @needs_root
 def test_an_impostor_of_another_uid_gets_nothing(short_tmp: Path) -> None:
     """A process of another uid listening on the path (here: root's own 0700 directory,
@@ -288,35 +278,6 @@ def test_a_socket_in_a_directory_others_can_write_is_refused(
     assert f"its directory {directory} is writable by" in result.stderr
     assert f"(mode {mode:04o})" in result.stderr
     assert run_rpcctl("-n", agent_in_process.node, "ping").returncode == 0
-
-
-@needs_root
-def test_root_operates_an_app_that_runs_as_its_own_user(short_tmp: Path) -> None:
-    """The agent runs as nobody with its socket in nobody's 0700 directory: root's client
-    trusts it (the directory's owner) and the agent admits root."""
-    run_dir = short_tmp / "run"
-    run_dir.mkdir(mode=0o700)
-    os.chown(run_dir, NOBODY, NOBODY)
-    short_tmp.chmod(0o755)
-    node = f"unix:{run_dir}/agent.sock"
-    stop_r, stop_w = os.pipe()
-
-    def app() -> None:
-        os.close(stop_w)
-        agent = app_agent.start(node=node, app="as-nobody")
-        os.read(stop_r, 1)  # until the test closes the pipe
-        agent.stop()
-
-    child = as_user(NOBODY, app)
-    os.close(stop_r)
-    try:
-        wait = run_rpcctl("-n", node, "ping", "--wait", str(DEADLINE))
-        assert (wait.returncode, wait.stdout) == (0, "pong\n"), wait.stderr
-        result = run_rpcctl("-n", node, "rpc", "add(1, 2)")
-        assert (result.returncode, result.stdout) == (0, "3\n"), result.stderr
-    finally:
-        os.close(stop_w)
-        os.waitpid(child, 0)
 
 
 # -- 3. one handshake deadline per connection ------------------------------------------------

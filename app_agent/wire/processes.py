@@ -1,4 +1,4 @@
-"""Whether a process exists: the one liveness check both sides use."""
+"""Local processes and users: the one liveness check both sides use, and how a uid is named."""
 
 from __future__ import annotations
 
@@ -22,3 +22,13 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True  # it exists, as another user's
     return True
+
+
+def uid_label(uid: int) -> str:
+    """``uid 65534 (nobody)``: a uid as messages name it, with its user name when it has one."""
+    import pwd  # only when a message needs it: the ping path never does
+
+    try:
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"uid {uid}"
