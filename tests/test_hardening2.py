@@ -141,3 +141,84 @@ def test_the_agent_refuses_to_listen_in_another_users_directory(short_tmp: Path)
     )
     assert not (theirs / "agent.sock").exists()
     assert app_agent.current() is None
+
+
+# -- 2. the runner's lock never follows a planted link -----------------------------------------
+
+
+def release_in(directory: Path) -> Path:
+    """An rpcctl.toml whose socket (and so its lock, app.sock.lock) is in *directory*; its
+    app exits at once, so a runner that got past the lock ends quickly."""
+    config = directory / "rpcctl.toml"
+    config.write_text(
+        '[app]\nname = "victim"\ncommand = ["true"]\n'
+        f'node = "unix:{directory}/app.sock"\nready_timeout = 5\n'
+    )
+    return config
+
+
+@needs_root
+def test_the_release_lock_never_follows_a_planted_symlink(short_tmp: Path) -> None:
+    """Another user links app.sock.lock, in a directory anyone may write, to a file of
+    root's: root's `start` refuses it and leaves the file as it was."""
+    short_tmp.chmod(0o1777)
+    victim = short_tmp / "victim"
+    victim.write_text("precious\n")
+    lock = short_tmp / "app.sock.lock"
+    child = as_user(NOBODY, lambda: os.symlink(victim, lock))
+    assert os.waitpid(child, 0)[1] == 0
+    result = run_rpcctl("--config", str(release_in(short_tmp)), "start", timeout=DEADLINE)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (
+        f"rpcctl: error: cannot open the release lock {lock}: it is a symbolic link\n"
+    )
+    assert victim.read_text() == "precious\n"
+
+
+@needs_root
+@pytest.mark.parametrize(
+    ("plant", "problem"),
+    [
+        ("another user's file", f"it belongs to uid {NOBODY}, not to us (uid 0)"),
+        ("a hard link", "it has 2 hard links"),
+        ("a FIFO", "it is not a regular file"),
+        ("a long file", "it holds 100 bytes: not a lock file"),
+    ],
+)
+def test_the_release_lock_must_be_a_lock_file_of_ours(
+    short_tmp: Path, plant: str, problem: str
+) -> None:
+    lock = short_tmp / "app.sock.lock"
+    victim = short_tmp / "victim"
+    victim.write_text("x" * 100)
+    if plant == "another user's file":
+        lock.write_text("123\n")
+        os.chown(lock, NOBODY, NOBODY)
+    elif plant == "a hard link":
+        os.link(victim, lock)
+    elif plant == "a FIFO":
+        os.mkfifo(lock, 0o600)
+    else:
+        lock.write_text("x" * 100)
+    before = lock.stat()
+    result = run_rpcctl("--config", str(release_in(short_tmp)), "start", timeout=DEADLINE)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (
+        f"rpcctl: error: refusing the release lock {lock}: {problem}; "
+        "remove it if it is not yours\n"
+    )
+    after = lock.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    assert victim.read_text() == "x" * 100
+
+
+def test_a_lock_file_left_by_an_earlier_run_is_reused_never_truncated(short_tmp: Path) -> None:
+    lock = short_tmp / "app.sock.lock"
+    lock.write_text("1234567\n")  # an earlier runner's pid, longer than some pids
+    lock.chmod(0o600)
+    run_rpcctl("--config", str(release_in(short_tmp)), "start", timeout=DEADLINE)
+    text = lock.read_text()
+    assert len(text) == len("1234567\n")
+    assert text.endswith("\n")
+    assert text.split()[0].isdigit()
+    assert text.split()[0] != "1234567"
