@@ -96,6 +96,18 @@ class Identity:
         return any(fnmatch.fnmatchcase(task, pattern) for pattern in self.task_patterns)
 
     @property
+    def sends_arguments(self) -> bool:
+        """Whether anything this identity may do takes arguments of any size (a task, the
+        console): without, its requests are a few small values, and larger ones are
+        refused unread."""
+        return (
+            self.name is None
+            or EVERYTHING in self.allow
+            or bool(self.task_patterns)
+            or (CONSOLE in self.allow)
+        )
+
+    @property
     def task_patterns(self) -> tuple[str, ...]:
         return tuple(p for p in self.allow if p not in GRANTS and p != EVERYTHING)
 

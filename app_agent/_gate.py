@@ -214,7 +214,7 @@ class Gate:
                     raise
                 # Out of descriptors: stop accepting for a moment instead of spinning on a
                 # listener that stays readable.
-                self.refusals.note("unknown", f"cannot accept: {exc.strerror}", "none")
+                self.refusals.refused("unknown", f"cannot accept: {exc.strerror}", "none")
                 self._selector.unregister(self.listener)
                 self._accept_paused_until = time.monotonic() + 0.1
                 return
@@ -504,7 +504,7 @@ class Gate:
             answer = {"ok": False, "kind": str(refused.kind), "message": refused.message}
             with contextlib.suppress(OSError, ValueError, Refused):
                 self._send(pending, answer)
-        self.refusals.note(
+        self.refusals.refused(
             pending.peer, refused.reason, "+".join(pending.methods) or "none", pending.named
         )
         if registered:

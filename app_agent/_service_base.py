@@ -11,6 +11,7 @@ import rpyc
 from app_agent import wire
 from app_agent._access import UNRESTRICTED, Identity
 from app_agent._state import AgentState
+from app_agent.config import DEFAULT_MAX_ARGUMENT_BYTES
 from app_agent.wire import ErrorKind
 
 if TYPE_CHECKING:
@@ -45,6 +46,16 @@ class ServiceBase(rpyc.Service):  # type: ignore[misc]
         self._following: dict[str, Job] = {}
         self._console: Session | None = None  # this connection's console session, if open
 
+    @property
+    def who(self) -> dict[str, Any]:
+        """Who is calling, as every audit line names it: caller, auth, identity."""
+        return dict(self._who)
+
+    @property
+    def _max_argument_bytes(self) -> int:
+        config = self._state.config
+        return config.max_argument_bytes if config is not None else DEFAULT_MAX_ARGUMENT_BYTES
+
     def run_after_reply(self) -> None:
         """Run what waits for the reply to have left (the audit line of a call): the
         connection's thread calls this after each request it served, so the line costs the
@@ -72,14 +83,20 @@ class ServiceBase(rpyc.Service):  # type: ignore[misc]
         """
         if self._identity.may(grant):
             return None
-        self._state.log.warning("access.denied", grant=grant, action=action, **self._who)
+        self._state.denials.note(f"no {grant} grant", grant=grant, action=action, **self._who)
         message = f"{self._identity} may not {action} (that needs the {grant} grant)"
         return wire.error(ErrorKind.AUTH, message)
 
-    def _may_not_run(self, task: str, action: str = "") -> str:
-        """The refusal of a task this identity's patterns do not cover, audited."""
-        self._state.log.warning("access.denied", task=task, action=action or "run", **self._who)
-        message = f"{self._identity} may not run {task}"
+    def _may_not_run(self, task: str, action: str = "", asked: str | None = None) -> str:
+        """The refusal of a task this identity's patterns do not cover, audited. The reply
+        names the task as *asked* (an alias stays an alias: which task it stands for is not
+        the caller's to learn); the log names both."""
+        shown = task if asked is None else asked
+        fields = {"asked": asked} if asked is not None and asked != task else {}
+        self._state.denials.note(
+            "task not granted", task=task, action=action or "run", **fields, **self._who
+        )
+        message = f"{self._identity} may not run {shown}"
         return wire.error(ErrorKind.AUTH, f"{message} (asked to {action})" if action else message)
 
     def _audit(self, event: str, now: bool = False, **fields: Any) -> None:

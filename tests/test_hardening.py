@@ -33,8 +33,10 @@ from conftest import (
     ROOT,
     SAMPLEAPP,
     AppProcess,
+    Relay,
     as_user,
     needs_root,
+    open_rpc,
     run_rpcctl,
     wait_until,
 )
@@ -63,57 +65,6 @@ def tcp_app() -> Iterator[AppProcess]:
 
 
 # -- 1. an on-path relay cannot take over, alter, replay or inject --------------------------
-
-
-class Relay:
-    """A TCP relay between a client and the agent that forwards the handshake faithfully and
-    then lets *mutate* change what crosses, once the agent has admitted the client."""
-
-    def __init__(
-        self,
-        target: str,
-        to_agent: Callable[[bytes, socket.socket], bytes] | None = None,
-        to_client: Callable[[bytes, socket.socket], bytes] | None = None,
-    ) -> None:
-        address = wire.parse_node(target)
-        self.target = (address.host, address.port)
-        self.to_agent = to_agent
-        self.to_client = to_client
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.node = f"tcp://127.0.0.1:{self.listener.getsockname()[1]}"
-        self.admitted = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        try:
-            client, _ = self.listener.accept()
-        except OSError:
-            return
-        with client, socket.create_connection(self.target) as agent:
-            upstream = threading.Thread(target=self._pump, args=(client, agent, True))
-            upstream.start()
-            self._pump(agent, client, False)
-            upstream.join(DEADLINE)
-
-    def _pump(self, src: socket.socket, dst: socket.socket, toward_agent: bool) -> None:
-        lines = 0
-        with contextlib.suppress(OSError):
-            while data := src.recv(65536):
-                if not toward_agent and not self.admitted.is_set():
-                    lines += data.count(b"\n")
-                    dst.sendall(data)
-                    if lines >= 2:  # the challenge, then the agent's final answer
-                        self.admitted.set()
-                    continue
-                mutate = self.to_agent if toward_agent else self.to_client
-                if self.admitted.is_set() and mutate is not None:
-                    data = mutate(data, dst)
-                dst.sendall(data)
-        with contextlib.suppress(OSError):
-            dst.shutdown(socket.SHUT_WR)
-
-    def close(self) -> None:
-        self.listener.close()
 
 
 def flip(data: bytes, _dst: socket.socket) -> bytes:
@@ -427,17 +378,6 @@ def test_an_over_long_cookie_file_is_refused_on_both_sides(short_tmp: Path) -> N
 
 
 # -- 10. the connection cap never locks out ping; idle connections time out -----------------
-
-
-def open_rpc(path: str) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX)
-    sock.settimeout(DEADLINE)
-    sock.connect(path)
-    hello = {"rpcctl": wire.PROTOCOL_VERSION, "op": "rpc", "nonce": cookies.new_nonce()}
-    sock.sendall(wire.encode_line(hello))
-    answer = wire.decode_line(sock.recv(4096))
-    assert answer["ok"] is True, answer
-    return sock
 
 
 def test_ping_answers_at_the_connection_cap(sample_app: AppProcess) -> None:
