@@ -19,6 +19,7 @@ import re
 import socket
 import struct
 import subprocess
+import threading
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,8 +39,10 @@ from conftest import (
     AppProcess,
     Relay,
     as_user,
+    listed_jobs,
     needs_root,
     open_rpc,
+    popen_rpcctl,
     run_rpcctl,
     wait_until,
 )
@@ -551,3 +554,79 @@ def test_malformed_frames_are_one_bounded_event_each_never_a_traceback(short_tmp
     assert len(single) <= 10  # 5 a 10-second window (the loop above takes well under 20 s)
     assert {e["reason"] for e in single} == {"ValueError: invalid message type: 99"}
     assert all(e["caller"].startswith("uid=0 pid=") and e["auth"] == "peer-uid" for e in single)
+
+
+# -- 6. flow control waits for the job's own caller only --------------------------------------
+
+
+def test_flow_control_waits_for_the_caller_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In process: the job's caller (attached before it starts) reads everything; a second
+    follower that read once and went quiet (but stays "live") never holds the task."""
+    from app_agent import _job
+    from app_agent._registry import registry
+
+    monkeypatch.setattr(_job, "FOLLOWER_GRACE", 3600.0)
+    job = _job.Job("flow", registry.get("sampleapp.echo"), "test")  # type: ignore[arg-type]
+    job.attach(1)
+    job.events_since(0, 0, follower=2)  # someone else follows, once
+    count = 3 * _job.MAX_EVENTS
+    done = threading.Event()
+
+    def task() -> None:
+        job.thread = threading.get_ident()
+        for i in range(count):
+            job.write("stdout", f"{i}\n")
+        done.set()
+
+    threading.Thread(target=task, daemon=True).start()
+    cursor, lines = 0, []
+    while len(lines) < count:
+        snapshot = job.events_since(cursor, DEADLINE, follower=1)
+        assert snapshot["dropped"] == 0
+        assert snapshot["events"], "the task stopped writing: it waits for the quiet follower"
+        lines += [e["line"] for e in snapshot["events"]]
+        cursor = snapshot["cursor"]
+    assert done.wait(DEADLINE)
+    assert lines == [str(i) for i in range(count)]
+    assert job.events_since(0, 0, follower=2)["dropped"] == count - _job.MAX_EVENTS
+
+
+def test_a_slow_follower_never_holds_the_job_back(sample_app: AppProcess, short_tmp: Path) -> None:
+    """`rpcctl logs -f` of another reader that stops reading (its output pipe full) leaves
+    the job at its caller's pace; it is told afterwards how many lines it missed."""
+    grace = sample_app.rpcctl("rpc", "sampleapp.set_follower_grace(3600)")  # stays "live"
+    assert grace.returncode == 0, grace.stderr
+    gate = short_tmp / "gate"
+    count = 60_000
+    owner = popen_rpcctl(
+        "-n", sample_app.node, "rpc", "--json", f'sampleapp.gated_lines("{gate}", {count})'
+    )
+    owned: list[str] = []
+    reader = threading.Thread(target=lambda: owned.append(owner.communicate()[0]), daemon=True)
+    slow = None
+    try:
+        reader.start()
+        wait_until(lambda: listed_jobs(sample_app)[0]["task"] == "sampleapp.gated_lines")
+        job_id = listed_jobs(sample_app)[0]["id"]
+        slow = popen_rpcctl("-n", sample_app.node, "logs", job_id, "-f", "--json")
+        assert slow.stdout is not None
+        assert json.loads(slow.stdout.readline())["line"] == "ready"  # it follows; no more read
+        gate.touch()
+        reader.join(DEADLINE * 3)
+        assert not reader.is_alive(), "the job waited for the slow follower"
+        rest, _err = slow.communicate(timeout=DEADLINE)
+    finally:
+        for proc in (owner, slow):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert owner.returncode == 0
+    *events, envelope = [json.loads(line) for line in owned[0].splitlines()]
+    assert envelope == {"ok": True, "result": count}  # the caller missed nothing
+    assert len(events) == count + 1
+    *followed, summary = [json.loads(line) for line in rest.splitlines()]
+    assert summary["result"]["state"] == "succeeded"
+    missed = sum(e["count"] for e in followed if e["type"] == "dropped")
+    assert missed > 0, "the slow follower was not told what it missed"
+    # Every line but "ready" (read above) was shown or counted as missed.
+    assert missed + len([e for e in followed if e["type"] == "stdout"]) == count
