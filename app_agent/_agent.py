@@ -7,11 +7,12 @@ import dataclasses
 import errno
 import logging
 import os
+import select
 import socket
 import stat
 import sys
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Unpack
 
 from app_agent import _capture, wire
@@ -198,6 +199,7 @@ class Agent:
         from app_agent._service import PROTOCOL_CONFIG, AgentService
 
         service = AgentService(self.state, caller=peer, auth=auth, identity=identity)
+        service.peer_gone = _hung_up(sock)
         conn = None
         # A frame once begun must keep coming: no pause longer than this (nor than the idle
         # timeout), and the whole of it at a minimum rate (streams.BoundedChannel).
@@ -424,6 +426,14 @@ def _check_directory_owner(path: str, directory: str) -> None:
             "socket; remove the directory or pick another"
         )
         raise ConfigurationError(msg)
+
+
+def _hung_up(sock: Any) -> Callable[[], bool]:
+    """Whether the peer of *sock* has closed its side, even with bytes still unread (Linux's
+    POLLRDHUP; elsewhere only once the connection is fully gone)."""
+    poller = select.poll()
+    poller.register(sock.fileno(), getattr(select, "POLLRDHUP", 0) | select.POLLHUP)
+    return lambda: bool(poller.poll(0))
 
 
 def _oversized_reply(big: Any, limit: int, identity: Identity) -> str:

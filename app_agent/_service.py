@@ -209,6 +209,8 @@ class AgentService(IntrospectionMethods, ConsoleMethods):
         """Ask a running job to stop (cooperatively, or by cancelling its coroutine)."""
         if type(job_id) is not str:
             return wire.error(ErrorKind.USAGE, "cancel() takes a job id")
+        if job_id.startswith("profile-"):
+            return self._cancel_profile(job_id)
         job = self._state.jobs.get(job_id)
         if job is None:
             return wire.error(ErrorKind.USAGE, _no_such_job(job_id))

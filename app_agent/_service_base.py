@@ -23,6 +23,10 @@ if TYPE_CHECKING:
 _FOLLOWER_KEYS = itertools.count(1)
 
 
+def _never() -> bool:
+    return False
+
+
 class ServiceBase(rpyc.Service):  # type: ignore[misc]
     """One instance per connection: the caller, its identity and grants, the audit."""
 
@@ -45,6 +49,9 @@ class ServiceBase(rpyc.Service):  # type: ignore[misc]
         self._follower = next(_FOLLOWER_KEYS)
         self._following: dict[str, Job] = {}
         self._console: Session | None = None  # this connection's console session, if open
+        # Whether the client has gone (its side of the connection closed), for what runs
+        # long on this connection's thread; the agent sets it to look at the socket.
+        self.peer_gone: Callable[[], bool] = _never
 
     @property
     def who(self) -> dict[str, Any]:

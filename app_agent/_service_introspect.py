@@ -69,13 +69,32 @@ class IntrospectionMethods(ServiceBase):
         ):
             msg = "profile() takes seconds (at most 3600), a rate in Hz (1 to 1000) and a flag"
             return wire.error(ErrorKind.USAGE, msg)
-        self._audit("profile.started", seconds=seconds, rate=rate, now=True)
+
+        def started(profile_id: str) -> None:
+            self._audit("profile.started", id=profile_id, seconds=seconds, rate=rate, now=True)
+
         try:
-            result = _profile.profile(float(seconds), float(rate), idle, self._caller)
+            # It ends with its client: nobody would read an hour's profile of a client gone.
+            result = _profile.profile(
+                float(seconds), float(rate), idle, self._caller, self.peer_gone, started
+            )
         except _profile.ProfilerBusy as exc:
             return wire.error(ErrorKind.BUSY, str(exc))
-        self._audit("profile.finished", samples=result["samples"])
+        self._audit(
+            "profile.finished", id=result["id"], samples=result["samples"], ended=result["ended"]
+        )
         return wire.ok(result)
+
+    def _cancel_profile(self, profile_id: str) -> str:
+        """``cancel profile-N``: end a running profile (whoever may profile may end one)."""
+        if (refused := self._forbidden(READ, f"cancel {profile_id}")) is not None:
+            return refused
+        from app_agent import _profile
+
+        if not _profile.cancel(profile_id, self._caller):
+            return wire.error(ErrorKind.USAGE, f"no profile {profile_id!r} is running")
+        self._audit("profile.cancel_requested", id=profile_id, now=True)
+        return wire.ok({"job": profile_id, "requested": True, "state": "running"})
 
     def exposed_log_level(self, logger: Any = None, level: Any = None, for_s: Any = None) -> str:
         """Show, or set (for *for_s* seconds when given), a stdlib logger's level."""

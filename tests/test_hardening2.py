@@ -630,3 +630,60 @@ def test_a_slow_follower_never_holds_the_job_back(sample_app: AppProcess, short_
     assert missed > 0, "the slow follower was not told what it missed"
     # Every line but "ready" (read above) was shown or counted as missed.
     assert missed + len([e for e in followed if e["type"] == "stdout"]) == count
+
+
+# -- 7. a profile ends with its client, or when cancelled -------------------------------------
+
+
+def profiling(app: AppProcess) -> bool:
+    """Whether the app's profiler thread runs (asked through `stack`, which starts none)."""
+    stack = app.rpcctl("stack", "--json")
+    assert stack.returncode == 0, stack.stderr
+    threads = json.loads(stack.stdout)["result"]["threads"]
+    return any(t["name"] == "rpcctl-profiler" for t in threads)
+
+
+def test_a_profile_ends_when_its_client_goes_away(sample_app: AppProcess) -> None:
+    hour = popen_rpcctl("-n", sample_app.node, "profile", "--seconds", "3600")
+    try:
+        wait_until(lambda: profiling(sample_app), what="the profile to start")
+        hour.kill()
+        hour.communicate()
+        wait_until(lambda: not profiling(sample_app), what="the abandoned profile to end")
+        after = sample_app.rpcctl("profile", "--seconds", "0.05", "--format", "collapsed")
+        assert after.returncode == 0, after.stderr  # not "busy"
+    finally:
+        if hour.poll() is None:
+            hour.kill()
+            hour.communicate()
+    finished = agent_events(sample_app, "profile.finished")
+    assert finished[0]["ended"] == "the client went away"
+
+
+def test_cancel_ends_a_profile(sample_app: AppProcess) -> None:
+    hour = popen_rpcctl("-n", sample_app.node, "profile", "--seconds", "3600", "--json")
+    try:
+        wait_until(lambda: profiling(sample_app), what="the profile to start")
+        busy = sample_app.rpcctl("profile", "--seconds", "1").stderr
+        profile_id = re.search(r"`rpcctl cancel (profile-\d+)` ends it", busy)
+        assert profile_id is not None, busy
+        cancelled = sample_app.rpcctl("cancel", profile_id[1])
+        assert (cancelled.returncode, cancelled.stdout) == (
+            0,
+            f"cancellation requested for job {profile_id[1]}\n",
+        )
+        out, err = hour.communicate(timeout=DEADLINE)
+    finally:
+        if hour.poll() is None:
+            hour.kill()
+            hour.communicate()
+    assert hour.returncode == 0, err
+    result = json.loads(out)["result"]
+    assert result["id"] == profile_id[1]
+    assert result["ended"].startswith("cancelled by uid=0 pid=")
+    assert err.startswith("rpcctl: the profile ended early (cancelled by uid=0 pid=")
+    again = sample_app.rpcctl("cancel", profile_id[1])
+    assert (again.returncode, again.stderr) == (
+        2,
+        f"rpcctl: error: no profile '{profile_id[1]}' is running\n",
+    )
