@@ -687,3 +687,50 @@ def test_cancel_ends_a_profile(sample_app: AppProcess) -> None:
         2,
         f"rpcctl: error: no profile '{profile_id[1]}' is running\n",
     )
+
+
+# -- 8. log levels: one thread for every revert, a bound on them ------------------------------
+
+
+def test_temporary_log_levels_share_one_thread_and_are_bounded() -> None:
+    import logging
+
+    from app_agent import _loglevels
+
+    levels = _loglevels.LogLevels()
+    names = [f"rpcctl.test.many.{i}" for i in range(_loglevels.MAX_PENDING)]
+    before = threading.active_count()
+    reverted: list[str] = []
+    try:
+        for name in names:
+            levels.set(name, logging.DEBUG, 3600)
+        assert threading.active_count() - before == 1
+        with pytest.raises(_loglevels.LevelError) as refused:
+            levels.set("rpcctl.test.many.one_more", logging.DEBUG, 3600)
+        assert str(refused.value) == (
+            "1000 loggers already have a temporary level: set this one without --for, or wait "
+            "for some to come back"
+        )
+        levels.set(names[0], logging.INFO, 3600)  # one already waiting may change
+        levels.set("rpcctl.test.many.one_more", logging.INFO)  # and any, without --for
+        levels.reset()
+        assert all(logging.getLogger(n).level == logging.NOTSET for n in names)
+        # Reverts come in the order they are due, whatever order they were set in.
+        levels.set("rpcctl.test.later", logging.DEBUG, 0.4, lambda n, *_: reverted.append(n))
+        levels.set("rpcctl.test.sooner", logging.DEBUG, 0.1, lambda n, *_: reverted.append(n))
+        wait_until(lambda: len(reverted) == 2, what="both reverts")
+        assert reverted == ["rpcctl.test.sooner", "rpcctl.test.later"]
+        wait_until(lambda: threading.active_count() == before, what="the thread to end")
+    finally:
+        levels.reset()
+        for name in [*names, "rpcctl.test.many.one_more"]:
+            logging.getLogger(name).setLevel(logging.NOTSET)
+
+
+def test_log_level_for_many_loggers_costs_one_thread(sample_app: AppProcess) -> None:
+    with rpcctl.connect(sample_app.node) as app:
+        before = app.stats()["threads"]["python"]
+        for i in range(300):
+            app.log_level("DEBUG", f"sampleapp.many.{i}", 600)
+        after = app.stats()["threads"]["python"]
+    assert after - before == 1
