@@ -210,9 +210,9 @@ log_levels = LogLevels()
 
 def logger_name(value: Any) -> str:
     """The canonical name: ``root`` for the root logger (``""``, ``root`` or none given)."""
-    if value is None or value in ("", "root"):
+    if value is None:
         return "root"
-    if type(value) is not str:
+    if type(value) is not str:  # checked first: comparing a netref would call the client
         msg = "a logger name must be text"
         raise LevelError(msg)
-    return value
+    return "root" if value in ("", "root") else value

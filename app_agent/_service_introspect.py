@@ -98,6 +98,15 @@ class IntrospectionMethods(ServiceBase):
 
     def exposed_log_level(self, logger: Any = None, level: Any = None, for_s: Any = None) -> str:
         """Show, or set (for *for_s* seconds when given), a stdlib logger's level."""
+        # Types first, by type() alone: a netref compared or hashed would call back into
+        # the client (before even its grant is checked).
+        if (
+            type(logger) not in (str, type(None))
+            or type(level) not in (str, int, type(None))
+            or type(for_s) not in (int, float, type(None))
+        ):
+            msg = "log_level() takes a logger name, a level (name or number) and seconds"
+            return wire.error(ErrorKind.USAGE, msg)
         from app_agent import _loglevels
 
         try:
@@ -110,8 +119,6 @@ class IntrospectionMethods(ServiceBase):
             if (refused := self._forbidden(LOG_LEVEL, "set log levels")) is not None:
                 return refused
             number = _loglevels.parse_level(level)
-            if for_s is not None and type(for_s) not in (int, float):
-                return wire.error(ErrorKind.USAGE, "the duration must be a number of seconds")
             changed = _loglevels.log_levels.set(name, number, for_s, self._log_reverted)
         except _loglevels.LevelError as exc:
             return wire.error(ErrorKind.USAGE, str(exc))

@@ -135,7 +135,9 @@ def load(node: str | None = None, **options: Any) -> AgentConfig:
     warnings: tuple[str, ...] = ()
     if access is None:
         try:
-            secret = cookies.resolve_cookie(options.get("cookie"), options.get("cookie_file"))
+            secret = cookies.resolve_cookie(
+                options.get("cookie"), options.get("cookie_file"), cookies.agent_owners()
+            )
         except cookies.CookieError as exc:
             raise ConfigurationError(str(exc)) from None
         _check_transport(address, secret is not None, tls)

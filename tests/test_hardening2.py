@@ -43,6 +43,7 @@ from conftest import (
     needs_root,
     open_rpc,
     popen_rpcctl,
+    rpcctl_executable,
     run_rpcctl,
     wait_until,
 )
@@ -734,3 +735,161 @@ def test_log_level_for_many_loggers_costs_one_thread(sample_app: AppProcess) -> 
             app.log_level("DEBUG", f"sampleapp.many.{i}", 600)
         after = app.stats()["threads"]["python"]
     assert after - before == 1
+
+
+def test_access_denied_is_logged_at_a_bounded_rate(guarded_app: AppProcess) -> None:
+    with connect_as(guarded_app, "probe") as probe:
+        for _ in range(20):
+            with pytest.raises(AuthenticationFailed):
+                probe.tasks()
+    log = agent_events(guarded_app, "access.denied", "access.denied_summary")
+    single = [e for e in log if e["event"] == "access.denied"]
+    assert len(single) + sum(e.get("denied", 0) for e in log) == 20
+    assert 5 <= len(single) <= 10  # 5 a 10-second window
+    assert {(e["identity"], e["grant"], e["reason"]) for e in single} == {
+        ("probe", "read", "no read grant")
+    }
+
+
+def test_console_audit_lines_name_the_identity(short_tmp: Path) -> None:
+    for name in ("ops", "access"):
+        path = short_tmp / (f"{name}.cookie" if name != "access" else "access.toml")
+        path.write_text(
+            '[identity.ops]\ncookie_file = "ops.cookie"\nallow = ["console"]\n'
+            if name == "access"
+            else "ops-cookie-0123456789abcdef\n"
+        )
+        path.chmod(0o600)
+    app = AppProcess(
+        SAMPLEAPP,
+        node=f"unix:{short_tmp}/run/agent.sock",
+        env={"RPCCTL_ACCESS": str(short_tmp / "access.toml"), "RPCCTL_CONSOLE": "1"},
+    )
+    try:
+        with rpcctl.connect(app.node, identity="ops", cookie_file=short_tmp / "ops.cookie") as c:
+            c.console_open()
+            c.console_push("1 + 1", 5.0)
+            c.console_close()
+    finally:
+        log = agent_events(app)
+        app.close()
+    console = [e for e in log if e["event"].startswith("console.")]
+    assert [e["event"] for e in console] == [
+        "console.opened",
+        "console.statement",
+        "console.statement_finished",
+        "console.closed",
+    ]
+    assert {e["identity"] for e in console} == {"ops"}
+
+
+def test_log_level_checks_its_arguments_types_before_touching_them(short_tmp: Path) -> None:
+    """A caller's object reaches the agent as a netref; comparing it (`value in (...)`)
+    would call back into the caller. The agent refuses it by its type alone."""
+    import rpyc
+
+    touched: list[str] = []
+
+    class Prying(str):  # a str subclass: RPyC sends it by reference, as a netref
+        def __eq__(self, other: object) -> bool:
+            touched.append("__eq__")
+            return False
+
+        def __hash__(self) -> int:
+            touched.append("__hash__")
+            return 0
+
+    app = AppProcess(SAMPLEAPP, node=f"unix:{short_tmp}/run/agent.sock")
+    try:
+        sock = open_rpc(wire.parse_node(app.node).path)
+        conn = rpyc.connect_stream(
+            rpyc.SocketStream(sock), config={"allow_all_attrs": True, "allow_pickle": False}
+        )
+        try:
+            for args in ((Prying("root"), None, None), (None, Prying("DEBUG"), None)):
+                reply = json.loads(conn.root.log_level(*args))
+                assert reply["error"] == {
+                    "kind": "usage",
+                    "message": "log_level() takes a logger name, a level (name or number) "
+                    "and seconds",
+                }
+        finally:
+            conn.close()
+    finally:
+        app.close()
+    assert touched == []
+
+
+def test_a_cookie_exported_for_another_app_does_not_break_start(short_tmp: Path) -> None:
+    """`bin/APP start` with RPCCTL_COOKIE exported (for another app): the release's own
+    cookie file reaches its app and hooks, and the ambient cookie does not."""
+    from test_runner import Release, _env
+
+    cookie = short_tmp / "cookie"
+    cookie.write_text("this-releases-cookie-0123456789\n")
+    cookie.chmod(0o600)
+    r = Release(
+        short_tmp,
+        {"post_start/10.sh": '"$RPCCTL" rpc \'add(20, 22)\' > "$RPCCTL_ROOT/answer"\n'},
+        toml="",
+    )
+    r.config.write_text(
+        r.config.read_text().replace(
+            "[app]\n", '[app]\ncookie_file = "cookie"\nready_timeout = 10\n'
+        )
+    )
+    r.proc = subprocess.Popen(
+        [rpcctl_executable(), "--config", str(r.config), "start"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**_env(), "RPCCTL_COOKIE": "another-apps-cookie-0123456789"},
+    )
+    try:
+        answer = short_tmp / "answer"
+        wait_until(lambda: answer.exists() and answer.read_text(), what="the post_start hook")
+        assert answer.read_text() == "42\n"
+        r.signal(15)
+        assert r.wait()[0] == 0
+    finally:
+        r.close()
+
+
+@pytest.mark.parametrize("kind", ["a FIFO", "a directory"])
+def test_a_cookie_file_that_is_not_a_file_is_refused_at_once(short_tmp: Path, kind: str) -> None:
+    path = short_tmp / "cookie"
+    if kind == "a FIFO":
+        os.mkfifo(path, 0o600)
+    else:
+        path.mkdir(mode=0o700)
+    expected = f"cookie file {path} is not a regular file ({kind})"
+    with pytest.raises(ConfigurationError) as refused:
+        app_agent.start(node=f"unix:{short_tmp}/a.sock", cookie_file=path)
+    assert str(refused.value) == expected
+    result = run_rpcctl(
+        "-n", f"unix:{short_tmp}/a.sock", "--cookie-file", str(path), "ping", timeout=DEADLINE
+    )
+    assert (result.returncode, result.stderr) == (2, f"rpcctl: error: {expected}\n")
+
+
+@needs_root
+def test_secret_files_of_another_user_are_refused_by_the_agent(short_tmp: Path) -> None:
+    cookie = short_tmp / "cookie"
+    cookie.write_text("someone-elses-cookie-0123456789\n")
+    cookie.chmod(0o600)
+    os.chown(cookie, NOBODY, NOBODY)
+    who = f"belongs to uid {NOBODY} (nobody), who could change it, not to this process's user"
+    with pytest.raises(ConfigurationError) as refused:
+        app_agent.start(node=f"unix:{short_tmp}/a.sock", cookie_file=cookie)
+    assert (
+        str(refused.value) == f"cookie file {cookie} {who} (uid 0); fix it with: chown 0 {cookie}"
+    )
+    access = short_tmp / "access.toml"
+    access.write_text('[identity.ops]\nunix_user = "root"\nallow = ["read"]\n')
+    access.chmod(0o600)
+    os.chown(access, NOBODY, NOBODY)
+    with pytest.raises(ConfigurationError, match=re.escape(f"access file {access} {who}")):
+        app_agent.start(node=f"unix:{short_tmp}/a.sock", access=access)
+    # The client may read the app user's cookie (root operating an app of its own user).
+    result = run_rpcctl("-n", f"unix:{short_tmp}/a.sock", "--cookie-file", str(cookie), "ping")
+    assert result.returncode == 3, result.stderr  # read, then: no agent there

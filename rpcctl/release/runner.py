@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Final, NamedTuple
 
 from app_agent.wire import NODE_ENV, RUNNER_ENV, ErrorKind, environment, pid_alive
-from app_agent.wire.cookies import COOKIE_FILE_ENV
+from app_agent.wire.cookies import COOKIE_ENV, COOKIE_FILE_ENV
 from app_agent.wire.environment import IDENTITY as IDENTITY_ENV
 from rpcctl import _transport
 from rpcctl._transport import Security
@@ -323,6 +323,9 @@ class Runner:
             }
         )
         if self.config.cookie_file is not None:
+            # The release's own cookie: one exported for another app (RPCCTL_COOKIE beats a
+            # file in the agent, and in a plain rpcctl) must not reach its app or hooks.
+            env.pop(COOKIE_ENV, None)
             env[COOKIE_FILE_ENV] = str(self.config.cookie_file)
         if self.config.identity is not None:
             env[IDENTITY_ENV] = self.config.identity
