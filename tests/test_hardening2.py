@@ -783,10 +783,15 @@ def test_console_audit_lines_name_the_identity(short_tmp: Path) -> None:
     assert {e["identity"] for e in console} == {"ops"}
 
 
-def test_log_level_checks_its_arguments_types_before_touching_them(short_tmp: Path) -> None:
-    """A caller's object reaches the agent as a netref; comparing it (`value in (...)`)
-    would call back into the caller. The agent refuses it by its type alone."""
+def test_exposed_methods_check_argument_types_before_touching_them(short_tmp: Path) -> None:
+    """A caller's object reaches the agent as a netref; comparing or hashing it (say,
+    `value in (...)`, as log_level() did) would call back into the caller. Every exposed
+    method refuses one by its type alone, in each of its arguments."""
+    import inspect
+
     import rpyc
+
+    from app_agent._service import AgentService
 
     touched: list[str] = []
 
@@ -799,25 +804,34 @@ def test_log_level_checks_its_arguments_types_before_touching_them(short_tmp: Pa
             touched.append("__hash__")
             return 0
 
+    methods = {
+        name.removeprefix("exposed_"): len(inspect.signature(method).parameters) - 1
+        for name, method in inspect.getmembers(AgentService, inspect.isfunction)
+        if name.startswith("exposed_")
+    }
     app = AppProcess(SAMPLEAPP, node=f"unix:{short_tmp}/run/agent.sock")
+    replies = {}
     try:
         sock = open_rpc(wire.parse_node(app.node).path)
         conn = rpyc.connect_stream(
             rpyc.SocketStream(sock), config={"allow_all_attrs": True, "allow_pickle": False}
         )
         try:
-            for args in ((Prying("root"), None, None), (None, Prying("DEBUG"), None)):
-                reply = json.loads(conn.root.log_level(*args))
-                assert reply["error"] == {
-                    "kind": "usage",
-                    "message": "log_level() takes a logger name, a level (name or number) "
-                    "and seconds",
-                }
+            for name, arity in methods.items():
+                for slot in range(arity):
+                    args = [None] * arity
+                    args[slot] = Prying("x")
+                    replies[name, slot] = json.loads(getattr(conn.root, name)(*args))
         finally:
             conn.close()
     finally:
         app.close()
     assert touched == []
+    assert {"log_level", "call", "run", "events", "cancel", "profile"} <= {n for n, _ in replies}
+    assert {key: r["error"]["kind"] for key, r in replies.items() if r["ok"]} == {}
+    assert replies["log_level", 0]["error"]["message"] == (
+        "log_level() takes a logger name, a level (name or number) and seconds"
+    )
 
 
 def test_a_cookie_exported_for_another_app_does_not_break_start(short_tmp: Path) -> None:
