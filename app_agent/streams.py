@@ -85,15 +85,20 @@ class BufferedSocketStream(SocketStream):  # type: ignore[misc]
             self.close()
             raise EOFError(exc) from None
 
-    def read_by(self, count: int, deadline: float | None) -> bytes:
-        """*count* bytes; FrameTimeout when no byte comes for ``stall`` seconds, or when the
-        *deadline* (``time.monotonic()``) passes first; EOFError when the peer closes."""
+    def read_by(self, count: int, deadline: float | None, hard: float | None = None) -> bytes:
+        """*count* bytes; FrameTimeout when no byte comes for ``stall`` seconds, when the
+        *deadline* (``time.monotonic()``) has passed between two chunks, or at the *hard*
+        one (the caller's own: the socket's timeout is shortened to meet it); EOFError when
+        the peer closes."""
         chunks = []
         timeout = self.stall
         try:
             while count > 0:
-                if deadline is not None:
-                    left = deadline - time.monotonic()
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    raise FrameTimeout("a frame did not arrive whole in time")
+                if hard is not None:
+                    left = hard - now
                     if left <= 0:
                         raise FrameTimeout("a frame did not arrive whole in time")
                     if timeout is None or left < timeout:
@@ -136,15 +141,17 @@ class BoundedChannel(Channel):  # type: ignore[misc]
     def recv(self) -> bytes:
         stream: BufferedSocketStream = self.stream
         started = time.monotonic()
+        hard = self.deadline
         try:
-            header = stream.read_by(self.FRAME_HEADER.size, self._limit(started, 0))
+            header = stream.read_by(self.FRAME_HEADER.size, None, hard)
             length, compressed = self.FRAME_HEADER.unpack(header)
-            limit = self._limit(started, length)
+            stall = stream.stall
+            limit = None if stall is None else started + stall + length / MIN_FRAME_RATE
             if self.max_frame is not None and length > self.max_frame:
                 self._drain(length, compressed, limit)
-            data: bytes = stream.read_by(length + len(self.FLUSHER), limit)
+            data: bytes = stream.read_by(length + len(self.FLUSHER), limit, hard)
         except FrameTimeout as exc:
-            if self.deadline is None or time.monotonic() < self.deadline:
+            if hard is None or time.monotonic() < hard:
                 # The frame's own limits, not the caller's patience: a record under it that
                 # was begun and never finished is a failed one, and the peer is told so.
                 abandon = getattr(stream.sock, "abandon", None)
@@ -158,21 +165,14 @@ class BoundedChannel(Channel):  # type: ignore[misc]
             data = self._inflate(data)
         return data
 
-    def _limit(self, started: float, length: int) -> float | None:
-        """When a frame of *length* bytes begun at *started* must have arrived."""
-        stall: float | None = self.stream.stall
-        by = None if stall is None else started + stall + length / MIN_FRAME_RATE
-        if self.deadline is None or by is None:
-            return by if self.deadline is None else self.deadline
-        return min(by, self.deadline)
-
     def _drain(self, length: int, compressed: bool, limit: float | None) -> None:
         """Read an oversized frame through, keeping only its first bytes; OversizedFrame."""
         assert self.max_frame is not None
-        head = self.stream.read_by(min(length, _COMPRESSED_HEAD), limit)
+        head = self.stream.read_by(min(length, _COMPRESSED_HEAD), limit, self.deadline)
         left = length + len(self.FLUSHER) - len(head)
         while left > 0:
-            left -= len(self.stream.read_by(min(left, self.stream.MAX_IO_CHUNK), limit))
+            chunk = self.stream.read_by(min(left, self.stream.MAX_IO_CHUNK), limit, self.deadline)
+            left -= len(chunk)
         if compressed:
             try:
                 head = zlib.decompressobj().decompress(head, _HEAD)
