@@ -26,12 +26,13 @@ FRAME_TIMEOUT = 10.0
 MIN_FRAME_RATE = 64 * 1024
 """Bytes a second a frame must average, past its first FRAME_TIMEOUT seconds."""
 _HEAD = 64
+"""Bytes of an oversized request's start looked at: enough to read its sequence number."""
 _COMPRESSED_HEAD = 16 * 1024
-"""Bytes of an oversized frame kept: deflate's first block header alone can take hundreds."""
+"""Bytes of an oversized frame kept (of 2 GiB, say): compressed, deflate's first block
+header alone can take hundreds before the request's first byte."""
 _MAX_DEFLATE_RATIO = 1032
 """The most deflate can shrink data by: a shorter compressed frame cannot inflate past a
 limit this many times its length."""
-"""Bytes of an oversized request kept (of 2 GiB, say): enough to read its sequence number."""
 
 
 class FrameTimeout(EOFError):
