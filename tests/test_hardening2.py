@@ -260,20 +260,27 @@ def agent_events(app: AppProcess, *names: str) -> list[dict[str, Any]]:
     return [e for e in log if not names or e["event"] in names]
 
 
-@pytest.fixture
-def cookie_app() -> Iterator[AppProcess]:
-    """sampleapp on tcp:// with a cookie (records on the wire), quick to close a stalled
-    connection (RPCCTL_IDLE_TIMEOUT bounds a frame's pauses too)."""
+@contextlib.contextmanager
+def tcp_cookie_app(idle_timeout: str = "300") -> Iterator[AppProcess]:
+    """sampleapp on tcp:// with a cookie (records on the wire); RPCCTL_IDLE_TIMEOUT also
+    bounds a frame's pauses."""
     app = AppProcess(
         SAMPLEAPP,
         node="tcp://127.0.0.1:0",
-        env={"RPCCTL_COOKIE": COOKIE, "RPCCTL_IDLE_TIMEOUT": "1"},
+        env={"RPCCTL_COOKIE": COOKIE, "RPCCTL_IDLE_TIMEOUT": idle_timeout},
     )
     app.node = app.stdout_lines[-1].split()[1]  # READY <node>: the real port
     try:
         yield app
     finally:
         app.close()
+
+
+@pytest.fixture
+def cookie_app() -> Iterator[AppProcess]:
+    """tcp_cookie_app quick to close a stalled connection (1 s)."""
+    with tcp_cookie_app("1") as app:
+        yield app
 
 
 class FlipLength:
@@ -301,14 +308,17 @@ def rpc_through_relay(node: str, **mutations: FlipLength) -> subprocess.Complete
         relay.close()
 
 
-def test_a_reply_record_that_never_ends_times_out(cookie_app: AppProcess) -> None:
-    """Bit 16 of a reply's length: the record announces 64 KiB more than ever comes."""
-    relay = Relay(cookie_app.node, to_client=FlipLength(16))
-    try:
-        with pytest.raises(CallTimeout) as timed_out:
-            rpcctl.connect(relay.node, timeout=1, cookie=COOKIE)
-    finally:
-        relay.close()
+def test_a_reply_record_that_never_ends_times_out() -> None:
+    """Bit 16 of a reply's length: the record announces 64 KiB more than ever comes. (The
+    agent keeps the connection open meanwhile: closing it would end the record early, a
+    tampering, exit 5.)"""
+    with tcp_cookie_app() as app:
+        relay = Relay(app.node, to_client=FlipLength(16))
+        try:
+            with pytest.raises(CallTimeout) as timed_out:
+                rpcctl.connect(relay.node, timeout=1, cookie=COOKIE)
+        finally:
+            relay.close()
     assert timed_out.value.exit_code == 4
     assert "the agent's answer to root did not arrive whole" in str(timed_out.value)
     assert "a frame stopped arriving (no byte for 1s)" in str(timed_out.value)
