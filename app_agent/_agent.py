@@ -418,7 +418,8 @@ def _check_directory_owner(path: str, directory: str) -> None:
     """ConfigurationError when the socket's directory belongs to another user: whoever owns
     it (say, one who made /tmp/app before the app started) could swap the socket for an
     impostor's at any time."""
-    owner = os.stat(directory or ".").st_uid
+    directory = directory or "."
+    owner = os.stat(directory).st_uid
     if owner not in (os.geteuid(), 0):
         msg = (
             f"unix:{path}: refusing to listen in {directory}: it belongs to {uid_label(owner)}, "
