@@ -96,6 +96,18 @@ class Identity:
         return any(fnmatch.fnmatchcase(task, pattern) for pattern in self.task_patterns)
 
     @property
+    def sends_arguments(self) -> bool:
+        """Whether anything this identity may do takes arguments of any size (a task, the
+        console): without, its requests are a few small values, and larger ones are
+        refused unread."""
+        return (
+            self.name is None
+            or EVERYTHING in self.allow
+            or bool(self.task_patterns)
+            or (CONSOLE in self.allow)
+        )
+
+    @property
     def task_patterns(self) -> tuple[str, ...]:
         return tuple(p for p in self.allow if p not in GRANTS and p != EVERYTHING)
 
@@ -179,7 +191,9 @@ def load(path: str | os.PathLike[str]) -> Access:
 
 
 def _read_owner_only(path: str) -> bytes:
-    raw = cookies.read_owner_only(path, "access file", MAX_ACCESS_BYTES, AccessError)
+    raw = cookies.read_owner_only(
+        path, "access file", MAX_ACCESS_BYTES, AccessError, owners=cookies.agent_owners()
+    )
     if len(raw) > MAX_ACCESS_BYTES:
         msg = f"access file {path} is longer than {MAX_ACCESS_BYTES} bytes"
         raise AccessError(msg)
@@ -209,7 +223,7 @@ def _identity(path: str, name: str, table: object) -> Identity:
             raise _error(path, where, credential, f"got {value!r}", _IDENTITY_KEYS[credential])
         cookie_path = os.path.join(os.path.dirname(path), value)
         try:
-            secret = cookies.read_cookie_file(cookie_path)
+            secret = cookies.read_cookie_file(cookie_path, cookies.agent_owners())
         except cookies.CookieError as exc:
             raise _error(path, where, credential, str(exc), _IDENTITY_KEYS[credential]) from None
         return Identity(name, allow, cookie=secret)

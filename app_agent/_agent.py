@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, Unpack
 
-from app_agent import _capture, _threads
+from app_agent import _capture, _threads, wire
 from app_agent import _readiness as readiness
 from app_agent._access import Identity
 from app_agent._gate import Gate
@@ -29,6 +29,7 @@ from app_agent.config import (
     AgentConfig,
     StartOptions,
     app_modules,
+    arguments_too_big,
     distribution_version,
     task_module,
 )
@@ -40,7 +41,8 @@ from app_agent.exceptions import (
     ConfigurationError,
 )
 from app_agent.logs import get_logger
-from app_agent.wire import Address, processes
+from app_agent.wire import Address, ErrorKind, processes
+from app_agent.wire.processes import uid_label
 
 # RPyC logs through stdlib logging; the agent logs its own events with structlog, so RPyC's
 # chatter is kept to warnings and above.
@@ -51,13 +53,15 @@ _UNIX_PATH_MAX = 107  # sun_path is 108 bytes on Linux, NUL included
 RESTARTS = 3
 RESTART_WINDOW = 60.0
 """The agent's loop is run again at most RESTARTS times in RESTART_WINDOW seconds."""
+_FRAME_SLACK = 64 * 1024
+"""Bytes a request frame may carry besides its arguments (task name, options, RPyC's own)."""
 
 
 class Agent:
     """A running agent: a gate on the agent's thread, one thread per served connection.
 
     The gate (:class:`app_agent._gate.Gate`) accepts, checks and answers pings itself; an
-    admitted connection gets its own thread running RPyC's protocol over it (``connect_stream``
+    admitted connection gets its own thread running RPyC's protocol over it (``connect_channel``
     and ``serve``), so a slow task blocks only its caller.
     """
 
@@ -157,6 +161,7 @@ class Agent:
         shared = self.config.shared_socket
         if not os.path.isdir(directory):
             os.makedirs(directory, mode=0o711 if shared else 0o700, exist_ok=True)
+        _check_directory_owner(path, directory)
         self._clear_stale_socket(path)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -214,23 +219,48 @@ class Agent:
         # RPyC loads with the first admitted connection: an agent that is only pinged
         # (probes: the gate answers them) never carries it.
         import rpyc
+        from rpyc.core import consts
 
+        from app_agent import streams
         from app_agent._service import PROTOCOL_CONFIG, AgentService
-        from app_agent.streams import BufferedSocketStream
+        from app_agent._service_base import Hangup
 
         service = AgentService(self.state, caller=peer, auth=auth, identity=identity)
+        service.peer_gone = Hangup(sock.fileno())
         conn = None
+        # A frame once begun must keep coming: no pause longer than this (nor than the idle
+        # timeout), and the whole of it at a minimum rate (streams.BoundedChannel).
+        stall = min(streams.FRAME_TIMEOUT, self.idle_timeout)
+        # An identity that may run no task (a probe) sends no arguments: what it can make
+        # the agent hold is a small request, not max_argument_bytes.
+        limit = self.config.max_argument_bytes if identity.sends_arguments else 0
+        channel = streams.BoundedChannel(
+            streams.BufferedSocketStream(sock, stall), max_frame=limit + _FRAME_SLACK
+        )
         try:
-            conn = rpyc.connect_stream(
-                BufferedSocketStream(sock),
-                service=service,
-                config=dict(PROTOCOL_CONFIG, logger=_rpyc_logger),
+            conn = rpyc.connect_channel(
+                channel, service=service, config=dict(PROTOCOL_CONFIG, logger=_rpyc_logger)
             )
             while not conn.closed:
-                if not conn.serve(self.idle_timeout):
-                    self.log.info("connection.idle_closed", peer=peer, idle_s=self.idle_timeout)
-                    break
+                try:
+                    if not conn.serve(self.idle_timeout):
+                        self.log.info("connection.idle_closed", peer=peer, idle_s=self.idle_timeout)
+                        break
+                except streams.OversizedFrame as big:
+                    if big.seq is None:
+                        raise
+                    # Drained, never held: answered as a refused call. RPyC has no public
+                    # way to answer a request it never decoded.
+                    reply = _oversized_reply(big, limit, identity)
+                    conn._send(consts.MSG_REPLY, big.seq, (consts.LABEL_VALUE, reply))
+                    self.log.info("call.refused", reason=str(big), **service.who)
+                    continue
                 service.run_after_reply()
+        except streams.FrameTimeout as exc:
+            if getattr(sock, "tampered", False):  # a record begun and never finished
+                self.log.warning("connection.tampered", peer=peer, auth=auth, reason=str(exc))
+            else:
+                self.log.info("connection.stalled", peer=peer, auth=auth, reason=str(exc))
         except (EOFError, OSError) as exc:
             if getattr(sock, "tampered", False):
                 self.log.warning(
@@ -239,6 +269,10 @@ class Agent:
             else:
                 # A peer that vanished mid-conversation ends only its own connection.
                 self.log.debug("connection.closed", peer=peer, error=repr(exc))
+        # Whatever else a peer's frames make RPyC raise ends that connection only, logged at a
+        # bounded rate: any authenticated peer can send them at will.
+        except Exception as exc:  # noqa: BLE001
+            self.state.malformed.note(f"{type(exc).__name__}: {str(exc)[:80]}", **service.who)
         finally:
             service.run_after_reply()
             with self._served_lock:
@@ -364,6 +398,7 @@ class Agent:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
         _capture.uninstall()
+        self.state.flush_logs()
         if self.address.is_unix and self._socket_inode is not None:
             self._remove_own_socket(self.address.path)
         _forget(self)
@@ -487,6 +522,30 @@ def lock_backend(config: AgentConfig) -> Backend:
         return lock_backends(config.locks)
     except (ValueError, RuntimeError, OSError) as exc:
         raise ConfigurationError(f"locks: {exc}") from None
+
+
+def _check_directory_owner(path: str, directory: str) -> None:
+    """ConfigurationError when the socket's directory belongs to another user: whoever owns
+    it (say, one who made /tmp/app before the app started) could swap the socket for an
+    impostor's at any time."""
+    directory = directory or "."
+    owner = os.stat(directory).st_uid
+    if owner not in (os.geteuid(), 0):
+        msg = (
+            f"unix:{path}: refusing to listen in {directory}: it belongs to {uid_label(owner)}, "
+            f"not to this process (uid {os.geteuid()}) or root, so that user could replace the "
+            "socket; remove the directory or pick another"
+        )
+        raise ConfigurationError(msg)
+
+
+def _oversized_reply(big: Any, limit: int, identity: Identity) -> str:
+    """The answer to a request larger than the agent takes from *identity*: exit 2, or 5
+    for an identity that may run nothing (it has no arguments to send)."""
+    if not limit:
+        message = f"{identity} may run no task, so it sends no arguments ({big}, refused unread)"
+        return wire.error(ErrorKind.AUTH, message)
+    return wire.error(ErrorKind.USAGE, arguments_too_big(big.size, limit))
 
 
 def _cause(exc: BaseException) -> BaseException:

@@ -74,7 +74,9 @@ _TASK = _statement_task()
 class Session:
     """One console session: a namespace, the statement running now, the audit trail."""
 
-    def __init__(self, state: AgentState, caller: str, auth: str) -> None:
+    def __init__(
+        self, state: AgentState, caller: str, auth: str, identity: str | None = None
+    ) -> None:
         import app_agent
 
         self.id = os.urandom(4).hex()
@@ -82,7 +84,8 @@ class Session:
         self.auth = auth
         config = state.config
         self.log_statements = bool(config and config.console_log_statements)
-        self.log = state.log.bind(caller=caller, auth=auth, session=self.id)
+        # Every console line says who, as every other audit line does.
+        self.log = state.log.bind(caller=caller, auth=auth, identity=identity, session=self.id)
         self.namespace: dict[str, Any] = {
             "__name__": "__console__",
             "__doc__": None,
@@ -297,16 +300,18 @@ def _async_raise(thread: int, exc: type[BaseException] | None) -> None:
 
 
 def open_session(
-    state: AgentState, caller: str, auth: str, current: Session | None
+    state: AgentState, caller: str, auth: str, current: Session | None, identity: str | None = None
 ) -> tuple[str, Session | None]:
     """The reply to ``console_open``, and the connection's session after it."""
     config = state.config
     if config is None or not config.console:
-        state.log.warning("console.refused", caller=caller, auth=auth, reason="console off")
+        state.log.warning(
+            "console.refused", caller=caller, auth=auth, identity=identity, reason="console off"
+        )
         return wire.error(ErrorKind.AUTH, ENABLE_HINT), current
     if current is not None:
         return wire.error(ErrorKind.USAGE, "a console session is already open here"), current
-    session = Session(state, caller, auth)
+    session = Session(state, caller, auth, identity)
     session.log.info("console.opened", log_statements=session.log_statements)
     reply = {
         "session": session.id,

@@ -634,7 +634,7 @@ class Gate:
             answer = {"ok": False, "kind": str(refused.kind), "message": refused.message}
             with contextlib.suppress(OSError, ValueError, Refused):
                 self._send(pending, answer)
-        self.refusals.note(
+        self.refusals.refused(
             pending.peer, refused.reason, "+".join(pending.methods) or "none", pending.named
         )
         if registered:

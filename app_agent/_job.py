@@ -4,10 +4,11 @@ A job keeps its output as events (stdout and stderr lines, progress) in a bounde
 so a client can follow it live, replay it later, or leave and come back: a job never
 depends on the connection that started it.
 
-Flow control: while a follower (a connection that asks for the job's events) keeps up,
-the task's own thread waits for it when the buffer is full instead of dropping lines; when
-nobody follows, or a follower has not asked for FOLLOWER_GRACE seconds, the oldest events
-are dropped and every reader is told how many it missed.
+Flow control: while the job's own caller (the connection that started it and follows it)
+keeps up, the task's own thread waits for it when the buffer is full instead of dropping
+lines; when the caller does not follow, or has not asked for FOLLOWER_GRACE seconds, the
+oldest events are dropped and every reader is told how many it missed. Other followers
+(``rpcctl logs -f``, whoever may read the job) never hold the task back: they skip ahead.
 """
 
 from __future__ import annotations
@@ -114,6 +115,7 @@ class Job:
         self._partial: dict[str, str] = {"stdout": "", "stderr": ""}
         self._cancel_hook: Callable[[], None] | None = None
         self._followers: dict[int, _Follower] = {}
+        self._caller_key: int | None = None  # the follower the task may wait for: its caller
         self._result_held = False  # a result over MAX_RESULT_BYTES, kept for its followers
         self.counted = 0  # bytes the history counts for this job
         self.audit: dict[str, Any] = {}
@@ -185,15 +187,13 @@ class Job:
                 if _inside_logging(sys._getframe(2)):
                     return
                 checked = True
+            # Only the caller is waited for: any reader may follow, and a slow one would
+            # otherwise set the task's pace (issue #20: 95 times slower).
+            caller = None if self._caller_key is None else self._followers.get(self._caller_key)
             now = time.monotonic()
-            waiting_for = [
-                f.seen + FOLLOWER_GRACE
-                for f in self._followers.values()
-                if f.cursor <= self._first_seq and f.live(now)
-            ]
-            if not waiting_for:
+            if caller is None or caller.cursor > self._first_seq or not caller.live(now):
                 return
-            self._cond.wait(max(min(waiting_for) - now, 0.0))
+            self._cond.wait(max(caller.seen + FOLLOWER_GRACE - now, 0.0))
 
     def _flush_partial(self) -> None:
         for stream, rest in self._partial.items():
@@ -272,10 +272,12 @@ class Job:
     # -- followers ---------------------------------------------------------------------------
 
     def attach(self, follower: int, cursor: int = 0) -> None:
-        """Register *follower* before the job starts, so that none of the output it is
-        going to ask for is dropped in the meantime."""
+        """Register the job's caller, *follower*, before the job starts, so that none of
+        the output it is going to ask for is dropped in the meantime: the one follower the
+        task waits for (others, who follow with :meth:`events_since`, skip ahead)."""
         with self._lock:
             self._followers[follower] = _Follower(cursor)
+            self._caller_key = follower
 
     def detach(self, follower: int) -> None:
         """*follower* is gone (its connection closed): nobody waits for it any more."""

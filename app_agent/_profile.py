@@ -12,9 +12,11 @@ data: a frame table and the counted stacks, outermost frame first.
 from __future__ import annotations
 
 import collections
+import itertools
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from app_agent import _introspect
@@ -22,6 +24,8 @@ from app_agent import _introspect
 DEFAULT_RATE = 100.0
 MAX_RATE = 1000.0
 MAX_SECONDS = 3600.0
+_CHECK_EVERY = 0.25
+"""Seconds between two looks at whether a profile's client is still there."""
 
 
 class ProfilerBusy(Exception):
@@ -58,6 +62,7 @@ class Profiler:
         self.started_at = 0.0
         self.elapsed = 0.0
         self._stopping = False
+        self.ended = "done"  # or why it ended early
         self._deadline = float("inf")
         self._counts: collections.Counter[tuple[str, tuple[int, ...]]] = collections.Counter()
         self._codes: dict[int, Any] = {}  # id -> code object, kept alive so ids stay unique
@@ -71,13 +76,19 @@ class Profiler:
     def stop(self) -> None:
         """Stop sampling (within one tick) and wait for the sampler to end."""
         self._stopping = True
-        self._thread.join()
+        if self._thread.ident is not None:  # started (a cancel may come just before)
+            self._thread.join()
 
-    def run_for(self, seconds: float) -> None:
-        """Sample for *seconds*, then stop."""
+    def run_for(self, seconds: float, gone: Callable[[], bool] | None = None) -> None:
+        """Sample for *seconds*, then stop; sooner when *gone* says the asker has left
+        (checked a few times a second) or :meth:`stop` is called from elsewhere."""
         self._deadline = time.monotonic() + seconds
         self.start()
-        self._thread.join()
+        while self._thread.is_alive():
+            self._thread.join(None if gone is None else _CHECK_EVERY)
+            if gone is not None and self._thread.is_alive() and gone():
+                self.ended = "the client went away"
+                self.stop()
 
     def _run(self) -> None:
         cpu_before = time.thread_time()
@@ -178,6 +189,7 @@ class Profiler:
             "idle_included": self.idle,
             "cpu_filter": self.cpu_clocks and not self.idle,
             "sampler_cpu_s": round(self.sampler_cpu, 4),
+            "ended": self.ended,
             "frames": frames,
             "stacks": stacks,
         }
@@ -211,27 +223,55 @@ def module_files() -> dict[str, str]:
 
 
 _lock = threading.Lock()
-_active: tuple[Profiler, str, float, float] | None = None
-"""The running profile: the profiler, who asked, when (monotonic) and for how long."""
+_active: tuple[Profiler, str, float, float, str] | None = None
+"""The running profile: the profiler, who asked, when (monotonic), for how long, its id."""
+_ids = itertools.count(1)
 
 
-def profile(seconds: float, rate: float, idle: bool, caller: str) -> dict[str, Any]:
-    """Profile the whole process for *seconds*; ProfilerBusy while another profile runs."""
+def profile(
+    seconds: float,
+    rate: float,
+    idle: bool,
+    caller: str,
+    gone: Callable[[], bool] | None = None,
+    on_start: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Profile the whole process for *seconds*, or until *gone* says the caller has left or
+    :func:`cancel` is called with its id (``profile-N``, passed to *on_start*);
+    ProfilerBusy while another profile runs."""
     global _active
     profiler = Profiler(rate, idle)
     with _lock:
         if _active is not None:
-            _other, who, since, length = _active
+            _other, who, since, length, running = _active
             elapsed = time.monotonic() - since
             msg = (
-                f"a profile is already running (asked by {who} {elapsed:.0f}s ago, "
-                f"{max(length - elapsed, 0):.0f}s left); one at a time"
+                f"a profile is already running ({running}, asked by {who} {elapsed:.0f}s ago, "
+                f"{max(length - elapsed, 0):.0f}s left); one at a time: `rpcctl cancel "
+                f"{running}` ends it"
             )
             raise ProfilerBusy(msg)
-        _active = (profiler, caller, time.monotonic(), seconds)
+        profile_id = f"profile-{next(_ids)}"
+        _active = (profiler, caller, time.monotonic(), seconds, profile_id)
     try:
-        profiler.run_for(seconds)
+        if on_start is not None:
+            on_start(profile_id)
+        profiler.run_for(seconds, gone)
     finally:
         with _lock:
             _active = None
-    return profiler.result()
+    result = profiler.result()
+    result["id"] = profile_id
+    return result
+
+
+def cancel(profile_id: str, by: str) -> bool:
+    """End the running profile *profile_id* (its samples so far go to its caller); False
+    when no such profile runs."""
+    with _lock:
+        if _active is None or _active[4] != profile_id:
+            return False
+        profiler = _active[0]
+    profiler.ended = f"cancelled by {by}"
+    profiler.stop()
+    return True

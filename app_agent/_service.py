@@ -34,6 +34,7 @@ from app_agent._service_console import ConsoleMethods
 from app_agent._service_introspect import IntrospectionMethods
 from app_agent._threads import NoThread
 from app_agent._version import __version__
+from app_agent.config import arguments_too_big
 from app_agent.wire import ErrorKind
 from app_agent.wire.words import REGISTER_TASKS
 
@@ -57,6 +58,10 @@ PROTOCOL_CONFIG: dict[str, Any] = {
     "propagate_KeyboardInterrupt_locally": False,
     "log_exceptions": False,
 }
+
+
+_MAX_OPTIONS = 1024
+"""Characters of a call's options (three small values, as JSON)."""
 
 
 class _Call(NamedTuple):
@@ -206,6 +211,8 @@ class AgentService(IntrospectionMethods, ConsoleMethods):
         """Ask a running job to stop (cooperatively, or by cancelling its coroutine)."""
         if type(job_id) is not str:
             return wire.error(ErrorKind.USAGE, "cancel() takes a job id")
+        if job_id.startswith("profile-"):
+            return self._cancel_profile(job_id)
         job = self._state.jobs.get(job_id)
         if job is None:
             return wire.error(ErrorKind.USAGE, _no_such_job(job_id))
@@ -237,12 +244,18 @@ class AgentService(IntrospectionMethods, ConsoleMethods):
             )
         task = self._state.registry.get(name)
         # A task the identity may not run is refused whether or not it exists: its answer
-        # must not tell which tasks the agent has.
+        # must not tell which tasks the agent has. Checked before a byte of the arguments
+        # is decoded: what a caller may not run costs the app nothing more.
         if not self._identity.may_run(task.name if task is not None else name):
-            raise _Refused(self._may_not_run(task.name if task is not None else name))
+            raise _Refused(self._may_not_run(task.name if task is not None else name, asked=name))
         if task is None:
             log.info("call.no_such_task", task=name, outcome="no_such_task", **who)
             raise _Refused(wire.error(ErrorKind.NO_SUCH_TASK, self._no_such_task(name)))
+        limit = self._max_argument_bytes
+        if len(args_json) + len(kwargs_json) > limit or len(options_json) > _MAX_OPTIONS:
+            size = len(args_json) + len(kwargs_json) + len(options_json)
+            log.info("call.bad_arguments", task=task.name, outcome="usage", bytes=size, **who)
+            raise _Refused(wire.error(ErrorKind.USAGE, arguments_too_big(size, limit)))
         try:
             args, kwargs = _decode_arguments(args_json, kwargs_json)
             options = _decode_options(options_json)

@@ -14,6 +14,7 @@ import rpyc
 from app_agent import wire
 from app_agent._access import UNRESTRICTED, Identity
 from app_agent._state import AgentState
+from app_agent.config import DEFAULT_MAX_ARGUMENT_BYTES
 from app_agent.wire import ErrorKind
 
 if TYPE_CHECKING:
@@ -23,6 +24,31 @@ if TYPE_CHECKING:
     from app_agent._jobs import Job
 
 _FOLLOWER_KEYS = itertools.count(1)
+
+
+class Hangup:
+    """Whether a connection's client has gone (its side closed, even with bytes still unread:
+    Linux's POLLRDHUP; elsewhere once the connection is fully gone), for what runs long on the
+    connection's thread (profile, mem) and must end with its client. Without a descriptor
+    (a service made in a test), the client never goes."""
+
+    def __init__(self, fileno: int | None = None) -> None:
+        self._poller: select.poll | None = None
+        if fileno is not None:
+            self._poller = select.poll()
+            # Not POLLIN: a request the client sends meanwhile is no hang-up.
+            events = getattr(select, "POLLRDHUP", 0) | select.POLLHUP | select.POLLERR
+            self._poller.register(fileno, events)
+
+    def __call__(self) -> bool:
+        return self._poller is not None and bool(self._poller.poll(0))
+
+    def wait(self, seconds: float) -> bool:
+        """Wait *seconds*: False as soon as the client hangs up, else True."""
+        if self._poller is None:
+            time.sleep(seconds)
+            return True
+        return not self._poller.poll(math.ceil(seconds * 1000))
 
 
 class ServiceBase(rpyc.Service):  # type: ignore[misc]
@@ -47,10 +73,19 @@ class ServiceBase(rpyc.Service):  # type: ignore[misc]
         self._follower = next(_FOLLOWER_KEYS)
         self._following: dict[str, Job] = {}
         self._console: Session | None = None  # this connection's console session, if open
-        self._conn: Any = None  # the RPyC connection, from on_connect
+        # Whether the client has gone (its side of the connection closed), for what runs
+        # long on this connection's thread; the agent sets it to look at the socket.
+        self.peer_gone = Hangup()
 
-    def on_connect(self, conn: Any) -> None:
-        self._conn = conn
+    @property
+    def who(self) -> dict[str, Any]:
+        """Who is calling, as every audit line names it: caller, auth, identity."""
+        return dict(self._who)
+
+    @property
+    def _max_argument_bytes(self) -> int:
+        config = self._state.config
+        return config.max_argument_bytes if config is not None else DEFAULT_MAX_ARGUMENT_BYTES
 
     def run_after_reply(self) -> None:
         """Run what waits for the reply to have left (the audit line of a call): the
@@ -66,24 +101,6 @@ class ServiceBase(rpyc.Service):  # type: ignore[misc]
         if self._console is not None:
             self._console.close("connection closed")
             self._console = None
-        self._conn = None
-
-    def _wait_while_connected(self, seconds: float) -> bool:
-        """Wait *seconds* on the connection's thread: False as soon as the client hangs up
-        (its socket's POLLRDHUP, Linux), so what runs for it ends with it; elsewhere, or
-        without a socket, True after the whole wait."""
-        hangup = getattr(select, "POLLRDHUP", 0)
-        try:
-            fileno = self._conn.fileno() if self._conn is not None else -1
-        except (EOFError, OSError):  # already closed
-            return False
-        if not hangup or fileno < 0:
-            time.sleep(seconds)
-            return True
-        poller = select.poll()
-        # Not POLLIN: a request the client sends meanwhile must not end the wait.
-        poller.register(fileno, hangup | select.POLLHUP | select.POLLERR)
-        return not poller.poll(math.ceil(seconds * 1000))
 
     # -- access control (app_agent/_access.py) ---------------------------------------------
 
@@ -97,14 +114,20 @@ class ServiceBase(rpyc.Service):  # type: ignore[misc]
         """
         if self._identity.may(grant):
             return None
-        self._state.log.warning("access.denied", grant=grant, action=action, **self._who)
+        self._state.denials.note(f"no {grant} grant", grant=grant, action=action, **self._who)
         message = f"{self._identity} may not {action} (that needs the {grant} grant)"
         return wire.error(ErrorKind.AUTH, message)
 
-    def _may_not_run(self, task: str, action: str = "") -> str:
-        """The refusal of a task this identity's patterns do not cover, audited."""
-        self._state.log.warning("access.denied", task=task, action=action or "run", **self._who)
-        message = f"{self._identity} may not run {task}"
+    def _may_not_run(self, task: str, action: str = "", asked: str | None = None) -> str:
+        """The refusal of a task this identity's patterns do not cover, audited. The reply
+        names the task as *asked* (an alias stays an alias: which task it stands for is not
+        the caller's to learn); the log names both."""
+        shown = task if asked is None else asked
+        fields = {"asked": asked} if asked is not None and asked != task else {}
+        self._state.denials.note(
+            "task not granted", task=task, action=action or "run", **fields, **self._who
+        )
+        message = f"{self._identity} may not run {shown}"
         return wire.error(ErrorKind.AUTH, f"{message} (asked to {action})" if action else message)
 
     def _audit(self, event: str, now: bool = False, **fields: Any) -> None:

@@ -22,7 +22,7 @@ class ConsoleMethods(ServiceBase):
         from app_agent import _console
 
         reply, self._console = _console.open_session(
-            self._state, self._caller, self._auth, self._console
+            self._state, self._caller, self._auth, self._console, self._identity.name
         )
         return reply
 

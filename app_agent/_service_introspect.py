@@ -69,12 +69,20 @@ class IntrospectionMethods(ServiceBase):
         ):
             msg = "profile() takes seconds (at most 3600), a rate in Hz (1 to 1000) and a flag"
             return wire.error(ErrorKind.USAGE, msg)
-        self._audit("profile.started", seconds=seconds, rate=rate, now=True)
+
+        def started(profile_id: str) -> None:
+            self._audit("profile.started", id=profile_id, seconds=seconds, rate=rate, now=True)
+
         try:
-            result = _profile.profile(float(seconds), float(rate), idle, self._caller)
+            # It ends with its client: nobody would read an hour's profile of a client gone.
+            result = _profile.profile(
+                float(seconds), float(rate), idle, self._caller, self.peer_gone, started
+            )
         except _profile.ProfilerBusy as exc:
             return wire.error(ErrorKind.BUSY, str(exc))
-        self._audit("profile.finished", samples=result["samples"])
+        self._audit(
+            "profile.finished", id=result["id"], samples=result["samples"], ended=result["ended"]
+        )
         return wire.ok(result)
 
     def exposed_mem(self, seconds: Any = 10.0, top: Any = 10, group_by: Any = "line") -> str:
@@ -99,9 +107,7 @@ class IntrospectionMethods(ServiceBase):
             return wire.error(ErrorKind.USAGE, msg)
         self._audit("mem.started", seconds=seconds, top=top, group_by=group_by, now=True)
         try:
-            result = _mem.diagnose(
-                float(seconds), top, group_by, self._caller, self._wait_while_connected
-            )
+            result = _mem.diagnose(float(seconds), top, group_by, self._caller, self.peer_gone.wait)
         except _mem.MemBusy as exc:
             return wire.error(ErrorKind.BUSY, str(exc))
         except _mem.TracingStopped as exc:
@@ -117,8 +123,28 @@ class IntrospectionMethods(ServiceBase):
         )
         return wire.ok(result)
 
+    def _cancel_profile(self, profile_id: str) -> str:
+        """``cancel profile-N``: end a running profile (whoever may profile may end one)."""
+        if (refused := self._forbidden(READ, f"cancel {profile_id}")) is not None:
+            return refused
+        from app_agent import _profile
+
+        if not _profile.cancel(profile_id, self._caller):
+            return wire.error(ErrorKind.USAGE, f"no profile {profile_id!r} is running")
+        self._audit("profile.cancel_requested", id=profile_id, now=True)
+        return wire.ok({"job": profile_id, "requested": True, "state": "running"})
+
     def exposed_log_level(self, logger: Any = None, level: Any = None, for_s: Any = None) -> str:
         """Show, or set (for *for_s* seconds when given), a stdlib logger's level."""
+        # Types first, by type() alone: a netref compared or hashed would call back into
+        # the client (before even its grant is checked).
+        if (
+            type(logger) not in (str, type(None))
+            or type(level) not in (str, int, type(None))
+            or type(for_s) not in (int, float, type(None))
+        ):
+            msg = "log_level() takes a logger name, a level (name or number) and seconds"
+            return wire.error(ErrorKind.USAGE, msg)
         from app_agent import _loglevels
 
         try:
@@ -131,8 +157,6 @@ class IntrospectionMethods(ServiceBase):
             if (refused := self._forbidden(LOG_LEVEL, "set log levels")) is not None:
                 return refused
             number = _loglevels.parse_level(level)
-            if for_s is not None and type(for_s) not in (int, float):
-                return wire.error(ErrorKind.USAGE, "the duration must be a number of seconds")
             changed = _loglevels.log_levels.set(name, number, for_s, self._log_reverted)
         except _loglevels.LevelError as exc:
             return wire.error(ErrorKind.USAGE, str(exc))

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from app_agent._jobs import JobTable
 from app_agent._locks import Backend
+from app_agent._refusals import RateLimitedLog
 from app_agent._registry import Registry
 
 if TYPE_CHECKING:
@@ -40,3 +41,11 @@ class AgentState:
         self.started_at = time.time()
         self.stop_handler: Callable[[], None] | None = None
         self.config: AgentConfig | None = None  # the agent's settings (the console's switch)
+        # What a peer can cause at will is logged at a bounded rate, like the gate's refusals.
+        self.denials = RateLimitedLog(log, "access.denied", "denied")
+        self.malformed = RateLimitedLog(log, "connection.malformed", "malformed")
+
+    def flush_logs(self) -> None:
+        """Log the summaries still waiting (when the agent stops)."""
+        self.denials.flush()
+        self.malformed.flush()

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 DEFAULT_IDLE_TIMEOUT = 300.0
 """Seconds an authenticated connection may sit idle before the agent closes it."""
+DEFAULT_MAX_ARGUMENT_BYTES = 16 << 20
+"""Bytes of JSON arguments one request may carry, by default."""
 
 
 class StartOptions(TypedDict, total=False):
@@ -54,6 +56,9 @@ class StartOptions(TypedDict, total=False):
       ``RPCCTL_CONSOLE=1``; off by default). ``console_log_statements``: the audit log
       records each statement's text, not only its size (else
       ``RPCCTL_CONSOLE_LOG_STATEMENTS=1``).
+    - ``max_argument_bytes``: bytes of arguments (as JSON) one request may carry (else
+      ``RPCCTL_MAX_ARGUMENT_BYTES``, default 16 MiB); a larger request is refused (exit 2)
+      without being held, as is a compressed one that would inflate past it.
     """
 
     app: str | None
@@ -71,6 +76,7 @@ class StartOptions(TypedDict, total=False):
     version: str | None
     console: bool | None
     console_log_statements: bool | None
+    max_argument_bytes: int | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +104,7 @@ class AgentConfig:
     environment_node: wire.Address | None = None
     """``RPCCTL_NODE`` when ``start(node=...)`` named another address: logged at start as
     ``agent.node_differs`` (under ``rpcctl start``, clients and the runner look there)."""
+    max_argument_bytes: int = DEFAULT_MAX_ARGUMENT_BYTES
 
     @property
     def insecure(self) -> bool:
@@ -131,7 +138,9 @@ def load(node: str | None = None, **options: Any) -> AgentConfig:
     warnings: tuple[str, ...] = ()
     if access is None:
         try:
-            secret = cookies.resolve_cookie(options.get("cookie"), options.get("cookie_file"))
+            secret = cookies.resolve_cookie(
+                options.get("cookie"), options.get("cookie_file"), cookies.agent_owners()
+            )
         except cookies.CookieError as exc:
             raise ConfigurationError(str(exc)) from None
         _check_transport(address, secret is not None, tls)
@@ -169,6 +178,7 @@ def load(node: str | None = None, **options: Any) -> AgentConfig:
             env.CONSOLE_LOG_STATEMENTS,
         ),
         environment_node=_other_environment_node(node, address),
+        max_argument_bytes=_max_argument_bytes(options.get("max_argument_bytes")),
     )
 
 
@@ -326,16 +336,38 @@ def server_tls_context(cert: str, key: str | None, client_ca: str | None) -> ssl
 
 
 def _idle_timeout(given: float | None) -> float:
-    text = os.environ.get(env.IDLE_TIMEOUT)
-    if given is None and text:
-        try:
-            given = float(text)
-        except ValueError:
-            msg = f"{env.IDLE_TIMEOUT}={text!r}: expected a number of seconds"
-            raise ConfigurationError(msg) from None
-    value = DEFAULT_IDLE_TIMEOUT if given is None else given
+    value: float = _setting(given, env.IDLE_TIMEOUT, float, DEFAULT_IDLE_TIMEOUT, "seconds")
     if not value > 0:
         msg = f"idle_timeout must be a positive number of seconds, not {value!r}"
+        raise ConfigurationError(msg)
+    return value
+
+
+def _setting(given: Any, variable: str, kind: Callable[[str], Any], default: Any, unit: str) -> Any:
+    """A numeric start option: as given, else from *variable*, else *default*."""
+    text = os.environ.get(variable)
+    if given is None and text:
+        try:
+            return kind(text)
+        except ValueError:
+            msg = f"{variable}={text!r}: expected a number of {unit}"
+            raise ConfigurationError(msg) from None
+    return default if given is None else given
+
+
+def arguments_too_big(size: int | None, limit: int) -> str:
+    """The refusal of a request of *size* bytes (None: more than *limit*, once inflated)."""
+    what = f"{size:,} bytes" if size is not None else f"more than {limit:,} bytes"
+    return (
+        f"a request of {what}: this agent takes arguments of at most {limit:,} bytes as JSON "
+        f"(max_argument_bytes in the app, or {env.MAX_ARGUMENT_BYTES})"
+    )
+
+
+def _max_argument_bytes(given: int | None) -> int:
+    value: int = _setting(given, env.MAX_ARGUMENT_BYTES, int, DEFAULT_MAX_ARGUMENT_BYTES, "bytes")
+    if type(value) is not int or value < 1024:
+        msg = f"max_argument_bytes must be a whole number of bytes, at least 1024, not {value!r}"
         raise ConfigurationError(msg)
     return value
 

@@ -15,6 +15,7 @@ import time
 from app_agent import wire
 from app_agent.wire import Address, ErrorKind, cookies, processes
 from app_agent.wire.backoff import Backoff
+from app_agent.wire.processes import uid_label
 from rpcctl.exceptions import (
     BY_KIND,
     AuthenticationFailed,
@@ -187,19 +188,50 @@ def _check_socket_directory(address: Address) -> int | None:
 
 def _check_peer(sock: socket.socket, address: Address, directory_owner: int | None) -> None:
     """Trust the process at the other end only when it runs as us, as root, or as the owner of
-    the socket's directory (an app run as its own user, operated by root)."""
+    the socket's directory (an app run as its own user, operated by root) when nobody else
+    could have made that directory: the rule of OpenSSH's StrictModes."""
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     pid, uid, _gid = struct.unpack("3i", raw)
-    trusted = {os.geteuid(), 0}
-    if directory_owner is not None:
-        trusted.add(directory_owner)
-    if uid not in trusted:
+    if uid in (os.geteuid(), 0):
+        return
+    if uid != directory_owner:
         msg = (
             f"{address}: refusing to talk to the process listening there (pid {pid}, uid {uid}): "
             f"it is neither us (uid {os.geteuid()}), root, nor the owner of the socket's "
             f"directory (uid {directory_owner}), so it may be an impostor"
         )
         raise AuthenticationFailed(msg)
+    directory = os.path.dirname(os.path.abspath(address.path))
+    found = _writable_ancestor(directory, uid)
+    if found is not None:
+        parent, mode, owner = found
+        who = "anyone" if mode & stat.S_IWOTH else "its group" if mode & stat.S_IWGRP else None
+        by = f"by {who} (mode {mode:04o})" if who else f"by its owner, uid {owner}"
+        msg = (
+            f"{address}: refusing to talk to the process listening there (pid {pid}): it runs "
+            f"as {uid_label(uid)}, the owner of the socket's directory {directory}, "
+            f"but {parent} above it is writable {by}, so another user could have made that "
+            "directory; keep the socket in a directory whose parents only root can write "
+            "(e.g. /run/APP)"
+        )
+        raise AuthenticationFailed(msg)
+
+
+def _writable_ancestor(directory: str, owner: int) -> tuple[str, int, int] | None:
+    """The first directory above *directory* (up to /) that someone other than root and
+    *owner* may write, with its mode and owner: who could have made *directory*. None when
+    there is none. A sticky world-writable one (/tmp) counts: anyone may create in it."""
+    path = os.path.realpath(directory)
+    while path != "/":
+        path = os.path.dirname(path)
+        try:
+            st = os.stat(path)
+        except OSError:
+            return path, 0, -1
+        mode = stat.S_IMODE(st.st_mode)
+        if st.st_uid not in (0, owner) or mode & (stat.S_IWGRP | stat.S_IWOTH):
+            return path, mode, st.st_uid
+    return None
 
 
 def _wrap_tls(sock: socket.socket, address: Address, security: Security) -> socket.socket:

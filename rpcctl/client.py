@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Callable
 
 from app_agent import wire
@@ -67,7 +68,7 @@ class Client(MoreCalls):
     ) -> None:
         import rpyc
 
-        from app_agent.streams import BufferedSocketStream
+        from app_agent.streams import BoundedChannel, BufferedSocketStream
         from app_agent.wire.records import RecordSocket
 
         self.address = address
@@ -81,14 +82,15 @@ class Client(MoreCalls):
             self.handshake: dict[str, Any] = answer
             """The agent's answer to our hello: pid, ready, app, version (and identity, with
             an access file); covered by the agent's proof when a cookie was proven."""
-            sock.settimeout(None)
             if keys is not None:
                 to_agent, to_client = keys
                 self._sock = RecordSocket(sock, send_key=to_agent, recv_key=to_client)
             # The connection's own requests (the root, a method's netref, the polite close)
-            # wait at most *timeout*; calls carry their own expiry.
+            # wait at most *timeout*; calls carry their own expiry. An answer, once begun,
+            # must keep arriving (no pause of *timeout*), and within the call's own deadline.
             config = dict(_CLIENT_CONFIG, sync_request_timeout=timeout)
-            self._conn = rpyc.connect_stream(BufferedSocketStream(self._sock), config=config)
+            self._channel = BoundedChannel(BufferedSocketStream(self._sock, stall=timeout))
+            self._conn = rpyc.connect_channel(self._channel, config=config)
         except BaseException:
             sock.close()
             raise
@@ -187,7 +189,12 @@ class Client(MoreCalls):
             result = bound(*args)
             if timeout is not None:
                 result.set_expiry(timeout)
-            return result.value
+                # Reading the answer, too, ends by then (a record that never ends included).
+                self._channel.deadline = time.monotonic() + timeout
+            try:
+                return result.value
+            finally:
+                self._channel.deadline = None
 
         return self._guarded(method, call, timeout)
 
@@ -196,6 +203,8 @@ class Client(MoreCalls):
     ) -> Any:
         """Run *request*, turning RPyC's and the socket's failures into rpcctl's errors."""
         from rpyc.core.async_ import AsyncResultTimeout
+
+        from app_agent.streams import FrameTimeout
 
         timeout = self.timeout if timeout is None and method == "root" else timeout
         # Until the answer arrives the connection is owed a reply: if we leave early (a
@@ -214,6 +223,12 @@ class Client(MoreCalls):
 
                 stalled = why_stalled(pid)
                 msg += f": {stalled}" if stalled else ""
+            raise CallTimeout(msg) from None
+        except FrameTimeout as exc:
+            msg = (
+                f"{self.address}: the agent's answer to {method} did not arrive whole ({exc}), "
+                "so the connection was dropped"
+            )
             raise CallTimeout(msg) from None
         except (EOFError, OSError) as exc:
             if getattr(self._sock, "tampered", False):
@@ -316,8 +331,6 @@ class Client(MoreCalls):
         be kept until this client asked for it. Without *on_event* only the job's state is
         polled, not its output.
         """
-        import time
-
         if on_event is None:
             since = SUMMARY_ONLY
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -6,6 +6,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -87,6 +88,26 @@ def short_tmp() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def run_tmp() -> Iterator[Path]:
+    """A short temporary directory under /run, whose parents only root can write (unlike
+    /tmp's): where a socket directory owned by another user can be trusted."""
+    if not os.access("/run", os.W_OK):
+        pytest.skip("needs a writable /run")
+    path = Path(tempfile.mkdtemp(prefix="rpcctl-", dir="/run"))
+    path.chmod(0o755)  # another uid must reach the directories made below
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+NOBODY = 65534
+"""The uid tests act as when they need another user."""
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another uid")
 
 
 class _Drain:
@@ -199,6 +220,75 @@ class AppProcess:
         for stream in (self.proc.stdout, self.proc.stderr):
             if stream is not None:
                 stream.close()
+
+
+class Relay:
+    """A TCP relay between a client and the agent that forwards the handshake faithfully and
+    then lets *mutate* change what crosses, once the agent has admitted the client."""
+
+    def __init__(
+        self,
+        target: str,
+        to_agent: Callable[[bytes, socket.socket], bytes] | None = None,
+        to_client: Callable[[bytes, socket.socket], bytes] | None = None,
+    ) -> None:
+        from app_agent import wire
+
+        address = wire.parse_node(target)
+        self.target = (address.host, address.port)
+        self.to_agent = to_agent
+        self.to_client = to_client
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.node = f"tcp://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.admitted = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        try:
+            client, _ = self.listener.accept()
+        except OSError:
+            return
+        with client, socket.create_connection(self.target) as agent:
+            upstream = threading.Thread(target=self._pump, args=(client, agent, True))
+            upstream.start()
+            self._pump(agent, client, False)
+            upstream.join(DEADLINE)
+
+    def _pump(self, src: socket.socket, dst: socket.socket, toward_agent: bool) -> None:
+        lines = 0
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                if not toward_agent and not self.admitted.is_set():
+                    lines += data.count(b"\n")
+                    dst.sendall(data)
+                    if lines >= 2:  # the challenge, then the agent's final answer
+                        self.admitted.set()
+                    continue
+                mutate = self.to_agent if toward_agent else self.to_client
+                if self.admitted.is_set() and mutate is not None:
+                    data = mutate(data, dst)
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def open_rpc(path: str) -> socket.socket:
+    """An admitted rpc connection to the agent at UNIX socket *path* (no cookie): what
+    follows is RPyC's."""
+    from app_agent import wire
+    from app_agent.wire import cookies
+
+    sock = socket.socket(socket.AF_UNIX)
+    sock.settimeout(DEADLINE)
+    sock.connect(path)
+    hello = {"rpcctl": wire.PROTOCOL_VERSION, "op": "rpc", "nonce": cookies.new_nonce()}
+    sock.sendall(wire.encode_line(hello))
+    answer = wire.decode_line(sock.recv(4096))
+    assert answer["ok"] is True, answer
+    return sock
 
 
 def wait_until(condition: object, timeout: float = DEADLINE, what: str = "condition") -> None:

@@ -29,17 +29,20 @@ from app_agent.exceptions import ConfigurationError
 from app_agent.wire import cookies
 from conftest import (
     DEADLINE,
+    NOBODY,
     ROOT,
     SAMPLEAPP,
     AppProcess,
+    Relay,
     as_user,
+    needs_root,
+    open_rpc,
     run_rpcctl,
     tcp_sample_app,
     wait_until,
 )
 
 COOKIE = "hardening-cookie-0123456789abcdef"
-NOBODY = 65534
 FLOOD = ROOT / "bench" / "flood.py"  # the benchmark's connect flood, bounded in time
 
 
@@ -62,57 +65,6 @@ def tcp_app() -> Iterator[AppProcess]:
 
 
 # -- 1. an on-path relay cannot take over, alter, replay or inject --------------------------
-
-
-class Relay:
-    """A TCP relay between a client and the agent that forwards the handshake faithfully and
-    then lets *mutate* change what crosses, once the agent has admitted the client."""
-
-    def __init__(
-        self,
-        target: str,
-        to_agent: Callable[[bytes, socket.socket], bytes] | None = None,
-        to_client: Callable[[bytes, socket.socket], bytes] | None = None,
-    ) -> None:
-        address = wire.parse_node(target)
-        self.target = (address.host, address.port)
-        self.to_agent = to_agent
-        self.to_client = to_client
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.node = f"tcp://127.0.0.1:{self.listener.getsockname()[1]}"
-        self.admitted = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        try:
-            client, _ = self.listener.accept()
-        except OSError:
-            return
-        with client, socket.create_connection(self.target) as agent:
-            upstream = threading.Thread(target=self._pump, args=(client, agent, True))
-            upstream.start()
-            self._pump(agent, client, False)
-            upstream.join(DEADLINE)
-
-    def _pump(self, src: socket.socket, dst: socket.socket, toward_agent: bool) -> None:
-        lines = 0
-        with contextlib.suppress(OSError):
-            while data := src.recv(65536):
-                if not toward_agent and not self.admitted.is_set():
-                    lines += data.count(b"\n")
-                    dst.sendall(data)
-                    if lines >= 2:  # the challenge, then the agent's final answer
-                        self.admitted.set()
-                    continue
-                mutate = self.to_agent if toward_agent else self.to_client
-                if self.admitted.is_set() and mutate is not None:
-                    data = mutate(data, dst)
-                dst.sendall(data)
-        with contextlib.suppress(OSError):
-            dst.shutdown(socket.SHUT_WR)
-
-    def close(self) -> None:
-        self.listener.close()
 
 
 def flip(data: bytes, _dst: socket.socket) -> bytes:
@@ -230,9 +182,6 @@ def test_the_agent_answer_is_covered_by_its_proof(tcp_app: AppProcess) -> None:
 # -- 2. the client checks who listens on a UNIX socket ---------------------------------------
 
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another uid")
-
-
 @needs_root
 def test_an_impostor_of_another_uid_gets_nothing(short_tmp: Path) -> None:
     """A process of another uid listening on the path (here: root's own 0700 directory,
@@ -280,35 +229,6 @@ def test_a_socket_in_a_directory_others_can_write_is_refused(
     assert f"its directory {directory} is writable by" in result.stderr
     assert f"(mode {mode:04o})" in result.stderr
     assert run_rpcctl("-n", agent_in_process.node, "ping").returncode == 0
-
-
-@needs_root
-def test_root_operates_an_app_that_runs_as_its_own_user(short_tmp: Path) -> None:
-    """The agent runs as nobody with its socket in nobody's 0700 directory: root's client
-    trusts it (the directory's owner) and the agent admits root."""
-    run_dir = short_tmp / "run"
-    run_dir.mkdir(mode=0o700)
-    os.chown(run_dir, NOBODY, NOBODY)
-    short_tmp.chmod(0o755)
-    node = f"unix:{run_dir}/agent.sock"
-    stop_r, stop_w = os.pipe()
-
-    def app() -> None:
-        os.close(stop_w)
-        agent = app_agent.start(node=node, app="as-nobody")
-        os.read(stop_r, 1)  # until the test closes the pipe
-        agent.stop()
-
-    child = as_user(NOBODY, app)
-    os.close(stop_r)
-    try:
-        wait = run_rpcctl("-n", node, "ping", "--wait", str(DEADLINE))
-        assert (wait.returncode, wait.stdout) == (0, "pong\n"), wait.stderr
-        result = run_rpcctl("-n", node, "rpc", "add(1, 2)")
-        assert (result.returncode, result.stdout) == (0, "3\n"), result.stderr
-    finally:
-        os.close(stop_w)
-        os.waitpid(child, 0)
 
 
 # -- 3. one handshake deadline per connection ------------------------------------------------
@@ -458,17 +378,6 @@ def test_an_over_long_cookie_file_is_refused_on_both_sides(short_tmp: Path) -> N
 
 
 # -- 10. the connection cap never locks out ping; idle connections time out -----------------
-
-
-def open_rpc(path: str) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX)
-    sock.settimeout(DEADLINE)
-    sock.connect(path)
-    hello = {"rpcctl": wire.PROTOCOL_VERSION, "op": "rpc", "nonce": cookies.new_nonce()}
-    sock.sendall(wire.encode_line(hello))
-    answer = wire.decode_line(sock.recv(4096))
-    assert answer["ok"] is True, answer
-    return sock
 
 
 def test_ping_answers_at_the_connection_cap(sample_app: AppProcess) -> None:

@@ -412,8 +412,8 @@ def test_one_profile_at_a_time(fresh_app: AppProcess) -> None:
         first.wait()
     assert second.returncode == 7
     assert re.fullmatch(
-        r"rpcctl: error: a profile is already running \(asked by uid=\d+ pid=\d+ \d+s ago, "
-        r"\d+s left\); one at a time",
+        r"rpcctl: error: a profile is already running \(profile-\d+, asked by uid=\d+ pid=\d+ "
+        r"\d+s ago, \d+s left\); one at a time: `rpcctl cancel profile-\d+` ends it",
         last_line(second),
     )
 

@@ -34,13 +34,20 @@ class CookieError(ValueError):
 
 
 def read_owner_only(
-    path: str, what: str, limit: int, error: type[ValueError], missing_hint: str = ""
+    path: str,
+    what: str,
+    limit: int,
+    error: type[ValueError],
+    missing_hint: str = "",
+    owners: tuple[int, ...] = (),
 ) -> bytes:
-    """At most *limit* + 1 bytes of *path*, a file only its owner may access (cookies, the
-    access file): *error* naming *what* and the fix when it is missing, unreadable, or open to
-    group or others. Symbolic links are not followed."""
+    """At most *limit* + 1 bytes of *path*, a regular file only its owner may access
+    (cookies, the access file): *error* naming *what* and the fix when it is missing,
+    unreadable, not a regular file, open to group or others, or (with *owners*, as the agent
+    asks) owned by a uid not among them. Symbolic links are not followed."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        # Non-blocking: opening a FIFO would otherwise wait for a writer, for ever.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
     except FileNotFoundError:
         msg = f"{what} {path} does not exist{missing_hint}"
         raise error(msg) from None
@@ -48,7 +55,20 @@ def read_owner_only(
         msg = f"cannot read {what} {path}: {exc.strerror}"
         raise error(msg) from None
     try:
-        mode = os.fstat(fd).st_mode
+        st = os.fstat(fd)
+        mode = st.st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else ""
+            msg = f"{what} {path} is not a regular file{f' ({kind})' if kind else ''}"
+            raise error(msg)
+        if owners and st.st_uid not in owners:
+            from app_agent.wire.processes import uid_label
+
+            msg = (
+                f"{what} {path} belongs to {uid_label(st.st_uid)}, who could change it, not to "
+                f"this process's user (uid {owners[0]}); fix it with: chown {owners[0]} {path}"
+            )
+            raise error(msg)
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
             msg = (
                 f"{what} {path} is accessible by group or others "
@@ -61,11 +81,12 @@ def read_owner_only(
         os.close(fd)
 
 
-def read_cookie_file(path: str | os.PathLike[str]) -> bytes:
-    """The cookie in *path*; refused when the file is readable by group or others."""
+def read_cookie_file(path: str | os.PathLike[str], owners: tuple[int, ...] = ()) -> bytes:
+    """The cookie in *path*; refused when the file is readable by group or others (or, with
+    *owners*, owned by another uid)."""
     path = os.fspath(path)
     hint = f" (create one with `rpcctl cookie generate {path}`)"
-    raw = read_owner_only(path, "cookie file", MAX_COOKIE_BYTES, CookieError, hint)
+    raw = read_owner_only(path, "cookie file", MAX_COOKIE_BYTES, CookieError, hint, owners)
     if len(raw) > MAX_COOKIE_BYTES:
         msg = (
             f"cookie file {path} is longer than {MAX_COOKIE_BYTES} bytes; a cookie is one "
@@ -79,10 +100,18 @@ def read_cookie_file(path: str | os.PathLike[str]) -> bytes:
     return cookie
 
 
+def agent_owners() -> tuple[int, ...]:
+    """Whose files the agent takes its secrets from: its own user's, and root's."""
+    return (os.geteuid(), 0)
+
+
 def resolve_cookie(
-    cookie: str | bytes | None = None, cookie_file: str | os.PathLike[str] | None = None
+    cookie: str | bytes | None = None,
+    cookie_file: str | os.PathLike[str] | None = None,
+    owners: tuple[int, ...] = (),
 ) -> bytes | None:
-    """The cookie from the arguments, else ``RPCCTL_COOKIE``, else ``RPCCTL_COOKIE_FILE``."""
+    """The cookie from the arguments, else ``RPCCTL_COOKIE``, else ``RPCCTL_COOKIE_FILE``
+    (a file owned by one of *owners*, when given)."""
     if cookie is not None:
         value = cookie.encode() if isinstance(cookie, str) else cookie
         if not value.strip():
@@ -90,7 +119,7 @@ def resolve_cookie(
             raise CookieError(msg)
         return value.strip()
     if cookie_file is not None:
-        return read_cookie_file(cookie_file)
+        return read_cookie_file(cookie_file, owners)
     from_env = os.environ.get(COOKIE_ENV)
     if from_env is not None:
         if not from_env.strip():
@@ -99,7 +128,7 @@ def resolve_cookie(
         return from_env.strip().encode()
     file_env = os.environ.get(COOKIE_FILE_ENV)
     if file_env:
-        return read_cookie_file(file_env)
+        return read_cookie_file(file_env, owners)
     return None
 
 

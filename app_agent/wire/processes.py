@@ -1,5 +1,6 @@
-"""Whether a process exists: the one liveness check both sides use; and the pid an agent
-records beside its UNIX socket, which names the process that left a stale socket behind."""
+"""Local processes and users: the one liveness check both sides use, how a uid is named, and
+the pid an agent records beside its UNIX socket, which names the process that left a stale
+socket behind."""
 
 from __future__ import annotations
 
@@ -119,3 +120,13 @@ def remove_stale_socket(socket_path: str) -> bool:
     if pid is not None:
         forget_agent_pid(socket_path, pid)
     return True
+
+
+def uid_label(uid: int) -> str:
+    """``uid 65534 (nobody)``: a uid as messages name it, with its user name when it has one."""
+    import pwd  # only when a message needs it: the ping path never does
+
+    try:
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"uid {uid}"

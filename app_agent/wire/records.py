@@ -129,6 +129,13 @@ class RecordSocket:
         self._plain, self._offset = payload, 0
         return True
 
+    def abandon(self, reason: str) -> None:
+        """The reader gives up on the stream (nothing came for too long): a record begun and
+        never finished is a failed one, and the peer is told so, as for a bad record."""
+        if self._raw:
+            with contextlib.suppress(RecordError):
+                self._fail(f"a record did not arrive whole ({reason})")
+
     def _fail(self, reason: str) -> None:
         self.tampered = True
         # Tell the peer, authenticated, so it can say "tampered" rather than "lost".

@@ -266,6 +266,8 @@ def profile(
     address = settings.address()
     with client_mod.Client(address, client_mod.DEFAULT_TIMEOUT, settings.security()) as conn:
         data = conn.profile(seconds, rate, idle)
+    if data.get("ended", "done") != "done":
+        click.echo(f"rpcctl: the profile ended early ({data['ended']})", err=True)
     if settings.json:
         emit_json({"ok": True, "result": data})
         return

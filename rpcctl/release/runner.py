@@ -12,10 +12,12 @@ the reason.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import selectors
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -24,7 +26,7 @@ from pathlib import Path
 from typing import Any, Final, NamedTuple
 
 from app_agent.wire import NODE_ENV, RUNNER_ENV, ErrorKind, environment, pid_alive, processes
-from app_agent.wire.cookies import COOKIE_FILE_ENV
+from app_agent.wire.cookies import COOKIE_ENV, COOKIE_FILE_ENV
 from app_agent.wire.environment import IDENTITY as IDENTITY_ENV
 from rpcctl import _transport
 from rpcctl._transport import Security
@@ -359,6 +361,9 @@ class Runner:
             }
         )
         if self.config.cookie_file is not None:
+            # The release's own cookie: one exported for another app (RPCCTL_COOKIE beats a
+            # file in the agent, and in a plain rpcctl) must not reach its app or hooks.
+            env.pop(COOKIE_ENV, None)
             env[COOKIE_FILE_ENV] = str(self.config.cookie_file)
         if self.config.identity is not None:
             env[IDENTITY_ENV] = self.config.identity
@@ -397,13 +402,7 @@ class Runner:
     def _release_lock(self) -> Any:
         """Hold the release's lock for the whole run: a second runner is refused at once."""
         path = lock_path(self.config)
-        try:
-            # Owner-only, as the agent makes a socket's directory when it is missing.
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError as exc:
-            msg = f"cannot open the release lock {path}: {exc.strerror or exc}"
-            raise UsageError(msg) from None
+        fd = _open_lock(path)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -415,8 +414,9 @@ class Runner:
                     f"holds {path})"
                 )
                 raise UsageError(msg) from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            # Never truncated (a file we did not make stays as long as it was): padded instead.
+            size = os.fstat(fd).st_size
+            os.pwrite(fd, f"{os.getpid()}".ljust(size - 1).encode() + b"\n", 0)
             yield
         finally:
             os.close(fd)
@@ -490,6 +490,54 @@ def lock_path(config: Config) -> Path:
     if config.address.is_unix:
         return Path(f"{config.address.path}.lock")
     return config.root / f".rpcctl-{config.name}.lock"
+
+
+_LOCK_FLAGS: Final = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_MAX_LOCK_BYTES: Final = 32
+"""A lock file holds its holder's pid: anything longer is not one of ours."""
+
+
+def _open_lock(path: Path) -> int:
+    """The release lock's descriptor: a regular file of ours, created 0600 if missing. A
+    symbolic link (another user may plant one where root's runner would follow it and
+    rewrite its target), a file of another user, with other links, or too long to be a
+    lock file is refused (UsageError), never written."""
+    try:
+        # Owner-only, as the agent makes a socket's directory when it is missing.
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        while True:
+            try:
+                return os.open(path, _LOCK_FLAGS | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                pass
+            try:
+                fd = os.open(path, _LOCK_FLAGS)
+                break
+            except FileNotFoundError:
+                continue  # removed in between: make it again
+    except OSError as exc:
+        why = "it is a symbolic link" if exc.errno == errno.ELOOP else exc.strerror or exc
+        msg = f"cannot open the release lock {path}: {why}"
+        raise UsageError(msg) from None
+    problem = _lock_problem(os.fstat(fd))
+    if problem is not None:
+        os.close(fd)
+        msg = f"refusing the release lock {path}: {problem}; remove it if it is not yours"
+        raise UsageError(msg)
+    return fd
+
+
+def _lock_problem(st: os.stat_result) -> str | None:
+    """Why an existing file cannot be our lock file, if it cannot."""
+    if not stat.S_ISREG(st.st_mode):
+        return "it is not a regular file"
+    if st.st_uid != os.geteuid():
+        return f"it belongs to uid {st.st_uid}, not to us (uid {os.geteuid()})"
+    if st.st_nlink != 1:
+        return f"it has {st.st_nlink} hard links"
+    if st.st_size > _MAX_LOCK_BYTES:
+        return f"it holds {st.st_size} bytes: not a lock file"
+    return None
 
 
 def parent_pid(pid: int) -> int | None:

@@ -167,6 +167,18 @@ def lines(count: int = 1000) -> int:
 
 
 @task
+def gated_lines(gate: str, count: int = 1000) -> int:
+    """Print "ready", wait for GATE (a file) to exist, then print COUNT numbered lines as
+    fast as it can; returns COUNT."""
+    print("ready")
+    while not os.path.exists(gate):
+        time.sleep(TICK)
+    for i in range(count):
+        print(f"line {i}")
+    return count
+
+
+@task
 def big_result(mib: int = 1) -> str:
     """Return a string of MIB mebibytes."""
     return "x" * (mib << 20)
