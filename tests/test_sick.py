@@ -348,14 +348,15 @@ def thread_hungry_app(node: str, commands: int, answers: int, log: Path) -> None
 
 @needs_root
 def test_an_app_out_of_threads_refuses_calls_in_words_answers_pings_and_recovers(
-    short_tmp: Path,
+    run_tmp: Path,
 ) -> None:
     import app_agent._service  # noqa: F401  (loaded before the fork: the child cannot read it)
 
-    run_dir = short_tmp / "run"
+    # The app's own 0700 directory under a root-owned parent (as systemd's RuntimeDirectory):
+    # root trusts the other user's socket there, never under /tmp.
+    run_dir = run_tmp / "run"
     run_dir.mkdir(mode=0o700)
     os.chown(run_dir, HUNGRY_UID, HUNGRY_UID)
-    short_tmp.chmod(0o755)
     node = f"unix:{run_dir}/agent.sock"
     log = run_dir / "app.log"
     commands_r, commands_w = os.pipe()
