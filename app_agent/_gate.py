@@ -24,7 +24,6 @@ import os
 import selectors
 import socket
 import ssl
-import struct
 import time
 from collections.abc import Callable
 from typing import Any
@@ -35,6 +34,7 @@ from app_agent._access import UNRESTRICTED, Access, Identity, certificate_subjec
 from app_agent._refusals import RefusalLog, Refused, short
 from app_agent._threads import NoThread
 from app_agent.wire import ErrorKind, cookies
+from app_agent.wire.processes import peer_credentials
 from app_agent.wire.records import RecordSocket
 
 _READ = selectors.EVENT_READ
@@ -654,10 +654,3 @@ class Gate:
     @property
     def _mutual_tls(self) -> bool:
         return self.tls is not None and self.tls.verify_mode == ssl.CERT_REQUIRED
-
-
-def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
-    """(pid, uid, gid) of the process at the other end of a UNIX socket."""
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, uid, gid = struct.unpack("3i", raw)
-    return pid, uid, gid

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import os
 import socket
-import struct
 import time
 
-from app_agent.wire import Address
+from app_agent.wire import Address, processes
 
 SCAN_BUDGET = 0.3
 """Seconds spent at most looking through /proc for the process of a loopback TCP port."""
@@ -54,10 +53,9 @@ def listener_pid(sock: socket.socket, address: Address) -> int | None:
     """The pid of the process listening at *address* (on this host), if it can be known."""
     if address.is_unix:
         try:
-            raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            pid = processes.peer_credentials(sock)[0]
         except OSError:
             return None
-        pid = struct.unpack("3i", raw)[0]
         return pid or None  # 0: a process in a pid namespace we cannot see
     if address.is_loopback and address.port is not None:
         return _tcp_listener_pid(address.port)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import socket
 import stat
-import struct
 import sys
 import time
 
@@ -190,8 +189,7 @@ def _check_peer(sock: socket.socket, address: Address, directory_owner: int | No
     """Trust the process at the other end only when it runs as us, as root, or as the owner of
     the socket's directory (an app run as its own user, operated by root) when nobody else
     could have made that directory: the rule of OpenSSH's StrictModes."""
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, uid, _gid = struct.unpack("3i", raw)
+    pid, uid, _gid = processes.peer_credentials(sock)
     if uid in (os.geteuid(), 0):
         return
     if uid != directory_owner:

@@ -2,7 +2,8 @@
 
 - :mod:`~app_agent.wire.addresses`: node addresses (``unix:``, ``tcp://``, ``tls://``)
 - :mod:`~app_agent.wire.codec`: the JSON codec, the conversion rule, reply envelopes
-- :mod:`~app_agent.wire.errors`: error kinds and their exit codes
+- :mod:`~app_agent.wire.errors`: error kinds and their exit codes, and the reasons within them
+- :mod:`~app_agent.wire.protocol`: every RPC method, its grant, arguments and reply; shared limits
 - :mod:`~app_agent.wire.handshake`: the handshake's lines, version, limits and deadline
 - :mod:`~app_agent.wire.cookies`: the cookie, its files, the proofs and record keys
 - :mod:`~app_agent.wire.records`: authenticated records after a cookie handshake
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 from app_agent.wire import environment
 from app_agent.wire.addresses import Address, AddressError, parse_node
-from app_agent.wire.errors import ErrorKind
+from app_agent.wire.errors import ErrorKind, Reason
 from app_agent.wire.handshake import (
     HANDSHAKE_TIMEOUT,
     MAX_HELLO_BYTES,
@@ -51,6 +52,7 @@ __all__ = [
     "AddressError",
     "ErrorKind",
     "LineReader",
+    "Reason",
     "decode_line",
     "dumps",
     "encode_line",

@@ -7,7 +7,7 @@ import json
 import math
 from collections.abc import Mapping
 
-from app_agent.wire.errors import ErrorKind
+from app_agent.wire.errors import ErrorKind, Reason
 
 # Without importing typing (which costs the ping path ~10 ms); mypy knows this name.
 TYPE_CHECKING = False
@@ -126,6 +126,11 @@ def ok_plain(result: Any) -> str:
         return ok(result)
 
 
-def error(kind: ErrorKind, message: str, **details: Any) -> str:
-    """A failed reply envelope, as text."""
-    return dumps({"ok": False, "error": {"kind": str(kind), "message": message, **details}})
+def error(kind: ErrorKind, message: str, reason: Reason | None = None, **details: Any) -> str:
+    """A failed reply envelope, as text: the error's *kind* (its exit code), its *reason*
+    (the code the operator's side makes its words and hints from) with the *details* that
+    go with it, and *message*, the agent's own sentence for it."""
+    fields = {"kind": str(kind), "message": message, **details}
+    if reason is not None:
+        fields["reason"] = str(reason)
+    return dumps({"ok": False, "error": fields})

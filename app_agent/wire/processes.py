@@ -1,10 +1,26 @@
-"""Local processes and users: the one liveness check both sides use, how a uid is named, and
-the pid an agent records beside its UNIX socket, which names the process that left a stale
-socket behind."""
+"""Local processes and users: the one liveness check both sides use, the one reader of a
+UNIX socket's peer, how a uid is named, and the pid an agent records beside its UNIX
+socket, which names the process that left a stale socket behind."""
 
 from __future__ import annotations
 
 import os
+
+# Without importing typing (which costs the ping path ~10 ms); mypy knows this name.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import socket
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end of a UNIX socket (SO_PEERCRED: the
+    listener's even before it accepts; pid 0 for a process in a pid namespace we cannot see)."""
+    import socket
+    import struct
+
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", raw)
+    return pid, uid, gid
 
 
 def pid_alive(pid: int) -> bool:

@@ -1,0 +1,320 @@
+"""The RPC protocol, declared once: every method an agent serves, who may call it, what it
+takes and what it answers, and the constants both sides share.
+
+The agent's service is built from :data:`METHODS` (each ``exposed_<name>`` checks its
+arguments and its grant from the entry before a handler runs), and the client sends its
+requests through the same entries, so the two sides cannot drift apart: a test walks the
+table against both. Arguments cross the wire as plain values (str, int, float, bool,
+None); task arguments, results and every reply travel as JSON text (:mod:`.codec`).
+
+Not on the ``rpcctl ping`` path: a ping is answered in the handshake (:mod:`.handshake`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, Final
+
+# -- grants: what an identity of the access file may do (docs/security.md) ---------------------
+
+NO_GRANT: Final = ""
+"""Anyone admitted may call it (ping)."""
+READ: Final = "read"
+"""Read-only views: info, tasks, jobs and their output, stack, stats, health, profile, mem."""
+STOP: Final = "stop"
+"""Stopping or restarting the app."""
+LOG_LEVEL: Final = "log_level"
+"""Setting a logger's level (it changes what the app writes)."""
+CONSOLE: Final = "console"
+"""The remote console: arbitrary code, so never implied by ``*``."""
+TASK: Final = "task"
+"""Not a grant of the access file: the identity's task patterns decide, by the task's name
+(call, run, cancel), which the handler checks once it knows the task."""
+TASK_OR_READ: Final = "task_or_read"
+"""A job's output: whoever may run its task, or holds ``read``."""
+GRANTS: Final = (READ, STOP, LOG_LEVEL, CONSOLE)
+"""The grants an access file may name, besides task patterns and ``*``."""
+EVERYTHING: Final = "*"
+"""Every grant and every task, but not the console."""
+
+# -- job states ---------------------------------------------------------------------------------
+
+RUNNING: Final = "running"
+SUCCEEDED: Final = "succeeded"
+FAILED: Final = "failed"
+CANCELLED: Final = "cancelled"
+TIMED_OUT: Final = "timed_out"
+FINISHED: Final = frozenset({SUCCEEDED, FAILED, CANCELLED, TIMED_OUT})
+
+# -- limits and defaults both sides rely on -----------------------------------------------------
+
+DEFAULT_TIMEOUT: Final = 5.0
+"""Seconds a client gives connecting, the handshake and the short requests."""
+SUMMARY_ONLY: Final = 1 << 62
+"""An ``events`` cursor past any event: the job's state and outcome without its output."""
+MAX_NESTING: Final = 200
+"""Levels of lists and objects task arguments and results may nest."""
+MAX_WAIT: Final = 30.0
+"""Seconds one long poll (``events``, ``console_push``, ``console_poll``) may wait."""
+DEFAULT_MAX_ARGUMENT_BYTES: Final = 16 << 20
+"""Bytes of arguments (as JSON text) one request may carry, unless the app sets
+``max_argument_bytes``."""
+MAX_PROFILE_SECONDS: Final = 3600.0
+MAX_PROFILE_RATE: Final = 1000.0
+MAX_MEM_SECONDS: Final = 3600.0
+MAX_MEM_TOP: Final = 1000
+MEM_GROUPS: Final = ("line", "file", "traceback")
+MAX_HEALTH_SECONDS: Final = 3600.0
+CALL_OPTIONS: Final[Mapping[str, Any]] = {"lock_wait": 0.0, "detach": False, "wait": 1.0}
+"""The options a ``call``/``run`` may carry (as JSON text), with their defaults."""
+PROFILE_ID_PREFIX: Final = "profile-"
+"""A running profile's id (``cancel`` ends it, like a job)."""
+
+
+# -- the declaration ----------------------------------------------------------------------------
+
+_TYPES: Final[Mapping[str, tuple[type, ...]]] = {
+    "str": (str,),
+    "int": (int,),
+    "float": (float, int),
+    "bool": (bool,),
+    "none": (type(None),),
+}
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: Final = _Required()
+"""The default of an argument that has none."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Arg:
+    """One argument of a method: its name, the plain types it may have (``"str"``,
+    ``"int"``, ``"float"`` (an int will do), ``"bool"``, ``"none"``, joined by ``|``), its
+    default (none: required), and the grant needed to give it a value other than the
+    default (setting a log level, say)."""
+
+    name: str
+    types: str
+    default: Any = REQUIRED
+    grant: str = NO_GRANT
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+    def accepts(self, value: Any) -> bool:
+        """Whether *value* has one of the declared types: checked with ``type()``, so a
+        netref (a proxy of an object of the caller's) is never any of them, and ``True`` is
+        no number."""
+        return any(type(value) in _TYPES[t] for t in self.types.split("|"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """One RPC method: its name on the wire, the grant it needs, its arguments, the shape
+    of its reply, and how a client budgets its deadline."""
+
+    name: str
+    concept: str
+    """The handler that serves it: ``core``, ``jobs``, ``introspection`` or ``console``."""
+    grant: str
+    args: tuple[Arg, ...]
+    reply: str
+    """The reply's result, in words: ``{key, ...}`` for an object, ``[{key, ...}]`` for a
+    list of them; the keys named are always there."""
+    streams: bool = False
+    """A long poll: answers what is there after waiting up to its ``wait`` argument."""
+    waits: str = ""
+    """The argument whose seconds a client adds to its own timeout for this request (the
+    method may legitimately take that long)."""
+    doc: str = ""
+
+    def bind(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """The raw arguments of a call as ``{name: value}``, defaults filled in, each value
+        checked against its declared types before anything else touches it; ValueError
+        naming the method's signature when they do not fit."""
+        if len(args) > len(self.args) or set(kwargs) - {a.name for a in self.args}:
+            raise ValueError(self._usage())
+        bound: dict[str, Any] = {}
+        for i, arg in enumerate(self.args):
+            if i < len(args):
+                if arg.name in kwargs:
+                    raise ValueError(self._usage())
+                value = args[i]
+            elif arg.name in kwargs:
+                value = kwargs[arg.name]
+            elif arg.required:
+                raise ValueError(self._usage())
+            else:
+                bound[arg.name] = arg.default
+                continue
+            if not arg.accepts(value):
+                raise ValueError(self._usage())
+            bound[arg.name] = value
+        return bound
+
+    def grants_needed(self, bound: Mapping[str, Any]) -> list[str]:
+        """The grants this call needs: the method's own, then those of the arguments given a
+        value of their own (only the named grants; TASK and TASK_OR_READ are the handler's)."""
+        needed = [self.grant] if self.grant in GRANTS else []
+        for arg in self.args:
+            if arg.grant and bound.get(arg.name, arg.default) != arg.default:
+                needed.append(arg.grant)
+        return needed
+
+    def signature(self) -> str:
+        """``name(arg: types = default, ...)``, as usage errors show it."""
+        return f"{self.name}({', '.join(self._parameters())})"
+
+    def _parameters(self) -> list[str]:
+        return [
+            f"{a.name}: {a.types}" + ("" if a.required else f" = {a.default!r}") for a in self.args
+        ]
+
+    def _usage(self) -> str:
+        return f"{self.name}() takes {', '.join(self._parameters()) or 'no arguments'}"
+
+
+def _method(name: str, concept: str, grant: str, *args: Arg, **fields: Any) -> Method:
+    return Method(name, concept, grant, args, **fields)
+
+
+_JOB = "{id, task, caller, state, started_at, duration_s, result?, error?}"
+_SNAPSHOT = "{job, task, state, events, cursor, dropped, ...the job's summary}"
+_CALL_ARGS = (
+    Arg("name", "str"),
+    Arg("args_json", "str", "[]"),
+    Arg("kwargs_json", "str", "{}"),
+    Arg("options_json", "str", "{}"),
+)
+
+METHODS: Final[Mapping[str, Method]] = {
+    m.name: m
+    for m in (
+        # -- core: is it there, what is it, stop it -----------------------------------------
+        _method("ping", "core", NO_GRANT, reply='"pong"', doc="Over a kept connection."),
+        _method(
+            "info",
+            "core",
+            READ,
+            reply="{app, version, pid, node, started_at, uptime_s, versions, python, jobs, "
+            "ready, event_loop}",
+        ),
+        _method(
+            "tasks",
+            "core",
+            READ,
+            reply="[{name, alias, signature, doc, is_async}]",
+            doc="The tasks this identity may run.",
+        ),
+        _method("stop", "core", STOP, Arg("restart", "bool", False), reply="{pid, via}"),
+        # -- jobs: run a task, follow it, list and cancel jobs ------------------------------
+        _method(
+            "call",
+            "jobs",
+            TASK,
+            *_CALL_ARGS,
+            reply="the task's result (JSON data)",
+            doc="Run a task and answer with its result, in one round trip.",
+        ),
+        _method(
+            "run",
+            "jobs",
+            TASK,
+            *_CALL_ARGS,
+            reply=_SNAPSHOT,
+            doc="Start a task as a job; its first events (none when detached).",
+        ),
+        _method(
+            "events",
+            "jobs",
+            TASK_OR_READ,
+            Arg("job_id", "str"),
+            Arg("cursor", "int", 0),
+            Arg("wait", "float", 1.0),
+            reply=_SNAPSHOT,
+            streams=True,
+            waits="wait",
+        ),
+        _method("jobs", "jobs", READ, reply=f"[{_JOB}]", doc="Recent and running, newest first."),
+        _method(
+            "cancel",
+            "jobs",
+            TASK,
+            Arg("job_id", "str"),
+            reply="{job, requested, state}",
+            doc="A job (its task's grant) or a profile (read).",
+        ),
+        # -- introspection: look inside the live app ----------------------------------------
+        _method("stack", "introspection", READ, reply="{threads, asyncio, ...}"),
+        _method("stats", "introspection", READ, Arg("objects", "int", 0), reply="{pid, ...}"),
+        _method(
+            "health",
+            "introspection",
+            READ,
+            Arg("timeout", "float", 10.0),
+            reply="{healthy, checks}",
+            waits="timeout",
+        ),
+        _method(
+            "profile",
+            "introspection",
+            READ,
+            Arg("seconds", "float"),
+            Arg("rate", "float", 100.0),
+            Arg("idle", "bool", False),
+            reply="{id, samples, frames, stacks, ended, ...}",
+            waits="seconds",
+        ),
+        _method(
+            "mem",
+            "introspection",
+            READ,
+            Arg("seconds", "float", 10.0),
+            Arg("top", "int", 10),
+            Arg("group_by", "str", "line"),
+            reply="{top, seconds, overhead, tracing, grew, group_by, ...}",
+            waits="seconds",
+        ),
+        _method(
+            "log_level",
+            "introspection",
+            READ,
+            Arg("logger", "str|none", None),
+            Arg("level", "str|int|none", None, grant=LOG_LEVEL),
+            Arg("for_s", "float|none", None),
+            reply="{logger, level, previous, ...} or the levels shown",
+        ),
+        # -- the remote console (off unless the app turns it on) ----------------------------
+        _method("console_open", "console", CONSOLE, reply="{session, app, pid, node, ...}"),
+        _method(
+            "console_push",
+            "console",
+            CONSOLE,
+            Arg("source", "str"),
+            Arg("wait", "float", 1.0),
+            reply="{statement, events, cursor, dropped, state}",
+            streams=True,
+            waits="wait",
+        ),
+        _method(
+            "console_poll",
+            "console",
+            CONSOLE,
+            Arg("cursor", "int"),
+            Arg("wait", "float", 1.0),
+            reply="{statement, events, cursor, dropped, state}",
+            streams=True,
+            waits="wait",
+        ),
+        _method("console_interrupt", "console", CONSOLE, reply="{interrupted}"),
+        _method("console_close", "console", CONSOLE, reply="{statements, failed}"),
+    )
+}
+"""Every method an agent serves, by name, each once."""
