@@ -5,13 +5,22 @@ from __future__ import annotations
 import importlib
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from app_agent import wire
-from rpcctl._settings import GLOBAL_OPTIONS, Settings
+from rpcctl._settings import (
+    FILE,
+    FLAG,
+    GLOBAL_OPTIONS,
+    POSITIVE_SECONDS,
+    SECONDS,
+    TEXT,
+    Option,
+    Settings,
+)
 from rpcctl.exceptions import RpcctlError, TaskFailed
 
 if TYPE_CHECKING:
@@ -174,6 +183,40 @@ def _apply_late(ctx: click.Context, param: click.Parameter, value: Any) -> None:
         ctx.ensure_object(Settings).apply(param.name, value)
 
 
+def click_option(option: Option, **extra: Any) -> Callable[[F], F]:
+    """The click option *option* declares (rpcctl._settings), with *extra* click settings."""
+    by_kind: dict[str, dict[str, Any]] = {
+        TEXT: {},
+        FILE: {"type": click.Path(dir_okay=False)},
+        FLAG: {"is_flag": True},
+        SECONDS: {"type": click.FloatRange(min=0)},
+        POSITIVE_SECONDS: {"type": click.FloatRange(min=0, min_open=True)},
+    }
+    kind = by_kind[option.kind]
+    if option.default is not None:
+        kind.update(default=option.default, show_default=True)
+    return click.option(
+        *option.flags,
+        option.dest,
+        metavar=option.metavar or None,
+        multiple=option.multiple,
+        help=option.help,
+        **kind,
+        **extra,
+    )
+
+
+def options(declared: Iterable[Option]) -> Callable[[F], F]:
+    """Every option of *declared*, in its order (as --help lists them)."""
+
+    def decorate(f: F) -> F:
+        for option in reversed(tuple(declared)):
+            f = click_option(option)(f)
+        return f
+
+    return decorate
+
+
 def global_options(late: bool = False) -> Callable[[F], F]:
     """The group's options (GLOBAL_OPTIONS); *late*: the hidden copies every command takes,
     which go straight into the settings."""
@@ -183,28 +226,15 @@ def global_options(late: bool = False) -> Callable[[F], F]:
             late_only: dict[str, Any] = (
                 {"hidden": True, "expose_value": False, "callback": _apply_late} if late else {}
             )
-            f = click.option(
-                *option.flags,
-                option.dest,
-                metavar=option.metavar,
-                multiple=option.multiple,
-                type=click.Path(dir_okay=False) if option.path else None,
-                help=option.help,
-                **late_only,
-            )(f)
+            f = click_option(option, **late_only)(f)
         return f
 
     return decorate
 
 
 def timeout_option(default: float | None, help: str) -> Callable[[F], F]:
-    return click.option(
-        "--timeout",
-        type=click.FloatRange(min=0, min_open=True),
-        default=default,
-        show_default=default is not None,
-        metavar="SECONDS",
-        help=help,
+    return click_option(
+        Option(("--timeout",), "timeout", "SECONDS", help, POSITIVE_SECONDS, default)
     )
 
 
