@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import shlex
 import sys
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -21,10 +22,10 @@ from rpcctl._settings import (
     Option,
     Settings,
 )
-from rpcctl.exceptions import RpcctlError, TaskFailed
+from rpcctl.exceptions import BadExpression, RpcctlError, TaskFailed
 
 if TYPE_CHECKING:
-    pass
+    from rpcctl.expr import Call
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -236,6 +237,31 @@ def timeout_option(default: float | None, help: str) -> Callable[[F], F]:
     return click_option(
         Option(("--timeout",), "timeout", "SECONDS", help, POSITIVE_SECONDS, default)
     )
+
+
+lock_wait_option = click.option(
+    "--lock-wait",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    metavar="SECONDS",
+    help="If the task's lock is held, wait up to SECONDS for it (default: fail at once, exit 7).",
+)
+"""``rpc`` and ``eval``: how long a task's held lock is waited for."""
+
+
+def task_expression(
+    settings: Settings, command: str, words: tuple[str, ...], lock_wait: float
+) -> Call:
+    """EXPR of ``rpc`` and ``eval``: one shell word (several: a usage error showing it
+    quoted), parsed; a busy lock's message suggests --lock-wait when it was not given."""
+    from rpcctl import expr  # here: the other commands need no expression parser (ast)
+
+    if len(words) > 1:
+        meant = shlex.quote(expr.suggest(words))
+        msg = f"EXPR is one shell word; quote it: {settings.prog} {command} {meant}"
+        raise BadExpression(msg)
+    settings.hint_lock_wait = lock_wait == 0
+    return expr.parse(words[0])
 
 
 def _set_where(ctx: click.Context, _param: click.Parameter, value: tuple[str, ...]) -> None:

@@ -26,13 +26,14 @@ from pathlib import Path
 from typing import Any, Final, NamedTuple
 
 from app_agent.wire import NODE_ENV, RUNNER_ENV, ErrorKind, environment, pid_alive, processes
+from app_agent.wire.backoff import Backoff
 from app_agent.wire.cookies import COOKIE_ENV, COOKIE_FILE_ENV
 from app_agent.wire.environment import IDENTITY as IDENTITY_ENV
 from rpcctl import _transport
 from rpcctl._transport import Security
 from rpcctl.exceptions import CallTimeout, RpcctlError, Unreachable, UsageError
 from rpcctl.release import hooks, listening
-from rpcctl.release.config import Config, rpcctl_executable
+from rpcctl.release.config import PYTHON_NAMES, Config, rpcctl_executable
 
 # Exit statuses of `rpcctl start` besides 0 (clean stop) and the app's own status, from the
 # one exit-code table (app_agent/wire/errors.py).
@@ -40,9 +41,6 @@ HOOK_FAILED: Final = ErrorKind.TASK_FAILED.exit_code  # a hook failed, as a task
 ALREADY_RUNNING: Final = ErrorKind.USAGE.exit_code  # another runner holds the lock, or app
 NEVER_READY: Final = ErrorKind.UNREACHABLE.exit_code  # the agent never answered
 KILLED: Final = ErrorKind.TIMEOUT.exit_code  # the app outlived its grace period
-
-PYTHON_NAMES: Final = ("python", "python3")
-"""A command starting with one of these runs with the interpreter rpcctl itself runs under."""
 
 _STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
 # How far up the process tree the runner looks for its app when another pid answers.
@@ -204,22 +202,20 @@ class Runner:
 
     def _wait_ready(self) -> str:
         """'ready', 'exited', 'timeout', 'refused', 'foreign' or 'stopped'."""
-        deadline = time.monotonic() + self.config.ready_timeout
-        delay = 0.005
+        backoff = Backoff(0.005, 0.1, time.monotonic() + self.config.ready_timeout)
         while True:
             if self.proc is not None and self.proc.poll() is not None:
                 return "exited"
             if self._stop_requested():
                 return "stopped"
-            remaining = deadline - time.monotonic()
+            remaining = backoff.remaining()
             if remaining <= 0:
                 return "timeout"
             try:
                 _transport.ping(self.config.address, min(remaining, 2.0), self.security)
                 pid = self._agent_pid(min(max(remaining, 1.0), 10.0))
             except (Unreachable, CallTimeout):
-                time.sleep(min(delay, max(remaining, 0)))
-                delay = min(delay * 1.5, 0.1)
+                backoff.sleep()
                 continue
             except RpcctlError as exc:
                 # It answers but refuses us (authentication, version): waiting will not help.
@@ -242,12 +238,12 @@ class Runner:
         if found is not None:
             return (
                 f": it listens at unix:{found} instead (a node given to "
-                f"app_agent.start() overrides RPCCTL_NODE={node}; under `rpcctl start`, call "
+                f"app_agent.start() overrides {NODE_ENV}={node}; under `rpcctl start`, call "
                 "start() without node=)"
             )
         return (
             " (does the app call app_agent.start()? Under `rpcctl start` it needs no node: "
-            f"the runner sets RPCCTL_NODE={node})"
+            f"the runner sets {NODE_ENV}={node})"
         )
 
     def _agent_pid(self, timeout: float) -> int:
@@ -354,9 +350,9 @@ class Runner:
         env.update(
             {
                 NODE_ENV: self.config.node,
-                "RPCCTL_APP": self.config.name,
-                "RPCCTL_ROOT": str(self.config.root),
-                "RPCCTL": self._rpcctl_command(),
+                environment.APP: self.config.name,
+                environment.ROOT: str(self.config.root),
+                environment.RPCCTL: self._rpcctl_command(),
                 RUNNER_ENV: str(os.getpid()),
             }
         )
@@ -370,13 +366,13 @@ class Runner:
         if self.config.locks is not None:  # the release's default; RPCCTL_LOCKS overrides
             env.setdefault(environment.LOCKS, self.config.locks)
         if self.proc is not None and self.proc.poll() is None:
-            env["RPCCTL_APP_PID"] = str(self.proc.pid)
+            env[environment.APP_PID] = str(self.proc.pid)
         else:
-            env.pop("RPCCTL_APP_PID", None)
+            env.pop(environment.APP_PID, None)
         if hook is not None:
-            env["RPCCTL_HOOK"] = hook
+            env[environment.HOOK] = hook
         else:
-            env.pop("RPCCTL_HOOK", None)
+            env.pop(environment.HOOK, None)
         return env
 
     def _rpcctl_command(self) -> str:
