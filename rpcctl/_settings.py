@@ -5,6 +5,7 @@ Kept free of click so that the ``ping`` fast path (``rpcctl.__main__``) can use 
 
 from __future__ import annotations
 
+import math
 import os
 
 from app_agent import wire
@@ -44,7 +45,7 @@ class Option:
     and its help. Declared here, without click, so that the click commands and the ``ping``
     fast path (``rpcctl.__main__``) are built from the same definitions."""
 
-    __slots__ = ("default", "dest", "flags", "help", "kind", "metavar", "multiple")
+    __slots__ = ("default", "dest", "endless", "flags", "help", "kind", "metavar", "multiple")
 
     def __init__(
         self,
@@ -55,6 +56,7 @@ class Option:
         kind: str = TEXT,
         default: float | None = None,
         multiple: bool = False,
+        endless: bool = False,
     ) -> None:
         self.flags = flags
         self.dest = dest
@@ -63,6 +65,7 @@ class Option:
         self.kind = kind
         self.default = default
         self.multiple = multiple  # repeatable: each value adds one
+        self.endless = endless  # seconds: "inf" is taken (no end), else refused
 
     def convert(self, text: str) -> str | float:
         """The value *text* gives this option (one that takes a value), checked as click
@@ -74,7 +77,19 @@ class Option:
         number = float(text)  # what click's FloatRange does first
         if number < 0 or (number == 0 and self.kind == POSITIVE_SECONDS):
             raise ValueError(text)
+        problem = self.problem(number)
+        if problem is not None:
+            raise ValueError(problem)
         return number
+
+    def problem(self, seconds: float) -> str | None:
+        """What is wrong with *seconds* beyond click's range check: NaN, which no wait or
+        socket timeout takes, and infinity unless the option is endless."""
+        if math.isnan(seconds):
+            return "is not a number"
+        if math.isinf(seconds) and not self.endless:
+            return "is not a finite number"
+        return None
 
 
 GLOBAL_OPTIONS = (
@@ -138,6 +153,7 @@ PING_OPTIONS = (
         "Keep trying (with backoff) until the agent answers or SECONDS pass "
         "(fleets: every node, in parallel, within the same SECONDS).",
         kind=SECONDS,
+        endless=True,
     ),
     Option(
         ("--ready",),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import click
@@ -14,6 +15,7 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import run_rpcctl
 from rpcctl._settings import GLOBAL_OPTIONS, PING_OPTIONS, Settings
 from rpcctl.cli import cli
 
@@ -111,6 +113,10 @@ def test_every_option_of_clicks_ping_is_the_fast_paths_or_left_to_click() -> Non
             },
         ),
         (["ping", "--wait", "0"], {"wait": 0.0, "ready": False, "timeout": 5.0}),
+        (["ping", "--wait", "inf"], {"wait": float("inf"), "ready": False, "timeout": 5.0}),
+        (["ping", "--wait", "nan"], None),
+        (["ping", "--timeout", "nan"], None),
+        (["ping", "--timeout", "inf"], None),  # no socket takes it
         (["--timeout", "3", "ping", "-n", "N"], None),  # ping's own options come after it
         (["-n", "N", "ping", "-n", "M"], None),  # two nodes: a fleet, for click
         (["ping", "--discover", "dns:x:1"], None),
@@ -138,7 +144,7 @@ def test_the_fast_path_serves_one_nodes_ping(
 
 SERVED = sorted({f for o in (*GLOBAL_OPTIONS, *PING_OPTIONS) for f in o.flags} - CLICK_ONLY)
 GOOD = ["N", "unix:/x.sock", "ping", "0", "5", "2.5", "1e3", "inf"]
-BAD = ["-1", "abc", "", "-x", "/", "--ready"]
+BAD = ["-1", "abc", "nan", "", "-x", "/", "--ready"]
 
 
 @st.composite
@@ -165,3 +171,22 @@ def command_lines(draw: st.DrawFn) -> list[str]:
 @given(command_lines())
 def test_whatever_the_fast_path_serves_click_reads_the_same(argv: list[str]) -> None:
     assert_agrees(argv)
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["--timeout", "nan"], "Invalid value for '--timeout': 'nan' is not a number."),
+        (["--timeout", "inf"], "Invalid value for '--timeout': 'inf' is not a finite number."),
+        (["--wait", "nan"], "Invalid value for '--wait': 'nan' is not a number."),
+        (["--timeout", "0"], "Invalid value for '--timeout': 0.0 is not in the range x>0."),
+    ],
+)
+def test_a_bad_number_of_seconds_is_a_usage_error(
+    short_tmp: Path, args: list[str], error: str
+) -> None:
+    """Not a traceback from the socket (NaN, infinity), nor a wait that never ends (NaN)."""
+    result = run_rpcctl("ping", "-n", f"unix:{short_tmp}/none.sock", *args)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == f"Error: {error}"
+    assert result.stdout == ""

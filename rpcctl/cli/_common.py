@@ -184,14 +184,30 @@ def _apply_late(ctx: click.Context, param: click.Parameter, value: Any) -> None:
         ctx.ensure_object(Settings).apply(param.name, value)
 
 
+class Seconds(click.FloatRange):
+    """click's FloatRange for a seconds option, with the option's own check on top (what
+    the ping fast path checks too): no NaN, no infinity unless the option is endless."""
+
+    def __init__(self, option: Option) -> None:
+        super().__init__(min=0, min_open=option.kind == POSITIVE_SECONDS)
+        self.option = option
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        seconds = super().convert(value, param, ctx)
+        problem = self.option.problem(seconds)
+        if problem is not None:
+            self.fail(f"{value!r} {problem}.", param, ctx)
+        return seconds
+
+
 def click_option(option: Option, **extra: Any) -> Callable[[F], F]:
     """The click option *option* declares (rpcctl._settings), with *extra* click settings."""
     by_kind: dict[str, dict[str, Any]] = {
         TEXT: {},
         FILE: {"type": click.Path(dir_okay=False)},
         FLAG: {"is_flag": True},
-        SECONDS: {"type": click.FloatRange(min=0)},
-        POSITIVE_SECONDS: {"type": click.FloatRange(min=0, min_open=True)},
+        SECONDS: {"type": Seconds(option)},
+        POSITIVE_SECONDS: {"type": Seconds(option)},
     }
     kind = by_kind[option.kind]
     if option.default is not None:
@@ -234,8 +250,17 @@ def global_options(late: bool = False) -> Callable[[F], F]:
 
 
 def timeout_option(default: float | None, help: str) -> Callable[[F], F]:
+    """--timeout SECONDS; without a default (no limit), "inf" says the same."""
     return click_option(
-        Option(("--timeout",), "timeout", "SECONDS", help, POSITIVE_SECONDS, default)
+        Option(
+            ("--timeout",),
+            "timeout",
+            "SECONDS",
+            help,
+            POSITIVE_SECONDS,
+            default,
+            endless=default is None,
+        )
     )
 
 
