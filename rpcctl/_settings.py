@@ -128,7 +128,7 @@ GLOBAL_OPTIONS = (
         "Owner-only file holding the cookie. Default: --config's cookie_file, else "
         "$RPCCTL_COOKIE, else $RPCCTL_COOKIE_FILE, else the cookie_file of the rpcctl.toml "
         "found upward. Never pass the cookie itself on the command line.",
-        kind=FILE,
+        # Not FILE: the cookie reader refuses a directory (or a FIFO...) and says why.
     ),
     Option(
         ("--identity",),

@@ -190,3 +190,12 @@ def test_a_bad_number_of_seconds_is_a_usage_error(
     assert result.returncode == 2
     assert result.stderr.splitlines()[-1] == f"Error: {error}"
     assert result.stdout == ""
+
+
+def test_a_directory_as_the_config_is_a_usage_error(short_tmp: Path) -> None:
+    """Once a traceback of the fast path (IsADirectoryError): now click's usage error."""
+    result = run_rpcctl("ping", "--config", str(short_tmp))
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == (
+        f"Error: Invalid value for '--config': File '{short_tmp}' is a directory."
+    )
