@@ -367,8 +367,9 @@ class Agent:
                 "agent.node_differs",
                 node=self.node,
                 environment_node=str(self.config.environment_node),
-                reason="start(node=...) overrides RPCCTL_NODE, where `rpcctl start` and its "
-                "clients look for this agent; under `rpcctl start`, call start() without node=",
+                reason=f"start(node=...) overrides {wire.environment.NODE}, where `rpcctl "
+                "start` and its clients look for this agent; under `rpcctl start`, call start() "
+                "without node=",
             )
         for warning in self.config.warnings:
             self.log.warning("access.warning", problem=warning)

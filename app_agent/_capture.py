@@ -5,15 +5,21 @@ a context variable: inside a job (the task's thread, and the coroutines an async
 writes go to the job, line by line; everywhere else they go to the original streams, so
 the host app's own output from its other threads is never captured. A logging handler on
 the root logger does the same for stdlib logging records emitted inside a job.
+
+While that handler, or structlog through :data:`current_stderr`, writes a record,
+:func:`writing_log` is true on its thread: they hold locks the app's other threads share
+(the handler's, structlog's per-file one), so a job's flow control must not make them wait.
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import io
 import logging
 import sys
 import threading
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
@@ -22,6 +28,26 @@ if TYPE_CHECKING:
 current_job: contextvars.ContextVar[Job | None] = contextvars.ContextVar(
     "rpcctl_current_job", default=None
 )
+
+
+_log_write = threading.local()
+
+
+def writing_log() -> bool:
+    """Whether this thread is writing a log record through the agent's capture: the logging
+    handler below, or structlog set up by ``app_agent.configure_logging`` (which writes
+    through :data:`current_stderr`)."""
+    return getattr(_log_write, "active", False)
+
+
+@contextlib.contextmanager
+def _as_log_record() -> Iterator[None]:
+    was = writing_log()
+    _log_write.active = True
+    try:
+        yield
+    finally:
+        _log_write.active = was
 
 
 class _JobStream(io.TextIOBase):
@@ -69,7 +95,9 @@ class _JobLogHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         job = current_job.get()
         if job is not None:
-            job.write("stderr", self.format(record) + "\n")
+            line = self.format(record) + "\n"
+            with _as_log_record():  # under this handler's lock (logging.Handler.handle)
+                job.write("stderr", line)
 
 
 _lock = threading.Lock()
@@ -118,10 +146,12 @@ def uninstall() -> None:
 
 
 class _CurrentStderr:
-    """A file that is whatever sys.stderr is at each write (so job capture applies)."""
+    """A file that is whatever sys.stderr is at each write (so job capture applies): the
+    agent's structlog set-up writes its records here, under structlog's lock for this file."""
 
     def write(self, text: str) -> int:
-        return sys.stderr.write(text)
+        with _as_log_record():
+            return sys.stderr.write(text)
 
     def flush(self) -> None:
         sys.stderr.flush()

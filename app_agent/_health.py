@@ -20,13 +20,13 @@ from typing import Any, TypeVar, overload
 
 from app_agent import _threads
 from app_agent._registry import _module_name
+from app_agent.wire import environment
 from app_agent.wire.words import plural
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_TIMEOUT = 5.0
 """Seconds an app's check may take unless ``@health_check(timeout=...)`` says otherwise."""
-LOOP_LAG_ENV = "RPCCTL_HEALTH_LOOP_LAG"
 DEFAULT_LOOP_LAG = 1.0
 """Seconds of event-loop lag above which the built-in ``agent.event_loop`` check fails."""
 
@@ -256,7 +256,7 @@ def builtin_checks(jobs: Any, loop: Any) -> list[Check]:
 
 
 def loop_lag_threshold() -> float:
-    text = os.environ.get(LOOP_LAG_ENV, "")
+    text = os.environ.get(environment.HEALTH_LOOP_LAG, "")
     try:
         value = float(text)
     except ValueError:

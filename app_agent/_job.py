@@ -15,18 +15,13 @@ from __future__ import annotations
 
 import collections
 import itertools
-import logging
-import os
-import sys
 import threading
 import time
-import types
 from collections.abc import Callable
 from typing import Any
 
-import structlog
-
 from app_agent import wire
+from app_agent._capture import writing_log
 from app_agent._registry import Task
 
 MAX_EVENTS = 10_000
@@ -171,22 +166,17 @@ class Job:
         up has not read the oldest event yet.
 
         Only the job's own thread waits (never the app's event loop or a thread of the
-        app's that inherited the job's context), never from inside a logging handler or a
-        structlog logger (they hold locks the app's other threads share), never after the
-        job ended, timed out or was asked to stop, and never longer than FOLLOWER_GRACE
-        past a follower's last request: a follower gone quiet is left behind, and the
-        oldest events dropped.
+        app's that inherited the job's context), never while the agent's log capture writes
+        a record (it holds a lock the app's other threads share: _capture.writing_log),
+        never after the job ended, timed out or was asked to stop, and never longer than
+        FOLLOWER_GRACE past a follower's last request: a follower gone quiet is left
+        behind, and the oldest events dropped.
         """
         if threading.get_ident() != self.thread:
             return
-        checked = False
         while len(self._events) >= MAX_EVENTS or self._bytes + size > MAX_OUTPUT_BYTES:
-            if self.state != RUNNING or self.cancel_requested.is_set():
+            if self.state != RUNNING or self.cancel_requested.is_set() or writing_log():
                 return
-            if not checked:  # only now that the buffer is full: the common path pays nothing
-                if _inside_logging(sys._getframe(2)):
-                    return
-                checked = True
             # Only the caller is waited for: any reader may follow, and a slow one would
             # otherwise set the task's pace (issue #20: 95 times slower).
             caller = None if self._caller_key is None else self._followers.get(self._caller_key)
@@ -413,23 +403,6 @@ class Job:
                     if k != "traceback"
                 }
         return summary
-
-
-_LOGGING_FILES = frozenset({logging.__file__})
-_STRUCTLOG_DIR = os.path.dirname(structlog.__file__) + os.sep
-
-
-def _inside_logging(frame: types.FrameType | None) -> bool:
-    """Whether the code writing (from *frame* up) runs inside stdlib logging's handler
-    machinery or a structlog logger: both hold a lock while they write."""
-    for _ in range(12):
-        if frame is None:
-            return False
-        path = frame.f_code.co_filename
-        if path in _LOGGING_FILES or path.startswith(_STRUCTLOG_DIR):
-            return True
-        frame = frame.f_back
-    return False
 
 
 def measure(value: Any, limit: int) -> tuple[int, int]:

@@ -25,6 +25,7 @@ import time
 from typing import Any, Protocol
 
 from app_agent.exceptions import ConfigurationError
+from app_agent.wire.backoff import Backoff
 
 
 class Holder:
@@ -73,9 +74,9 @@ class Backend(Protocol):
     def acquire(self, name: str, holder: Holder, wait: float) -> Lease: ...
 
 
-def _backoff(deadline: float, delay: float) -> float:
-    time.sleep(max(min(delay, deadline - time.monotonic()), 0))
-    return min(delay * 2, 0.25)
+def _backoff(wait: float) -> Backoff:
+    """How a lock is waited for: tries 10 ms apart at first, then up to 250 ms."""
+    return Backoff(0.01, 0.25, time.monotonic() + wait, factor=2)
 
 
 class MemoryLocks:
@@ -124,18 +125,16 @@ class FileLocks:
 
         path = os.path.join(self.directory, f"{_safe(name)}.lock")
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        deadline = time.monotonic() + wait
-        delay = 0.01
+        backoff = _backoff(wait)
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                if time.monotonic() >= deadline:
+                if not backoff.sleep():
                     current = _read_holder(fd)
                     os.close(fd)
                     raise Busy(name, current) from None
-                delay = _backoff(deadline, delay)
         holder.where = f"pid {os.getpid()}"
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(holder.to_dict()).encode(), 0)
@@ -207,13 +206,11 @@ class PostgresLocks:
         key = _lock_key(name)
         connection = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         try:
-            deadline = time.monotonic() + wait
-            delay = 0.01
+            backoff = _backoff(wait)
             try_lock = self._text("SELECT pg_try_advisory_lock(:k)")
             while not connection.execute(try_lock, {"k": key}).scalar():
-                if time.monotonic() >= deadline:
+                if not backoff.sleep():
                     raise Busy(name, self._holder(connection, key))
-                delay = _backoff(deadline, delay)
             holder.where = f"{os.uname().nodename} pid {os.getpid()}"
             # base64: no quote, colon or percent sign can reach the SQL text.
             tag = base64.b64encode(json.dumps(holder.to_dict()).encode()).decode()

@@ -245,8 +245,14 @@ def whole_processes(report: Report, work: Path, runs: int, erlang: Erlang) -> No
             f"{ms(w)} / {ms(cpu)} / {rss:.1f} MiB",
         )
     ping = wall["rpcctl ping"]
+    python = wall["python -c pass"]
     report.add(
-        "1", "rpcctl ping ÷ python -c pass", f"{ping / wall['python -c pass']:.2f}x", "", "", ""
+        "1",
+        "rpcctl ping ÷ python -c pass",
+        f"{ping / python:.2f}x",
+        "",
+        "≤ 2.5x",
+        verdict(ping <= 2.5 * python),
     )
     bare = wall["bare rpyc script (import, connect, call once)"]
     report.add(
@@ -264,8 +270,8 @@ def whole_processes(report: Report, work: Path, runs: int, erlang: Erlang) -> No
             "rpcctl ping ÷ escript net_adm:ping",
             f"{ping / esc:.2f}x",
             "",
-            "≤ 0.5x",
-            verdict(ping <= 0.5 * esc),
+            "≤ 0.3x",
+            verdict(ping <= 0.3 * esc),
         )
     else:
         report.add(
@@ -385,8 +391,8 @@ def kept_connection(report: Report, work: Path, calls: int, erlang: Erlang) -> N
         "back to back (means of alternating rounds): call / bare RPyC",
         f"{bc:.0f} / {br:.0f} µs",
         f"{bc / br:.2f}x",
-        "≤ 1.2x",
-        verdict(bc <= 1.2 * br),
+        "≤ 1.5x",
+        verdict(bc <= 1.5 * br),
     )
     report.add(
         "3",

@@ -9,21 +9,27 @@ from __future__ import annotations
 
 import sys
 
-from rpcctl._settings import GLOBAL_OPTIONS
+from rpcctl._settings import FLAG, GLOBAL_OPTIONS, PING_OPTIONS, Option, Settings
 
-# The global options a single node's ping can take (a fleet's go to the click CLI), read
-# from the table the click group is built from; ping's own, as the click command has them.
+# Without importing typing (which costs the ping path ~10 ms); mypy knows this name.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+# The options a single node's ping can take, read from the definitions the click commands
+# are built from; a fleet's (and --json, --help) go to the click CLI.
 _FLEET = ("nodes_file", "discover")
-_GLOBAL = {f: o.dest for o in GLOBAL_OPTIONS if o.dest not in _FLEET for f in o.flags}
-_PING = {"--wait": "wait", "--timeout": "timeout"}
+_GLOBAL = {f: o for o in GLOBAL_OPTIONS if o.dest not in _FLEET for f in o.flags}
+_PING = {f: o for o in PING_OPTIONS for f in o.flags}
 
 
-def _parse(argv: list[str]) -> tuple[dict[str, str], bool] | None:
-    """``ping`` with global options before or after it and its own after it: the options
-    and ``--ready``; None for any other form (another command, a flag not served here, a
-    repeated option such as several nodes), which the click CLI handles."""
-    found: dict[str, str] = {}
-    ping = ready = False
+def parse(argv: list[str]) -> dict[str, Any] | None:
+    """``ping`` with global options before or after it and its own after it: every option's
+    value by its dest (ping's own with their defaults); None for any other form (another
+    command, an option or value not served here, a repeated option such as several
+    nodes), which the click CLI handles."""
+    given: dict[str, Any] = {}
+    ping = False
     i = 0
     while i < len(argv):
         word = argv[i]
@@ -31,45 +37,52 @@ def _parse(argv: list[str]) -> tuple[dict[str, str], bool] | None:
         if word == "ping" and not ping:
             ping = True
             continue
-        if word == "--ready" and ping and not ready:
-            ready = True
-            continue
         # click takes "--opt=value" for long options only: "-n=x" would be the node "=x".
-        flag, eq, value = word.partition("=") if word.startswith("--") else (word, "", "")
-        dest = _GLOBAL.get(flag) or (_PING.get(flag) if ping else None)
-        if dest is None or dest in found:
+        flag, eq, text = word.partition("=") if word.startswith("--") else (word, "", "")
+        option: Option | None = _GLOBAL.get(flag) or (_PING.get(flag) if ping else None)
+        if option is None or option.dest in given:
             return None
+        if option.kind == FLAG:
+            if eq:
+                return None
+            given[option.dest] = True
+            continue
         if not eq:
             if i >= len(argv):
                 return None
-            value = argv[i]
+            text = argv[i]
             i += 1
-        found[dest] = value
-    return (found, ready) if ping else None
+        try:
+            given[option.dest] = option.convert(text)
+        except ValueError:
+            return None  # click words the usage error
+    if not ping:
+        return None
+    for option in PING_OPTIONS:
+        given.setdefault(option.dest, False if option.kind == FLAG else option.default)
+    return given
+
+
+def settings_from(given: dict[str, Any]) -> Settings:
+    """The global options of :func:`parse`'s result, applied as the click group applies them."""
+    settings = Settings()
+    for option in GLOBAL_OPTIONS:
+        value = given.get(option.dest)
+        settings.apply(option.dest, [value] if option.multiple and value else value)
+    return settings
 
 
 def _fast_ping(argv: list[str]) -> int | None:
     """Run ``ping`` without click; None when *argv* is not a form handled here."""
-    parsed = _parse(argv)
-    if parsed is None:
-        return None
-    options, ready = parsed
-    try:
-        wait = float(options["wait"]) if "wait" in options else None
-        timeout = float(options.get("timeout", "5"))
-    except ValueError:
-        return None  # click words the usage error
-    if (wait is not None and wait < 0) or timeout <= 0:
+    given = parse(argv)
+    if given is None:
         return None
 
     from rpcctl import waits
-    from rpcctl._settings import Settings
     from rpcctl.exceptions import RpcctlError
 
-    settings = Settings()
-    for option in GLOBAL_OPTIONS:
-        value = options.get(option.dest)
-        settings.apply(option.dest, [value] if option.multiple and value else value)
+    settings = settings_from(given)
+    wait, ready, timeout = given["wait"], given["ready"], given["timeout"]
     try:
         address = settings.address()
         security = settings.security()

@@ -5,6 +5,7 @@ Kept free of click so that the ``ping`` fast path (``rpcctl.__main__``) can use 
 
 from __future__ import annotations
 
+import math
 import os
 
 from app_agent import wire
@@ -32,12 +33,19 @@ PROG_ENV = wire.environment.PROG
 IDENTITY_ENV = wire.environment.IDENTITY
 
 
-class GlobalOption:
-    """One of the options every command takes, before or after its name: its flags, the
-    Settings attribute it fills, and its help. Declared here, without click, so that the
-    click group and the ``ping`` fast path (``rpcctl.__main__``) read the same table."""
+TEXT = "text"
+FILE = "file"  # a file's path (click checks it is not a directory)
+FLAG = "flag"  # takes no value: given is True
+SECONDS = "seconds"  # a number >= 0
+POSITIVE_SECONDS = "positive seconds"  # a number > 0
 
-    __slots__ = ("dest", "flags", "help", "metavar", "multiple", "path")
+
+class Option:
+    """One command-line option: its flags, the name its value goes by, its kind and default,
+    and its help. Declared here, without click, so that the click commands and the ``ping``
+    fast path (``rpcctl.__main__``) are built from the same definitions."""
+
+    __slots__ = ("default", "dest", "endless", "flags", "help", "kind", "metavar", "multiple")
 
     def __init__(
         self,
@@ -45,19 +53,47 @@ class GlobalOption:
         dest: str,
         metavar: str,
         help: str,
+        kind: str = TEXT,
+        default: float | None = None,
         multiple: bool = False,
-        path: bool = False,
+        endless: bool = False,
     ) -> None:
         self.flags = flags
         self.dest = dest
         self.metavar = metavar
         self.help = help
+        self.kind = kind
+        self.default = default
         self.multiple = multiple  # repeatable: each value adds one
-        self.path = path  # a file (click checks it is not a directory)
+        self.endless = endless  # seconds: "inf" is taken (no end), else refused
+
+    def convert(self, text: str) -> str | float:
+        """The value *text* gives this option (one that takes a value), checked as click
+        checks it: ValueError where click would refuse it."""
+        if self.kind == FILE and os.path.isdir(text):
+            raise ValueError(text)  # click.Path(dir_okay=False)
+        if self.kind in (TEXT, FILE):
+            return text
+        number = float(text)  # what click's FloatRange does first
+        if number < 0 or (number == 0 and self.kind == POSITIVE_SECONDS):
+            raise ValueError(text)
+        problem = self.problem(number)
+        if problem is not None:
+            raise ValueError(problem)
+        return number
+
+    def problem(self, seconds: float) -> str | None:
+        """What is wrong with *seconds* beyond click's range check: NaN, which no wait or
+        socket timeout takes, and infinity unless the option is endless."""
+        if math.isnan(seconds):
+            return "is not a number"
+        if math.isinf(seconds) and not self.endless:
+            return "is not a finite number"
+        return None
 
 
 GLOBAL_OPTIONS = (
-    GlobalOption(
+    Option(
         ("--node", "-n"),
         "nodes",
         "NODE",
@@ -65,36 +101,36 @@ GLOBAL_OPTIONS = (
         "Default: --config's node, else $RPCCTL_NODE, else rpcctl.toml found upward.",
         multiple=True,
     ),
-    GlobalOption(
+    Option(
         ("--nodes-file",),
         "nodes_file",
         "FILE",
         "A fleet: one address a line, # comments (ping, rpc, info, tasks, stack, stats, "
         "health, profile, mem, log-level).",
     ),
-    GlobalOption(
+    Option(
         ("--discover",),
         "discover",
         "dns:NAME:PORT",
         "A fleet: every A/AAAA record of NAME (a Kubernetes headless service).",
     ),
-    GlobalOption(
+    Option(
         ("--config",),
         "config_path",
         "FILE",
         "The release config (rpcctl.toml or pyproject.toml). Default: found upward from here.",
-        path=True,
+        kind=FILE,
     ),
-    GlobalOption(
+    Option(
         ("--cookie-file",),
         "cookie_file",
         "FILE",
         "Owner-only file holding the cookie. Default: --config's cookie_file, else "
         "$RPCCTL_COOKIE, else $RPCCTL_COOKIE_FILE, else the cookie_file of the rpcctl.toml "
         "found upward. Never pass the cookie itself on the command line.",
-        path=True,
+        # Not FILE: the cookie reader refuses a directory (or a FIFO...) and says why.
     ),
-    GlobalOption(
+    Option(
         ("--identity",),
         "identity",
         "NAME",
@@ -102,12 +138,41 @@ GLOBAL_OPTIONS = (
         "that identity's. Default: --config's identity, else $RPCCTL_IDENTITY, else the "
         "identity of the rpcctl.toml found upward.",
     ),
-    GlobalOption(("--tls-ca",), "tls_ca", "FILE", "CA certificate(s) to verify a tls:// agent."),
-    GlobalOption(("--tls-cert",), "tls_cert", "FILE", "Client certificate for mutual TLS."),
-    GlobalOption(("--tls-key",), "tls_key", "FILE", "Key of the client certificate."),
+    Option(("--tls-ca",), "tls_ca", "FILE", "CA certificate(s) to verify a tls:// agent."),
+    Option(("--tls-cert",), "tls_cert", "FILE", "Client certificate for mutual TLS."),
+    Option(("--tls-key",), "tls_key", "FILE", "Key of the client certificate."),
 )
 """The options of the ``rpcctl`` group, also accepted after the command's name (``--json``
 too, which each command declares itself)."""
+
+PING_OPTIONS = (
+    Option(
+        ("--wait",),
+        "wait",
+        "SECONDS",
+        "Keep trying (with backoff) until the agent answers or SECONDS pass "
+        "(fleets: every node, in parallel, within the same SECONDS).",
+        kind=SECONDS,
+        endless=True,
+    ),
+    Option(
+        ("--ready",),
+        "ready",
+        "",
+        "Also require the app to be ready (app_agent.set_ready); exit 3 while it is not.",
+        kind=FLAG,
+    ),
+    Option(
+        ("--timeout",),
+        "timeout",
+        "SECONDS",
+        "Seconds to wait for one answer (per node).",
+        kind=POSITIVE_SECONDS,
+        default=client_mod.DEFAULT_TIMEOUT,
+    ),
+)
+"""``ping``'s own options (its fleet options and ``--json`` are the click command's: a
+fleet's ping, or ping with ``--json``, always goes through click)."""
 
 
 def parse_node(text: str, base_dir: str | None = None) -> Address:

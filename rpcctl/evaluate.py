@@ -35,12 +35,11 @@ from typing import Any, Final
 from app_agent.wire import environment as env
 from rpcctl.client import _encode_arguments, job_outcome, raise_error
 from rpcctl.exceptions import CallTimeout, ConfigError, TaskFailed
-from rpcctl.release.config import Config
+from rpcctl.release.config import PYTHON_NAMES, Config
 
 MODULE: Final = "app_agent.eval"
 STOP_GRACE: Final = 5.0
 """Seconds between SIGTERM and SIGKILL when a timeout or Ctrl-C stops the task's process."""
-PYTHON_NAMES: Final = ("python", "python3")
 
 
 class Stopped(Exception):

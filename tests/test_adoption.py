@@ -249,58 +249,6 @@ def test_global_options_after_the_command(
     assert run("ping", "--nodes", node)[0] == 2
 
 
-@pytest.mark.parametrize(
-    ("args", "served"),
-    [
-        (["ping", "-n", "N"], ({"nodes": "N"}, False)),
-        (
-            ["--config", "C", "ping", "--wait", "5", "--ready"],
-            ({"config_path": "C", "wait": "5"}, True),
-        ),
-        (
-            ["ping", "--timeout=3", "--identity", "I", "--cookie-file", "F"],
-            (
-                {"timeout": "3", "identity": "I", "cookie_file": "F"},
-                False,
-            ),
-        ),
-        (["--timeout", "3", "ping", "-n", "N"], None),  # ping's own options come after it
-        (["-n", "N", "ping", "-n", "M"], None),  # two nodes: a fleet, for click
-        (["ping", "--discover", "dns:x:1"], None),
-        (["ping", "--json", "-n", "N"], None),
-        (["ping", "-n=N"], None),  # click reads the node "=N"
-        (["ping", "-n"], None),
-        (["ping", "stray"], None),
-        (["ping", "--ready", "--ready"], None),
-        (["tasks", "-n", "N"], None),
-    ],
-)
-def test_the_fast_ping_path_serves_options_after_ping(
-    args: list[str], served: tuple[dict[str, str], bool] | None
-) -> None:
-    from rpcctl.__main__ import _parse
-
-    assert _parse(args) == served
-
-
-def test_the_fast_path_reads_the_options_click_declares() -> None:
-    from rpcctl.__main__ import _GLOBAL, _PING
-    from rpcctl._settings import GLOBAL_OPTIONS
-    from rpcctl.cli import cli
-
-    group = {f: p.name for p in cli.params for f in p.opts}
-    assert {f: group[f] for f in _GLOBAL} == _GLOBAL
-    declared = set(group) - {"--version", "--json", "-h", "--help"}
-    assert declared == {f for o in GLOBAL_OPTIONS for f in o.flags}
-    ping = cli.get_command(cli.make_context("rpcctl", ["ping"]), "ping")
-    assert ping is not None
-    ping_flags = {f: p.name for p in ping.params for f in p.opts}
-    assert {f: ping_flags[f] for f in _PING} == _PING
-    assert "--ready" in ping_flags
-    # Every global option is taken after the command too (hidden from its help).
-    assert declared <= set(ping_flags)
-
-
 def test_ping_with_options_after_it_through_the_executable(sample_app: AppProcess) -> None:
     config = Path(sample_app.node[len("unix:") :]).parent / "rpcctl.toml"
     config.write_text(f'[app]\nname = "s"\ncommand = ["true"]\nnode = "{sample_app.node}"\n')

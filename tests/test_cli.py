@@ -182,13 +182,16 @@ def test_usage_errors_without_json_keep_stdout_empty(runner: CliRunner) -> None:
         (["myapp.tasks.migrate", "head", "steps=2"], "'myapp.tasks.migrate(\"head\", steps=2)'"),
     ],
 )
+@pytest.mark.parametrize("command", ["rpc", "eval"])  # one check, shared
 def test_rpc_with_shell_words_shows_the_expression(
-    runner: CliRunner, monkeypatch: pytest.MonkeyPatch, words: list[str], meant: str
+    runner: CliRunner, monkeypatch: pytest.MonkeyPatch, words: list[str], meant: str, command: str
 ) -> None:
     monkeypatch.setenv("RPCCTL_NODE", "unix:/nonexistent/agent.sock")
-    result = runner.invoke(cli, ["rpc", *words])
+    result = runner.invoke(cli, [command, *words])
     assert result.exit_code == 2
-    assert result.stderr == f"rpcctl: error: EXPR is one shell word; quote it: rpcctl rpc {meant}\n"
+    assert result.stderr == (
+        f"rpcctl: error: EXPR is one shell word; quote it: rpcctl {command} {meant}\n"
+    )
 
 
 # -- hints name the command the user typed ----------------------------------------------------

@@ -828,6 +828,20 @@ def test_parse_duration() -> None:
             parse_duration(bad)
 
 
+def test_one_duration_format_for_stats_and_the_fleet_table() -> None:
+    from rpcctl._introspect_render import duration
+    from rpcctl.cli._fleet_table import info_cells
+
+    assert [duration(s) for s in (5.7, 125, 3725, 93784)] == [
+        "5s",
+        "2m 05s",
+        "1h 02m 05s",
+        "1d 02h 03m",
+    ]
+    assert info_cells({"uptime_s": 3725.2})[2] == "1h 02m 05s"
+    assert info_cells({"uptime_s": None})[2] == ""  # an agent that did not say
+
+
 def test_unhealthy_is_exit_8() -> None:
     assert wire.ErrorKind.UNHEALTHY.exit_code == 8
     assert BY_KIND[wire.ErrorKind.UNHEALTHY] is Unhealthy

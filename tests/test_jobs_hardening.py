@@ -3,8 +3,10 @@ big to keep, jobs that must never stay running, worker threads that must go away
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -195,8 +197,9 @@ def test_only_the_jobs_own_thread_ever_waits(echo_task: Any) -> None:
 def test_output_written_under_a_logging_lock_never_waits(
     echo_task: Any, monkeypatch: pytest.MonkeyPatch, via: str
 ) -> None:
-    """logging's handler lock and structlog's per-file lock are shared with the app's other
-    threads: a task must not wait for its follower while it holds one of them."""
+    """The capture's logging handler lock and structlog's per-file lock (as
+    app_agent.configure_logging sets structlog up) are shared with the app's other threads:
+    a task must not wait for its follower while it holds one of them."""
     import io
     import logging
 
@@ -205,12 +208,13 @@ def test_output_written_under_a_logging_lock_never_waits(
     from app_agent import _capture, _job, _jobs
 
     monkeypatch.setattr(_job, "FOLLOWER_GRACE", 3600.0)  # a follower that stays "live"
+    monkeypatch.setattr(sys, "stderr", _capture._JobStream(io.StringIO(), "stderr"))
     job = _jobs.Job("locked", echo_task, "test")
     job.attach(1)  # ... and never reads
     logger = logging.getLogger("test_jobs_hardening.locked")
     logger.propagate = False
     logger.addHandler(_capture._handler)
-    printer = structlog.PrintLogger(_capture._JobStream(io.StringIO(), "stderr"))
+    printer = structlog.WriteLoggerFactory(_capture.current_stderr)()  # configure_logging's
 
     def task() -> None:
         _capture.current_job.set(job)
@@ -230,6 +234,59 @@ def test_output_written_under_a_logging_lock_never_waits(
         logger.removeHandler(_capture._handler)
         job.detach(1)
     assert job.events_since(0, 0)["dropped"] == 100
+
+
+def test_the_capture_marks_the_records_it_writes_on_their_own_thread_only() -> None:
+    """writing_log() is what keeps a record's write from waiting: true while the capture's
+    handler or current_stderr writes, on that thread only, and false again after, even when
+    the write fails; a plain print() to the captured stream is not a record."""
+    import contextvars
+    import io
+    import logging
+
+    from app_agent import _capture
+
+    seen: list[tuple[str, bool, bool]] = []
+
+    class Recorder:  # stands in for the job
+        def write(self, stream: str, text: str) -> None:
+            elsewhere: list[bool] = []
+            other = threading.Thread(target=lambda: elsewhere.append(_capture.writing_log()))
+            other.start()
+            other.join(DEADLINE)
+            seen.append((text.strip(), _capture.writing_log(), elsewhere[0]))
+            if text.startswith("fail"):
+                raise OSError("the job's buffer is gone")
+
+    logger = logging.getLogger("test_jobs_hardening.marked")
+    logger.propagate = False
+    logger.addHandler(_capture._handler)
+    stream = _capture._JobStream(io.StringIO(), "stderr")
+
+    def task() -> None:
+        _capture.current_job.set(Recorder())  # type: ignore[arg-type]
+        logger.warning("record")
+        stream.write("printed\n")  # print()'s way in
+        real_stderr = sys.stderr
+        sys.stderr = stream
+        try:
+            _capture.current_stderr.write("structlog\n")
+            with contextlib.suppress(OSError):
+                _capture.current_stderr.write("fail\n")
+        finally:
+            sys.stderr = real_stderr
+
+    try:
+        contextvars.copy_context().run(task)
+    finally:
+        logger.removeHandler(_capture._handler)
+    assert seen == [
+        ("WARNING test_jobs_hardening.marked: record", True, False),
+        ("printed", False, False),
+        ("structlog", True, False),
+        ("fail", True, False),
+    ]
+    assert not _capture.writing_log()
 
 
 def test_event_printer_reports_drops_once_at_the_end(capsys: pytest.CaptureFixture[str]) -> None:

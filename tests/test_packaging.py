@@ -60,11 +60,11 @@ def test_build_install_and_run(tmp_path: Path, sample_app: AppProcess) -> None:
 
     with zipfile.ZipFile(wheel) as archive:
         in_wheel = set(archive.namelist())
-        script = archive.read(f"rpcctl-{__version__}.data/scripts/rpcctl").decode()
+        entry_points = archive.read(f"rpcctl-{__version__}.dist-info/entry_points.txt").decode()
     assert {"rpcctl/py.typed", "app_agent/py.typed", "rpcctl/cli/__init__.py"} <= in_wheel
-    # The command is a script of its own (pip's entry-point wrapper would import re).
-    assert script.startswith("#!python\n")
-    assert "from rpcctl.__main__ import main" in script
+    # The command is the standard entry point, and the only script the wheel installs.
+    assert entry_points.split() == ["[console_scripts]", "rpcctl", "=", "rpcctl.__main__:main"]
+    assert not [name for name in in_wheel if ".data/scripts/" in name]
 
     # A fresh environment that sees nothing of this one's packages.
     fresh = tmp_path / "fresh"

@@ -441,13 +441,71 @@ def test_a_lock_that_cannot_be_made_is_a_usage_error(release: Any) -> None:
 
 def test_lock_paths(short_tmp: Path) -> None:
     from rpcctl.release import config
-    from rpcctl.release.runner import lock_path
+    from rpcctl.release.lock import lock_path
 
     toml = short_tmp / "rpcctl.toml"
     toml.write_text('[app]\nname = "web"\ncommand = ["web"]\nnode = "unix:run/web.sock"\n')
     assert lock_path(config.load(toml)) == short_tmp / "run" / "web.sock.lock"
     toml.write_text('[app]\nname = "web"\ncommand = ["web"]\nnode = "tcp://127.0.0.1:7000"\n')
     assert lock_path(config.load(toml)) == short_tmp / ".rpcctl-web.lock"
+
+
+def test_the_release_lock_is_held_once_and_names_its_holder(short_tmp: Path) -> None:
+    from rpcctl.exceptions import UsageError
+    from rpcctl.release import config, lock
+
+    toml = short_tmp / "rpcctl.toml"
+    toml.write_text('[app]\nname = "web"\ncommand = ["web"]\nnode = "unix:run/web.sock"\n')
+    release = config.load(toml)
+    path = lock.lock_path(release)
+    with lock.held(release):
+        assert path.read_text() == f"{os.getpid()}\n"
+        with pytest.raises(UsageError) as refused, lock.held(release):
+            pass
+        assert str(refused.value) == (
+            f"web is already being run by `rpcctl start` (runner pid {os.getpid()} holds {path})"
+        )
+    with lock.held(release):  # released with the first holder
+        pass
+
+
+@pytest.mark.parametrize("ignores_sigterm", [False, True])
+def test_the_app_is_stopped_with_sigterm_then_sigkill(
+    short_tmp: Path, ignores_sigterm: bool
+) -> None:
+    from structlog.testing import capture_logs
+
+    from rpcctl.release import config
+    from rpcctl.release.app import App
+
+    ready = short_tmp / "ready"
+    code = (
+        "import pathlib, signal, time\n"
+        f"signal.signal(signal.SIGTERM, signal.{'SIG_IGN' if ignores_sigterm else 'SIG_DFL'})\n"
+        f"pathlib.Path({str(ready)!r}).touch()\n"
+        "time.sleep(3600)\n"
+    )
+    toml = short_tmp / "rpcctl.toml"
+    toml.write_text(
+        f'[app]\nname = "web"\ncommand = ["python", "-c", {json.dumps(code)}]\n'
+        f'node = "unix:run/web.sock"\nstop_timeout = 0.2\n'
+    )
+    with capture_logs() as logs:
+        app = App(config.load(toml), structlog.get_logger())
+        assert (app.pid, app.running(), app.exited()) == (None, False, False)
+        app.spawn(dict(os.environ))
+        wait_until(ready.exists, what="the app to set its SIGTERM handling")
+        assert app.running()
+        clean = app.terminate()
+    assert clean is not ignores_sigterm
+    assert app.exited()
+    assert app.status() == (128 + 9 if ignores_sigterm else 128 + 15)
+    killed = " (killed: it outlived SIGTERM by 0.2s)"
+    assert app.killed(clean) == (killed if ignores_sigterm else "")
+    events = [e["event"] for e in logs]
+    stopped = "runner.killing" if ignores_sigterm else "runner.app_stopped"
+    assert events == ["runner.app_started", "runner.terminating", stopped]
+    assert all(e["pid"] == app.pid for e in logs)
 
 
 def test_another_app_answering_is_not_taken_for_ours(release: Any) -> None:
@@ -482,30 +540,30 @@ def test_another_app_answering_is_not_taken_for_ours(release: Any) -> None:
 
 def test_an_agent_in_a_child_of_the_app_counts_as_ours(short_tmp: Path) -> None:
     from rpcctl.release import config
-    from rpcctl.release.runner import Runner, parent_pid
+    from rpcctl.release.app import App, parent_pid
 
     toml = short_tmp / "rpcctl.toml"
     toml.write_text('[app]\nname = "web"\ncommand = ["web"]\n')
-    runner = Runner(config.load(toml), structlog.get_logger())
+    app = App(config.load(toml), structlog.get_logger())
     pidfile = short_tmp / "inner.pid"
     inner = (
         f"import os, signal; open({str(pidfile)!r}, 'w').write(str(os.getpid())); signal.pause()"
     )
     # `; :` keeps sh from exec'ing python: python is the app's child, as in a forking app.
-    runner.proc = subprocess.Popen(
+    app.proc = subprocess.Popen(
         ["sh", "-c", f"{sys.executable} -c {shlex.quote(inner)}; :"], process_group=0
     )
     try:
         wait_until(lambda: pidfile.exists() and pidfile.read_text(), what="the inner process")
         grandchild = int(pidfile.read_text())
-        assert parent_pid(grandchild) == runner.proc.pid
-        assert runner._started_by_us(runner.proc.pid)
-        assert runner._started_by_us(grandchild)
-        assert not runner._started_by_us(os.getpid())
+        assert parent_pid(grandchild) == app.proc.pid
+        assert app.is_ours(app.proc.pid)
+        assert app.is_ours(grandchild)
+        assert not app.is_ours(os.getpid())
         assert parent_pid(2**22 + 1) is None  # beyond any pid: no such process
     finally:
-        os.killpg(runner.proc.pid, signal.SIGKILL)
-        runner.proc.wait()
+        os.killpg(app.proc.pid, signal.SIGKILL)
+        app.proc.wait()
 
 
 def test_stop_pid_and_restart_through_the_runner(release: Any) -> None:
@@ -774,7 +832,7 @@ def test_relay_flushes_a_cut_off_traceback_and_keeps_blank_lines() -> None:
 
 
 def test_python_in_the_command_is_rpcctls_interpreter() -> None:
-    from rpcctl.release.runner import app_command
+    from rpcctl.release.app import app_command
 
     assert app_command(["python", "-m", "app"]) == [sys.executable, "-m", "app"]
     assert app_command(["python3", "app.py"]) == [sys.executable, "app.py"]

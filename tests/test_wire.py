@@ -164,3 +164,28 @@ def test_hostile_handshake_lines_are_values_or_value_errors(data: bytes) -> None
         return
     assert isinstance(decoded, dict)
     assert not any(isinstance(v, dict | list) for v in decoded.values())
+
+
+def test_every_rpcctl_name_is_written_once() -> None:
+    """app_agent.wire.environment names every RPCCTL_* variable and Django setting; code
+    elsewhere uses those names, never a literal of its own (docstrings and messages may
+    mention them)."""
+    import ast
+
+    from app_agent.wire import environment
+    from conftest import ROOT
+
+    names = [v for k, v in vars(environment).items() if k.isupper() and isinstance(v, str)]
+    assert len(names) == len(set(names))
+    assert all(n == "RPCCTL" or n.startswith("RPCCTL_") for n in names)
+    literals = []
+    for package in ("app_agent", "rpcctl"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            if path == ROOT / "app_agent" / "wire" / "environment.py":
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                    name = node.value.removeprefix("$")  # ("RPCCTL" alone is also a column)
+                    if name.startswith("RPCCTL_") and name[7:].replace("_", "").isupper():
+                        literals.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.value}")
+    assert literals == []

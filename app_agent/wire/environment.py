@@ -1,6 +1,8 @@
-"""Every environment variable rpcctl reads or sets, named once.
+"""Every ``RPCCTL_*`` name, written once: the environment variables rpcctl reads or sets,
+and the Django settings of ``app_agent.contrib.django``.
 
-Both sides, the runner and the hooks use these names; docs/design.md lists what each means.
+Both sides, the runner, the hooks, the launchers and the Django integration use these
+names; docs/design.md lists what each means.
 """
 
 from __future__ import annotations
@@ -38,14 +40,32 @@ IDLE_TIMEOUT: Final = "RPCCTL_IDLE_TIMEOUT"
 MAX_ARGUMENT_BYTES: Final = "RPCCTL_MAX_ARGUMENT_BYTES"
 """Bytes of arguments one request may carry (the agent's ``max_argument_bytes``)."""
 LOG_LEVEL: Final = "RPCCTL_LOG_LEVEL"
+HEALTH_LOOP_LAG: Final = "RPCCTL_HEALTH_LOOP_LAG"
+"""Seconds of event-loop lag above which the built-in ``agent.event_loop`` check fails."""
 APP: Final = "RPCCTL_APP"
 """The app's name: set by the runner for the app and its hooks, read by the agent."""
 RUNNER_PID: Final = "RPCCTL_RUNNER_PID"
 """Set by ``rpcctl start`` for the app and its hooks: the runner's pid."""
 APP_PID: Final = "RPCCTL_APP_PID"
+"""Set by the runner for hooks while the app runs: its pid."""
 ROOT: Final = "RPCCTL_ROOT"
+"""Set by the runner for the app and its hooks: the release root (the config's directory)."""
 HOOK: Final = "RPCCTL_HOOK"
+"""Set by the runner for hooks: the event they run for (``post_start``...)."""
 PROG: Final = "RPCCTL_PROG"
 """Set by a ``bin/NAME`` launcher to the name it was run as, so hints name that command."""
+BIN: Final = "RPCCTL_BIN"
+"""Read by a ``bin/NAME`` launcher: the rpcctl executable to run instead of its own."""
 RPCCTL: Final = "RPCCTL"
 """For hooks: a command that reaches this app."""
+
+# The Django settings of app_agent.contrib.django (NODE and DJANGO_AUTOSTART may also come
+# from the environment).
+DJANGO_COMMANDS: Final = "RPCCTL_DJANGO_COMMANDS"
+"""The management commands remote callers may run."""
+DJANGO_AUTOSTART: Final = "RPCCTL_DJANGO_AUTOSTART"
+"""Whether the Django site starts its agent: true, false or auto (serving processes)."""
+TASKS: Final = "RPCCTL_TASKS"
+"""The site's own modules with ``@task`` functions, imported at start."""
+AGENT_OPTIONS: Final = "RPCCTL_AGENT_OPTIONS"
+"""Keyword options of ``app_agent.start`` for the Django site's agent."""

@@ -4,18 +4,28 @@ from __future__ import annotations
 
 import importlib
 import json
+import shlex
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from app_agent import wire
-from rpcctl._settings import GLOBAL_OPTIONS, Settings
-from rpcctl.exceptions import RpcctlError, TaskFailed
+from rpcctl._settings import (
+    FILE,
+    FLAG,
+    GLOBAL_OPTIONS,
+    POSITIVE_SECONDS,
+    SECONDS,
+    TEXT,
+    Option,
+    Settings,
+)
+from rpcctl.exceptions import BadExpression, RpcctlError, TaskFailed
 
 if TYPE_CHECKING:
-    pass
+    from rpcctl.expr import Call
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -174,6 +184,56 @@ def _apply_late(ctx: click.Context, param: click.Parameter, value: Any) -> None:
         ctx.ensure_object(Settings).apply(param.name, value)
 
 
+class Seconds(click.FloatRange):
+    """click's FloatRange for a seconds option, with the option's own check on top (what
+    the ping fast path checks too): no NaN, no infinity unless the option is endless."""
+
+    def __init__(self, option: Option) -> None:
+        super().__init__(min=0, min_open=option.kind == POSITIVE_SECONDS)
+        self.option = option
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        seconds = super().convert(value, param, ctx)
+        problem = self.option.problem(seconds)
+        if problem is not None:
+            self.fail(f"{value!r} {problem}.", param, ctx)
+        return seconds
+
+
+def click_option(option: Option, **extra: Any) -> Callable[[F], F]:
+    """The click option *option* declares (rpcctl._settings), with *extra* click settings."""
+    by_kind: dict[str, dict[str, Any]] = {
+        TEXT: {},
+        FILE: {"type": click.Path(dir_okay=False)},
+        FLAG: {"is_flag": True},
+        SECONDS: {"type": Seconds(option)},
+        POSITIVE_SECONDS: {"type": Seconds(option)},
+    }
+    kind = by_kind[option.kind]
+    if option.default is not None:
+        kind.update(default=option.default, show_default=True)
+    return click.option(
+        *option.flags,
+        option.dest,
+        metavar=option.metavar or None,
+        multiple=option.multiple,
+        help=option.help,
+        **kind,
+        **extra,
+    )
+
+
+def options(declared: Iterable[Option]) -> Callable[[F], F]:
+    """Every option of *declared*, in its order (as --help lists them)."""
+
+    def decorate(f: F) -> F:
+        for option in reversed(tuple(declared)):
+            f = click_option(option)(f)
+        return f
+
+    return decorate
+
+
 def global_options(late: bool = False) -> Callable[[F], F]:
     """The group's options (GLOBAL_OPTIONS); *late*: the hidden copies every command takes,
     which go straight into the settings."""
@@ -183,29 +243,50 @@ def global_options(late: bool = False) -> Callable[[F], F]:
             late_only: dict[str, Any] = (
                 {"hidden": True, "expose_value": False, "callback": _apply_late} if late else {}
             )
-            f = click.option(
-                *option.flags,
-                option.dest,
-                metavar=option.metavar,
-                multiple=option.multiple,
-                type=click.Path(dir_okay=False) if option.path else None,
-                help=option.help,
-                **late_only,
-            )(f)
+            f = click_option(option, **late_only)(f)
         return f
 
     return decorate
 
 
 def timeout_option(default: float | None, help: str) -> Callable[[F], F]:
-    return click.option(
-        "--timeout",
-        type=click.FloatRange(min=0, min_open=True),
-        default=default,
-        show_default=default is not None,
-        metavar="SECONDS",
-        help=help,
+    """--timeout SECONDS; without a default (no limit), "inf" says the same."""
+    return click_option(
+        Option(
+            ("--timeout",),
+            "timeout",
+            "SECONDS",
+            help,
+            POSITIVE_SECONDS,
+            default,
+            endless=default is None,
+        )
     )
+
+
+lock_wait_option = click.option(
+    "--lock-wait",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    metavar="SECONDS",
+    help="If the task's lock is held, wait up to SECONDS for it (default: fail at once, exit 7).",
+)
+"""``rpc`` and ``eval``: how long a task's held lock is waited for."""
+
+
+def task_expression(
+    settings: Settings, command: str, words: tuple[str, ...], lock_wait: float
+) -> Call:
+    """EXPR of ``rpc`` and ``eval``: one shell word (several: a usage error showing it
+    quoted), parsed; a busy lock's message suggests --lock-wait when it was not given."""
+    from rpcctl import expr  # here: the other commands need no expression parser (ast)
+
+    if len(words) > 1:
+        meant = shlex.quote(expr.suggest(words))
+        msg = f"EXPR is one shell word; quote it: {settings.prog} {command} {meant}"
+        raise BadExpression(msg)
+    settings.hint_lock_wait = lock_wait == 0
+    return expr.parse(words[0])
 
 
 def _set_where(ctx: click.Context, _param: click.Parameter, value: tuple[str, ...]) -> None:

@@ -10,6 +10,7 @@ import click
 
 from rpcctl import client as client_mod
 from rpcctl import fleet as fleet_mod
+from rpcctl._introspect_render import duration
 from rpcctl._settings import Settings
 
 Cells = Callable[[Any], list[str]]
@@ -85,32 +86,16 @@ def one_line(value: Any) -> str:
 
 def info_cells(details: Any) -> list[str]:
     details = details if isinstance(details, dict) else {}
-    ready = details.get("ready")
+    ready, uptime = details.get("ready"), details.get("uptime_s")
     return [
         str(details.get("app", "")),
         str(details.get("pid", "")),
-        duration(details.get("uptime_s")),
+        duration(uptime) if isinstance(uptime, int | float) else "",
         "" if ready is None else "yes" if ready else "no",
         str(len(details.get("jobs") or [])),
         str(details.get("version") or "-"),
         str((details.get("versions") or {}).get("rpcctl", "")),
     ]
-
-
-def duration(seconds: Any) -> str:
-    if not isinstance(seconds, int | float):
-        return ""
-    whole = int(seconds)
-    days, rest = divmod(whole, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d {hours}h"
-    if hours:
-        return f"{hours}h {minutes}m"
-    if minutes:
-        return f"{minutes}m {secs}s"
-    return f"{seconds:.1f}s"
 
 
 def tasks_cells(found: Any) -> list[str]:

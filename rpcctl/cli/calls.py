@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import shlex
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from rpcctl import client as client_mod
-from rpcctl import expr
 from rpcctl import fleet as fleet_mod
 from rpcctl._render import EventPrinter
 from rpcctl._settings import Settings
 from rpcctl._where import Skipped, Where
-from rpcctl.exceptions import BadExpression, ConfigError, RpcctlError, Unreachable
+from rpcctl.exceptions import ConfigError, RpcctlError, Unreachable
 
 if TYPE_CHECKING:
     from click.shell_completion import CompletionItem
@@ -25,8 +23,10 @@ from rpcctl.cli._common import (
     emit_json,
     fleet_options,
     json_option,
+    lock_wait_option,
     pass_settings,
     render,
+    task_expression,
     timeout_option,
 )
 from rpcctl.cli._fleet_table import run_fleet
@@ -64,13 +64,7 @@ def complete_tasks(ctx: click.Context, _param: click.Parameter, incomplete: str)
 @click.argument("words", metavar="EXPR", nargs=-1, required=True, shell_complete=complete_tasks)
 @timeout_option(None, "Stop waiting after SECONDS (exit 4); the job keeps running.")
 @click.option("--detach", is_flag=True, help="Start the job, print its id and return at once.")
-@click.option(
-    "--lock-wait",
-    type=click.FloatRange(min=0),
-    default=0.0,
-    metavar="SECONDS",
-    help="If the task's lock is held, wait up to SECONDS for it (default: fail at once, exit 7).",
-)
+@lock_wait_option
 @click.option("--one", is_flag=True, help="Fleets: run on the first node that answers only.")
 @fleet_options
 @json_option
@@ -93,12 +87,7 @@ def rpc(
     stderr), and its progress as a bar on a terminal. Ctrl-C stops following (exit 130);
     the job goes on.
     """
-    if len(words) > 1:
-        meant = shlex.quote(expr.suggest(words))
-        msg = f"EXPR is one shell word; quote it: {settings.prog} rpc {meant}"
-        raise BadExpression(msg)
-    call = expr.parse(words[0])
-    settings.hint_lock_wait = lock_wait == 0
+    call = task_expression(settings, "rpc", words, lock_wait)
     if settings.is_fleet and not one and detach:
         msg = "--detach starts a job on one node: give one --node, or add --one"
         raise ConfigError(msg)

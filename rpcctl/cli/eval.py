@@ -2,37 +2,32 @@
 
 from __future__ import annotations
 
-import shlex
 import sys
 
 import click
 
-from rpcctl import evaluate, expr
+from rpcctl import evaluate
 from rpcctl._render import EventPrinter
 from rpcctl._settings import Settings
 from rpcctl.cli._common import (
     INTERRUPTED,
     emit_json,
     json_option,
+    lock_wait_option,
     pass_settings,
     render,
+    task_expression,
     timeout_option,
 )
 from rpcctl.cli._group import cli
-from rpcctl.exceptions import BadExpression, ConfigError
+from rpcctl.exceptions import ConfigError
 from rpcctl.release import config as config_mod
 
 
 @cli.command("eval")
 @click.argument("words", metavar="EXPR", nargs=-1, required=True)
 @timeout_option(None, "Stop the task's process after SECONDS (exit 4): SIGTERM, then SIGKILL.")
-@click.option(
-    "--lock-wait",
-    type=click.FloatRange(min=0),
-    default=0.0,
-    metavar="SECONDS",
-    help="If the task's lock is held, wait up to SECONDS for it (default: fail at once, exit 7).",
-)
+@lock_wait_option
 @json_option
 @pass_settings
 def eval_command(
@@ -53,12 +48,7 @@ def eval_command(
             f"takes no --node (to run it inside the app, use `{settings.prog} rpc`)"
         )
         raise ConfigError(msg)
-    if len(words) > 1:
-        meant = shlex.quote(expr.suggest(words))
-        msg = f"EXPR is one shell word; quote it: {settings.prog} eval {meant}"
-        raise BadExpression(msg)
-    call = expr.parse(words[0])
-    settings.hint_lock_wait = lock_wait == 0
+    call = task_expression(settings, "eval", words, lock_wait)
     release = _release_config(settings)
     printer = EventPrinter(settings.json)
     try:

@@ -10,7 +10,7 @@ from app_agent.wire.words import REGISTER_TASKS
 from rpcctl import client as client_mod
 from rpcctl import fleet as fleet_mod
 from rpcctl import waits
-from rpcctl._settings import Settings
+from rpcctl._settings import PING_OPTIONS, Settings
 
 if TYPE_CHECKING:
     pass
@@ -19,6 +19,7 @@ from rpcctl.cli._common import (
     emit_json,
     fleet_options,
     json_option,
+    options,
     pass_settings,
     timeout_option,
 )
@@ -27,19 +28,7 @@ from rpcctl.cli._group import cli
 
 
 @cli.command()
-@click.option(
-    "--wait",
-    type=click.FloatRange(min=0),
-    metavar="SECONDS",
-    help="Keep trying (with backoff) until the agent answers or SECONDS pass "
-    "(fleets: every node, in parallel, within the same SECONDS).",
-)
-@click.option(
-    "--ready",
-    is_flag=True,
-    help="Also require the app to be ready (app_agent.set_ready); exit 3 while it is not.",
-)
-@timeout_option(client_mod.DEFAULT_TIMEOUT, "Seconds to wait for one answer (per node).")
+@options(PING_OPTIONS)
 @fleet_options
 @json_option
 @pass_settings

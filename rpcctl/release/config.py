@@ -17,6 +17,9 @@ from rpcctl._settings import parse_node
 from rpcctl.exceptions import ConfigError
 
 CONFIG_NAME: Final = "rpcctl.toml"
+PYTHON_NAMES: Final = ("python", "python3")
+"""In ``[app] command`` (its first word) and ``[app] python``: the interpreter rpcctl itself
+runs under (its virtualenv's), whatever PATH says."""
 HOOK_EVENTS: Final = ("pre_start", "post_start", "pre_stop", "post_stop")
 POLICIES: Final = ("stop", "continue")
 DEFAULT_POLICY: Final = {

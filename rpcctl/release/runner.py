@@ -12,26 +12,22 @@ the reason.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import os
 import selectors
 import signal
-import stat
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any, Final, NamedTuple
 
-from app_agent.wire import NODE_ENV, RUNNER_ENV, ErrorKind, environment, pid_alive, processes
+from app_agent.wire import NODE_ENV, RUNNER_ENV, ErrorKind, environment, pid_alive
+from app_agent.wire.backoff import Backoff
 from app_agent.wire.cookies import COOKIE_ENV, COOKIE_FILE_ENV
 from app_agent.wire.environment import IDENTITY as IDENTITY_ENV
 from rpcctl import _transport
 from rpcctl._transport import Security
 from rpcctl.exceptions import CallTimeout, RpcctlError, Unreachable, UsageError
-from rpcctl.release import hooks, listening
+from rpcctl.release import hooks, listening, lock
+from rpcctl.release.app import App
 from rpcctl.release.config import Config, rpcctl_executable
 
 # Exit statuses of `rpcctl start` besides 0 (clean stop) and the app's own status, from the
@@ -41,12 +37,7 @@ ALREADY_RUNNING: Final = ErrorKind.USAGE.exit_code  # another runner holds the l
 NEVER_READY: Final = ErrorKind.UNREACHABLE.exit_code  # the agent never answered
 KILLED: Final = ErrorKind.TIMEOUT.exit_code  # the app outlived its grace period
 
-PYTHON_NAMES: Final = ("python", "python3")
-"""A command starting with one of these runs with the interpreter rpcctl itself runs under."""
-
 _STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
-# How far up the process tree the runner looks for its app when another pid answers.
-_MAX_ANCESTRY: Final = 64
 
 
 class Ending(NamedTuple):
@@ -62,8 +53,7 @@ class Runner:
     def __init__(self, config: Config, log: Any) -> None:
         self.config = config
         self.log = log.bind(app=config.name)
-        self.command = app_command(config.command)
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.app = App(config, self.log)
         self._signals: list[int] = []
         self._wakeup_r = -1
         self._answering_pid: int | None = None
@@ -78,7 +68,7 @@ class Runner:
             msg = "rpcctl start must run on the main thread (it handles signals)"
             raise UsageError(msg)
         self._refuse_recursion()
-        with self._release_lock():
+        with lock.held(self.config):
             self._refuse_if_running()
             with self._signal_handling():
                 end = self._run()
@@ -98,19 +88,19 @@ class Runner:
 
     def _boot(self) -> Ending | None:
         """Start everything; None when the app is up, else how the run ends."""
-        self.log.info("runner.starting", node=self.config.node, command=self.command)
+        self.log.info("runner.starting", node=self.config.node, command=self.app.command)
         failed = self._hooks("pre_start")
         if failed is not None:
             return Ending(HOOK_FAILED, f"pre_start {failed.describe()}; the app was not started")
         if self._stop_requested():
             return Ending(0, "stop requested before the app started")
-        self._spawn()
+        self.app.spawn(self._environment())
         ready = self._wait_ready()
         if ready == "exited":
-            status = self._app_status()
+            status = self.app.status()
             reason = f"the app exited with status {status} before its agent answered ping"
             self.log.error("runner.app_exited_before_ready", status=status, reason=reason)
-            self._clear_socket()
+            self.app.clear_socket()
             self._hooks("post_stop")
             return Ending(status or HOOK_FAILED, reason)
         if ready in ("timeout", "refused"):
@@ -121,46 +111,46 @@ class Runner:
                 else f"the agent at {self.config.node} refused the runner: {self._refusal}"
             )
             self.log.error("runner.never_ready", reason=f"{reason}; stopping the app")
-            clean = self._terminate()
+            clean = self.app.terminate()
             self._hooks("post_stop")
-            return Ending(NEVER_READY, f"{reason}; the app was stopped{self._killed(clean)}")
+            return Ending(NEVER_READY, f"{reason}; the app was stopped{self.app.killed(clean)}")
         if ready == "foreign":
             # Every hook from here on would act on that other app: run none.
             reason = (
                 f"another app answers at {self.config.node}: its agent is pid "
-                f"{self._answering_pid}, not this runner's app (pid {self._pid()}) nor a "
+                f"{self._answering_pid}, not this runner's app (pid {self.app.pid}) nor a "
                 "process it started; this app was stopped and no more hooks ran"
             )
             self.log.error(
-                "runner.foreign_agent", agent_pid=self._answering_pid, app_pid=self._pid()
+                "runner.foreign_agent", agent_pid=self._answering_pid, app_pid=self.app.pid
             )
-            self._terminate()
+            self.app.terminate()
             return Ending(ALREADY_RUNNING, reason)
         if ready == "stopped":
             clean = self._stop_app(run_pre_stop=False)
             return Ending(
                 0 if clean else KILLED,
-                f"stop requested before the app was ready{self._killed(clean)}",
+                f"stop requested before the app was ready{self.app.killed(clean)}",
             )
-        self.log.info("runner.ready", pid=self._pid())
+        self.log.info("runner.ready", pid=self.app.pid)
         failed = self._hooks("post_start")
         if failed is not None:
             why = f"post_start {failed.describe()}"
             self.log.error("runner.stopping", reason=why)
             clean = self._stop_app()
-            return Ending(HOOK_FAILED, f"{why}; the app was stopped{self._killed(clean)}")
+            return Ending(HOOK_FAILED, f"{why}; the app was stopped{self.app.killed(clean)}")
         return None
 
     def _supervise(self) -> Ending | None:
         """Wait for a signal or the app's end; None to start again (SIGHUP)."""
-        self.log.info("runner.supervising", pid=self._pid())
+        self.log.info("runner.supervising", pid=self.app.pid)
         with selectors.DefaultSelector() as selector:
             selector.register(self._wakeup_r, selectors.EVENT_READ)
             while True:
-                if self.proc is not None and self.proc.poll() is not None:
-                    status = self._app_status()
+                if self.app.exited():
+                    status = self.app.status()
                     self.log.error("runner.app_exited", status=status)
-                    self._clear_socket()
+                    self.app.clear_socket()
                     self._hooks("post_stop")
                     return Ending(status, f"the app exited by itself with status {status}")
                 pending = self._take_signals()
@@ -169,13 +159,15 @@ class Runner:
                     if self._stop_app():
                         return None
                     why = "restart requested; the app was not started again"
-                    return Ending(KILLED, f"{why}{self._killed(False)}")
+                    return Ending(KILLED, f"{why}{self.app.killed(False)}")
                 stops = [s for s in pending if s in _STOP_SIGNALS]
                 if stops:
                     self.log.info("runner.stop_requested")
                     clean = self._stop_app()
                     name = signal.Signals(stops[0]).name
-                    return Ending(0 if clean else KILLED, f"stopped on {name}{self._killed(clean)}")
+                    return Ending(
+                        0 if clean else KILLED, f"stopped on {name}{self.app.killed(clean)}"
+                    )
                 selector.select()  # woken by SIGCHLD, SIGTERM, SIGINT or SIGHUP
                 self._drain_wakeup()
 
@@ -183,50 +175,35 @@ class Runner:
         """pre_stop hooks, stop the app, post_stop hooks; True when SIGTERM was enough."""
         if run_pre_stop:
             self._hooks("pre_stop")
-        clean = self._terminate()
+        clean = self.app.terminate()
         self._hooks("post_stop")
         return clean
 
-    # -- the app process -------------------------------------------------------------------
-
-    def _spawn(self) -> None:
-        env = self._environment()
-        try:
-            # Its own process group: a Ctrl-C at the terminal reaches the runner only, which
-            # then stops the app in order (pre_stop hooks first).
-            self.proc = subprocess.Popen(
-                self.command, cwd=self.config.cwd, env=env, process_group=0
-            )
-        except OSError as exc:
-            msg = f"cannot run the app's command {self.command}: {exc}"
-            raise UsageError(msg) from None
-        self.log.info("runner.app_started", pid=self.proc.pid)
+    # -- the app's readiness -----------------------------------------------------------------
 
     def _wait_ready(self) -> str:
         """'ready', 'exited', 'timeout', 'refused', 'foreign' or 'stopped'."""
-        deadline = time.monotonic() + self.config.ready_timeout
-        delay = 0.005
+        backoff = Backoff(0.005, 0.1, time.monotonic() + self.config.ready_timeout)
         while True:
-            if self.proc is not None and self.proc.poll() is not None:
+            if self.app.exited():
                 return "exited"
             if self._stop_requested():
                 return "stopped"
-            remaining = deadline - time.monotonic()
+            remaining = backoff.remaining()
             if remaining <= 0:
                 return "timeout"
             try:
                 _transport.ping(self.config.address, min(remaining, 2.0), self.security)
                 pid = self._agent_pid(min(max(remaining, 1.0), 10.0))
             except (Unreachable, CallTimeout):
-                time.sleep(min(delay, max(remaining, 0)))
-                delay = min(delay * 1.5, 0.1)
+                backoff.sleep()
                 continue
             except RpcctlError as exc:
                 # It answers but refuses us (authentication, version): waiting will not help.
                 self.log.error("runner.ping_refused", error=exc.message)
                 self._refusal = exc.message
                 return "refused"
-            if self._started_by_us(pid):
+            if self.app.is_ours(pid):
                 return "ready"
             self._answering_pid = pid
             return "foreign"
@@ -236,18 +213,19 @@ class Runner:
         its process tree tells (its socket and the pid recorded beside it), else that under
         the runner start() needs no node."""
         node = self.config.node
-        found = listening.agent_socket(self.proc.pid) if self.proc is not None else None
+        pid = self.app.pid
+        found = listening.agent_socket(pid) if pid is not None else None
         if found == self.config.address.path:
             return ": its agent listens there but did not answer in time"
         if found is not None:
             return (
                 f": it listens at unix:{found} instead (a node given to "
-                f"app_agent.start() overrides RPCCTL_NODE={node}; under `rpcctl start`, call "
+                f"app_agent.start() overrides {NODE_ENV}={node}; under `rpcctl start`, call "
                 "start() without node=)"
             )
         return (
             " (does the app call app_agent.start()? Under `rpcctl start` it needs no node: "
-            f"the runner sets RPCCTL_NODE={node})"
+            f"the runner sets {NODE_ENV}={node})"
         )
 
     def _agent_pid(self, timeout: float) -> int:
@@ -256,70 +234,6 @@ class Runner:
 
         with Client(self.config.address, timeout=timeout, security=self.security) as client:
             return int(client.info()["pid"])
-
-    def _started_by_us(self, pid: int) -> bool:
-        """Whether *pid* is the app process or a descendant of it (an app that forks)."""
-        if self.proc is None:
-            return False
-        for _ in range(_MAX_ANCESTRY):
-            if pid == self.proc.pid:
-                return True
-            parent = parent_pid(pid)
-            if parent is None or parent <= 1:
-                return False
-            pid = parent
-        return False
-
-    def _terminate(self) -> bool:
-        """SIGTERM, then SIGKILL after the grace period; True when it ended on SIGTERM."""
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return True
-        self.log.info("runner.terminating", pid=proc.pid, grace_s=self.config.stop_timeout)
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=self.config.stop_timeout)
-            clean = True
-            self.log.info("runner.app_stopped", pid=proc.pid, status=self._app_status())
-        except subprocess.TimeoutExpired:
-            self.log.warning("runner.killing", pid=proc.pid, reason="still running after grace")
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            clean = False
-        self._clear_socket()
-        return clean
-
-    def _clear_socket(self) -> None:
-        """Once the app is gone: remove the UNIX socket it was given if its agent left it
-        behind (an app that dies on SIGTERM never runs its agent.stop()); only a socket
-        that nothing answers on, so a new agent's is never touched."""
-        address = self.config.address
-        if not address.is_unix:
-            return
-        app_pid = self._pid()
-        if processes.remove_stale_socket(address.path):
-            self.log.info(
-                "runner.socket_removed",
-                path=address.path,
-                reason=f"the app (pid {app_pid}) exited without stopping its agent",
-            )
-
-    def _killed(self, clean: bool) -> str:
-        """What an ending's reason adds when the app had to be killed."""
-        if clean:
-            return ""
-        return f" (killed: it outlived SIGTERM by {self.config.stop_timeout:g}s)"
-
-    def _app_status(self) -> int:
-        code = self.proc.returncode if self.proc is not None else 0
-        if code is None:
-            return 0
-        return 128 - code if code < 0 else code
-
-    def _pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
 
     # -- hooks -------------------------------------------------------------------------------
 
@@ -354,9 +268,9 @@ class Runner:
         env.update(
             {
                 NODE_ENV: self.config.node,
-                "RPCCTL_APP": self.config.name,
-                "RPCCTL_ROOT": str(self.config.root),
-                "RPCCTL": self._rpcctl_command(),
+                environment.APP: self.config.name,
+                environment.ROOT: str(self.config.root),
+                environment.RPCCTL: self._rpcctl_command(),
                 RUNNER_ENV: str(os.getpid()),
             }
         )
@@ -369,14 +283,14 @@ class Runner:
             env[IDENTITY_ENV] = self.config.identity
         if self.config.locks is not None:  # the release's default; RPCCTL_LOCKS overrides
             env.setdefault(environment.LOCKS, self.config.locks)
-        if self.proc is not None and self.proc.poll() is None:
-            env["RPCCTL_APP_PID"] = str(self.proc.pid)
+        if self.app.running():
+            env[environment.APP_PID] = str(self.app.pid)
         else:
-            env.pop("RPCCTL_APP_PID", None)
+            env.pop(environment.APP_PID, None)
         if hook is not None:
-            env["RPCCTL_HOOK"] = hook
+            env[environment.HOOK] = hook
         else:
-            env.pop("RPCCTL_HOOK", None)
+            env.pop(environment.HOOK, None)
         return env
 
     def _rpcctl_command(self) -> str:
@@ -397,29 +311,6 @@ class Runner:
                 f"(runner pid {runner}): a hook or the app itself ran `start` again"
             )
             raise UsageError(msg)
-
-    @contextlib.contextmanager
-    def _release_lock(self) -> Any:
-        """Hold the release's lock for the whole run: a second runner is refused at once."""
-        path = lock_path(self.config)
-        fd = _open_lock(path)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = _holder(fd)
-                who = f"runner pid {holder}" if holder else "another runner"
-                msg = (
-                    f"{self.config.name} is already being run by `rpcctl start` ({who} "
-                    f"holds {path})"
-                )
-                raise UsageError(msg) from None
-            # Never truncated (a file we did not make stays as long as it was): padded instead.
-            size = os.fstat(fd).st_size
-            os.pwrite(fd, f"{os.getpid()}".ljust(size - 1).encode() + b"\n", 0)
-            yield
-        finally:
-            os.close(fd)
 
     def _refuse_if_running(self) -> None:
         try:
@@ -468,103 +359,3 @@ class Runner:
         with contextlib.suppress(BlockingIOError):
             while os.read(self._wakeup_r, 512):
                 pass
-
-
-def app_command(command: list[str]) -> list[str]:
-    """*command* with a leading ``python``/``python3`` replaced by rpcctl's own interpreter.
-
-    A release runs in the environment rpcctl is installed in (its virtualenv), whatever
-    ``PATH`` says; any other command runs as written.
-    """
-    if command[0] in PYTHON_NAMES and sys.executable:
-        return [sys.executable, *command[1:]]
-    return list(command)
-
-
-def lock_path(config: Config) -> Path:
-    """The file ``rpcctl start`` locks for *config*'s release.
-
-    Beside the socket for a UNIX node (``app.sock.lock``), so two configs that share a
-    socket share the lock; in the release root (``.rpcctl-NAME.lock``) for a TCP node.
-    """
-    if config.address.is_unix:
-        return Path(f"{config.address.path}.lock")
-    return config.root / f".rpcctl-{config.name}.lock"
-
-
-_LOCK_FLAGS: Final = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-_MAX_LOCK_BYTES: Final = 32
-"""A lock file holds its holder's pid: anything longer is not one of ours."""
-
-
-def _open_lock(path: Path) -> int:
-    """The release lock's descriptor: a regular file of ours, created 0600 if missing. A
-    symbolic link (another user may plant one where root's runner would follow it and
-    rewrite its target), a file of another user, with other links, or too long to be a
-    lock file is refused (UsageError), never written."""
-    try:
-        # Owner-only, as the agent makes a socket's directory when it is missing.
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        while True:
-            try:
-                return os.open(path, _LOCK_FLAGS | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                pass
-            try:
-                fd = os.open(path, _LOCK_FLAGS)
-                break
-            except FileNotFoundError:
-                continue  # removed in between: make it again
-    except OSError as exc:
-        why = "it is a symbolic link" if exc.errno == errno.ELOOP else exc.strerror or exc
-        msg = f"cannot open the release lock {path}: {why}"
-        raise UsageError(msg) from None
-    problem = _lock_problem(os.fstat(fd))
-    if problem is not None:
-        os.close(fd)
-        msg = f"refusing the release lock {path}: {problem}; remove it if it is not yours"
-        raise UsageError(msg)
-    return fd
-
-
-def _lock_problem(st: os.stat_result) -> str | None:
-    """Why an existing file cannot be our lock file, if it cannot."""
-    if not stat.S_ISREG(st.st_mode):
-        return "it is not a regular file"
-    if st.st_uid != os.geteuid():
-        return f"it belongs to uid {st.st_uid}, not to us (uid {os.geteuid()})"
-    if st.st_nlink != 1:
-        return f"it has {st.st_nlink} hard links"
-    if st.st_size > _MAX_LOCK_BYTES:
-        return f"it holds {st.st_size} bytes: not a lock file"
-    return None
-
-
-def parent_pid(pid: int) -> int | None:
-    """The parent of *pid*, or None when it is gone (or cannot be told)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[1])
-    except FileNotFoundError:
-        if os.path.isdir("/proc/self"):
-            return None
-    except (OSError, ValueError, IndexError):
-        return None
-    try:  # no /proc (macOS, BSD)
-        out = subprocess.run(
-            ["ps", "-o", "ppid=", "-p", str(pid)], capture_output=True, text=True, check=False
-        ).stdout.strip()
-    except OSError:
-        return None
-    return int(out) if out.isdigit() else None
-
-
-def _holder(fd: int) -> int | None:
-    """The pid in a held lock file; its holder writes it just after locking, so a moment's
-    wait covers a runner that won the lock a moment ago."""
-    deadline = time.monotonic() + 0.5
-    while True:
-        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-        if text.isdigit() or time.monotonic() > deadline:
-            return int(text) if text.isdigit() else None
-        time.sleep(0.01)

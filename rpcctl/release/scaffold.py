@@ -6,6 +6,7 @@ import re
 import shlex
 from pathlib import Path
 
+from app_agent.wire import environment
 from rpcctl.exceptions import UsageError
 from rpcctl.release.config import HOOK_EVENTS, rpcctl_executable
 
@@ -43,6 +44,7 @@ post_stop = "rel/hooks/post_stop"
 # post_stop = "continue"
 """
 
+# In the shell templates, {BIN}, {PROG}, {RPCCTL} and {APP_PID} are variables' names (_ENV).
 LAUNCHER_TEMPLATE = """\
 #!/bin/sh
 # Launcher for the {name} release: `bin/{name} ping`, `bin/{name} rpc EXPR`, `bin/{name} start`...
@@ -58,13 +60,13 @@ while [ -h "$self" ]; do
     esac
 done
 root=$(cd "$(dirname "$self")/.." && pwd -P)
-# RPCCTL_BIN overrides; else the rpcctl that made this launcher, else rpcctl on PATH.
-rpcctl=${{RPCCTL_BIN:-}}
+# {BIN} overrides; else the rpcctl that made this launcher, else rpcctl on PATH.
+rpcctl=${{{BIN}:-}}
 made_by={made_by}
 if [ -z "$rpcctl" ]; then
     if [ -n "$made_by" ] && [ -x "$made_by" ]; then rpcctl=$made_by; else rpcctl=rpcctl; fi
 fi
-export RPCCTL_PROG="$0"  # what hints and errors call this command
+export {PROG}="$0"  # what hints and errors call this command
 exec "$rpcctl" --config "$root/rpcctl.toml" "$@"
 """
 
@@ -75,12 +77,20 @@ MIGRATE_TEMPLATE = """\
 # so a release whose migrations fail never serves traffic.
 set -eu
 # The runner has already seen a ping; this also makes the script safe to run by hand.
-"$RPCCTL" ping --wait 30 >/dev/null
-echo "migrating {name} (pid ${{RPCCTL_APP_PID:-?}})"
+"${RPCCTL}" ping --wait 30 >/dev/null
+echo "migrating {name} (pid ${{{APP_PID}:-?}})"
 # --lock-wait: with a lock backend shared by replicas, every replica can run this hook;
 # one migrates, the others wait for it and then find nothing left to do.
-"$RPCCTL" rpc --lock-wait 300 {task}
+"${RPCCTL}" rpc --lock-wait 300 {task}
 """
+
+_ENV = {
+    "BIN": environment.BIN,
+    "PROG": environment.PROG,
+    "RPCCTL": environment.RPCCTL,
+    "APP_PID": environment.APP_PID,
+}
+"""The variables the launcher and the hook read and set, by their one name."""
 
 DJANGO_COMMAND = '["python", "-m", "gunicorn", "--preload", "{module}.wsgi"]'
 """A Django site's command: gunicorn loads the site (and so the agent) once, in its arbiter,
@@ -125,11 +135,11 @@ def init(
     files: dict[Path, tuple[str, int]] = {
         directory / "rpcctl.toml": (config, 0o644),
         directory / "bin" / name: (
-            LAUNCHER_TEMPLATE.format(name=name, made_by=made_by),
+            LAUNCHER_TEMPLATE.format(name=name, made_by=made_by, **_ENV),
             0o755,
         ),
         directory / "rel" / "hooks" / "post_start" / "10-migrate.sh": (
-            MIGRATE_TEMPLATE.format(name=name, task=_migrate_task(module, settings)),
+            MIGRATE_TEMPLATE.format(name=name, task=_migrate_task(module, settings), **_ENV),
             0o755,
         ),
     }
@@ -172,7 +182,7 @@ def next_steps(name: str, directory: Path, module: str | None = None) -> list[st
             f"{module}.tasks.migrate.",
             f"Start the agent in your app's entry point (python -m {module}) with "
             f'app_agent.start(tasks=["{module}.tasks"]) and no node: {launcher} start gives '
-            "it RPCCTL_NODE. On SIGTERM, stop serving and call agent.stop().",
+            f"it {environment.NODE}. On SIGTERM, stop serving and call agent.stop().",
         ]
         task = f"{module}.tasks.migrate"
     return [

@@ -14,6 +14,7 @@ from app_agent._agent import Agent
 from app_agent.contrib.django import _serving, _settings
 from app_agent.exceptions import AddressInUse, ConfigurationError, TaskRegistrationError
 from app_agent.logs import get_logger
+from app_agent.wire import environment
 
 
 def autostart() -> Agent | None:
@@ -31,7 +32,7 @@ def autostart() -> Agent | None:
     if _settings.node() is None:
         log.warning(
             "agent.not_started",
-            reason="no node address: set RPCCTL_NODE in the settings or the environment",
+            reason=f"no node address: set {environment.NODE} in the settings or the environment",
         )
         return None
     try:
@@ -50,7 +51,7 @@ def start_agent() -> Agent:
     """Start the agent with the settings; it stops when the process exits."""
     node = _settings.node()
     if node is None:
-        msg = "RPCCTL_NODE is not set (in the settings or the environment)"
+        msg = f"{environment.NODE} is not set (in the settings or the environment)"
         raise ImproperlyConfigured(msg)
     try:
         agent = app_agent.start(node, _settings.task_modules(), **_settings.start_options())

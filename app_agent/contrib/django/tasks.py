@@ -16,6 +16,7 @@ from typing import Any
 
 from app_agent._registry import Task, registry
 from app_agent.contrib.django import _settings, checks
+from app_agent.wire import environment
 
 MODULE = "django"
 """The tasks' module part: they are called as ``django.migrate`` and so on."""
@@ -119,7 +120,7 @@ def _check_allowed(name: object) -> None:
     if name not in allowed:
         msg = (
             f"the management command {name!r} is not allowed remotely; "
-            f"RPCCTL_DJANGO_COMMANDS allows: {', '.join(allowed) or 'none'}"
+            f"{environment.DJANGO_COMMANDS} allows: {', '.join(allowed) or 'none'}"
         )
         raise TypeError(msg)
     if name == "migrate":
