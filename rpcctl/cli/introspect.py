@@ -415,6 +415,7 @@ def mem(
 
 # -- log-level -------------------------------------------------------------------------------
 
+
 def parse_duration(text: str) -> float:
     """``90``, ``30s``, ``10m``, ``1.5h``, ``500ms``, ``1d`` as seconds; UsageError otherwise."""
     try:
