@@ -482,6 +482,16 @@ class HistoryStore:
         if writer is None or not writer.is_alive():
             self._database.close()
 
+    def abandon_in_child(self) -> None:
+        """After a fork, in the child (as the agent abandons itself there): the writer did
+        not come along, and its connection is the parent's. Write nothing more, and never
+        touch that connection: later records are dropped."""
+        self._lock = threading.Lock()  # a parent's thread may have held it at the fork
+        self._closed = True
+        self._writing = True  # no writer starts in this process
+        self._queue = queue.SimpleQueue()
+        self._database.abandon()
+
     # -- the writer's side -------------------------------------------------------------------
 
     def _run(self) -> None:
@@ -777,6 +787,9 @@ class _Database(Protocol):
     def disconnect(self) -> None:
         """Let go of the writer's connection (the next write connects again)."""
 
+    def abandon(self) -> None:
+        """In a forked child: forget the parent's connections without closing them."""
+
     def close(self) -> None: ...
 
 
@@ -845,8 +858,19 @@ class _Sqlite:
         if connection is not None:
             connection.close()
 
+    def abandon(self) -> None:
+        # Kept, never closed nor used: closing a connection carried across a fork may
+        # checkpoint the parent's WAL and delete it (sqlite.org/howtocorrupt.html, 2.6).
+        if self._connection is not None:
+            _INHERITED.append(self._connection)
+        self._connection = None
+
     def close(self) -> None:
         self.disconnect()
+
+
+_INHERITED: list[sqlite3.Connection] = []
+"""SQLite connections a forked child inherited: held here so that nothing closes them."""
 
 
 def _create_private(path: str) -> None:
@@ -940,6 +964,9 @@ class _Postgres:
 
     def disconnect(self) -> None:
         self._schema_ready = False  # the table may be gone (a database dropped and recreated)
+
+    def abandon(self) -> None:
+        self.engine.dispose(close=False)  # the pooled sessions are the parent's
 
     def close(self) -> None:
         self.engine.dispose()

@@ -724,6 +724,35 @@ def test_close_with_the_store_down_gives_up_at_once_and_says_what_was_lost(
     assert (lost["count"], lost["reason"]) == (7, "the store is unavailable")
 
 
+def test_a_forked_child_leaves_the_parents_store_alone(
+    tmp_path: Path, stores: Callable[..., HistoryStore]
+) -> None:
+    """A child forked while the writer's connection is open (as a pre-fork server's workers
+    are) writes nothing through it, starts no writer, and the parent goes on."""
+    store = stores(f"sqlite:{tmp_path / 'h.sqlite3'}")
+    store.record(record("parent1"))
+    assert store.flush(DEADLINE)
+    assert store._database._connection is not None  # type: ignore[attr-defined]
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        status = 1
+        try:
+            store.abandon_in_child()
+            store.record(record("child"))
+            alone = (
+                store.dropped == 1
+                and store._database._connection is None  # type: ignore[attr-defined]
+                and not [t for t in threading.enumerate() if t.name == "rpcctl-history"]
+            )
+            status = 0 if alone else 1
+        finally:
+            os._exit(status)
+    assert os.waitpid(pid, 0)[1] == 0
+    store.record(record("parent2"))
+    assert store.flush(DEADLINE)
+    assert [e["job"] for e in store.query()] == ["parent2", "parent1"]
+
+
 def test_the_writer_exits_when_idle_and_the_next_record_starts_one(
     tmp_path: Path, stores: Callable[..., HistoryStore]
 ) -> None:
