@@ -44,6 +44,7 @@ from app_agent.exceptions import AgentError, ConfigurationError
 from app_agent.logs import get_logger
 from app_agent.wire import environment as env
 from app_agent.wire import protocol
+from app_agent.wire.backoff import Backoff
 
 if TYPE_CHECKING:
     import sqlite3
@@ -504,7 +505,7 @@ class HistoryStore:
                 self._writing = False
 
     def _write_until_idle(self) -> None:
-        retry = _Retry()
+        retry = Backoff(RETRY_FIRST, RETRY_MAX, factor=2)
         batch: list[Record] = []
         marker: threading.Event | None = None
         while True:
@@ -518,7 +519,7 @@ class HistoryStore:
             if batch:
                 if self._write(batch):
                     batch = []
-                    retry = _Retry()
+                    retry = Backoff(RETRY_FIRST, RETRY_MAX, factor=2)
                 elif self._closing.is_set():  # stopping, and the store is down: give up
                     self._log.warning(
                         "history.lost",
@@ -528,7 +529,7 @@ class HistoryStore:
                     )
                     batch = []
                 else:
-                    retry.wait(self._closing)
+                    self._closing.wait(retry.pause())  # woken by close()
                     continue
             if marker is not None:
                 marker.set()
@@ -657,17 +658,6 @@ class _Prune(NamedTuple):
     app: str
     keep: int
     before: float
-
-
-class _Retry:
-    """The writer's growing pause between attempts while the store is unavailable."""
-
-    def __init__(self) -> None:
-        self.delay = RETRY_FIRST
-
-    def wait(self, stop: threading.Event) -> None:
-        stop.wait(self.delay)
-        self.delay = min(self.delay * 2, RETRY_MAX)
 
 
 def _take(
