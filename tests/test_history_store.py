@@ -363,16 +363,15 @@ def test_argument_values_only_for_tasks_that_opt_in() -> None:
         assert rec.argument_sizes == audit["argument_sizes"]
 
 
-def test_the_task_decorator_takes_record_args() -> None:
-    from app_agent._registry import registry
+def test_the_task_decorator_takes_record_args(monkeypatch: pytest.MonkeyPatch) -> None:
+    from app_agent import _registry
 
-    try:
-        assert task(record_args=True)(recorded) is recorded
-        found = registry.get(f"{__name__}.recorded")
-        assert found is not None
-        assert (found.record_args, found.log_values) == (True, False)
-    finally:
-        app_agent.reset_registry()
+    fresh = Registry()  # the process's registry holds other tests' tasks: leave it alone
+    monkeypatch.setattr(_registry, "registry", fresh)
+    assert task(record_args=True)(recorded) is recorded
+    found = fresh.get(f"{__name__}.recorded")
+    assert found is not None
+    assert (found.record_args, found.log_values) == (True, False)
 
 
 # -- queries ---------------------------------------------------------------------------------
