@@ -182,25 +182,10 @@ class PostgresLocks:
     """
 
     def __init__(self, url: str) -> None:
-        try:
-            import sqlalchemy
-        except ImportError:
-            msg = (
-                "PostgreSQL locks need SQLAlchemy and a driver: "
-                f"pip install sqlalchemy {_install_hint()}"
-            )
-            raise ConfigurationError(msg) from None
+        self.engine = pg_engine(url, "PostgreSQL locks", pool=False)
+        import sqlalchemy
+
         self._text = sqlalchemy.text
-        full_url = with_driver(url)
-        try:
-            self.engine = sqlalchemy.create_engine(full_url, poolclass=sqlalchemy.pool.NullPool)
-        except ImportError as exc:
-            scheme = full_url.split("://", 1)[0]
-            msg = f"PostgreSQL locks: the driver of {scheme}:// is not installed ({exc})"
-            raise ConfigurationError(msg) from None
-        except sqlalchemy.exc.ArgumentError as exc:
-            msg = f"PostgreSQL locks: bad database URL ({exc})"
-            raise ConfigurationError(msg) from None
 
     def acquire(self, name: str, holder: Holder, wait: float) -> Lease:
         key = _lock_key(name)
@@ -258,24 +243,54 @@ class _PostgresLease:
             self._connection.close()  # ending the session releases the lock in any case
 
 
-def with_driver(url: str) -> str:
+def pg_engine(url: str, what: str, pool: bool, **options: Any) -> Any:
+    """A SQLAlchemy engine for the PostgreSQL *url* (a plain one names an installed driver,
+    see :func:`with_driver`), created with *options*. With *pool*, sessions are kept between
+    uses and checked before each (one may have died with a database restart); without, each
+    use opens a session of its own (a lock's session ends with its lease).
+
+    ConfigurationError saying what *what* ("PostgreSQL locks") needs when SQLAlchemy or the
+    driver is missing, or when the URL is bad.
+    """
+    try:
+        import sqlalchemy
+    except ImportError:
+        msg = f"{what} need SQLAlchemy and a driver: pip install sqlalchemy {_install_hint()}"
+        raise ConfigurationError(msg) from None
+    full_url = with_driver(url, what)
+    if pool:
+        options.setdefault("pool_pre_ping", True)
+    else:
+        options["poolclass"] = sqlalchemy.pool.NullPool
+    try:
+        return sqlalchemy.create_engine(full_url, **options)
+    except ImportError as exc:
+        scheme = full_url.split("://", 1)[0]
+        msg = f"{what}: the driver of {scheme}:// is not installed ({exc})"
+        raise ConfigurationError(msg) from None
+    except sqlalchemy.exc.ArgumentError as exc:
+        msg = f"{what}: bad database URL ({exc})"
+        raise ConfigurationError(msg) from None
+
+
+def with_driver(url: str, what: str = "PostgreSQL locks") -> str:
     """*url* with an installed PostgreSQL driver named, unless it names one already."""
     scheme, sep, rest = url.partition("://")
     if not sep or "+" in scheme:
         return url
-    return f"postgresql+{installed_driver()}://{rest}"
+    return f"postgresql+{installed_driver(what)}://{rest}"
 
 
-def installed_driver() -> str:
+def installed_driver(what: str = "PostgreSQL locks") -> str:
     """The first PostgreSQL driver of :data:`PG_DRIVERS` that imports; ConfigurationError
-    naming what to install when none does."""
+    naming what *what* needs installed when none does."""
     for module, _distribution in PG_DRIVERS:
         try:
             importlib.import_module(module)
         except ImportError:
             continue
         return module
-    msg = f"PostgreSQL locks need a PostgreSQL driver: pip install {_install_hint()}"
+    msg = f"{what} need a PostgreSQL driver: pip install {_install_hint()}"
     raise ConfigurationError(msg)
 
 

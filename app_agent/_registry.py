@@ -28,6 +28,9 @@ class Task:
     """An optional short name given with ``@task(name=...)``."""
     log_values: bool = False
     """Whether the audit log may record argument values (they may carry secrets)."""
+    record_args: bool = False
+    """Whether the durable job history may keep argument values (a switch of its own: the
+    history is read by anyone granted ``read`` and may be shared by a fleet)."""
     lock: str | None = None
     """A run-once lock held while the task runs (``@task(lock="migrations")``)."""
     timeout: float | None = None
@@ -107,6 +110,7 @@ class Registry:
         log_values: bool = False,
         lock: str | None = None,
         timeout: float | None = None,
+        record_args: bool = False,
     ) -> Task:
         name = f"{_module_name(func)}.{func.__qualname__}"
         if "<locals>" in name:
@@ -116,7 +120,13 @@ class Registry:
             msg = f"{name}: timeout must be a positive number of seconds, got {timeout!r}"
             raise TaskRegistrationError(msg)
         record = Task(
-            name=name, func=func, alias=alias, log_values=log_values, lock=lock, timeout=timeout
+            name=name,
+            func=func,
+            alias=alias,
+            log_values=log_values,
+            record_args=record_args,
+            lock=lock,
+            timeout=timeout,
         )
         with self._lock:
             if alias is not None:
@@ -181,6 +191,7 @@ def task(
     log_values: bool = False,
     lock: str | None = None,
     timeout: float | None = None,
+    record_args: bool = False,
 ) -> Callable[[F], F]: ...
 
 
@@ -192,12 +203,15 @@ def task(
     log_values: bool = False,
     lock: str | None = None,
     timeout: float | None = None,
+    record_args: bool = False,
 ) -> F | Callable[[F], F]:
     """Register a function (plain or ``async def``) as a release task.
 
     ``@task`` registers ``module.function``; ``@task(name="migrate")`` adds an alias. The
     audit log records each call's argument names and sizes; ``log_values=True`` lets it
-    record the values too (leave it off for tasks whose arguments may carry secrets).
+    record the values too (leave it off for tasks whose arguments may carry secrets);
+    ``record_args=True`` lets the durable job history keep them (a switch of its own: the
+    history is read by any identity granted ``read``, and on PostgreSQL shared by the fleet).
     ``lock="name"`` makes the task run once at a time under that lock (a second call waits
     up to its ``--lock-wait`` or fails with exit 7); ``timeout=S`` bounds it on the agent's
     side. The function itself is returned unchanged, so the app can still call it directly.
@@ -207,7 +221,14 @@ def task(
         if not callable(f):
             msg = f"@task needs a function, got {f!r}"
             raise TaskRegistrationError(msg)
-        registry.add(f, alias=name, log_values=log_values, lock=lock, timeout=timeout)
+        registry.add(
+            f,
+            alias=name,
+            log_values=log_values,
+            lock=lock,
+            timeout=timeout,
+            record_args=record_args,
+        )
         return f
 
     if func is not None:

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypedDict
 
-from app_agent import wire
+from app_agent import _history, wire
 from app_agent.exceptions import ConfigurationError
 from app_agent.wire import cookies
 from app_agent.wire import environment as env
@@ -59,6 +59,12 @@ class StartOptions(TypedDict, total=False):
     - ``max_argument_bytes``: bytes of arguments (as JSON) one request may carry (else
       ``RPCCTL_MAX_ARGUMENT_BYTES``, default 16 MiB); a larger request is refused (exit 2)
       without being held, as is a compressed one that would inflate past it.
+    - ``history``: where finished jobs are kept, durably (else ``RPCCTL_HISTORY``):
+      ``sqlite:PATH`` (relative to the working directory), ``postgresql://...`` (one table
+      shared by every replica) or ``off``; by default a SQLite file beside a ``unix:``
+      socket (``SOCKET.history.sqlite3``), none on tcp:// and tls://. ``history_keep``:
+      the newest records kept (else ``RPCCTL_HISTORY_KEEP``, default 10,000);
+      ``history_days``: the days a record is kept (else ``RPCCTL_HISTORY_DAYS``, default 30).
     """
 
     app: str | None
@@ -77,6 +83,9 @@ class StartOptions(TypedDict, total=False):
     console: bool | None
     console_log_statements: bool | None
     max_argument_bytes: int | None
+    history: str | None
+    history_keep: int | None
+    history_days: float | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +114,11 @@ class AgentConfig:
     """``RPCCTL_NODE`` when ``start(node=...)`` named another address: logged at start as
     ``agent.node_differs`` (under ``rpcctl start``, clients and the runner look there)."""
     max_argument_bytes: int = DEFAULT_MAX_ARGUMENT_BYTES
+    history: str = "off"
+    """Where finished jobs are kept, resolved: ``off``, ``sqlite:ABSOLUTE_PATH`` or a
+    PostgreSQL URL (see :mod:`app_agent._history`)."""
+    history_keep: int = _history.DEFAULT_KEEP
+    history_days: float = _history.DEFAULT_DAYS
 
     @property
     def insecure(self) -> bool:
@@ -179,6 +193,12 @@ def load(node: str | None = None, **options: Any) -> AgentConfig:
         ),
         environment_node=_other_environment_node(node, address),
         max_argument_bytes=_max_argument_bytes(options.get("max_argument_bytes")),
+        history=_history.resolve(
+            options.get("history") or os.environ.get(env.HISTORY),
+            _history.default_path(address),
+        ),
+        history_keep=_history_keep(options.get("history_keep")),
+        history_days=_history_days(options.get("history_days")),
     )
 
 
@@ -370,6 +390,22 @@ def _max_argument_bytes(given: int | None) -> int:
         msg = f"max_argument_bytes must be a whole number of bytes, at least 1024, not {value!r}"
         raise ConfigurationError(msg)
     return value
+
+
+def _history_keep(given: int | None) -> int:
+    value: int = _setting(given, env.HISTORY_KEEP, int, _history.DEFAULT_KEEP, "records")
+    if type(value) is not int or value < 1:
+        msg = f"history_keep must be a whole number of records, at least 1, not {value!r}"
+        raise ConfigurationError(msg)
+    return value
+
+
+def _history_days(given: float | None) -> float:
+    value: float = _setting(given, env.HISTORY_DAYS, float, _history.DEFAULT_DAYS, "days")
+    if type(value) not in (int, float) or not 0 < value < float("inf"):
+        msg = f"history_days must be a positive number of days, not {value!r}"
+        raise ConfigurationError(msg)
+    return float(value)
 
 
 _TRUE = ("1", "true", "yes", "on")

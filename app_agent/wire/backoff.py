@@ -30,9 +30,14 @@ class Backoff:
     def sleep(self) -> bool:
         """Sleep the next delay, cut short at the deadline; False, at once, once it has
         passed (the caller gives up)."""
-        remaining = self.remaining()
-        if remaining <= 0:
+        if self.remaining() <= 0:
             return False
-        time.sleep(min(self.delay, remaining))
-        self.delay = min(self.delay * self.factor, self.cap)
+        time.sleep(self.pause())
         return True
+
+    def pause(self) -> float:
+        """The next delay, cut at the deadline, growing the one after it: for a caller that
+        waits its own way (on an Event that may end the wait early)."""
+        pause = min(self.delay, self.remaining())
+        self.delay = min(self.delay * self.factor, self.cap)
+        return pause

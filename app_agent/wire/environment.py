@@ -32,6 +32,13 @@ APP_VERSION: Final = "RPCCTL_APP_VERSION"
 LOCKS: Final = "RPCCTL_LOCKS"
 """Where task locks live (``memory``, ``file:DIR``, ``postgresql://...``): read by the agent
 and by ``rpcctl eval``; the runner sets it for the app from ``[app] locks``."""
+HISTORY: Final = "RPCCTL_HISTORY"
+"""Where the agent keeps finished jobs: ``sqlite:PATH``, ``postgresql://...`` or ``off``
+(default: a SQLite file beside a ``unix:`` socket, none on tcp://)."""
+HISTORY_KEEP: Final = "RPCCTL_HISTORY_KEEP"
+"""Finished jobs the history keeps per app, the newest (default 10,000)."""
+HISTORY_DAYS: Final = "RPCCTL_HISTORY_DAYS"
+"""Days the history keeps a finished job (default 30)."""
 CONSOLE: Final = "RPCCTL_CONSOLE"
 """``1`` in the app's environment lets ``rpcctl remote`` open a console inside it."""
 CONSOLE_LOG_STATEMENTS: Final = "RPCCTL_CONSOLE_LOG_STATEMENTS"

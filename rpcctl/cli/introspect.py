@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Callable
 from typing import Any
 
 import click
 
+from app_agent.wire import times
 from app_agent.wire.words import plural
 from rpcctl import _flamegraph
 from rpcctl import _introspect_render as render
@@ -415,18 +415,13 @@ def mem(
 
 # -- log-level -------------------------------------------------------------------------------
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
 
 def parse_duration(text: str) -> float:
     """``90``, ``30s``, ``10m``, ``1.5h``, ``500ms``, ``1d`` as seconds; UsageError otherwise."""
-    match = _DURATION.match(text)
-    seconds = float(match[1]) * _UNIT_SECONDS[match[2] or "s"] if match else 0.0
-    if seconds <= 0:
-        msg = f"bad duration {text!r}: expected a positive number with a unit, e.g. 30s, 10m, 1h"
-        raise UsageError(msg)
-    return seconds
+    try:
+        return times.parse_duration(text)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 @cli.command("log-level")

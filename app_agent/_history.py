@@ -1,0 +1,962 @@
+"""The durable job history: finished jobs kept in SQLite or PostgreSQL, written off the call path.
+
+Where it lives (``start(history=...)``, else ``RPCCTL_HISTORY``):
+
+    sqlite:PATH          a SQLite file in WAL mode, created owner-only (0600); a relative PATH
+                         is resolved against the app's working directory at start
+    postgresql://...     one table, ``rpcctl_history``, shared by every replica that names the
+                         same database, created on first use (``postgres://`` and
+                         ``postgresql+DRIVER://`` too; the driver is found as for locks)
+    off                  no durable history
+    (nothing)            an agent on ``unix:SOCKET`` keeps ``SOCKET.history.sqlite3``; one on
+                         tcp:// or tls:// keeps none: a container has no obvious place for
+                         it, and a file appearing in the working directory would surprise
+
+The app never waits for the database: :meth:`HistoryStore.record` puts the record on a bounded
+queue (QUEUE_SIZE; past it records are dropped and counted), and one writer thread, started
+by the first record and gone after WRITER_IDLE idle seconds, writes them in batches (a burst
+gathers for LINGER seconds into one transaction). A store
+that is down, locked or full is logged once (``history.unavailable``), retried with a growing
+delay, and logged again when it is back (``history.available_again``, with the records
+dropped meanwhile); the writer reconnects by itself, so history survives a restart of the
+app and of the database. Retention (the newest ``keep`` records and ``days`` days, per app)
+is enforced by the writer in the transaction of the write that brings the records written
+since the last prune to a tenth of ``keep`` (at most PRUNE_EVERY), or PRUNE_INTERVAL after
+it, never on the caller's thread: a table holds at most about 10% more than ``keep``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import queue
+import stat
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+
+from app_agent import _threads, wire
+from app_agent.exceptions import AgentError, ConfigurationError
+from app_agent.logs import get_logger
+from app_agent.wire import environment as env
+from app_agent.wire import protocol
+from app_agent.wire.backoff import Backoff
+
+if TYPE_CHECKING:
+    import sqlite3
+
+    from app_agent._job import Job
+
+OFF = "off"
+SQLITE_SUFFIX = ".history.sqlite3"
+"""The default store of an agent on ``unix:SOCKET``: ``SOCKET.history.sqlite3``."""
+TABLE = "rpcctl_history"
+DEFAULT_KEEP = 10_000
+"""Records kept per app, the newest first (``history_keep``, ``RPCCTL_HISTORY_KEEP``)."""
+DEFAULT_DAYS = 30.0
+"""Days a record is kept (``history_days``, ``RPCCTL_HISTORY_DAYS``)."""
+QUEUE_SIZE = 1_000
+"""Records waiting for the writer; past it they are dropped (and counted), so a database
+that is down never grows the app's memory (at most ~5 MiB, arguments included)."""
+BATCH = 200
+"""Records written in one transaction at most."""
+LINGER = 0.05
+"""Seconds the writer lets records gather before a write that would be smaller than BATCH:
+one transaction for a burst instead of one per record (alone, a record costs the writer
+~120 µs of SQLite commit; in a batch ~12 µs, its formatting included)."""
+WRITER_IDLE = 5.0
+"""Seconds the writer thread waits for a record before it exits (the next record starts one)."""
+RETRY_FIRST = 0.5
+RETRY_MAX = 30.0
+"""Seconds between attempts while the store is unavailable: from RETRY_FIRST, growing to this."""
+PRUNE_INTERVAL = 3600.0
+"""Seconds between prunes at most."""
+PRUNE_EVERY = 1_000
+"""Records written between prunes at most (a tenth of ``keep`` when that is fewer)."""
+CLOSE_TIMEOUT = 2.0
+"""Seconds :meth:`HistoryStore.close` waits for the queued records to be written."""
+MAX_ERROR_LINE = 500
+"""Characters kept of a failed job's error line."""
+MAX_ARGUMENTS_BYTES = 4096
+"""Argument values (``@task(record_args=True)``) are kept when they take at most this many
+bytes as JSON; bigger ones are not (their sizes always are)."""
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 10_000
+SQLITE_BUSY_TIMEOUT = 2.0
+"""Seconds a SQLite statement waits for another process's write lock before failing."""
+PG_SESSION_DEFAULTS: Mapping[str, Any] = {
+    "connect_timeout": 5,
+    # A database gone without a word (a partition, a dead host) is noticed in ~25 s.
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "options": "-c statement_timeout=10000",
+}
+"""libpq settings of the store's sessions, unless the URL sets them: a stalled database
+fails a write (and is logged) instead of holding the writer for ever."""
+_FORMS = "sqlite:PATH, postgresql://USER@HOST/DATABASE or off"
+
+_COLUMNS = (
+    "app",
+    "host",
+    "pid",
+    "node",
+    "job",
+    "task",
+    "caller",
+    "identity",
+    "started",
+    "duration",
+    "state",
+    "exit_code",
+    "error",
+    "argument_sizes",
+    "arguments",
+    "trace_id",
+)
+# One schema for both engines: SQLite reads these type names by affinity. Times are seconds
+# since the epoch (UTC): ``to_timestamp(started)`` in PostgreSQL, ``datetime(started,
+# 'unixepoch')`` in SQLite.
+_CREATE_TABLE = f"""CREATE TABLE IF NOT EXISTS {TABLE} (
+    app TEXT NOT NULL,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    node TEXT NOT NULL,
+    job TEXT NOT NULL,
+    task TEXT NOT NULL,
+    caller TEXT NOT NULL,
+    identity TEXT,
+    started DOUBLE PRECISION NOT NULL,
+    duration DOUBLE PRECISION NOT NULL,
+    state TEXT NOT NULL,
+    exit_code INTEGER NOT NULL,
+    error TEXT,
+    argument_sizes TEXT NOT NULL,
+    arguments TEXT,
+    trace_id TEXT,
+    PRIMARY KEY (app, host, pid, job)
+)"""
+_CREATE_INDEX = f"CREATE INDEX IF NOT EXISTS {TABLE}_app_started ON {TABLE} (app, started)"
+_COLUMN_LIST = ", ".join(_COLUMNS)
+# ON CONFLICT: a batch retried after a commit whose answer was lost is written once.
+_INSERT = (
+    f"INSERT INTO {TABLE} ({_COLUMN_LIST}) "  # noqa: S608  (constants: values are bound)
+    f"VALUES ({', '.join(':' + c for c in _COLUMNS)}) ON CONFLICT DO NOTHING"
+)
+# PostgreSQL: one statement per batch, each column's values as one array: a third of the CPU
+# of an executemany, for which psycopg sends and reads back a statement per row.
+_PG_TYPES = {"pid": "integer", "exit_code": "integer", "started": "float8", "duration": "float8"}
+_PG_INSERT = (
+    f"INSERT INTO {TABLE} ({_COLUMN_LIST}) SELECT * FROM unnest("  # noqa: S608  (same)
+    + ", ".join(f"CAST(:{c} AS {_PG_TYPES.get(c, 'text')}[])" for c in _COLUMNS)
+    + ") ON CONFLICT DO NOTHING"
+)
+_SELECT = f"SELECT {_COLUMN_LIST} FROM {TABLE}"  # noqa: S608  (same)
+_PRUNE_AGE = f"DELETE FROM {TABLE} WHERE app = :app AND started < :before"  # noqa: S608  (same)
+_PRUNE_COUNT = (
+    f"DELETE FROM {TABLE} WHERE app = :app AND started < ("  # noqa: S608  (same)
+    f"SELECT started FROM {TABLE} WHERE app = :app ORDER BY started DESC LIMIT 1 OFFSET :skip)"
+)
+
+
+class HistoryUnavailable(AgentError):
+    """The history cannot be read: the store is off, or cannot be reached."""
+
+
+class Record(NamedTuple):
+    """What a finished job leaves in the history (the store adds where it ran: app, node,
+    host, pid). Built on the thread that ends the job, so only cheap work here."""
+
+    job: str
+    task: str
+    caller: str
+    identity: str | None
+    started: float
+    """Seconds since the epoch (UTC)."""
+    duration: float
+    state: str
+    exit_code: int
+    error: str | None
+    """The error's first line (``Type: message``), at most MAX_ERROR_LINE characters."""
+    argument_sizes: Mapping[str, int]
+    arguments: Mapping[str, Any] | None = None
+    trace_id: str | None = None
+
+
+def finished(
+    job: Job, arguments: Mapping[str, Any] | None = None, trace_id: str | None = None
+) -> Record:
+    """The record of the ended *job*. Its *arguments* (the call's named arguments) are kept
+    only when its task opted in with ``@task(record_args=True)`` and they take at most
+    MAX_ARGUMENTS_BYTES as JSON (the sizes the audit measured tell, without encoding them)."""
+    sizes: Mapping[str, int] = job.audit.get("argument_sizes") or {}
+    kept = None
+    if arguments and job.task.record_args and sum(sizes.values()) <= MAX_ARGUMENTS_BYTES:
+        kept = arguments
+    error = job.error
+    line = None
+    exit_code = 0 if job.state == protocol.SUCCEEDED else _exit_code(error)
+    if error is not None:
+        message = str(error.get("message") or "").strip().partition("\n")[0]
+        kind = str(error.get("type") or error.get("kind") or "")
+        line = ": ".join(part for part in (kind, message) if part)[:MAX_ERROR_LINE] or None
+    end = job.finished_at if job.finished_at is not None else time.time()
+    return Record(
+        job=job.id,
+        task=job.task.name,
+        caller=job.caller,
+        identity=job.audit.get("identity"),
+        started=job.started_at,
+        duration=end - job.started_at,
+        state=job.state,
+        exit_code=exit_code,
+        error=line,
+        argument_sizes=sizes,
+        arguments=kept,
+        trace_id=trace_id,
+    )
+
+
+def _exit_code(error: Mapping[str, Any] | None) -> int:
+    """The exit code an ended job's caller got: its error's kind's (1 when it has none)."""
+    try:
+        return wire.ErrorKind(error["kind"]).exit_code if error else 1
+    except (KeyError, ValueError):
+        return 1
+
+
+# -- the spec --------------------------------------------------------------------------------
+
+
+def default_path(address: wire.Address) -> str | None:
+    """Where an agent at *address* keeps its history when told nothing: beside its UNIX
+    socket; None (no history) on tcp:// and tls://."""
+    return address.path + SQLITE_SUFFIX if address.is_unix else None
+
+
+def resolve(spec: str | None, default: str | None) -> str:
+    """The store *spec* names, resolved: ``off``, ``sqlite:ABSOLUTE_PATH`` or a PostgreSQL URL.
+    No spec means a SQLite file at *default*, or off without one. ConfigurationError naming
+    the accepted forms."""
+    if spec is not None and not isinstance(spec, str):
+        msg = f"history must be a string ({_FORMS}), not {spec!r}"
+        raise ConfigurationError(msg)
+    text = (spec or "").strip()
+    if not text:
+        return f"sqlite:{os.path.abspath(default)}" if default else OFF
+    if text.lower() == OFF:
+        return OFF
+    if text.startswith("sqlite:"):
+        path = text.removeprefix("sqlite:")
+        if path.startswith("//"):  # sqlite:///abs/path, as SQLAlchemy writes it
+            path = path[2:]
+        if not path.strip():
+            msg = f"bad history store {text!r}: the SQLite path is empty (expected {_FORMS})"
+            raise ConfigurationError(msg)
+        return f"sqlite:{os.path.abspath(path)}"
+    scheme, sep, rest = text.partition("://")
+    if sep and rest and scheme.partition("+")[0] in ("postgresql", "postgres"):
+        return text
+    msg = f"bad history store {shown(text)!r}: expected {_FORMS} (start(history=) or {env.HISTORY})"
+    raise ConfigurationError(msg)
+
+
+def shown(spec: str) -> str:
+    """*spec* as logs and messages may show it: a URL's password masked."""
+    try:
+        parts = urllib.parse.urlsplit(spec)
+        password = parts.password
+    except ValueError:
+        return spec.partition("://")[0] + "://..."
+    if not password:
+        return spec
+    netloc = parts.netloc.replace(f":{password}@", ":***@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def open_store(
+    spec: str | None,
+    default: str | None = None,
+    *,
+    app: str,
+    node: str,
+    keep: int = DEFAULT_KEEP,
+    days: float = DEFAULT_DAYS,
+    log: Any = None,
+) -> Store:
+    """The store *spec* names (see :func:`resolve`; *default*: the SQLite file used without
+    one). Opening touches no database: the first record (or query) does, so an agent starts
+    while its database is down. ConfigurationError for a bad spec, or PostgreSQL without
+    SQLAlchemy or a driver."""
+    resolved = resolve(spec, default)
+    if resolved == OFF:
+        return NoHistory()
+    database: _Database
+    if resolved.startswith("sqlite:"):
+        database = _Sqlite(resolved.removeprefix("sqlite:"))
+    else:
+        database = _Postgres(resolved)
+    return HistoryStore(database, app=app, node=node, keep=keep, days=days, log=log)
+
+
+# -- the stores ------------------------------------------------------------------------------
+
+
+class NoHistory:
+    """``history=off`` (or a tcp:// agent told nothing): records go nowhere."""
+
+    spec = OFF
+
+    def record(self, record: Record) -> None:
+        pass
+
+    def query(
+        self,
+        since: float | None = None,
+        task: str | None = None,
+        identity: str | None = None,
+        limit: int = DEFAULT_LIMIT,
+    ) -> list[dict[str, Any]]:
+        msg = (
+            "this agent keeps no job history (history is off: start the app with "
+            f"history='sqlite:PATH' or 'postgresql://...', or set {env.HISTORY})"
+        )
+        raise HistoryUnavailable(msg)
+
+    def flush(self, timeout: float) -> bool:
+        return True
+
+    def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        pass
+
+
+class HistoryStore:
+    """Finished jobs of one app, in a database, written by a thread of the store's own."""
+
+    def __init__(
+        self,
+        database: _Database,
+        *,
+        app: str,
+        node: str,
+        keep: int = DEFAULT_KEEP,
+        days: float = DEFAULT_DAYS,
+        log: Any = None,
+        idle: float | None = None,
+    ) -> None:
+        self.spec = database.spec
+        self.app = app
+        self.node = node
+        self.keep = keep
+        self.days = days
+        self._database = database
+        self._log = log if log is not None else get_logger()
+        self._host = _clean(os.uname().nodename)
+        self._idle = WRITER_IDLE if idle is None else idle
+        # Records, and flush markers (Events set once what came before them is written).
+        self._queue: queue.SimpleQueue[Record | threading.Event] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._writing = False  # a writer thread is running, or about to
+        self._writer: threading.Thread | None = None
+        self._closed = False
+        self._closing = threading.Event()
+        self._no_thread_logged = False
+        self.written = 0
+        """Records written so far (or found written already, by a batch tried again)."""
+        self.dropped = 0
+        """Records dropped so far: the queue was full, or the store closed."""
+        self._dropped_reported = 0
+        self._down_since: float | None = None  # monotonic, while the store is unavailable
+        self._dropped_at_down = 0
+        self._prune_every = max(1, min(keep // 10, PRUNE_EVERY))
+        self._since_prune = 0
+        self._last_prune = -math.inf
+
+    # -- the caller's side: nothing here may block or raise -----------------------------------
+
+    def record(self, record: Record) -> None:
+        """Queue *record* for the writer; never waits, never raises."""
+        if self._closed or self._queue.qsize() >= QUEUE_SIZE:
+            with self._lock:
+                self.dropped += 1
+            return
+        self._queue.put(record)
+        if not self._writing:
+            self._start_writer()
+
+    def _start_writer(self) -> None:
+        with self._lock:
+            if self._writing or self._closed:
+                return
+            thread = threading.Thread(target=self._run, name="rpcctl-history", daemon=True)
+            try:
+                _threads.start(thread)
+            except _threads.NoThread as exc:  # the records wait; the next one tries again
+                if not self._no_thread_logged:
+                    self._no_thread_logged = True
+                    self._log.warning("history.no_thread", store=shown(self.spec), error=str(exc))
+                return
+            self._writing = True
+            self._writer = thread
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def query(
+        self,
+        since: float | None = None,
+        task: str | None = None,
+        identity: str | None = None,
+        limit: int = DEFAULT_LIMIT,
+    ) -> list[dict[str, Any]]:
+        """This app's finished jobs, newest first, as plain data (the table's columns by
+        name, where it ran included): started at or after *since* (seconds since the epoch),
+        of tasks matching the glob *task* (``*`` and ``?``), called by *identity*, at most
+        *limit* of them. ValueError for a bad argument; HistoryUnavailable when the store
+        cannot be read."""
+        _check_query(since, task, identity, limit)
+        where = ["app = :app"]
+        params: dict[str, Any] = {"app": self.app, "limit": limit}
+        if since is not None:
+            where.append("started >= :since")
+            params["since"] = since
+        if task is not None:
+            condition, params["task"] = self._database.glob(task)
+            where.append(condition)
+        if identity is not None:
+            where.append("identity = :identity")
+            params["identity"] = identity
+        sql = f"{_SELECT} WHERE {' AND '.join(where)} ORDER BY started DESC, job DESC LIMIT :limit"
+        try:
+            rows = self._database.select(sql, params)
+        except Exception as exc:  # noqa: BLE001  (whatever the driver raises: one clear line)
+            msg = f"the history store {shown(self.spec)} cannot be read: {_first_line(exc)}"
+            raise HistoryUnavailable(msg) from None
+        return [_entry(row) for row in rows]
+
+    # -- flushing and closing ----------------------------------------------------------------
+
+    def flush(self, timeout: float) -> bool:
+        """Wait up to *timeout* seconds for every record queued so far to be written (or
+        dropped); False when they were not."""
+        if self._closed:
+            return self._queue.qsize() == 0
+        marker = threading.Event()
+        self._queue.put(marker)
+        self._start_writer()
+        return marker.wait(timeout)
+
+    def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """Write what is queued, waiting up to *timeout* seconds (the agent is stopping), then
+        let go of the database. Records that could not be written are logged
+        (``history.lost``); later records are dropped."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._closing.set()
+        marker = threading.Event()
+        self._queue.put(marker)
+        with self._lock:
+            writer = self._writer if self._writing else None
+            if writer is None:
+                self._writing = True  # a writer for the last records; none starts after it
+                writer = threading.Thread(target=self._run, name="rpcctl-history", daemon=True)
+                try:
+                    _threads.start(writer)
+                except _threads.NoThread:
+                    writer = None
+        if writer is not None:
+            writer.join(timeout)
+        left = _discard(self._queue)
+        if left or (writer is not None and writer.is_alive()):
+            self._log.warning(
+                "history.lost",
+                store=shown(self.spec),
+                count=left,
+                reason=f"not written within {timeout:g}s of the agent stopping",
+            )
+        self._report_drops(force=True)
+        if writer is None or not writer.is_alive():
+            self._database.close()
+
+    def abandon_in_child(self) -> None:
+        """After a fork, in the child (as the agent abandons itself there): the writer did
+        not come along, and its connection is the parent's. Write nothing more, and never
+        touch that connection: later records are dropped."""
+        self._lock = threading.Lock()  # a parent's thread may have held it at the fork
+        self._closed = True
+        self._writing = True  # no writer starts in this process
+        self._queue = queue.SimpleQueue()
+        self._database.abandon()
+
+    # -- the writer's side -------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._write_until_idle()
+        except BaseException as exc:  # noqa: BLE001  (a writer that dies must let the next start)
+            self._log.error("history.writer_failed", store=shown(self.spec), error=repr(exc))
+            with self._lock:
+                self._database.disconnect()
+                self._writing = False
+
+    def _write_until_idle(self) -> None:
+        retry = Backoff(RETRY_FIRST, RETRY_MAX, factor=2)
+        batch: list[Record] = []
+        marker: threading.Event | None = None
+        while True:
+            if not batch and marker is None:
+                first = self._next()
+                if first is None:
+                    return
+                if isinstance(first, Record) and self._queue.qsize() < BATCH:
+                    self._closing.wait(LINGER)  # not once closing
+                batch, marker = _take(first, self._queue)
+            if batch:
+                if self._write(batch):
+                    batch = []
+                    retry = Backoff(RETRY_FIRST, RETRY_MAX, factor=2)
+                elif self._closing.is_set():  # stopping, and the store is down: give up
+                    self._log.warning(
+                        "history.lost",
+                        store=shown(self.spec),
+                        count=len(batch) + _discard(self._queue),
+                        reason="the store is unavailable",
+                    )
+                    batch = []
+                else:
+                    self._closing.wait(retry.pause())  # woken by close()
+                    continue
+            if marker is not None:
+                marker.set()
+                marker = None
+
+    def _next(self) -> Record | threading.Event | None:
+        """The next item, waiting up to the idle time (not at all once closing); None when
+        the writer should exit: then no writer runs until the next record starts one."""
+        while True:
+            try:
+                if self._closing.is_set():
+                    return self._queue.get_nowait()
+                return self._queue.get(timeout=self._idle)
+            except queue.Empty:
+                with self._lock:
+                    # A record put after the timeout and before the lock saw a writer
+                    # running and started none: stay and write it.
+                    if self._queue.qsize() == 0:
+                        self._database.disconnect()  # before the next writer connects
+                        self._writing = False
+                        return None
+
+    def _write(self, batch: list[Record]) -> bool:
+        """Write *batch* (and prune, when due); False when the store is unavailable."""
+        where = {
+            "app": _clean(self.app),
+            "host": self._host,
+            "pid": os.getpid(),
+            "node": _clean(self.node),
+        }
+        rows = [_row(record, where) for record in batch]
+        prune = self._prune_due(len(rows))
+        refused = 0
+        failure = self._attempt(rows, prune)
+        if failure is not None and not self._database.unavailable(failure):
+            failure = self._attempt(rows, prune)  # the table may have gone: now made again
+            if failure is not None and not self._database.unavailable(failure):
+                failure, refused = self._write_one_by_one(rows)
+                prune = None
+        if failure is not None:
+            self._went_down(failure)
+            return False
+        self._came_back()
+        self.written += len(rows) - refused
+        self._since_prune += len(rows)
+        if prune is not None:
+            self._since_prune = 0
+            self._last_prune = time.monotonic()
+        self._report_drops()
+        return True
+
+    def _attempt(self, rows: list[dict[str, Any]], prune: _Prune | None) -> BaseException | None:
+        """Write *rows* in one transaction; the failure, if any."""
+        try:
+            self._database.write(rows, prune)
+        except Exception as exc:  # noqa: BLE001  (the store failing is never the app's failure)
+            self._database.disconnect()
+            return exc
+        return None
+
+    def _write_one_by_one(self, rows: list[dict[str, Any]]) -> tuple[BaseException | None, int]:
+        """Write what the database accepts of *rows* (refused twice as a batch), and log the
+        rows it refuses for their content, never to retry them: (the failure when the store
+        turns out to be unavailable, how many rows it refused)."""
+        refused: list[str] = []
+        for row in rows:
+            failure = self._attempt([row], None)
+            if failure is not None:
+                if self._database.unavailable(failure):
+                    return failure, len(refused)
+                refused.append(f"job {row['job']}: {_first_line(failure)}")
+        if refused:
+            self._log.warning(
+                "history.refused", store=shown(self.spec), count=len(refused), first=refused[0]
+            )
+        return None, len(refused)
+
+    def _prune_due(self, count: int) -> _Prune | None:
+        """What to prune with the next *count* records: on the write that brings those
+        written since the last prune to a tenth of ``keep`` (at most PRUNE_EVERY), or
+        PRUNE_INTERVAL after the last."""
+        due = self._since_prune + count >= self._prune_every
+        if due or time.monotonic() - self._last_prune >= PRUNE_INTERVAL:
+            return _Prune(self.app, self.keep, time.time() - self.days * 86400)
+        return None
+
+    def _went_down(self, exc: BaseException) -> None:
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            self._dropped_at_down = self.dropped
+            self._log.warning(
+                "history.unavailable",
+                store=shown(self.spec),
+                error=_first_line(exc),
+                queued=self._queue.qsize(),
+                retry_max_s=RETRY_MAX,
+            )
+
+    def _came_back(self) -> None:
+        if self._down_since is None:
+            return
+        self._log.info(
+            "history.available_again",
+            store=shown(self.spec),
+            down_s=round(time.monotonic() - self._down_since, 1),
+            dropped=self.dropped - self._dropped_at_down,
+        )
+        self._dropped_reported = self.dropped
+        self._down_since = None
+
+    def _report_drops(self, force: bool = False) -> None:
+        """Log the records dropped since the last report (the queue was full)."""
+        dropped = self.dropped
+        if dropped > self._dropped_reported and (force or self._down_since is None):
+            self._log.warning(
+                "history.dropped",
+                store=shown(self.spec),
+                count=dropped - self._dropped_reported,
+                total=dropped,
+                reason=f"more than {QUEUE_SIZE:,} records were waiting to be written",
+            )
+            self._dropped_reported = dropped
+
+
+class _Prune(NamedTuple):
+    app: str
+    keep: int
+    before: float
+
+
+def _take(
+    first: Record | threading.Event, items: queue.SimpleQueue[Record | threading.Event]
+) -> tuple[list[Record], threading.Event | None]:
+    """A batch of records from *first* on, up to BATCH or the first flush marker."""
+    batch: list[Record] = []
+    item = first
+    while True:
+        if isinstance(item, threading.Event):
+            return batch, item
+        batch.append(item)
+        if len(batch) >= BATCH:
+            return batch, None
+        try:
+            item = items.get_nowait()
+        except queue.Empty:
+            return batch, None
+
+
+def _discard(items: queue.SimpleQueue[Record | threading.Event]) -> int:
+    """Empty *items*: how many records it held; flush markers are set (nobody will write)."""
+    count = 0
+    while True:
+        try:
+            item = items.get_nowait()
+        except queue.Empty:
+            return count
+        if isinstance(item, threading.Event):
+            item.set()
+        else:
+            count += 1
+
+
+def _row(record: Record, where: dict[str, Any]) -> dict[str, Any]:
+    """*record* as the table's columns, with *where* it ran."""
+    row = dict(zip(Record._fields, map(_clean, record), strict=True))
+    row.update(where)
+    row["duration"] = round(record.duration, 3)
+    row["argument_sizes"] = json.dumps(dict(record.argument_sizes))
+    row["arguments"] = None if record.arguments is None else _clean(_json(record.arguments))
+    return row
+
+
+def _check_query(since: Any, task: Any, identity: Any, limit: Any) -> None:
+    if since is not None and (
+        not isinstance(since, int | float) or isinstance(since, bool) or not math.isfinite(since)
+    ):
+        msg = f"since must be a time in seconds since the epoch, not {since!r}"
+        raise ValueError(msg)
+    for name, value in (("task", task), ("identity", identity)):
+        if value is not None and (not isinstance(value, str) or not value):
+            msg = f"{name} must be a non-empty string, not {value!r}"
+            raise ValueError(msg)
+    if type(limit) is not int or not 1 <= limit <= MAX_LIMIT:
+        msg = f"limit must be a whole number from 1 to {MAX_LIMIT:,}, not {limit!r}"
+        raise ValueError(msg)
+
+
+def _entry(row: tuple[Any, ...]) -> dict[str, Any]:
+    """A row as plain data, ready for JSON: the table's columns by name."""
+    entry = dict(zip(_COLUMNS, row, strict=True))
+    entry["argument_sizes"] = json.loads(entry["argument_sizes"])
+    if entry["arguments"] is not None:
+        entry["arguments"] = json.loads(entry["arguments"])
+    return entry
+
+
+def _json(value: Any) -> str:
+    try:
+        return wire.dumps(value)
+    except (TypeError, ValueError, RecursionError):
+        return json.dumps(repr(value))
+
+
+def _clean(value: Any) -> Any:
+    """Text either database takes: no NUL (PostgreSQL refuses it), no lone surrogate (no
+    encoding takes it)."""
+    if not isinstance(value, str) or ("\x00" not in value and value.isascii()):
+        return value
+    if "\x00" in value:
+        value = value.replace("\x00", "\ufffd")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        value = value.encode("utf-8", "backslashreplace").decode()
+    return value
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().partition("\n")[0]
+    return f"{type(exc).__name__}: {text}"[:MAX_ERROR_LINE]
+
+
+Store = HistoryStore | NoHistory
+"""What :func:`open_store` returns."""
+
+
+# -- the databases -----------------------------------------------------------------------------
+
+
+class _Database(Protocol):
+    spec: str
+
+    def write(self, rows: list[dict[str, Any]], prune: _Prune | None) -> None:
+        """Insert *rows* (and prune) in one transaction, connecting first if need be."""
+
+    def select(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]: ...
+
+    def glob(self, pattern: str) -> tuple[str, str]:
+        """A condition on ``task`` matching the glob *pattern*, and its parameter."""
+
+    def unavailable(self, exc: BaseException) -> bool:
+        """Whether *exc* means the store cannot be used now (rather than that it refused
+        what was written)."""
+
+    def disconnect(self) -> None:
+        """Let go of the writer's connection (the next write connects again)."""
+
+    def abandon(self) -> None:
+        """In a forked child: forget the parent's connections without closing them."""
+
+    def close(self) -> None: ...
+
+
+def _prune_statements(prune: _Prune) -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (_PRUNE_AGE, {"app": prune.app, "before": prune.before}),
+        (_PRUNE_COUNT, {"app": prune.app, "skip": prune.keep - 1}),
+    ]
+
+
+class _Sqlite:
+    """A SQLite file: one connection for the writer, one per query."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.spec = f"sqlite:{path}"
+        self._connection: sqlite3.Connection | None = None
+
+    def _connect(self) -> sqlite3.Connection:
+        import sqlite3
+
+        _create_private(self.path)
+        connection = sqlite3.connect(
+            self.path, timeout=SQLITE_BUSY_TIMEOUT, check_same_thread=False
+        )
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")  # WAL: durable but the last commits
+            with connection:
+                connection.execute(_CREATE_TABLE)
+                connection.execute(_CREATE_INDEX)
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    def write(self, rows: list[dict[str, Any]], prune: _Prune | None) -> None:
+        if self._connection is None:
+            self._connection = self._connect()
+        with self._connection as connection:
+            connection.executemany(_INSERT, rows)
+            for sql, params in _prune_statements(prune) if prune is not None else ():
+                connection.execute(sql, params)
+
+    def select(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        with contextlib.closing(self._connect()) as connection:
+            return connection.execute(sql, params).fetchall()
+
+    def glob(self, pattern: str) -> tuple[str, str]:
+        # GLOB is case-sensitive, like the access file's patterns; "[" stands for itself.
+        return "task GLOB :task", pattern.replace("[", "[[]")
+
+    def unavailable(self, exc: BaseException) -> bool:
+        import sqlite3
+
+        refused = (
+            sqlite3.IntegrityError,
+            sqlite3.DataError,
+            sqlite3.InterfaceError,
+            sqlite3.ProgrammingError,
+        )
+        return not isinstance(exc, refused)
+
+    def disconnect(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close()
+
+    def abandon(self) -> None:
+        # Kept, never closed nor used: closing a connection carried across a fork may
+        # checkpoint the parent's WAL and delete it (sqlite.org/howtocorrupt.html, 2.6).
+        if self._connection is not None:
+            _INHERITED.append(self._connection)
+        self._connection = None
+
+    def close(self) -> None:
+        self.disconnect()
+
+
+_INHERITED: list[sqlite3.Connection] = []
+"""SQLite connections a forked child inherited: held here so that nothing closes them."""
+
+
+def _create_private(path: str) -> None:
+    """Create the SQLite file owner-only (SQLite gives its -wal and -shm files the same
+    mode), or check the one there: a regular file of this user's that nobody else may write.
+    A link, or another user's file, planted there is refused (PermissionError, which the
+    writer logs as the store being unavailable)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        os.close(os.open(path, flags, 0o600))
+        return
+    except FileExistsError:
+        info = os.lstat(path)
+    problem = ""
+    if not stat.S_ISREG(info.st_mode):
+        problem = "is not a regular file"
+    elif info.st_uid != os.geteuid():
+        problem = f"belongs to uid {info.st_uid}, not to this app's user (uid {os.geteuid()})"
+    elif info.st_mode & 0o022:
+        mode = stat.S_IMODE(info.st_mode)
+        problem = f"may be written by others (mode {mode:04o}; fix it with chmod 600 {path})"
+    if problem:
+        msg = f"{path} {problem}: the history is not written there"
+        raise PermissionError(msg)
+
+
+class _Postgres:
+    """A PostgreSQL table shared by every replica: a small pool, sessions checked before use."""
+
+    def __init__(self, url: str) -> None:
+        from app_agent import _locks
+
+        self.spec = url
+        settings = dict(PG_SESSION_DEFAULTS)
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
+        connect_args = {k: v for k, v in settings.items() if k not in query}
+        self.engine = _locks.pg_engine(
+            url,
+            "PostgreSQL history stores",
+            pool=True,
+            pool_size=1,
+            max_overflow=4,
+            pool_timeout=5,
+            connect_args=connect_args,
+        )
+        import sqlalchemy
+
+        self._text = sqlalchemy.text
+        self._insert = sqlalchemy.text(_PG_INSERT)
+        self._exc = sqlalchemy.exc
+        self._schema_ready = False
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Any]:
+        with self.engine.begin() as connection:
+            if not self._schema_ready:
+                self._create_schema(connection)
+            yield connection
+        self._schema_ready = True  # committed: no need to look again on this engine
+
+    def _create_schema(self, connection: Any) -> None:
+        """Create the table once, however many replicas try at once: two concurrent
+        ``CREATE TABLE IF NOT EXISTS`` may both go ahead, and one fail on the catalog's
+        unique index; a transaction-scoped advisory lock makes them take turns."""
+        from app_agent._locks import _lock_key
+
+        connection.execute(
+            self._text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(f"schema {TABLE}")}
+        )
+        connection.execute(self._text(_CREATE_TABLE))
+        connection.execute(self._text(_CREATE_INDEX))
+
+    def write(self, rows: list[dict[str, Any]], prune: _Prune | None) -> None:
+        columns = {name: [row[name] for row in rows] for name in _COLUMNS}
+        with self._transaction() as connection:
+            connection.execute(self._insert, columns)
+            for sql, params in _prune_statements(prune) if prune is not None else ():
+                connection.execute(self._text(sql), params)
+
+    def select(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        with self._transaction() as connection:
+            return [tuple(row) for row in connection.execute(self._text(sql), params)]
+
+    def glob(self, pattern: str) -> tuple[str, str]:
+        like = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        return "task LIKE :task ESCAPE '\\'", like.replace("*", "%").replace("?", "_")
+
+    def unavailable(self, exc: BaseException) -> bool:
+        refused = (self._exc.IntegrityError, self._exc.DataError, self._exc.ProgrammingError)
+        return not isinstance(exc, refused) or bool(getattr(exc, "connection_invalidated", False))
+
+    def disconnect(self) -> None:
+        self._schema_ready = False  # the table may be gone (a database dropped and recreated)
+
+    def abandon(self) -> None:
+        self.engine.dispose(close=False)  # the pooled sessions are the parent's
+
+    def close(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,209 @@
+"""What the durable job history costs a call: `record()` on the caller's thread, and a whole
+kept-connection call with and without a history store.
+
+    python bench/history_cost.py [--calls N] [--rounds R] [--pg URL]
+
+1. In this process: µs per ``store.record(finished(job))`` (what the agent's job table will
+   do when a job ends) into a SQLite store whose writer is running, and the one record
+   that starts the writer after it went idle (a thread start).
+2. Two host processes, each an agent with a no-op task: one records every finished job into
+   a SQLite store (the job table's end of job wired to the store here, as the agent will
+   be), one has none. Back-to-back kept-connection calls, blocks of each alternating over R
+   rounds: the means, and what the history adds. With ``--pg``, a third host records into
+   PostgreSQL.
+
+Prints one JSON object; the target is record() ≤ 5 % of a kept-connection call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+LINGER = 0.05  # app_agent._history.LINGER
+
+
+def host(node: str, spec: str) -> None:
+    """An app with its agent; with *spec*, every finished job is recorded into that store."""
+    sys.path.insert(0, str(HERE))
+    import app_agent
+    from app_agent import _history
+    from app_agent._jobs import JobTable
+
+    store = None
+    if spec != "none":
+        store = _history.open_store(spec, app="bench-history", node=node)
+        retire = JobTable._retire
+
+        def retire_and_record(self: JobTable, job: Any) -> None:
+            retire(self, job)
+            store.record(_history.finished(job))
+
+        JobTable._retire = retire_and_record  # type: ignore[method-assign]
+    agent = app_agent.start(node=node, tasks=["bench_tasks"], app="bench-history")
+    print("LISTENING", flush=True)
+    sys.stdin.read()  # serve until the benchmark closes our stdin
+    agent.stop()
+    if store is not None:
+        store.flush(30)
+        print(f"written {store.written}, dropped {store.dropped}", flush=True)
+        store.close()
+
+
+def record_cost(work: Path, calls: int) -> dict[str, float]:
+    """µs per record() of a finished job, the writer running; and a record that starts it."""
+    from app_agent import _history
+    from app_agent._jobs import JobTable
+    from app_agent._locks import MemoryLocks
+    from app_agent._registry import Registry
+
+    sys.path.insert(0, str(HERE))
+    import bench_tasks
+
+    registry = Registry()
+    task = registry.add(bench_tasks.noop)
+    table = JobTable(MemoryLocks())
+    job = table.create(task, "uid=1000 pid=4242")
+    job.audit = {"caller": "uid=1000 pid=4242", "identity": None, "argument_sizes": {}}
+    table.start(job, (), {}, inline=True)
+    store = _history.open_store(f"sqlite:{work / 'cost.sqlite3'}", app="bench", node="unix:/b")
+    assert isinstance(store, _history.HistoryStore)
+    timings: list[float] = []
+    burst = 100  # then the writer catches up (untimed): the queue never fills
+    for _ in range(max(calls // burst, 1)):
+        for _ in range(burst):
+            t0 = time.perf_counter_ns()
+            store.record(_history.finished(job))
+            timings.append((time.perf_counter_ns() - t0) / 1000)
+        store.flush(30)
+    starts: list[float] = []
+    store._idle = 0.01
+    for _ in range(20):
+        while store._writing:  # wait for the idle writer to exit
+            time.sleep(0.005)
+        t0 = time.perf_counter_ns()
+        store.record(_history.finished(job))
+        starts.append((time.perf_counter_ns() - t0) / 1000)
+        store.flush(30)
+    store.close()
+    return {
+        "record_us_median": round(statistics.median(timings), 2),
+        "record_us_mean": round(statistics.mean(timings), 2),
+        "record_us_p99": round(sorted(timings)[int(len(timings) * 0.99)], 2),
+        "record_starting_the_writer_us_median": round(statistics.median(starts), 1),
+        "records_timed": len(timings),
+    }
+
+
+def call_cost(work: Path, calls: int, rounds: int, pg: str | None) -> dict[str, Any]:
+    """Mean µs of a kept-connection call to hosts without and with a history store."""
+    import rpcctl
+
+    specs = {"none": "none", "sqlite": f"sqlite:{work / 'calls.sqlite3'}"}
+    if pg:
+        specs["postgresql"] = pg
+    hosts: dict[str, subprocess.Popen[str]] = {}
+    clients: dict[str, Any] = {}
+    try:
+        for name, spec in specs.items():
+            node = f"unix:{work}/{name}.sock"
+            hosts[name] = subprocess.Popen(
+                [sys.executable, __file__, "host", node, spec],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,  # the agents' audit lines
+                text=True,
+            )
+            stdout = hosts[name].stdout
+            assert stdout is not None
+            line = stdout.readline()
+            if not line.startswith("LISTENING"):
+                msg = f"the {name} host did not start: {line!r}"
+                raise RuntimeError(msg)
+            clients[name] = rpcctl.connect(node)
+        for client in clients.values():  # warm up
+            for _ in range(200):
+                client.call("bench_tasks.noop")
+        means: dict[str, list[float]] = {name: [] for name in specs}
+        cpu = dict.fromkeys(specs, 0.0)  # the host's CPU seconds during its blocks
+        block = max(calls // rounds, 10)
+        for _ in range(rounds):
+            for name, client in clients.items():
+                cpu0 = process_cpu(hosts[name].pid)
+                t0 = time.perf_counter_ns()
+                for _ in range(block):
+                    client.call("bench_tasks.noop")
+                means[name].append((time.perf_counter_ns() - t0) / 1000 / block)
+                time.sleep(3 * LINGER)  # the writer's last batch of the block lands
+                cpu[name] += process_cpu(hosts[name].pid) - cpu0
+        for client in clients.values():
+            client.close()
+        recorded = {}
+        for name, proc in hosts.items():
+            out, _ = proc.communicate("", timeout=60)
+            if name != "none":
+                recorded[name] = out.strip().splitlines()[-1]
+    finally:
+        for proc in hosts.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    base = statistics.mean(means["none"])
+    base_cpu = cpu["none"] / (block * rounds) * 1e6
+    result: dict[str, Any] = {
+        "call_us_no_history": round(base, 1),
+        "host_cpu_us_per_call_no_history": round(base_cpu, 1),
+        "calls_per_kind": block * rounds,
+    }
+    for name in specs:
+        if name == "none":
+            continue
+        with_store = statistics.mean(means[name])
+        result[f"call_us_{name}"] = round(with_store, 1)
+        result[f"call_{name}_vs_none"] = f"{with_store / base - 1:+.1%}"
+        host_cpu = cpu[name] / (block * rounds) * 1e6
+        result[f"host_cpu_us_per_call_{name}"] = round(host_cpu, 1)
+        result[f"host_cpu_{name}_vs_none"] = f"{host_cpu / base_cpu - 1:+.1%}"
+        result[f"host_{name}"] = recorded[name]
+    return result
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user and system) process *pid* has used, all its threads together."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "host":
+        host(sys.argv[2], sys.argv[3])
+        return
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--calls", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--pg", help="also a host recording into this PostgreSQL URL")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="rpcctl-bench-", dir="/tmp"))
+    try:
+        result = record_cost(work, args.calls)
+        result.update(call_cost(work, args.calls, args.rounds, args.pg))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result["record_vs_call"] = f"{result['record_us_mean'] / result['call_us_no_history']:.2%}"
+    result["target"] = "record() <= 5% of a kept-connection call"
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
