@@ -222,11 +222,12 @@ class Agent:
         from rpyc.core import consts
 
         from app_agent import streams
+        from app_agent._caller import Caller, Hangup
         from app_agent._service import PROTOCOL_CONFIG, AgentService
-        from app_agent._service_base import Hangup
 
-        service = AgentService(self.state, caller=peer, auth=auth, identity=identity)
-        service.peer_gone = Hangup(sock.fileno())
+        caller = Caller(self.state, caller=peer, auth=auth, identity=identity)
+        caller.peer_gone = Hangup(sock.fileno())
+        service = AgentService(caller)
         conn = None
         # A frame once begun must keep coming: no pause longer than this (nor than the idle
         # timeout), and the whole of it at a minimum rate (streams.BoundedChannel).
@@ -545,8 +546,14 @@ def _oversized_reply(big: Any, limit: int, identity: Identity) -> str:
     for an identity that may run nothing (it has no arguments to send)."""
     if not limit:
         message = f"{identity} may run no task, so it sends no arguments ({big}, refused unread)"
-        return wire.error(ErrorKind.AUTH, message)
-    return wire.error(ErrorKind.USAGE, arguments_too_big(big.size, limit))
+        return wire.error(ErrorKind.AUTH, message, wire.Reason.TASK_NOT_ALLOWED)
+    return wire.error(
+        ErrorKind.USAGE,
+        arguments_too_big(big.size, limit),
+        wire.Reason.ARGUMENTS_TOO_BIG,
+        size=big.size,
+        limit=limit,
+    )
 
 
 def _cause(exc: BaseException) -> BaseException:

@@ -38,7 +38,7 @@ from typing import Any
 from app_agent import _capture, wire
 from app_agent._jobs import FAILED, SUCCEEDED, Job
 from app_agent._registry import Task
-from app_agent.wire import ErrorKind
+from app_agent.wire import ErrorKind, Reason
 from app_agent.wire import environment as env
 
 TYPE_CHECKING = False
@@ -296,7 +296,7 @@ def _async_raise(thread: int, exc: type[BaseException] | None) -> None:
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread), target)
 
 
-# -- what the service's exposed methods call --------------------------------------------------
+# -- what the console's handlers (app_agent/_handlers_console.py) call ---------------------
 
 
 def open_session(
@@ -308,9 +308,11 @@ def open_session(
         state.log.warning(
             "console.refused", caller=caller, auth=auth, identity=identity, reason="console off"
         )
-        return wire.error(ErrorKind.AUTH, ENABLE_HINT), current
+        return wire.error(ErrorKind.AUTH, ENABLE_HINT, Reason.CONSOLE_OFF), current
     if current is not None:
-        return wire.error(ErrorKind.USAGE, "a console session is already open here"), current
+        return wire.error(
+            ErrorKind.USAGE, "a console session is already open here", Reason.CONSOLE_SESSION
+        ), current
     session = Session(state, caller, auth, identity)
     session.log.info("console.opened", log_statements=session.log_statements)
     reply = {
@@ -329,25 +331,29 @@ def push(session: Session | None, source: Any, wait: Any) -> str:
     if session is None:
         return _no_session()
     if type(source) is not str or type(wait) not in (int, float) or wait < 0:
-        return wire.error(ErrorKind.USAGE, "console_push() takes source text and seconds")
+        return wire.error(
+            ErrorKind.USAGE, "console_push() takes source text and seconds", Reason.BAD_ARGUMENTS
+        )
     if len(source) > MAX_STATEMENT:
         msg = f"a statement may have at most {MAX_STATEMENT:,} characters"
-        return wire.error(ErrorKind.USAGE, msg)
+        return wire.error(ErrorKind.USAGE, msg, Reason.ARGUMENTS_TOO_BIG)
     try:
         return wire.ok(session.push(source, min(float(wait), MAX_WAIT)))
     except ValueError as exc:
-        return wire.error(ErrorKind.USAGE, str(exc))
+        return wire.error(ErrorKind.USAGE, str(exc), Reason.BAD_ARGUMENTS)
 
 
 def poll(session: Session | None, cursor: Any, wait: Any) -> str:
     if session is None:
         return _no_session()
     if type(cursor) is not int or type(wait) not in (int, float) or wait < 0:
-        return wire.error(ErrorKind.USAGE, "console_poll() takes a cursor and seconds")
+        return wire.error(
+            ErrorKind.USAGE, "console_poll() takes a cursor and seconds", Reason.BAD_ARGUMENTS
+        )
     try:
         return wire.ok(session.poll(max(cursor, 0), min(float(wait), MAX_WAIT)))
     except ValueError as exc:
-        return wire.error(ErrorKind.USAGE, str(exc))
+        return wire.error(ErrorKind.USAGE, str(exc), Reason.BAD_ARGUMENTS)
 
 
 def interrupt(session: Session | None) -> str:
@@ -364,4 +370,5 @@ def close(session: Session | None, reason: str) -> str:
 
 
 def _no_session() -> str:
-    return wire.error(ErrorKind.USAGE, "no console session on this connection: open one first")
+    message = "no console session on this connection: open one first"
+    return wire.error(ErrorKind.USAGE, message, Reason.CONSOLE_SESSION)

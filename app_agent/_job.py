@@ -247,6 +247,7 @@ class Job:
             self.timed_out = True
             self.error = {
                 "kind": str(wire.ErrorKind.TIMEOUT),
+                "reason": str(wire.Reason.TASK_TIMEOUT),
                 "message": f"{self.task.name} exceeded its timeout of {self.task.timeout:g}s; "
                 "cancellation was requested",
             }

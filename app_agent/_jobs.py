@@ -241,7 +241,11 @@ class JobTable:
         except Busy as busy:
             job.finish(
                 FAILED,
-                error={"kind": str(wire.ErrorKind.BUSY), "message": str(busy)},
+                error={
+                    "kind": str(wire.ErrorKind.BUSY),
+                    "reason": str(wire.Reason.LOCK_HELD),
+                    "message": str(busy),
+                },
             )
             self._retire(job)
             raise
@@ -280,6 +284,7 @@ class JobTable:
 
 _INTERNAL_ERROR = {
     "kind": str(wire.ErrorKind.TASK_FAILED),
+    "reason": str(wire.Reason.RAISED),
     "type": "InternalError",
     "message": "the agent failed to record the job's outcome (see the app's log)",
 }
@@ -323,6 +328,7 @@ def _error(exc: BaseException, cancelled: bool) -> dict[str, Any]:
         text = ""
     return {
         "kind": str(wire.ErrorKind.TASK_FAILED),
+        "reason": str(wire.Reason.CANCELLED if cancelled else wire.Reason.RAISED),
         "type": kind,
         "message": message or ("cancelled" if cancelled else ""),
         "traceback": text,

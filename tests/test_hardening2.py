@@ -839,9 +839,12 @@ def test_exposed_methods_check_argument_types_before_touching_them(short_tmp: Pa
     assert touched == []
     assert {"log_level", "call", "run", "events", "cancel", "profile"} <= {n for n, _ in replies}
     assert {key: r["error"]["kind"] for key, r in replies.items() if r["ok"]} == {}
+    # Refused by the table's declaration of its arguments, before anything touches them.
     assert replies["log_level", 0]["error"]["message"] == (
-        "log_level() takes a logger name, a level (name or number) and seconds"
+        "log_level() takes logger: str|none = None, level: str|int|none = None, "
+        "for_s: float|none = None"
     )
+    assert {r["error"]["reason"] for r in replies.values()} == {"bad_arguments"}
 
 
 def test_a_cookie_exported_for_another_app_does_not_break_start(short_tmp: Path) -> None:

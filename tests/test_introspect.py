@@ -892,9 +892,9 @@ def test_cli_runner_stack_and_health_in_process(agent_in_process: Any, no_checks
 def test_an_agent_without_the_method_is_a_clear_usage_error(
     agent_in_process: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from app_agent._service_introspect import IntrospectionMethods
+    from app_agent._service import AgentService
 
-    monkeypatch.delattr(IntrospectionMethods, "exposed_stack")  # an agent from before `stack`
+    monkeypatch.delattr(AgentService, "exposed_stack")  # an agent from before `stack`
     result = CliRunner().invoke(cli, ["-n", agent_in_process.node, "stack"])
     assert result.exit_code == 2
     assert result.stderr == (

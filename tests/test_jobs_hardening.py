@@ -495,13 +495,14 @@ def test_the_service_answers_a_failure_to_start_and_lists_no_running_job(
     import structlog
 
     from app_agent import _service, _state
+    from app_agent._caller import Caller
     from app_agent._registry import Registry
 
     registry = Registry()
     registry._by_name["locked_echo"] = dataclasses.replace(echo_task, lock="x", name="locked_echo")
     locks: Any = _BrokenLocks()
     state = _state.AgentState(registry, "node", "app", structlog.get_logger(), locks)
-    service = _service.AgentService(state)
+    service = _service.AgentService(Caller(state))
     reply = json.loads(service.exposed_call("locked_echo"))
     assert reply["error"]["kind"] == "task_failed"
     assert reply["error"]["message"] == (

@@ -65,6 +65,7 @@ class Reason(enum.StrEnum):
     NO_DESCRIPTORS = "no_descriptors"  # it ran out of file descriptors
     ACCEPTED_NO_ANSWER = "accepted_no_answer"  # another host: accepted, then silence
     STILL_RUNNING = "still_running"  # a call's deadline passed; its job goes on (data: job)
+    TASK_TIMEOUT = "task_timeout"  # the task's own timeout passed, cancelled (data: job)
     # auth (5)
     NO_COOKIE = "no_cookie"  # the agent demands a cookie we lack
     WRONG_COOKIE = "wrong_cookie"  # or an unknown identity: they look alike by design
@@ -86,6 +87,10 @@ class Reason(enum.StrEnum):
     VERSION_MISMATCH = "version_mismatch"  # client and agent speak other protocol versions
     BAD_CONFIG = "bad_config"  # a configuration the agent or the client cannot use
     NO_METHOD = "no_method"  # an older agent lacks the method (data: method)
+    CONSOLE_SESSION = "console_session"  # no console session open here, or one already is
+    NO_RUNNER = "no_runner"  # restart asked of an app not under `rpcctl start`
+    NO_PROFILE = "no_profile"  # cancel of a profile that is not running (data: id)
+    BAD_LEVEL = "bad_level"  # an unknown log level or logger name
     # no such task (6)
     NO_SUCH_TASK = "no_such_task"  # (data: task, suggestion when one is close)
     NO_TASKS = "no_tasks"  # the app registers none at all
@@ -98,6 +103,7 @@ class Reason(enum.StrEnum):
     RAISED = "raised"  # the task raised (data: type, traceback)
     CANCELLED = "cancelled"  # the job was cancelled
     COULD_NOT_START = "could_not_start"  # the job could not start (data: type)
+    TRACING_STOPPED = "tracing_stopped"  # mem: the app stopped tracemalloc meanwhile
     # unhealthy (8)
     CHECK_FAILED = "check_failed"  # a health check failed (data: checks)
 

@@ -103,6 +103,8 @@ class Arg:
     types: str
     default: Any = REQUIRED
     grant: str = NO_GRANT
+    action: str = ""
+    """What giving it a value does, in the words of a refusal (``set log levels``)."""
 
     @property
     def required(self) -> bool:
@@ -134,6 +136,9 @@ class Method:
     """The argument whose seconds a client adds to its own timeout for this request (the
     method may legitimately take that long)."""
     doc: str = ""
+    action: str = ""
+    """What it does, in the words of a refusal: ``{identity} may not {action} (that needs
+    the {grant} grant)``; ``call {name}`` when not given."""
 
     def bind(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
         """The raw arguments of a call as ``{name: value}``, defaults filled in, each value
@@ -159,13 +164,14 @@ class Method:
             bound[arg.name] = value
         return bound
 
-    def grants_needed(self, bound: Mapping[str, Any]) -> list[str]:
-        """The grants this call needs: the method's own, then those of the arguments given a
-        value of their own (only the named grants; TASK and TASK_OR_READ are the handler's)."""
-        needed = [self.grant] if self.grant in GRANTS else []
+    def grants_needed(self, bound: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """The grants this call needs, each with the action a refusal names: the method's
+        own, then those of the arguments given a value of their own (only the named grants;
+        TASK and TASK_OR_READ are the handler's)."""
+        needed = [(self.grant, self.action or f"call {self.name}")] if self.grant in GRANTS else []
         for arg in self.args:
             if arg.grant and bound.get(arg.name, arg.default) != arg.default:
-                needed.append(arg.grant)
+                needed.append((arg.grant, arg.action or f"give {self.name} a {arg.name}"))
         return needed
 
     def signature(self) -> str:
@@ -187,6 +193,7 @@ def _method(name: str, concept: str, grant: str, *args: Arg, **fields: Any) -> M
 
 _JOB = "{id, task, caller, state, started_at, duration_s, result?, error?}"
 _SNAPSHOT = "{job, task, state, events, cursor, dropped, ...the job's summary}"
+_CONSOLE = "use the console"
 _CALL_ARGS = (
     Arg("name", "str"),
     Arg("args_json", "str", "[]"),
@@ -205,6 +212,7 @@ METHODS: Final[Mapping[str, Method]] = {
             READ,
             reply="{app, version, pid, node, started_at, uptime_s, versions, python, jobs, "
             "ready, event_loop}",
+            action="read info",
         ),
         _method(
             "tasks",
@@ -212,8 +220,16 @@ METHODS: Final[Mapping[str, Method]] = {
             READ,
             reply="[{name, alias, signature, doc, is_async}]",
             doc="The tasks this identity may run.",
+            action="list tasks",
         ),
-        _method("stop", "core", STOP, Arg("restart", "bool", False), reply="{pid, via}"),
+        _method(
+            "stop",
+            "core",
+            STOP,
+            Arg("restart", "bool", False),
+            reply="{pid, via}",
+            action="stop the app",
+        ),
         # -- jobs: run a task, follow it, list and cancel jobs ------------------------------
         _method(
             "call",
@@ -242,7 +258,14 @@ METHODS: Final[Mapping[str, Method]] = {
             streams=True,
             waits="wait",
         ),
-        _method("jobs", "jobs", READ, reply=f"[{_JOB}]", doc="Recent and running, newest first."),
+        _method(
+            "jobs",
+            "jobs",
+            READ,
+            reply=f"[{_JOB}]",
+            doc="Recent and running, newest first.",
+            action="list jobs",
+        ),
         _method(
             "cancel",
             "jobs",
@@ -252,8 +275,21 @@ METHODS: Final[Mapping[str, Method]] = {
             doc="A job (its task's grant) or a profile (read).",
         ),
         # -- introspection: look inside the live app ----------------------------------------
-        _method("stack", "introspection", READ, reply="{threads, asyncio, ...}"),
-        _method("stats", "introspection", READ, Arg("objects", "int", 0), reply="{pid, ...}"),
+        _method(
+            "stack",
+            "introspection",
+            READ,
+            reply="{threads, asyncio, ...}",
+            action="read the stack",
+        ),
+        _method(
+            "stats",
+            "introspection",
+            READ,
+            Arg("objects", "int", 0),
+            reply="{pid, ...}",
+            action="read stats",
+        ),
         _method(
             "health",
             "introspection",
@@ -261,6 +297,7 @@ METHODS: Final[Mapping[str, Method]] = {
             Arg("timeout", "float", 10.0),
             reply="{healthy, checks}",
             waits="timeout",
+            action="run the health checks",
         ),
         _method(
             "profile",
@@ -271,6 +308,7 @@ METHODS: Final[Mapping[str, Method]] = {
             Arg("idle", "bool", False),
             reply="{id, samples, frames, stacks, ended, ...}",
             waits="seconds",
+            action="profile the app",
         ),
         _method(
             "mem",
@@ -281,18 +319,26 @@ METHODS: Final[Mapping[str, Method]] = {
             Arg("group_by", "str", "line"),
             reply="{top, seconds, overhead, tracing, grew, group_by, ...}",
             waits="seconds",
+            action="diagnose memory",
         ),
         _method(
             "log_level",
             "introspection",
             READ,
             Arg("logger", "str|none", None),
-            Arg("level", "str|int|none", None, grant=LOG_LEVEL),
+            Arg("level", "str|int|none", None, grant=LOG_LEVEL, action="set log levels"),
             Arg("for_s", "float|none", None),
             reply="{logger, level, previous, ...} or the levels shown",
+            action="read log levels",
         ),
         # -- the remote console (off unless the app turns it on) ----------------------------
-        _method("console_open", "console", CONSOLE, reply="{session, app, pid, node, ...}"),
+        _method(
+            "console_open",
+            "console",
+            CONSOLE,
+            reply="{session, app, pid, node, ...}",
+            action=_CONSOLE,
+        ),
         _method(
             "console_push",
             "console",
@@ -302,6 +348,7 @@ METHODS: Final[Mapping[str, Method]] = {
             reply="{statement, events, cursor, dropped, state}",
             streams=True,
             waits="wait",
+            action=_CONSOLE,
         ),
         _method(
             "console_poll",
@@ -312,9 +359,10 @@ METHODS: Final[Mapping[str, Method]] = {
             reply="{statement, events, cursor, dropped, state}",
             streams=True,
             waits="wait",
+            action=_CONSOLE,
         ),
-        _method("console_interrupt", "console", CONSOLE, reply="{interrupted}"),
-        _method("console_close", "console", CONSOLE, reply="{statements, failed}"),
+        _method("console_interrupt", "console", CONSOLE, reply="{interrupted}", action=_CONSOLE),
+        _method("console_close", "console", CONSOLE, reply="{statements, failed}", action=_CONSOLE),
     )
 }
 """Every method an agent serves, by name, each once."""
