@@ -39,6 +39,7 @@ from app_agent.exceptions import (
     AgentAlreadyRunning,
     AgentError,
     ConfigurationError,
+    StartRefused,
 )
 from app_agent.logs import get_logger
 from app_agent.wire import Address, ErrorKind, processes
@@ -469,7 +470,7 @@ def start(
     global _current, _starting
     with _lock:
         if refusal is not None:
-            raise AgentError(refusal)
+            raise StartRefused(refusal)
         if _current is not None:
             msg = f"an agent is already running in this process on {_current.node}"
             raise AgentAlreadyRunning(msg)

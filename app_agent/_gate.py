@@ -33,7 +33,7 @@ from app_agent import wire
 from app_agent._access import UNRESTRICTED, Access, Identity, certificate_subject
 from app_agent._refusals import RefusalLog, Refused, short
 from app_agent._threads import NoThread
-from app_agent.wire import ErrorKind, cookies
+from app_agent.wire import ErrorKind, Reason, cookies
 from app_agent.wire.processes import peer_credentials
 from app_agent.wire.records import RecordSocket
 
@@ -348,7 +348,7 @@ class Gate:
                 pending.methods.append("peer-uid")
                 if uid not in self.allowed_uids:
                     reason = f"peer uid {uid} is not allowed (allowed: {sorted(self.allowed_uids)})"
-                    raise Refused(reason, ErrorKind.AUTH)
+                    raise Refused(reason, ErrorKind.AUTH, code=Reason.PEER_UID)
             if self.tls is not None:
                 pending.sock = self.tls.wrap_socket(
                     sock, server_side=True, do_handshake_on_connect=False
@@ -433,16 +433,24 @@ class Gate:
                 f"protocol version mismatch: the client speaks {short(version)}, "
                 f"this agent speaks {wire.PROTOCOL_VERSION}"
             )
-            raise Refused(reason, ErrorKind.USAGE)
+            raise Refused(reason, ErrorKind.USAGE, code=Reason.VERSION_MISMATCH)
         op = hello.get("op")
         if op not in ("rpc", "ping"):
-            raise Refused(f"unknown operation {short(op)}", ErrorKind.USAGE)
+            raise Refused(
+                f"unknown operation {short(op)}", ErrorKind.USAGE, code=Reason.BAD_ARGUMENTS
+            )
         nonce = hello.get("nonce")
         if not cookies.is_nonce(nonce):
-            raise Refused("the hello carries no valid nonce", ErrorKind.USAGE)
+            raise Refused(
+                "the hello carries no valid nonce", ErrorKind.USAGE, code=Reason.BAD_ARGUMENTS
+            )
         named = hello.get("identity")
         if named is not None and not wire.is_identity_name(named):
-            raise Refused(f"the hello names a malformed identity {short(named)}", ErrorKind.USAGE)
+            raise Refused(
+                f"the hello names a malformed identity {short(named)}",
+                ErrorKind.USAGE,
+                code=Reason.IDENTITY,
+            )
         pending.op = str(op)
         pending.client_nonce = str(nonce)
         pending.named = named or ""
@@ -452,6 +460,7 @@ class Gate:
                     f"the client names identity {named!r}, but this agent has no access file",
                     ErrorKind.AUTH,
                     "this agent has no identities (no access file): drop --identity",
+                    Reason.IDENTITY,
                 )
             pending.identity = UNRESTRICTED
             pending.secret = self.cookie
@@ -489,6 +498,7 @@ class Gate:
                 f"the client certificate matches several identities ({names})",
                 ErrorKind.AUTH,
                 "the client certificate matches several identities: name one with --identity",
+                Reason.IDENTITY,
             )
         if found:
             pending.identity = found[0]
@@ -501,6 +511,7 @@ class Gate:
             "no identity: the client names none, and neither its certificate nor its uid is one",
             ErrorKind.AUTH,
             "this agent requires an identity: name one with --identity NAME (or RPCCTL_IDENTITY)",
+            Reason.IDENTITY,
         )
 
     @staticmethod
@@ -517,6 +528,7 @@ class Gate:
                 pending.unknown or "no cookie: the client did not send a proof",
                 ErrorKind.AUTH,
                 "this agent requires a cookie",
+                Reason.NO_COOKIE,
             )
         expected = cookies.proof(
             pending.secret,
@@ -532,10 +544,15 @@ class Gate:
             reason = pending.unknown or (
                 f"wrong cookie for identity {pending.named!r}: the client's proof does not match"
             )
-            raise Refused(reason, ErrorKind.AUTH, "unknown identity or wrong cookie")
+            raise Refused(
+                reason, ErrorKind.AUTH, "unknown identity or wrong cookie", Reason.WRONG_COOKIE
+            )
         if not matches:
             raise Refused(
-                "wrong cookie: the client's proof does not match", ErrorKind.AUTH, "wrong cookie"
+                "wrong cookie: the client's proof does not match",
+                ErrorKind.AUTH,
+                "wrong cookie",
+                Reason.WRONG_COOKIE,
             )
         pending.methods.append("cookie")
         self._finish(pending)
@@ -557,6 +574,7 @@ class Gate:
                 "too many connections",
                 ErrorKind.UNREACHABLE,
                 "the agent serves as many connections as it may; try again shortly",
+                Reason.TOO_MANY_CONNECTIONS,
             )
         if pending.secret is not None:
             fields["proof"] = cookies.proof(
@@ -595,6 +613,7 @@ class Gate:
                 ErrorKind.BUSY,
                 f"{exc}; this call is refused, pings still answer: try again once the app "
                 "has fewer threads",
+                Reason.NO_THREAD,
             ) from None
         admitted = False
         try:
@@ -632,6 +651,8 @@ class Gate:
     def _refuse(self, pending: _Pending, refused: Refused, registered: bool = True) -> None:
         if refused.kind is not None:
             answer = {"ok": False, "kind": str(refused.kind), "message": refused.message}
+            if refused.code is not None:
+                answer["reason"] = str(refused.code)
             with contextlib.suppress(OSError, ValueError, Refused):
                 self._send(pending, answer)
         self.refusals.refused(

@@ -9,17 +9,25 @@ import threading
 import time
 from typing import Any
 
-from app_agent.wire import ErrorKind
+from app_agent.wire import ErrorKind, Reason
 
 
 class Refused(Exception):
-    """The peer failed a check; ``reason`` is logged, ``kind``/``message`` are sent to it."""
+    """The peer failed a check; ``reason`` is logged, ``kind``/``code``/``message`` are sent
+    to it (``code``: the wire.Reason the client makes its words from)."""
 
-    def __init__(self, reason: str, kind: ErrorKind | None = None, message: str = "") -> None:
+    def __init__(
+        self,
+        reason: str,
+        kind: ErrorKind | None = None,
+        message: str = "",
+        code: Reason | None = None,
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.kind = kind
         self.message = message or reason
+        self.code = code
 
 
 class RateLimitedLog:

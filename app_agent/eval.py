@@ -36,7 +36,7 @@ import traceback
 from typing import Any, TextIO
 
 from app_agent import wire
-from app_agent.wire import ErrorKind
+from app_agent.wire import ErrorKind, Reason
 from app_agent.wire import environment as env
 
 TYPE_CHECKING = False
@@ -77,11 +77,11 @@ class Reporter:
 class _Refused(Exception):
     """The call cannot run; its error kind and message end the report."""
 
-    def __init__(self, kind: ErrorKind, message: str, **extra: Any) -> None:
+    def __init__(self, kind: ErrorKind, message: str, reason: Reason, **extra: Any) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
-        self.extra = extra
+        self.extra = {"reason": str(reason), **extra}
 
 
 def main() -> int:
@@ -100,7 +100,9 @@ def _request(text: str) -> dict[str, Any]:
     try:
         request = json.loads(text)
     except ValueError as exc:
-        raise _Refused(ErrorKind.USAGE, f"eval: the request is not JSON ({exc})") from None
+        raise _Refused(
+            ErrorKind.USAGE, f"eval: the request is not JSON ({exc})", Reason.BAD_ARGUMENTS
+        ) from None
     types: dict[str, type | tuple[type, ...]] = {
         "task": str,
         "args": list,
@@ -112,7 +114,9 @@ def _request(text: str) -> dict[str, Any]:
     if not isinstance(request, dict) or not all(
         isinstance(request.get(k), t) for k, t in types.items()
     ):
-        raise _Refused(ErrorKind.USAGE, f"eval: the request must hold {sorted(types)}")
+        raise _Refused(
+            ErrorKind.USAGE, f"eval: the request must hold {sorted(types)}", Reason.BAD_ARGUMENTS
+        )
     return request
 
 
@@ -129,13 +133,16 @@ def run(request: dict[str, Any], report: Reporter) -> None:
         args, kwargs, _named = task.bind(request["args"], request["kwargs"])
     except TypeError as exc:
         raise _Refused(
-            ErrorKind.USAGE, f"{task.name}: {exc}", signature=task.display_signature
+            ErrorKind.USAGE,
+            f"{task.name}: {exc}",
+            Reason.BAD_ARGUMENTS,
+            signature=task.display_signature,
         ) from None
     spec = request.get("locks") or None
     try:
         locks = lock_backend(spec)
     except (ValueError, RuntimeError, OSError) as exc:  # ConfigurationError is a ValueError
-        raise _Refused(ErrorKind.USAGE, f"locks: {exc}") from None
+        raise _Refused(ErrorKind.USAGE, f"locks: {exc}", Reason.BAD_CONFIG) from None
     if task.lock is not None and isinstance(locks, MemoryLocks):
         report.send(
             {
@@ -187,10 +194,12 @@ def find_task(name: str, modules: list[str]) -> Task:
 
     for module in modules:
         if not isinstance(module, str) or not module:
-            raise _Refused(ErrorKind.USAGE, f"[app] tasks: {module!r} is not a module name")
+            raise _Refused(
+                ErrorKind.USAGE, f"[app] tasks: {module!r} is not a module name", Reason.BAD_CONFIG
+            )
         if not _import(module, wanted=module):
             msg = f"[app] tasks: no module named {module!r} (from {os.getcwd()})"
-            raise _Refused(ErrorKind.USAGE, msg)
+            raise _Refused(ErrorKind.USAGE, msg, Reason.BAD_CONFIG)
     found = registry.get(name)
     if found is not None:
         return found
@@ -204,13 +213,15 @@ def find_task(name: str, modules: list[str]) -> Task:
     found = registry.get(name)
     if found is not None:
         return found
-    raise _Refused(ErrorKind.NO_SUCH_TASK, _not_found(name, imported))
+    raise _Refused(
+        ErrorKind.NO_SUCH_TASK, _not_found(name, imported), Reason.NOT_IMPORTED, task=name
+    )
 
 
 def _import(module: str, wanted: str) -> bool:
     """Import *module*; False when it (or a package above it) does not exist. An import
     that starts the app, or raises, is reported as such."""
-    from app_agent.exceptions import AgentError
+    from app_agent.exceptions import AgentError, StartRefused
 
     try:
         importlib.import_module(module)
@@ -218,9 +229,11 @@ def _import(module: str, wanted: str) -> bool:
         if exc.name is not None and (module == exc.name or module.startswith(exc.name + ".")):
             return False
         raise _imported_raised(module, wanted, exc) from None
+    except StartRefused:
+        raise _Refused(
+            ErrorKind.USAGE, f"importing {module}: {START_REFUSED}", Reason.BAD_CONFIG
+        ) from None
     except AgentError as exc:
-        if str(exc) == START_REFUSED:
-            raise _Refused(ErrorKind.USAGE, f"importing {module}: {START_REFUSED}") from None
         raise _imported_raised(module, wanted, exc) from None
     # Importing runs the module's code: whatever it raises is the app's code raising.
     except BaseException as exc:  # noqa: BLE001
@@ -234,6 +247,7 @@ def _imported_raised(module: str, wanted: str, exc: BaseException) -> _Refused:
     return _Refused(
         ErrorKind.TASK_FAILED,
         f"importing {module} (for {wanted}) raised {type(exc).__qualname__}: {exc}",
+        Reason.RAISED,
         type=type(exc).__qualname__,
         traceback=text,
     )

@@ -21,3 +21,8 @@ class ConfigurationError(AgentError):
 
 class TaskRegistrationError(AgentError):
     """A task cannot be registered (bad target, alias taken) or its module cannot be imported."""
+
+
+class StartRefused(AgentError):
+    """This process must not start an agent (``rpcctl eval`` imports task modules in a
+    process of its own, where an import that starts the app is a mistake to name)."""

@@ -14,12 +14,8 @@ from app_agent.wire.cookies import COOKIE_ENV, COOKIE_FILE_ENV
 from rpcctl import client as client_mod
 from rpcctl._transport import Security
 from rpcctl.exceptions import (
-    AuthenticationFailed,
-    Busy,
     ConfigError,
-    NotReady,
     RpcctlError,
-    Unreachable,
 )
 
 # Without importing typing (which costs the ping path ~10 ms); mypy knows this name.
@@ -351,28 +347,26 @@ class Settings:
         return os.environ.get(PROG_ENV) or "rpcctl"
 
     def explain(self, exc: RpcctlError) -> str:
-        """*exc*'s message for this user: hints name the command they typed, an app that is
-        not running gets the command that starts it, a refused cookie says where it came from,
-        a busy lock how to wait for it.
-        """
-        message = exc.message
-        prog = self.prog
-        if prog != "rpcctl":
-            message = message.replace("`rpcctl ", f"`{prog} ")
-        if (
-            isinstance(exc, Unreachable)
-            and not isinstance(exc, NotReady)
-            and "no agent is running" in message
-            and self._node_config is not None
-        ):
-            start = prog  # a launcher passes its --config itself; plain rpcctl needs it
-            if self.config_path and prog == "rpcctl":
-                import shlex
+        """*exc*'s message for this user, with the hint its reason calls for
+        (:mod:`rpcctl._explain`): the command they typed, the command that starts an app that
+        is not running, where a refused cookie came from, how to wait for a busy lock."""
+        from rpcctl._explain import explain
 
-                start += f" --config {shlex.quote(self.config_path)}"
-            message += f"; start it with `{start} start`"
-        if isinstance(exc, AuthenticationFailed) and "cookie" in message and self.cookie_source:
-            message += f" (our cookie was read from {self.cookie_source})"
-        if isinstance(exc, Busy) and self.hint_lock_wait:
-            message += "; to wait for it instead, add --lock-wait SECONDS"
-        return message
+        return explain(
+            exc,
+            prog=self.prog,
+            start=self._start_command(),
+            cookie_source=self.cookie_source,
+            lock_wait=self.hint_lock_wait,
+        )
+
+    def _start_command(self) -> str | None:
+        """What starts the app whose config gave the node; None without one."""
+        if self._node_config is None:
+            return None
+        start = self.prog  # a launcher passes its --config itself; plain rpcctl needs it
+        if self.config_path and start == "rpcctl":
+            import shlex
+
+            start += f" --config {shlex.quote(self.config_path)}"
+        return start

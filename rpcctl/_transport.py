@@ -12,7 +12,7 @@ import sys
 import time
 
 from app_agent import wire
-from app_agent.wire import Address, ErrorKind, cookies, processes
+from app_agent.wire import Address, ErrorKind, Reason, cookies, processes
 from app_agent.wire.backoff import Backoff
 from app_agent.wire.processes import uid_label
 from rpcctl.exceptions import (
@@ -111,7 +111,9 @@ def open_socket(address: Address, timeout: float, security: Security) -> socket.
             infos = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
         except socket.gaierror as exc:
             msg = f"{address}: cannot resolve {address.host!r} ({exc.strerror})"
-            raise Unreachable(msg) from None
+            raise Unreachable(
+                msg, reason=Reason.CANNOT_RESOLVE, data={"host": address.host}
+            ) from None
         family, _type, _proto, _name, target = infos[0]
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -121,24 +123,28 @@ def open_socket(address: Address, timeout: float, security: Security) -> socket.
     except TimeoutError:
         sock.close()
         msg = f"{address}: no answer within {timeout:g}s"
-        raise CallTimeout(msg) from None
+        raise CallTimeout(msg, reason=Reason.NO_ANSWER, data={"seconds": timeout}) from None
     except FileNotFoundError:
         sock.close()
         msg = f"{address}: no agent is running (the socket does not exist)"
-        raise Unreachable(msg) from None
+        raise Unreachable(msg, reason=Reason.NO_SOCKET, data={"path": address.path}) from None
     except ConnectionRefusedError:
         sock.close()
         gone = processes.gone_agent_pid(address.path) if address.is_unix else None
+        data: dict[str, Any] = {"path": address.path} if address.is_unix else {}
         if gone is not None:
             why = f": the app exited without stopping its agent (pid {gone} is gone)"
+            reason, data["pid"] = Reason.APP_GONE, gone
+        elif address.is_unix:
+            why, reason = " (the socket is stale)", Reason.STALE_SOCKET
         else:
-            why = " (the socket is stale)" if address.is_unix else " (connection refused)"
+            why, reason = " (connection refused)", Reason.CONNECTION_REFUSED
         msg = f"{address}: no agent is running{why}"
-        raise Unreachable(msg) from None
+        raise Unreachable(msg, reason=reason, data=data) from None
     except OSError as exc:
         sock.close()
         msg = f"{address}: cannot connect ({exc.strerror or exc})"
-        raise Unreachable(msg) from None
+        raise Unreachable(msg, reason=Reason.CANNOT_CONNECT) from None
     sock.settimeout(max(deadline - time.monotonic(), 0.001))
     if address.is_unix:
         try:
@@ -181,7 +187,7 @@ def _check_socket_directory(address: Address) -> int | None:
             f"(mode {mode:04o}), so another user could have put an impostor there; keep the "
             "socket in a directory only its owner can write (e.g. one made with mode 0700)"
         )
-        raise AuthenticationFailed(msg)
+        raise AuthenticationFailed(msg, reason=Reason.UNSAFE_DIRECTORY, data={"path": directory})
     return st.st_uid
 
 
@@ -198,7 +204,7 @@ def _check_peer(sock: socket.socket, address: Address, directory_owner: int | No
             f"it is neither us (uid {os.geteuid()}), root, nor the owner of the socket's "
             f"directory (uid {directory_owner}), so it may be an impostor"
         )
-        raise AuthenticationFailed(msg)
+        raise AuthenticationFailed(msg, reason=Reason.UNTRUSTED_PEER, data={"pid": pid, "uid": uid})
     directory = os.path.dirname(os.path.abspath(address.path))
     found = _writable_ancestor(directory, uid)
     if found is not None:
@@ -212,7 +218,7 @@ def _check_peer(sock: socket.socket, address: Address, directory_owner: int | No
             "directory; keep the socket in a directory whose parents only root can write "
             "(e.g. /run/APP)"
         )
-        raise AuthenticationFailed(msg)
+        raise AuthenticationFailed(msg, reason=Reason.UNSAFE_DIRECTORY, data={"path": parent})
 
 
 def _writable_ancestor(directory: str, owner: int) -> tuple[str, int, int] | None:
@@ -240,19 +246,19 @@ def _wrap_tls(sock: socket.socket, address: Address, security: Security) -> sock
     except ssl.SSLCertVerificationError as exc:
         sock.close()
         msg = f"{address}: TLS: the agent's certificate is not trusted ({exc.verify_message})"
-        raise AuthenticationFailed(msg) from None
+        raise AuthenticationFailed(msg, reason=Reason.TLS) from None
     except ssl.SSLError as exc:
         sock.close()
         msg = f"{address}: TLS handshake failed ({exc.reason or exc})"
-        raise AuthenticationFailed(msg) from None
+        raise AuthenticationFailed(msg, reason=Reason.TLS) from None
     except TimeoutError:
         sock.close()
         msg = f"{address}: the TLS handshake timed out"
-        raise CallTimeout(msg) from None
+        raise CallTimeout(msg, reason=Reason.NO_ANSWER) from None
     except OSError as exc:
         sock.close()
         msg = f"{address}: the connection failed during the TLS handshake ({exc})"
-        raise Unreachable(msg) from None
+        raise Unreachable(msg, reason=Reason.CONNECTION_LOST) from None
 
 
 def handshake(
@@ -275,7 +281,7 @@ def handshake(
             agent_nonce = answer["challenge"]
             if not cookies.is_nonce(agent_nonce):
                 msg = f"{address}: the agent sent a malformed challenge"
-                raise AuthenticationFailed(msg)
+                raise AuthenticationFailed(msg, reason=Reason.AGENT_UNPROVEN)
             cookie = security.cookie
             mine = (
                 None
@@ -294,7 +300,7 @@ def handshake(
                     f"{address}: the agent's proof does not match our cookie: "
                     "it is not the agent we share the cookie with (or its answer was altered)"
                 )
-                raise AuthenticationFailed(msg)
+                raise AuthenticationFailed(msg, reason=Reason.AGENT_UNPROVEN)
             keys = None
             if address.scheme != "tls":
                 keys = cookies.frame_keys(cookie, client_nonce, agent_nonce, op, identity=named)
@@ -305,19 +311,21 @@ def handshake(
                 f"{address}: the agent has no cookie, so it cannot prove it is ours; "
                 "configure the same cookie on the agent, or drop ours"
             )
-            raise AuthenticationFailed(msg)
+            raise AuthenticationFailed(msg, reason=Reason.AGENT_UNPROVEN)
         return answer, None
     except TimeoutError:
         from rpcctl._diagnose import why_silent  # only now: what the app's process looks like
 
-        raise CallTimeout(why_silent(sock, address, waited)) from None
+        raise CallTimeout(
+            why_silent(sock, address, waited), reason=Reason.NO_ANSWER, data={"seconds": waited}
+        ) from None
     except OSError as exc:
         if _is_tls_error(exc):
             # With TLS 1.3 a refused client certificate shows up on the first read.
             msg = f"{address}: TLS: the agent refused us ({getattr(exc, 'reason', None) or exc})"
-            raise AuthenticationFailed(msg) from None
+            raise AuthenticationFailed(msg, reason=Reason.TLS) from None
         msg = f"{address}: the connection failed during the handshake ({exc.strerror or exc})"
-        raise Unreachable(msg) from None
+        raise Unreachable(msg, reason=Reason.CONNECTION_LOST) from None
 
 
 def _exchange(
@@ -337,11 +345,11 @@ def _exchange(
         line = _read_line(sock)
         if not line:
             msg = f"{address}: the agent closed the connection during the handshake"
-            raise Unreachable(msg)
+            raise Unreachable(msg, reason=Reason.CONNECTION_LOST)
         return wire.decode_line(line)
     except ValueError:
         msg = f"{address}: this is not an rpcctl agent (unexpected handshake answer)"
-        raise UsageError(msg) from None
+        raise UsageError(msg, reason=Reason.NOT_AN_AGENT) from None
 
 
 def _check(answer: dict[str, Any], address: Address, had_cookie: bool, identity: str) -> None:
@@ -349,16 +357,19 @@ def _check(answer: dict[str, Any], address: Address, had_cookie: bool, identity:
         return
     kind = _kind(answer.get("kind"))
     message = str(answer.get("message", "refused"))
-    if kind is ErrorKind.AUTH and message == "this agent requires a cookie":
+    reason = answer.get("reason")
+    # Our own words for what the agent's reason code says we did (its message is its own).
+    if reason == Reason.NO_COOKIE:
         message = f"the agent requires a cookie: {_NO_COOKIE_HINT}"
-    elif kind is ErrorKind.AUTH and message == "wrong cookie" and had_cookie:
-        message = "wrong cookie: the agent refused our proof"
-    elif kind is ErrorKind.AUTH and message == "unknown identity or wrong cookie":
+    elif reason == Reason.WRONG_COOKIE and identity:
         message = (
             f"identity {identity!r} refused: the agent knows no such identity, or our cookie "
             "is not that identity's"
         )
-    raise BY_KIND[kind](f"{address}: {message}")
+    elif reason == Reason.WRONG_COOKIE and had_cookie:
+        message = "wrong cookie: the agent refused our proof"
+    code = str(reason) if isinstance(reason, str) else None
+    raise BY_KIND[kind](f"{address}: {message}", reason=code)
 
 
 def ping(
@@ -374,7 +385,7 @@ def ping(
         sock.close()
     if ready and answer.get("ready") is False:
         msg = f"{address}: the agent answers, but the app is not ready"
-        raise NotReady(msg)
+        raise NotReady(msg, reason=Reason.NOT_READY)
     return answer
 
 

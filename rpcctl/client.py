@@ -3,45 +3,45 @@
 from __future__ import annotations
 
 import os
-import socket
 import time
 from collections.abc import Callable
 
 from app_agent import wire
-from app_agent.wire import Address, ErrorKind
-from rpcctl import _transport
-from rpcctl._client_more import MoreCalls
+from app_agent.wire import Address, Reason
 from rpcctl._transport import Security
 from rpcctl.exceptions import (
-    BY_KIND,
-    AuthenticationFailed,
     CallTimeout,
     ConfigError,
     TaskFailed,
+    Unhealthy,
     Unreachable,
     UsageError,
+    raise_error,
 )
 
 # Without importing typing (which costs the ping path ~10 ms); mypy knows this name.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, NoReturn
+    from typing import Any
+
+    from app_agent.wire.protocol import Method
+
+__all__ = ["Client", "connect", "raise_error"]
 
 DEFAULT_TIMEOUT = 5.0
 """Seconds for connecting, the handshake and the short requests (ping, tasks, info)."""
 
-_CLIENT_CONFIG: dict[str, Any] = {
-    # The agent reaches nothing in the client either.
-    "allow_safe_attrs": False,
-    "allow_exposed_attrs": False,
-    "allow_public_attrs": False,
-    "allow_all_attrs": False,
-    "allow_pickle": False,
-    "import_custom_exceptions": False,
-    "instantiate_custom_exceptions": False,
-    "include_local_traceback": False,
-    "sync_request_timeout": None,
-}
+SUMMARY_ONLY = 1 << 62  # wire.protocol.SUMMARY_ONLY, which the ping path must not import
+"""An events() cursor past any event: the job's state and outcome without its output."""
+MAX_NESTING = 200  # wire.protocol.MAX_NESTING (tests/test_protocol.py checks both agree)
+
+
+def _methods() -> dict[str, Method]:
+    """The protocol's table, imported on the first request (``rpcctl ping`` never makes
+    one: its import costs the ping path ~10 ms of dataclasses and typing)."""
+    from app_agent.wire.protocol import METHODS
+
+    return METHODS  # type: ignore[return-value]
 
 
 def resolve_address(node: str | Address | None) -> Address:
@@ -57,8 +57,13 @@ def resolve_address(node: str | Address | None) -> Address:
     return parse_node(text)
 
 
-class Client(MoreCalls):
-    """A kept connection to one agent. Use :func:`connect` to make one."""
+class Client:
+    """A kept connection to one agent. Use :func:`connect` to make one.
+
+    Every request goes through :meth:`_send`, by the method's name in
+    :data:`app_agent.wire.protocol.METHODS` and its arguments by the table's names: checked
+    here (a UsageError before anything is sent) and given the deadline the table budgets.
+    """
 
     def __init__(
         self,
@@ -66,50 +71,19 @@ class Client(MoreCalls):
         timeout: float = DEFAULT_TIMEOUT,
         security: Security | None = None,
     ) -> None:
-        import rpyc
-
-        from app_agent.streams import BoundedChannel, BufferedSocketStream
-        from app_agent.wire.records import RecordSocket
+        from rpcctl._connection import Connection
 
         self.address = address
         self.timeout = timeout
         security = security if security is not None else Security.resolve()
-        sock = _transport.open_socket(address, timeout, security)
-        self._sock: Any = sock
-        self._abandoned = False
-        try:
-            answer, keys = _transport.handshake(sock, address, "rpc", security)
-            self.handshake: dict[str, Any] = answer
-            """The agent's answer to our hello: pid, ready, app, version (and identity, with
-            an access file); covered by the agent's proof when a cookie was proven."""
-            if keys is not None:
-                to_agent, to_client = keys
-                self._sock = RecordSocket(sock, send_key=to_agent, recv_key=to_client)
-            # The connection's own requests (the root, a method's netref, the polite close)
-            # wait at most *timeout*; calls carry their own expiry. An answer, once begun,
-            # must keep arriving (no pause of *timeout*), and within the call's own deadline.
-            config = dict(_CLIENT_CONFIG, sync_request_timeout=timeout)
-            self._channel = BoundedChannel(BufferedSocketStream(self._sock, stall=timeout))
-            self._conn = rpyc.connect_channel(self._channel, config=config)
-        except BaseException:
-            sock.close()
-            raise
-        self._async = rpyc.async_
-        # Each exposed method is fetched once and kept (a netref): one round trip per call.
-        self._methods: dict[str, Any] = {}
+        self._connection = Connection(address, timeout, security)
+        self.handshake: dict[str, Any] = self._connection.handshake
+        """The agent's answer to our hello: pid, ready, app, version (and identity, with
+        an access file); covered by the agent's proof when a cookie was proven."""
         self._started: dict[str, dict[str, Any]] = {}  # first answers of followed jobs
-        self._root = self._guarded("root", lambda: self._conn.root)
 
     def close(self) -> None:
-        import contextlib
-
-        if self._abandoned:
-            # A request is still outstanding (it timed out): RPyC's polite close would wait
-            # for the busy connection to answer, so drop the connection instead.
-            with contextlib.suppress(OSError):
-                self._sock.shutdown(socket.SHUT_RDWR)
-        with contextlib.suppress(OSError, EOFError):
-            self._conn.close()
+        self._connection.close()
 
     def __enter__(self) -> Client:
         return self
@@ -117,21 +91,40 @@ class Client(MoreCalls):
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    # -- requests ----------------------------------------------------------------------------
+    def _send(self, name: str, arguments: dict[str, Any] | None = None, timeout: Any = ...) -> Any:
+        """Request method *name* of the protocol's table with *arguments* (by the table's
+        names, defaults filled in, types checked locally: UsageError when they do not fit)
+        within *timeout* seconds: by default this client's timeout plus the seconds of the
+        argument the table says the method may wait (``waits``); None for no limit. The
+        raw reply."""
+        method = _methods()[name]
+        try:
+            bound = method.bind((), arguments or {})
+        except ValueError as exc:
+            msg = f"{self.address}: {exc}"
+            raise UsageError(msg, reason=Reason.BAD_ARGUMENTS, data={"method": name}) from None
+        if timeout is ...:
+            timeout = self.timeout + (float(bound[method.waits]) if method.waits else 0.0)
+        return self._connection.request(name, timeout, *bound.values())
+
+    def _result(self, name: str, arguments: dict[str, Any] | None = None) -> Any:
+        """:meth:`_send`'s reply's result, or its error raised."""
+        return self._connection.reply(self._send(name, arguments))
+
+    # -- core --------------------------------------------------------------------------------
 
     def ping(self) -> str:
         """``"pong"``, over this connection and through the agent's service."""
-        result = self._request("ping", self.timeout)
-        return str(result)
+        return str(self._send("ping"))
 
     def tasks(self) -> list[dict[str, Any]]:
         """The registered tasks: name, alias, signature, doc, async."""
-        result: list[dict[str, Any]] = self._reply(self._request("tasks", self.timeout))
+        result: list[dict[str, Any]] = self._result("tasks")
         return result
 
     def info(self) -> dict[str, Any]:
         """pid, uptime, versions, app name, node and running jobs."""
-        result: dict[str, Any] = self._reply(self._request("info", self.timeout))
+        result: dict[str, Any] = self._result("info")
         return result
 
     def stop(self, restart: bool = False) -> dict[str, Any]:
@@ -141,10 +134,12 @@ class Client(MoreCalls):
         ``{"pid": None, "via": "gone"}`` comes back.
         """
         try:
-            result: dict[str, Any] = self._reply(self._request("stop", self.timeout, restart))
+            result: dict[str, Any] = self._result("stop", {"restart": restart})
         except Unreachable:
             return {"pid": None, "via": "gone"}
         return result
+
+    # -- tasks -------------------------------------------------------------------------------
 
     def call(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
         """Run task *name* with JSON-compatible arguments and return its result."""
@@ -163,96 +158,20 @@ class Client(MoreCalls):
 
         The task itself goes on running in the agent when the timeout passes.
         """
-        args_json, kwargs_json = _encode_arguments(args, kwargs or {})
-        request: tuple[str, ...] = (name, args_json, kwargs_json)
-        if lock_wait:
-            request += (wire.dumps({"lock_wait": lock_wait}),)
+        args_json, kwargs_json = encode_arguments(args, kwargs or {})
+        options = wire.dumps({"lock_wait": lock_wait}) if lock_wait else "{}"
+        request = {
+            "name": name,
+            "args_json": args_json,
+            "kwargs_json": kwargs_json,
+            "options_json": options,
+        }
         try:
-            text = self._request("call", timeout, *request)
+            text = self._send("call", request, timeout)
         except CallTimeout:
-            msg = (
-                f"{name} did not finish within {timeout:g}s; "
-                "it goes on running in the agent (`rpcctl jobs` lists it)"
-            )
-            raise CallTimeout(msg) from None
-        return self._reply(text)
-
-    # -- plumbing ----------------------------------------------------------------------------
-
-    def _request(self, method: str, timeout: float | None, *args: str | bool | float) -> Any:
-        """Call the agent's exposed *method* with plain arguments, within *timeout* seconds."""
-
-        def call() -> Any:
-            bound = self._methods.get(method)
-            if bound is None:
-                bound = self._methods[method] = self._async(getattr(self._root, method))
-            result = bound(*args)
-            if timeout is not None:
-                result.set_expiry(timeout)
-                # Reading the answer, too, ends by then (a record that never ends included).
-                self._channel.deadline = time.monotonic() + timeout
-            try:
-                return result.value
-            finally:
-                self._channel.deadline = None
-
-        return self._guarded(method, call, timeout)
-
-    def _guarded(
-        self, method: str, request: Callable[[], Any], timeout: float | None = None
-    ) -> Any:
-        """Run *request*, turning RPyC's and the socket's failures into rpcctl's errors."""
-        from rpyc.core.async_ import AsyncResultTimeout
-
-        from app_agent.streams import FrameTimeout
-
-        timeout = self.timeout if timeout is None and method == "root" else timeout
-        # Until the answer arrives the connection is owed a reply: if we leave early (a
-        # timeout, Ctrl-C), close() must not wait politely for a busy agent.
-        self._abandoned = True
-        try:
-            value = request()
-            self._abandoned = False
-            return value
-        except AsyncResultTimeout:
-            waited = timeout if timeout is not None else self.timeout
-            msg = f"{self.address}: no answer to {method} within {waited:g}s"
-            pid = self.handshake.get("pid") if self.address.is_loopback else None
-            if isinstance(pid, int):
-                from rpcctl._diagnose import why_stalled
-
-                stalled = why_stalled(pid)
-                msg += f": {stalled}" if stalled else ""
-            raise CallTimeout(msg) from None
-        except FrameTimeout as exc:
-            msg = (
-                f"{self.address}: the agent's answer to {method} did not arrive whole ({exc}), "
-                "so the connection was dropped"
-            )
-            raise CallTimeout(msg) from None
-        except (EOFError, OSError) as exc:
-            if getattr(self._sock, "tampered", False):
-                what = (
-                    "the agent found our request altered on the way"
-                    if self._sock.peer_alerted
-                    else "the agent's reply failed its integrity check"
-                )
-                msg = (
-                    f"{self.address}: {what}: someone between us tampered with the "
-                    "connection, so it was dropped (use tls:// across networks)"
-                )
-                raise AuthenticationFailed(msg) from None
-            msg = f"{self.address}: the connection was lost ({exc or type(exc).__name__})"
-            raise Unreachable(msg) from None
-
-    def _reply(self, text: Any) -> Any:
-        if type(text) is not str:
-            msg = f"{self.address}: unexpected reply from the agent"
-            raise UsageError(msg)
-        envelope = wire.loads(text)
-        if envelope.get("ok"):
-            return envelope.get("result")
-        raise_error(envelope.get("error") or {})
+            msg = f"{name} did not finish within {timeout:g}s; it goes on running in the agent"
+            raise CallTimeout(msg, reason=Reason.STILL_RUNNING, data={"task": name}) from None
+        return self._connection.reply(text)
 
     # -- jobs --------------------------------------------------------------------------------
 
@@ -304,12 +223,16 @@ class Client(MoreCalls):
         detach: bool,
         wait: float,
     ) -> dict[str, Any]:
-        args_json, kwargs_json = _encode_arguments(args, kwargs or {})
+        args_json, kwargs_json = encode_arguments(args, kwargs or {})
         options = wire.dumps({"lock_wait": lock_wait, "detach": detach, "wait": wait})
-        limit = self.timeout + wait + lock_wait
-        snapshot: dict[str, Any] = self._reply(
-            self._request("run", limit, name, args_json, kwargs_json, options)
-        )
+        request = {
+            "name": name,
+            "args_json": args_json,
+            "kwargs_json": kwargs_json,
+            "options_json": options,
+        }
+        limit = self.timeout + wait + lock_wait  # the options' waits, inside options_json
+        snapshot: dict[str, Any] = self._connection.reply(self._send("run", request, limit))
         return snapshot
 
     def follow(
@@ -352,10 +275,11 @@ class Client(MoreCalls):
             if deadline is not None and time.monotonic() >= deadline:
                 msg = (
                     f"{snapshot['task']} did not finish within {timeout:g}s; it goes on running "
-                    f"as job {job_id}: follow it with `rpcctl logs {job_id} --follow`, "
-                    f"or wait for it with `rpcctl wait {job_id}`"
+                    f"as job {job_id}"
                 )
-                raise CallTimeout(msg, job=job_id)
+                raise CallTimeout(
+                    msg, job=job_id, reason=Reason.STILL_RUNNING, data={"job": job_id}
+                )
             snapshot = None
 
     def job(self, job_id: str) -> dict[str, Any]:
@@ -369,25 +293,113 @@ class Client(MoreCalls):
     def jobs(self) -> list[dict[str, Any]]:
         """Recent and running jobs, newest first: summaries without results or tracebacks
         (:meth:`job` has those)."""
-        result: list[dict[str, Any]] = self._reply(self._request("jobs", self.timeout))
+        result: list[dict[str, Any]] = self._result("jobs")
         return result
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         """Ask job *job_id* to stop; ``{"job", "requested", "state"}``."""
-        result: dict[str, Any] = self._reply(self._request("cancel", self.timeout, job_id))
+        result: dict[str, Any] = self._result("cancel", {"job_id": job_id})
         return result
 
     def events(self, job_id: str, since: int = 0, wait: float = 0.0) -> dict[str, Any]:
         """Job *job_id*'s events from *since* on (waiting up to *wait* s for new ones), with
         its summary."""
-        snapshot: dict[str, Any] = self._reply(
-            self._request("events", self.timeout + wait, job_id, since, wait)
+        snapshot: dict[str, Any] = self._result(
+            "events", {"job_id": job_id, "cursor": since, "wait": wait}
         )
         return snapshot
 
+    # -- introspection (agent side: app_agent/_introspect.py, _health.py, _profile.py, _mem.py)
 
-SUMMARY_ONLY = 1 << 62
-"""An events() cursor past any event: the job's state and outcome without its output."""
+    def stack(self) -> dict[str, Any]:
+        """Every thread's frames (innermost last), agent threads marked, and the asyncio
+        tasks of the app's event loop (``None`` when the agent runs on none)."""
+        result: dict[str, Any] = self._result("stack")
+        return result
+
+    def stats(self, objects: int = 0) -> dict[str, Any]:
+        """pid, uptime, memory, CPU, threads, descriptors, GC, versions; with *objects*, the
+        most common object types by count."""
+        result: dict[str, Any] = self._result("stats", {"objects": objects})
+        return result
+
+    def health(self, timeout: float = 10.0) -> dict[str, Any]:
+        """Run the app's health checks and the agent's built-in ones (each fails after its
+        own timeout, and none runs past *timeout* seconds): the report when all pass;
+        Unhealthy, with every check's outcome in ``.checks``, when one fails."""
+        report: dict[str, Any] = self._result("health", {"timeout": float(timeout)})
+        if not report.get("healthy"):
+            raise Unhealthy(
+                unhealthy_message(report["checks"]), report["checks"], reason=Reason.CHECK_FAILED
+            )
+        return report
+
+    def profile(self, seconds: float, rate: float = 100.0, idle: bool = False) -> dict[str, Any]:
+        """Sample every thread's stack *rate* times a second for *seconds*: the frames and the
+        counted stacks (rpcctl._flamegraph turns them into collapsed stacks, speedscope or
+        SVG). Busy while another profile of the app runs."""
+        result: dict[str, Any] = self._result(
+            "profile", {"seconds": float(seconds), "rate": float(rate), "idle": idle}
+        )
+        return result
+
+    def mem(self, seconds: float = 10.0, top: int = 10, group_by: str = "line") -> dict[str, Any]:
+        """Trace the app's allocations (tracemalloc) for *seconds*: the *top* allocation sites
+        that grew, grouped by ``line`` (the app's frame), ``file`` or ``traceback``, with
+        ``{top: [{file, line, size_diff, count_diff, traceback, ...}], seconds, overhead,
+        tracing}``. Tracing stops after, and as soon as this connection closes. Busy while
+        another diagnosis of the app runs."""
+        result: dict[str, Any] = self._result(
+            "mem", {"seconds": float(seconds), "top": top, "group_by": group_by}
+        )
+        return result
+
+    def log_level(
+        self,
+        level: str | int | None = None,
+        logger: str | None = None,
+        duration: float | None = None,
+    ) -> dict[str, Any]:
+        """Without *level*: the levels of *logger* (default: the root and every logger with
+        a level of its own). With *level*: set it, for *duration* seconds when given (the
+        agent puts the old level back by itself, client or no client)."""
+        result: dict[str, Any] = self._result(
+            "log_level", {"logger": logger, "level": level, "for_s": duration}
+        )
+        return result
+
+    # -- the remote console (agent side: app_agent/_console.py) ----------------------------
+
+    def console_open(self) -> dict[str, Any]:
+        """Open this connection's console session inside the app: ``{session, app, pid, node,
+        python, idle_timeout, log_statements}``. AuthenticationFailed (exit 5) when the app
+        has not turned its console on."""
+        result: dict[str, Any] = self._result("console_open")
+        return result
+
+    def console_push(self, source: str, wait: float = 0.5) -> dict[str, Any]:
+        """Run *source* (complete statements) in the session, inside the app; its output so
+        far, all of it when it ends within *wait* seconds: ``{statement, events, cursor,
+        dropped, state[, error]}``, *state* ``running`` until it ends."""
+        result: dict[str, Any] = self._result("console_push", {"source": source, "wait": wait})
+        return result
+
+    def console_poll(self, cursor: int, wait: float = 0.5) -> dict[str, Any]:
+        """The running statement's output from *cursor* on (as :meth:`console_push`),
+        waiting up to *wait* seconds for news."""
+        result: dict[str, Any] = self._result("console_poll", {"cursor": cursor, "wait": wait})
+        return result
+
+    def console_interrupt(self) -> bool:
+        """Raise KeyboardInterrupt in the running statement, where possible; False when
+        none runs."""
+        result: dict[str, Any] = self._result("console_interrupt")
+        return bool(result["interrupted"])
+
+    def console_close(self) -> dict[str, Any]:
+        """End the session: ``{statements, failed}``."""
+        result: dict[str, Any] = self._result("console_close")
+        return result
 
 
 def dropped_event(since: int, count: int) -> dict[str, Any]:
@@ -396,20 +408,10 @@ def dropped_event(since: int, count: int) -> dict[str, Any]:
     return {"type": "dropped", "from_seq": since, "count": count}
 
 
-def raise_error(error: dict[str, Any]) -> NoReturn:
-    """Raise the exception of an error envelope's ``error`` part."""
-    try:
-        kind = ErrorKind(str(error.get("kind")))
-    except ValueError:
-        kind = ErrorKind.TASK_FAILED
-    message = str(error.get("message", "the agent reported an error"))
-    if kind is ErrorKind.TASK_FAILED:
-        raise TaskFailed(
-            message,
-            remote_traceback=str(error.get("traceback", "")),
-            type=str(error.get("type", "")),
-        )
-    raise BY_KIND[kind](message)
+def unhealthy_message(checks: list[dict[str, Any]]) -> str:
+    """``unhealthy: NAME: message; ...`` for the failed checks."""
+    failed = [f"{c['name']}: {c.get('message') or 'failed'}" for c in checks if not c["ok"]]
+    return "unhealthy: " + "; ".join(failed)
 
 
 def job_outcome(snapshot: dict[str, Any]) -> Any:
@@ -427,7 +429,9 @@ def job_outcome(snapshot: dict[str, Any]) -> Any:
     raise_error(error)
 
 
-def _encode_arguments(args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> tuple[str, str]:
+def encode_arguments(args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> tuple[str, str]:
+    """Task arguments as the JSON texts a call carries; UsageError when they are not JSON
+    data."""
     if not args and not kwargs:
         return "[]", "{}"
     try:
@@ -438,7 +442,10 @@ def _encode_arguments(args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any])
             raise UsageError(msg)
         return wire.dumps(list(args)), wire.dumps(kwargs)
     except RecursionError:
-        msg = "task arguments are nested too deeply to be sent (the agent takes 200 levels)"
+        msg = (
+            "task arguments are nested too deeply to be sent "
+            f"(the agent takes {MAX_NESTING} levels)"
+        )
         raise UsageError(msg) from None
 
 

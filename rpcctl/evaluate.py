@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from app_agent.wire import environment as env
-from rpcctl.client import _encode_arguments, job_outcome, raise_error
+from rpcctl.client import encode_arguments, job_outcome, raise_error
 from rpcctl.exceptions import CallTimeout, ConfigError, TaskFailed
 from rpcctl.release.config import PYTHON_NAMES, Config
 
@@ -94,7 +94,7 @@ def run(
     the eval process (a lock no running app would see). CallTimeout (the process was
     stopped) when *timeout* passes first; :class:`Stopped` after Ctrl-C.
     """
-    args_json, kwargs_json = _encode_arguments(args, kwargs)  # as rpc checks them
+    args_json, kwargs_json = encode_arguments(args, kwargs)  # as rpc checks them
     child_env = environment(config)
     request = {
         "task": name,

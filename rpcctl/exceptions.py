@@ -7,11 +7,16 @@ from app_agent.wire import ErrorKind
 # Without importing typing (which costs the ping path ~10 ms); mypy knows this name.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, ClassVar
+    from collections.abc import Mapping
+    from typing import Any, ClassVar, NoReturn
 
 
 class RpcctlError(Exception):
-    """Base class: a request could not be completed; ``exit_code`` says why."""
+    """Base class: a request could not be completed; ``exit_code`` says why.
+
+    ``reason`` is the code of why, more precisely (an ``app_agent.wire.Reason`` value, or
+    None), and ``data`` the fields that go with it (a path, a job id, a grant): what
+    rpcctl's CLI makes its hints from, whatever the ``message`` says."""
 
     kind: ClassVar[ErrorKind]
     exit_code: ClassVar[int]
@@ -21,9 +26,13 @@ class RpcctlError(Exception):
         if "kind" in cls.__dict__:
             cls.exit_code = cls.kind.exit_code
 
-    def __init__(self, message: str) -> None:
+    def __init__(
+        self, message: str, *, reason: str | None = None, data: Mapping[str, Any] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
+        self.reason = reason
+        self.data: dict[str, Any] = dict(data or {})
 
 
 class TaskFailed(RpcctlError):
@@ -31,8 +40,10 @@ class TaskFailed(RpcctlError):
 
     kind = ErrorKind.TASK_FAILED
 
-    def __init__(self, message: str, remote_traceback: str = "", type: str = "") -> None:
-        super().__init__(message)
+    def __init__(
+        self, message: str, remote_traceback: str = "", type: str = "", **fields: Any
+    ) -> None:
+        super().__init__(message, **fields)
         self.remote_traceback = remote_traceback
         self.type = type
 
@@ -66,8 +77,8 @@ class CallTimeout(RpcctlError):
 
     kind = ErrorKind.TIMEOUT
 
-    def __init__(self, message: str, job: str | None = None) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, job: str | None = None, **fields: Any) -> None:
+        super().__init__(message, **fields)
         self.job = job
 
 
@@ -94,8 +105,10 @@ class Unhealthy(RpcctlError):
 
     kind = ErrorKind.UNHEALTHY
 
-    def __init__(self, message: str, checks: list[dict[str, Any]] | None = None) -> None:
-        super().__init__(message)
+    def __init__(
+        self, message: str, checks: list[dict[str, Any]] | None = None, **fields: Any
+    ) -> None:
+        super().__init__(message, **fields)
         self.checks = checks or []
 
 
@@ -110,3 +123,29 @@ _ONE_PER_KIND = (
     Unhealthy,
 )
 BY_KIND: dict[ErrorKind, type[RpcctlError]] = {cls.kind: cls for cls in _ONE_PER_KIND}
+
+
+_NOT_DATA = frozenset({"kind", "message", "reason", "traceback", "type", "exit_code"})
+
+
+def raise_error(error: Mapping[str, Any]) -> NoReturn:
+    """Raise the exception of an error envelope's ``error`` part: its kind's class, with its
+    reason and data."""
+    try:
+        kind = ErrorKind(str(error.get("kind")))
+    except ValueError:
+        kind = ErrorKind.TASK_FAILED
+    message = str(error.get("message", "the agent reported an error"))
+    reason = error.get("reason")
+    fields: dict[str, Any] = {
+        "reason": str(reason) if reason is not None else None,
+        "data": {k: v for k, v in error.items() if k not in _NOT_DATA},
+    }
+    if kind is ErrorKind.TASK_FAILED:
+        raise TaskFailed(
+            message,
+            remote_traceback=str(error.get("traceback", "")),
+            type=str(error.get("type", "")),
+            **fields,
+        )
+    raise BY_KIND[kind](message, **fields)

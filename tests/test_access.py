@@ -381,6 +381,7 @@ def test_unknown_identity_and_wrong_cookie_look_the_same_on_the_wire(
         "rpcctl": wire.PROTOCOL_VERSION,
         "ok": False,
         "kind": "auth",
+        "reason": "wrong_cookie",
         "message": "unknown identity or wrong cookie",
     }
 

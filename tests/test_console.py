@@ -274,7 +274,7 @@ def test_the_console_methods_check_their_arguments(console_agent: app_agent.Agen
             ("console_poll", ("0", 1.0)),
         ):
             with pytest.raises(rpcctl.UsageError, match="takes"):
-                app._reply(app._request(method, 5.0, *args))
+                app._connection.reply(app._connection.request(method, 5.0, *args))
         with pytest.raises(rpcctl.UsageError, match="no statement has run"):
             app.console_poll(0, 0.0)
         with pytest.raises(rpcctl.UsageError, match="at most 1,048,576 characters"):
@@ -548,7 +548,9 @@ def test_the_console_keeps_its_connection_past_the_idle_timeout(short_tmp: Path)
         # Sit at the prompt past the agent's idle timeout: a connection opened now and left
         # idle is closed by the agent, the console's is kept by its keepalive.
         with rpcctl.connect(app.node) as canary:
-            wait_until(lambda: closed_by_peer(canary._sock), what="the idle canary to close")
+            wait_until(
+                lambda: closed_by_peer(canary._connection.sock), what="the idle canary to close"
+            )
         tmux("send-keys", "-t", "console", "'alive'", "Enter")
         tmux.wait_for("'alive'\n>>> ", len(screen.rstrip()))
         tmux("send-keys", "-t", "console", "C-d")

@@ -869,7 +869,7 @@ def test_the_service_refuses_bad_arguments(
     agent_in_process: Any, method: str, args: tuple[Any, ...]
 ) -> None:
     with rpcctl.connect(agent_in_process.node) as conn, pytest.raises(UsageError):
-        conn._reply(conn._request(method, 5.0, *args))
+        conn._connection.reply(conn._connection.request(method, 5.0, *args))
 
 
 def test_cli_runner_stack_and_health_in_process(agent_in_process: Any, no_checks: None) -> None:

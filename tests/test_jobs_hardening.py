@@ -403,7 +403,9 @@ def test_deeply_nested_arguments_are_refused_and_leave_no_job_running(
     shared_sample_app: AppProcess, shared_client: Any, method: str, depth: int
 ) -> None:
     args_json = "[" + "[" * depth + "]" * depth + "]"
-    reply = json.loads(shared_client._request(method, DEADLINE, "sampleapp.echo", args_json, "{}"))
+    reply = json.loads(
+        shared_client._connection.request(method, DEADLINE, "sampleapp.echo", args_json, "{}")
+    )
     assert reply["ok"] is False
     assert reply["error"]["kind"] == "usage"
     assert reply["error"]["message"] == (

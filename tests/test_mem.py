@@ -19,6 +19,7 @@ import pytest
 
 import rpcctl
 from app_agent import _mem
+from app_agent.wire.protocol import METHODS
 from conftest import (
     APPS,
     DEADLINE,
@@ -317,11 +318,19 @@ def test_bad_options_exit_2_before_connecting(
 )
 def test_the_agent_refuses_bad_arguments(agent_in_process: Any, args: tuple[Any, ...]) -> None:
     with rpcctl.connect(agent_in_process.node) as conn, pytest.raises(UsageError) as refused:
-        conn._reply(conn._request("mem", 5.0, *args))
-    assert refused.value.message == (
-        "mem() takes seconds (at most 3600), a number of sites (1 to 1000) and a grouping "
-        "(line, file or traceback)"
-    )
+        conn._connection.reply(conn._connection.request("mem", 5.0, *args))
+    assert refused.value.reason == "bad_arguments"
+    try:
+        METHODS["mem"].bind(args, {})
+    except ValueError:  # not the declared types: refused by the table, before the handler
+        assert refused.value.message == (
+            "mem() takes seconds: float = 10.0, top: int = 10, group_by: str = 'line'"
+        )
+    else:  # the types fit, the values do not: the handler's own words
+        assert refused.value.message == (
+            "mem() takes seconds (at most 3600), a number of sites (1 to 1000) and a grouping "
+            "(line, file or traceback)"
+        )
     assert _mem._active is None
 
 

@@ -94,6 +94,7 @@ class Reason(enum.StrEnum):
     # no such task (6)
     NO_SUCH_TASK = "no_such_task"  # (data: task, suggestion when one is close)
     NO_TASKS = "no_tasks"  # the app registers none at all
+    NOT_IMPORTED = "not_imported"  # eval: no task module it imported registers it (data: task)
     # busy (7)
     LOCK_HELD = "lock_held"  # the task's lock is held by another job (data: holder)
     NO_THREAD = "no_thread"  # the app cannot start a thread (data: threads)

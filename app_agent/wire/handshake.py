@@ -66,10 +66,10 @@ def is_identity_name(value: object) -> bool:
     )
 
 
-def encode_line(message: Mapping[str, Any]) -> bytes:
+def encode_line(fields: Mapping[str, Any]) -> bytes:
     """One handshake line: a flat JSON object (string keys; str, int, float, bool or None
     values), ASCII only, ending in a newline. ValueError for anything else, or too long."""
-    parts = [f"{_encode_string(key)}:{_encode_value(value)}" for key, value in message.items()]
+    parts = [f"{_encode_string(key)}:{_encode_value(value)}" for key, value in fields.items()]
     line = ("{" + ",".join(parts) + "}\n").encode("ascii")
     if len(line) > MAX_HELLO_BYTES:
         msg = "handshake line too long"
@@ -127,11 +127,11 @@ def decode_line(line: bytes) -> dict[str, Any]:
     except UnicodeDecodeError:
         msg = "not an rpcctl handshake (not UTF-8)"
         raise ValueError(msg) from None
-    message = _FlatObject(text).parse()
-    if "rpcctl" not in message:
+    fields = _FlatObject(text).parse()
+    if "rpcctl" not in fields:
         msg = "not an rpcctl handshake"
         raise ValueError(msg)
-    return message
+    return fields
 
 
 class _FlatObject:
