@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from app_agent import __version__
+from rpcctl._transport import Security
 from rpcctl.client import Client, connect
 from rpcctl.exceptions import (
     AuthenticationFailed,
@@ -40,6 +41,7 @@ __all__ = [
     "NoSuchTask",
     "NotReady",
     "RpcctlError",
+    "Security",
     "TaskFailed",
     "Unhealthy",
     "Unreachable",

@@ -34,6 +34,16 @@ class RpcctlError(Exception):
         self.reason = reason
         self.data: dict[str, Any] = dict(data or {})
 
+    def to_dict(self, message: str | None = None) -> dict[str, Any]:
+        """The ``error`` of a JSON envelope: its data, kind, *message* (default: its own),
+        exit code and reason, as ``--json`` prints it."""
+        error: dict[str, Any] = {**self.data, "kind": str(self.kind)}
+        error["message"] = self.message if message is None else message
+        error["exit_code"] = self.exit_code
+        if self.reason is not None:
+            error["reason"] = self.reason
+        return error
+
 
 class TaskFailed(RpcctlError):
     """The task ran and raised; ``remote_traceback`` is the agent's traceback."""

@@ -73,11 +73,7 @@ class Outcome:
         if self.error is None:
             data["result"] = self.result
         else:
-            data["error"] = {
-                "kind": str(self.error.kind),
-                "message": self.error.message,
-                "exit_code": self.error.exit_code,
-            }
+            data["error"] = self.error.to_dict()
         return data
 
 

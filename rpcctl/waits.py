@@ -71,7 +71,7 @@ def answer_when_up(
         except (Unreachable, CallTimeout) as exc:
             if not backoff.sleep():
                 msg = f"no agent answered within {waited:g}s: {exc.message}"
-                raise Unreachable(msg) from None
+                raise Unreachable(msg, reason=exc.reason, data=exc.data) from None
 
 
 def wait_gone(

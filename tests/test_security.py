@@ -133,6 +133,7 @@ def test_a_replayed_handshake_is_refused(guarded_app: AppProcess) -> None:
         "rpcctl": wire.PROTOCOL_VERSION,
         "ok": False,
         "kind": "auth",
+        "reason": "wrong_cookie",
         "message": "wrong cookie",
     }
     assert wire.ErrorKind(answer["kind"]).exit_code == 5

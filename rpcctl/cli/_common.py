@@ -118,21 +118,11 @@ def report_error(exc: RpcctlError, settings: Settings) -> None:
     message = settings.explain(exc)
     click.echo(f"rpcctl: error: {message}", err=True)
     if settings.json:
-        error = json_error(exc, message)
+        error = exc.to_dict(message)
         if isinstance(exc, TaskFailed):
             error["type"] = exc.type
             error["traceback"] = exc.remote_traceback
         emit_json({"ok": False, "error": error})
-
-
-def json_error(exc: RpcctlError, message: str) -> dict[str, Any]:
-    """The ``error`` of a ``--json`` failure: kind, message, exit code, and the reason code
-    with its data (as the agent sent them, or as the client found them)."""
-    error: dict[str, Any] = {**exc.data, "kind": str(exc.kind), "message": message}
-    error["exit_code"] = exc.exit_code
-    if exc.reason is not None:
-        error["reason"] = exc.reason
-    return error
 
 
 def report_interrupt(settings: Settings, during: Interrupted | None) -> None:

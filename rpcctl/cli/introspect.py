@@ -25,7 +25,6 @@ from rpcctl._settings import Settings
 from rpcctl.cli._common import (
     emit_json,
     fleet_options,
-    json_error,
     json_option,
     pass_settings,
     timeout_option,
@@ -186,7 +185,7 @@ def health(settings: Settings, timeout: float, parallel: int, min_ok: int | None
 
 def _unhealthy(settings: Settings, exc: Unhealthy) -> None:
     if settings.json:
-        error = {**json_error(exc, exc.message), "checks": exc.checks}
+        error = {**exc.to_dict(), "checks": exc.checks}
         emit_json({"ok": False, "error": error})
     else:
         click.echo(render.health(exc.checks), nl=False)
