@@ -17,8 +17,13 @@ here and nowhere else:
 **Adding a method** is one table entry in ``app_agent/wire/protocol.py`` and one handler
 function ``def NAME(caller: Caller, ARG, ...) -> str`` in the module of its concept
 (``_handlers_core``, ``_handlers_jobs``, ``_handlers_introspection``, ``_handlers_console``),
-then one client call in ``rpcctl/client.py`` (``self._send("NAME", ARG=...)``);
-tests/test_protocol.py proves the three agree.
+then one client call in ``rpcctl/client.py`` (``self._result("NAME", {"ARG": ARG})``);
+tests/test_protocol.py proves the three agree. The grant goes in the entry (``READ``,
+``STOP``, ... with the ``action`` a refusal names; an argument's own ``grant`` for what only
+some values need); the handler checks only what depends on what it finds (``TASK``,
+``TASK_OR_READ``: ``caller.may_not_run(...)``, ``caller.forbidden(READ, ...)``). An
+``exposed_NAME`` written by hand in the class body is kept as it is, not generated (a
+method added before its handler exists); porting it is moving its body into a handler.
 
 Every argument arrives as a plain value (str, int, float, bool, None; task arguments as JSON
 text) and every result leaves as a ``str`` holding a reply envelope (:mod:`app_agent.wire`),

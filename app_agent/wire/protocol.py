@@ -2,10 +2,11 @@
 takes and what it answers, and the constants both sides share.
 
 The agent's service is built from :data:`METHODS` (each ``exposed_<name>`` checks its
-arguments and its grant from the entry before a handler runs), and the client sends its
-requests through the same entries, so the two sides cannot drift apart: a test walks the
-table against both. Arguments cross the wire as plain values (str, int, float, bool,
-None); task arguments, results and every reply travel as JSON text (:mod:`.codec`).
+arguments and its grant from the entry before a handler runs: ``app_agent/_service.py``
+says how to add a method), and the client sends its requests through the same entries, so
+the two sides cannot drift apart: tests/test_protocol.py walks the table against both.
+Arguments cross the wire as plain values (str, int, float, bool, None); task arguments,
+results and every reply travel as JSON text (:mod:`.codec`).
 
 Not on the ``rpcctl ping`` path: a ping is answered in the handshake (:mod:`.handshake`).
 """
