@@ -22,7 +22,7 @@ tests/test_protocol.py proves the three agree. The grant goes in the entry (``RE
 ``STOP``, ... with the ``action`` a refusal names; an argument's own ``grant`` for what only
 some values need); the handler checks only what depends on what it finds (``TASK``,
 ``TASK_OR_READ``: ``caller.may_not_run(...)``, ``caller.forbidden(READ, ...)``). An
-``exposed_NAME`` written by hand in the class body is kept as it is, not generated (a
+``exposed_NAME`` written by hand in the class is kept as it is, not generated (a
 method added before its handler exists); porting it is moving its body into a handler.
 
 Every argument arrives as a plain value (str, int, float, bool, None; task arguments as JSON
@@ -147,8 +147,8 @@ def _exposed(method: Method) -> Callable[..., str]:
 _HANDLER_OF: dict[str, Callable[..., str]] = {}
 for _method in METHODS.values():
     _attribute = f"exposed_{_method.name}"
-    if _attribute in AgentService.__dict__:
-        # Written by hand in the class (the old way, before a handler exists): kept as it is.
+    if hasattr(AgentService, _attribute):
+        # Written by hand (the old way, before a handler exists): kept as it is.
         continue
     _handler = handler_of(_method)
     if _handler is None:
