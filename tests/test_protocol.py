@@ -229,3 +229,23 @@ def test_the_client_checks_arguments_locally_before_sending(agent_in_process: An
         assert refused.value.reason == "bad_arguments"
         assert refused.value.message.endswith("stats() takes objects: int = 0")
         assert conn.ping() == "pong"  # the connection is fine: nothing was sent
+
+
+def test_a_raw_rpyc_caller_gets_the_tables_checks(agent_in_process: Any) -> None:
+    """Through a real connection, by keyword or by position: the same binding."""
+    from test_agent import _raw_rpyc
+
+    conn = _raw_rpyc(agent_in_process.node)
+    try:
+        by_keyword = _reply(conn.root.stats(objects=2))
+        assert by_keyword["ok"] is True
+        assert len(by_keyword["result"]["objects"]) == 2
+        unknown = _reply(conn.root.stats(count=2))["error"]
+        assert (unknown["kind"], unknown["reason"]) == ("usage", "bad_arguments")
+        twice = _reply(conn.root.events("job-1", cursor=0, job_id="job-1"))["error"]
+        assert twice["reason"] == "bad_arguments"
+        too_many = _reply(conn.root.jobs(1))["error"]
+        assert too_many["message"] == "jobs() takes no arguments"
+        assert conn.root.ping() == "pong"  # the connection goes on serving
+    finally:
+        conn.close()
