@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import rpyc
 
-from app_agent import _process, wire
+from app_agent import _drain, _process, wire
 from app_agent import _readiness as readiness
 from app_agent._access import READ, STOP
 from app_agent._jobs import (
@@ -115,6 +115,7 @@ class AgentService(IntrospectionMethods, ConsoleMethods):
                 "python": sys.executable,
                 "jobs": [job.summary() for job in state.jobs.running()],
                 "ready": readiness.ready,
+                "drained": _drain.drained(),
                 "event_loop": state.jobs.loop is not None,
             }
         )
@@ -139,6 +140,12 @@ class AgentService(IntrospectionMethods, ConsoleMethods):
             return wire.error(ErrorKind.USAGE, str(exc))
         log.info("stop.requested", restart=restart, via=how)
         return wire.ok({"pid": os.getpid(), "via": how})
+
+    def exposed_drain(self, wait_jobs: Any = 0.0) -> str:
+        return _drain.drain(self, wait_jobs)
+
+    def exposed_resume(self) -> str:
+        return _drain.resume(self)
 
     def exposed_call(
         self, name: Any, args_json: Any = "[]", kwargs_json: Any = "{}", options_json: Any = "{}"

@@ -86,6 +86,26 @@ class MoreCalls:
         )
         return result
 
+    # -- drain and resume (agent side: app_agent/_drain.py) ----------------------------------
+
+    def drain(self, wait_jobs: float = 0.0) -> dict[str, Any]:
+        """Mark the app not ready (``ping --ready`` fails), run its on_drain hooks, then wait
+        up to *wait_jobs* seconds for its running jobs to end. Idempotent; the report:
+        ``{drained: {by, since}, already, hooks: [{name, ok, duration_s, error?}], failed:
+        [hook names], running: [{id, task}] (still running), waited_s}``. A failed hook or a
+        job still running is in the report, not raised: the app is drained either way."""
+        result: dict[str, Any] = self._reply(
+            self._newer_request("drain", self.timeout + wait_jobs, float(wait_jobs))
+        )
+        return result
+
+    def resume(self) -> dict[str, Any]:
+        """Run the app's on_resume hooks and, when all pass, mark it ready again:
+        ``{resumed, was: {by, since} or None (not drained), hooks, failed}``. With a failed
+        hook the app stays drained (``resumed`` False) and ``resume`` may be tried again."""
+        result: dict[str, Any] = self._reply(self._newer_request("resume", self.timeout))
+        return result
+
     def _newer_request(self, method: str, timeout: float, *args: Any) -> Any:
         """A request for a method that older agents lack: they refuse its name."""
         try:

@@ -40,6 +40,7 @@ cli.lazy = {
     **dict.fromkeys(("rpc", "jobs", "logs", "wait", "cancel"), "rpcctl.cli.calls"),
     **dict.fromkeys(("start", "stop", "restart", "pid", "release", "cookie"), "rpcctl.cli.release"),
     **dict.fromkeys(("stack", "stats", "health", "profile", "log-level"), "rpcctl.cli.introspect"),
+    **dict.fromkeys(("drain", "resume"), "rpcctl.cli.drain"),
     "eval": "rpcctl.cli.eval",
     "remote": "rpcctl.cli.remote",
     "mem": "rpcctl.cli.introspect",
