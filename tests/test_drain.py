@@ -62,6 +62,7 @@ def info(app: AppProcess, *options: str) -> dict[str, Any]:
 def test_drain_then_resume(app: AppProcess) -> None:
     assert app.rpcctl("ping", "--ready").returncode == 0
     assert info(app)["drained"] is None
+    assert "drained:" not in app.rpcctl("info").stdout
 
     drained = app.rpcctl("drain")
     assert drained.returncode == 0, drained.stderr
@@ -79,6 +80,9 @@ def test_drain_then_resume(app: AppProcess) -> None:
     assert details["ready"] is False
     assert details["drained"]["by"].startswith("uid=")
     assert abs(details["drained"]["since"] - time.time()) < 3600  # a moment, in epoch seconds
+    shown = app.rpcctl("info").stdout
+    assert f"by {details['drained']['by']} (not ready)\n" in shown
+    assert "\ndrained:  since " in shown
     table = app.rpcctl("info", "--where", "ready=false")
     assert table.returncode == 0, table.stderr  # a fleet of one, picked by readiness
 
