@@ -35,7 +35,8 @@ from app_agent._service_introspect import IntrospectionMethods
 from app_agent._threads import NoThread
 from app_agent._version import __version__
 from app_agent.config import arguments_too_big
-from app_agent.wire import ErrorKind
+from app_agent.wire import ErrorKind, tracecontext
+from app_agent.wire.protocol import CALL_OPTIONS
 from app_agent.wire.words import REGISTER_TASKS
 
 if TYPE_CHECKING:
@@ -276,7 +277,9 @@ class AgentService(IntrospectionMethods, ConsoleMethods):
         caller = (
             self._caller if self._identity.name is None else f"{self._identity} ({self._caller})"
         )
+        traceparent = _traced(options["traceparent"], log)
         job = self._state.jobs.create(task, caller)
+        job.traceparent = traceparent
         try:
             # Argument names and sizes always; values only where the task opted in (they
             # may carry secrets).
@@ -380,7 +383,7 @@ def _no_such_job(job_id: str) -> str:
 
 
 def _decode_options(options_json: str) -> dict[str, Any]:
-    options: dict[str, Any] = {"lock_wait": 0.0, "detach": False, "wait": 1.0}
+    options: dict[str, Any] = dict(CALL_OPTIONS)
     if options_json == "{}":
         return options
     given = wire.loads(options_json)
@@ -394,7 +397,18 @@ def _decode_options(options_json: str) -> dict[str, Any]:
         raise ValueError(msg)
     options.update(lock_wait=float(lock_wait), wait=min(float(wait), 30.0))
     options["detach"] = bool(given.get("detach", False))
+    options["traceparent"] = given.get("traceparent")  # checked by _prepare: never refused
     return options
+
+
+def _traced(value: Any, log: Any) -> str | None:
+    """The call's traceparent when it is a valid one; a bad one is dropped (debug log)."""
+    if value is None:
+        return None
+    traceparent = tracecontext.parse(value)
+    if traceparent is None:
+        log.debug("call.traceparent_ignored", value=repr(value)[:100])
+    return traceparent
 
 
 def _decode_arguments(args_json: str, kwargs_json: str) -> tuple[list[Any], dict[str, Any]]:

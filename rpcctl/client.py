@@ -65,6 +65,7 @@ class Client(MoreCalls):
         address: Address,
         timeout: float = DEFAULT_TIMEOUT,
         security: Security | None = None,
+        traceparent: str | None = None,
     ) -> None:
         import rpyc
 
@@ -73,6 +74,9 @@ class Client(MoreCalls):
 
         self.address = address
         self.timeout = timeout
+        self.traceparent = _traceparent(traceparent)
+        """The caller's W3C trace context, sent with every call and run: the job's span in the
+        app continues that trace (None: no trace; the CLI's comes from ``TRACEPARENT``)."""
         security = security if security is not None else Security.resolve()
         sock = _transport.open_socket(address, timeout, security)
         self._sock: Any = sock
@@ -165,8 +169,8 @@ class Client(MoreCalls):
         """
         args_json, kwargs_json = _encode_arguments(args, kwargs or {})
         request: tuple[str, ...] = (name, args_json, kwargs_json)
-        if lock_wait:
-            request += (wire.dumps({"lock_wait": lock_wait}),)
+        if lock_wait or self.traceparent:
+            request += (self._options(lock_wait=lock_wait),)
         try:
             text = self._request("call", timeout, *request)
         except CallTimeout:
@@ -178,6 +182,12 @@ class Client(MoreCalls):
         return self._reply(text)
 
     # -- plumbing ----------------------------------------------------------------------------
+
+    def _options(self, **options: Any) -> str:
+        """A call's options as JSON text, with this client's trace when it has one."""
+        if self.traceparent:
+            options["traceparent"] = self.traceparent
+        return wire.dumps(options)
 
     def _request(self, method: str, timeout: float | None, *args: str | bool | float) -> Any:
         """Call the agent's exposed *method* with plain arguments, within *timeout* seconds."""
@@ -305,7 +315,7 @@ class Client(MoreCalls):
         wait: float,
     ) -> dict[str, Any]:
         args_json, kwargs_json = _encode_arguments(args, kwargs or {})
-        options = wire.dumps({"lock_wait": lock_wait, "detach": detach, "wait": wait})
+        options = self._options(lock_wait=lock_wait, detach=detach, wait=wait)
         limit = self.timeout + wait + lock_wait
         snapshot: dict[str, Any] = self._reply(
             self._request("run", limit, name, args_json, kwargs_json, options)
@@ -453,6 +463,7 @@ def connect(
     tls_key: str | None = None,
     identity: str | None = None,
     security: Security | None = None,
+    traceparent: str | None = None,
 ) -> Client:
     """Connect to the agent at *node* (default ``RPCCTL_NODE``); use as a context manager.
 
@@ -460,8 +471,26 @@ def connect(
     ``RPCCTL_COOKIE_FILE``; for tls:// nodes, *tls_ca* is the CA that signed the agent's
     certificate and *tls_cert*/*tls_key* the client's own (``RPCCTL_TLS_*`` by default).
     *identity* (default ``RPCCTL_IDENTITY``) names who we are to an agent with an access
-    file; the cookie is that identity's.
+    file; the cookie is that identity's. *traceparent* (a W3C trace context, such as
+    ``00-<trace id>-<span id>-01``) makes every job this client starts a span of that trace
+    in the app (docs/operations.md, "Tracing").
     """
     if security is None:
         security = Security.resolve(cookie, cookie_file, tls_ca, tls_cert, tls_key, identity)
-    return Client(resolve_address(node), timeout=timeout, security=security)
+    return Client(
+        resolve_address(node), timeout=timeout, security=security, traceparent=traceparent
+    )
+
+
+def _traceparent(given: str | None) -> str | None:
+    """*given* when it is a W3C traceparent (UsageError otherwise), else the trace of the
+    running rpcctl command (rpcctl._tracing), if any."""
+    from app_agent.wire import tracecontext
+    from rpcctl import _tracing
+
+    if given is None:
+        return _tracing.outgoing()
+    if tracecontext.parse(given) is None:
+        msg = f"traceparent {given!r} is not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)"
+        raise UsageError(msg)
+    return given

@@ -70,8 +70,15 @@ MEM_GROUPS: Final = ("line", "file", "traceback")
 MAX_HEALTH_SECONDS: Final = 3600.0
 MAX_DRAIN_WAIT: Final = 3600.0
 """Seconds ``drain`` may wait for running jobs to end."""
-CALL_OPTIONS: Final[Mapping[str, Any]] = {"lock_wait": 0.0, "detach": False, "wait": 1.0}
-"""The options a ``call``/``run`` may carry (as JSON text), with their defaults."""
+CALL_OPTIONS: Final[Mapping[str, Any]] = {
+    "lock_wait": 0.0,
+    "detach": False,
+    "wait": 1.0,
+    "traceparent": None,
+}
+"""The options a ``call``/``run`` may carry (as JSON text), with their defaults.
+``traceparent``: the caller's W3C trace context (:mod:`.tracecontext`); the job's span
+continues that trace. A value that is not one is dropped by the agent, never refused."""
 PROFILE_ID_PREFIX: Final = "profile-"
 """A running profile's id (``cancel`` ends it, like a job)."""
 

@@ -69,4 +69,8 @@ def main(argv: list[str] | None = None) -> None:
         extra["obj"] = settings
     # Through bin/NAME, usage lines name what the user typed, as the hints do.
     prog = os.environ.get(PROG_ENV) or "rpcctl"
-    cli.main(args=args, prog_name=prog, complete_var=COMPLETE_VAR, **extra)
+    from rpcctl import _tracing
+
+    # The caller's trace (TRACEPARENT) goes with the command's calls; its own span with it.
+    with _tracing.command(lambda line: click.echo(f"rpcctl: warning: {line}", err=True)):
+        cli.main(args=args, prog_name=prog, complete_var=COMPLETE_VAR, **extra)

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import sys
-import threading
 import time
 from pathlib import Path
+
+from serving import serve
 
 import app_agent
 from app_agent import task
@@ -67,16 +66,5 @@ def hold(name: str) -> str:
     return "released"
 
 
-def main() -> None:
-    app_agent.configure_logging(json=True)
-    agent = app_agent.start(app="drainapp")
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    print(f"READY {agent.node}", flush=True)
-    stop.wait()
-    agent.stop()
-    sys.exit(0)
-
-
 if __name__ == "__main__":
-    main()
+    serve("drainapp")
