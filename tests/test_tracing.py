@@ -232,3 +232,23 @@ def test_traceparent_format(value: object, valid: bool) -> None:
     assert tracecontext.parse(value) == (value if valid else None)
     if valid:
         assert tracecontext.trace_id(str(value)) == TRACE_ID
+
+
+def test_the_span_names_the_identity(short_tmp: Path) -> None:
+    cookie = short_tmp / "ci.cookie"
+    cookie.write_text("ci-cookie-0123456789abcdef\n")
+    access = short_tmp / "access.toml"
+    access.write_text('[identity.ci]\ncookie_file = "ci.cookie"\nallow = ["*"]\n')
+    for path in (cookie, access):
+        path.chmod(0o600)
+    app = start_traceapp(short_tmp, TRACEAPP_PROVIDER="1", RPCCTL_ACCESS=str(access))
+    try:
+        as_ci = ["-n", app.node, "--identity", "ci", "--cookie-file", str(cookie), "rpc"]
+        result = run_rpcctl(*as_ci, "traceapp.plain", env={"TRACEPARENT": TRACEPARENT})
+        assert result.returncode == 0, result.stderr
+        listed = run_rpcctl(*as_ci, "--json", "traceapp.spans(1)")
+        job = json.loads(listed.stdout)["result"][0]
+        assert job["attributes"]["rpcctl.identity"] == "ci"
+        assert job["attributes"]["rpcctl.caller"].startswith("ci (uid=")
+    finally:
+        app.close()
