@@ -252,3 +252,17 @@ def test_the_span_names_the_identity(short_tmp: Path) -> None:
         assert job["attributes"]["rpcctl.caller"].startswith("ci (uid=")
     finally:
         app.close()
+
+
+def test_a_fleet_call_carries_the_trace(short_tmp: Path) -> None:
+    apps = [start_traceapp(short_tmp / n, TRACEAPP_PROVIDER="1") for n in ("a", "b")]
+    try:
+        nodes = [arg for a in apps for arg in ("-n", a.node)]
+        result = run_rpcctl(*nodes, "rpc", "traceapp.plain", env={"TRACEPARENT": TRACEPARENT})
+        assert result.returncode == 0, result.stderr
+        for app in apps:
+            job = spans(app, 1)["traceapp.plain"]
+            assert (job["trace_id"], job["parent_id"]) == (TRACE_ID, PARENT_ID)
+    finally:
+        for app in apps:
+            app.close()
