@@ -17,8 +17,10 @@ Decisions (docs/operations.md, "Drain and resume"):
   hook again).
 - Hooks run one after the other on the asking connection's thread; ``async def`` hooks on
   the app's event loop when the agent runs on one, else on a fresh loop.
-- Transitions are serialized: a drain that arrives while another's hooks run waits for
-  them, then answers "already drained".
+- One transition at a time, without waiting: a drain that arrives while another drain's
+  hooks run answers "already drained" at once; a resume then, or anything while a resume's
+  hooks run, is busy (exit 7) naming who asked and how long ago. So a hook that hangs never
+  makes the next command hang too.
 """
 
 from __future__ import annotations
@@ -42,9 +44,11 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 _hooks: dict[str, list[tuple[str, Callable[[], Any]]]] = {"drain": [], "resume": []}
-_transition = threading.Lock()  # one drain or resume at a time, hooks included
+_lock = threading.Lock()  # guards _drained and _busy; never held while hooks run
 _drained: dict[str, Any] | None = None
 """``{"by": who, "since": epoch seconds}`` while drained, else None."""
+_busy: tuple[str, str, float] | None = None
+"""``(kind, who, monotonic start)`` while a drain's or a resume's hooks run."""
 
 
 def on_drain(func: F) -> F:
@@ -89,7 +93,7 @@ def drained() -> dict[str, Any] | None:
 def drain(service: ServiceBase, wait_jobs: Any = 0.0) -> str:
     """Mark the app not ready, run the on_drain hooks, wait up to *wait_jobs* seconds for
     the running jobs to end: ``{drained, already, hooks, failed, running, waited_s}``."""
-    global _drained
+    global _drained, _busy
     if (refused := service._forbidden(DRAIN, "drain the app")) is not None:
         return refused
     if type(wait_jobs) not in (int, float) or not 0 <= wait_jobs <= MAX_DRAIN_WAIT:
@@ -97,15 +101,16 @@ def drain(service: ServiceBase, wait_jobs: Any = 0.0) -> str:
             ErrorKind.USAGE, f"drain() takes wait_jobs: seconds from 0 to {MAX_DRAIN_WAIT:g}"
         )
     state = service._state
-    with _transition:
-        already = _drained is not None
+    with _lock:
+        if _busy is not None and _busy[0] == "resume":
+            return _busy_reply()
+        already = _drained is not None  # a drain whose hooks still run included
         if not already:
             _drained = {"by": _who(service), "since": time.time()}
             readiness.set_drained(True)
-            ran = _run_hooks("drain", state)
-        else:
-            ran = []
+            _busy = ("drain", _drained["by"], time.monotonic())
         current = dict(_drained or {})
+    ran = [] if already else _hooks_then_idle("drain", state)[0]
     failed = [h["name"] for h in ran if not h["ok"]]
     if not already:
         record(service, "drain.drained", hooks=len(ran), failed=failed)
@@ -126,16 +131,19 @@ def drain(service: ServiceBase, wait_jobs: Any = 0.0) -> str:
 def resume(service: ServiceBase) -> str:
     """Run the on_resume hooks and, when they all passed, mark the app ready again:
     ``{resumed, was, hooks, failed}`` (*was*: the drain that ended, None when not drained)."""
-    global _drained
+    global _busy
     if (refused := service._forbidden(DRAIN, "resume the app")) is not None:
         return refused
-    with _transition:
+    with _lock:
+        if _busy is not None:
+            return _busy_reply()
         was = dict(_drained) if _drained is not None else None
-        ran = _run_hooks("resume", service._state) if was is not None else []
-        failed = [h["name"] for h in ran if not h["ok"]]
-        if was is not None and not failed:
-            _drained = None
-            readiness.set_drained(False)
+        if was is not None:
+            _busy = ("resume", _who(service), time.monotonic())
+    ran: list[dict[str, Any]] = []
+    failed: list[str] = []
+    if was is not None:
+        ran, failed = _hooks_then_idle("resume", service._state)
     if was is not None:
         event = "drain.resume_failed" if failed else "drain.resumed"
         record(service, event, hooks=len(ran), failed=failed, drained_by=was["by"])
@@ -158,6 +166,35 @@ def _who(service: ServiceBase) -> str:
     who = service.who
     identity = who.get("identity")
     return f"{identity} ({who['caller']})" if identity else str(who["caller"])
+
+
+def _hooks_then_idle(kind: str, state: AgentState) -> tuple[list[dict[str, Any]], list[str]]:
+    """Run the hooks of *kind* (what ran, the names of those that failed), then let the
+    next drain or resume in; a resume whose hooks all passed ends the drain at that moment."""
+    global _busy, _drained
+    ran: list[dict[str, Any]] | None = None
+    try:
+        ran = _run_hooks(kind, state)
+    finally:
+        failed = [h["name"] for h in ran or [] if not h["ok"]]
+        with _lock:
+            _busy = None
+            if kind == "resume" and ran is not None and not failed:
+                _drained = None
+                readiness.set_drained(False)
+    return ran, failed
+
+
+def _busy_reply() -> str:
+    """Busy (exit 7): another drain's or resume's hooks are running (called under _lock)."""
+    assert _busy is not None
+    kind, who, started = _busy
+    took = time.monotonic() - started
+    message = (
+        f"a {kind} is running its on_{kind} hooks (asked by {who} {took:.0f}s ago); "
+        "try again once it ends"
+    )
+    return wire.error(ErrorKind.BUSY, message)
 
 
 def _run_hooks(kind: str, state: AgentState) -> list[dict[str, Any]]:

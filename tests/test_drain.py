@@ -66,7 +66,7 @@ def test_drain_then_resume(app: AppProcess) -> None:
 
     drained = app.rpcctl("drain")
     assert drained.returncode == 0, drained.stderr
-    assert drained.stdout == f"{app.node}: drained: not ready (3 on_drain hooks ran)\n"
+    assert drained.stdout == f"{app.node}: drained: not ready (4 on_drain hooks ran)\n"
     assert drained.stderr == ""
     # Registration order; the async hook ran too.
     assert hooks_run(app) == ["drain consumer", "drain async"]
@@ -120,7 +120,7 @@ def test_the_audit_log_names_who_drained(short_tmp: Path) -> None:
         log = [json.loads(line) for line in app.stderr().splitlines() if line.startswith("{")]
         app.close()
     events = {e["event"]: e for e in log if e["event"].startswith("drain.")}
-    assert events["drain.drained"]["hooks"] == 3
+    assert events["drain.drained"]["hooks"] == 4
     assert events["drain.drained"]["failed"] == []
     assert events["drain.drained"]["caller"].startswith("uid=")
     assert events["drain.resumed"]["drained_by"] == events["drain.drained"]["caller"]
@@ -135,7 +135,7 @@ def test_wait_jobs_waits_for_running_jobs(app: AppProcess) -> None:
     # It does not end within the time given: exit 4 naming it, and the app is drained.
     late = app.rpcctl("drain", "--wait-jobs", "0.1")
     assert late.returncode == 4, late.stderr
-    assert late.stdout == f"{app.node}: drained: not ready (3 on_drain hooks ran)\n"
+    assert late.stdout == f"{app.node}: drained: not ready (4 on_drain hooks ran)\n"
     assert late.stderr == (
         f"rpcctl: error: drained, but 1 job still running after 0.1s: "
         f"{job_id} (drainapp.hold); `rpcctl jobs` lists them\n"
@@ -185,6 +185,33 @@ def test_a_failing_hook_is_named_and_the_app_stays_drained(app: AppProcess) -> N
         "drainapp.start_consumer",
         "drainapp.flaky_resume",
     ]
+    assert app.rpcctl("ping", "--ready").returncode == 0
+
+
+def test_a_hook_that_hangs_holds_up_no_other_command(app: AppProcess) -> None:
+    directory = Path(app.env["DRAINAPP_DIR"])
+    (directory / "block").touch()
+    first = popen_rpcctl("-n", app.node, "drain", "--timeout", str(DEADLINE * 2))
+    try:
+        wait_until(lambda: "drain blocked" in hooks_run(app), what="the blocking hook")
+        # Drained already (before its hooks): another drain says so at once ...
+        again = app.rpcctl("drain")
+        assert again.returncode == 0, again.stderr
+        assert "already drained since " in again.stdout
+        assert app.rpcctl("ping", "--ready").returncode == 3
+        # ... and a resume is busy, naming the drain that runs.
+        busy = app.rpcctl("resume")
+        assert busy.returncode == 7
+        assert busy.stderr.startswith(
+            "rpcctl: error: a drain is running its on_drain hooks (asked by uid="
+        )
+        assert busy.stderr.endswith("s ago); try again once it ends\n")
+    finally:
+        (directory / "block").unlink()
+    out, err = first.communicate(timeout=DEADLINE)
+    assert first.returncode == 0, err
+    assert out.endswith("drained: not ready (4 on_drain hooks ran)\n")
+    assert app.rpcctl("resume").returncode == 0
     assert app.rpcctl("ping", "--ready").returncode == 0
 
 

@@ -21,7 +21,7 @@ DIR = Path(os.environ.get("DRAINAPP_DIR", "."))
 TRACE = DIR / "hooks.log"
 """One line per hook run: ``drain consumer``, ``drain async``, ``resume consumer``."""
 FAIL = DIR / "fail"
-"""While this file exists, the flaky hooks raise."""
+"""While this file exists, the flaky hooks raise (``block``: slow_drain waits)."""
 TICK = 0.01
 
 
@@ -45,6 +45,15 @@ async def close_listener() -> None:
 def flaky_drain() -> None:
     if FAIL.exists():
         raise RuntimeError("queue broker unreachable")
+
+
+@app_agent.on_drain
+def slow_drain() -> None:
+    """While the file ``block`` exists, wait (a hook that takes its time, or hangs)."""
+    if (DIR / "block").exists():
+        _note("drain blocked")
+        while (DIR / "block").exists():
+            time.sleep(TICK)
 
 
 @app_agent.on_resume
