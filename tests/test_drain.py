@@ -7,6 +7,7 @@ pieces a process cannot show (readiness the app declared itself, hook registrati
 from __future__ import annotations
 
 import json
+import math
 import sys
 import textwrap
 import time
@@ -151,6 +152,27 @@ def test_wait_jobs_waits_for_running_jobs(app: AppProcess) -> None:
     assert report["already"] is True
     assert report["running"] == []
     assert [j["state"] for j in listed_jobs(app) if j["id"] == job_id] == ["succeeded"]
+
+
+def waiting_for_jobs(app: AppProcess) -> bool:
+    """Whether a thread of the app is in drain's wait for jobs (rpcctl stack)."""
+    stack = json.loads(app.rpcctl("stack", "--all", "--json").stdout)["result"]
+    functions = [f["function"] for t in stack["threads"] for f in t["frames"]]
+    return "_wait_for_jobs" in functions
+
+
+def test_a_drain_whose_client_went_away_stops_waiting(app: AppProcess) -> None:
+    job = json.loads(app.rpcctl("rpc", "--detach", "--json", 'drainapp.hold("never")').stdout)
+    assert job["result"]["job"]
+    waiting = popen_rpcctl("-n", app.node, "drain", "--wait-jobs", "3600")
+    try:
+        wait_until(lambda: waiting_for_jobs(app), what="drain waiting for the job")
+    finally:
+        waiting.kill()
+        waiting.communicate(timeout=DEADLINE)
+    wait_until(lambda: not waiting_for_jobs(app), what="the agent to stop waiting")
+    assert app.rpcctl("ping", "--ready").returncode == 3  # drained all the same
+    (Path(app.env["DRAINAPP_DIR"]) / "never").touch()
 
 
 def test_a_failing_hook_is_named_and_the_app_stays_drained(app: AppProcess) -> None:
@@ -315,7 +337,7 @@ def test_the_agent_checks_what_arrives(agent_in_process: Any) -> None:
     from rpcctl.exceptions import UsageError
 
     with rpcctl.connect(agent_in_process.node) as conn:  # type: ignore[attr-defined]
-        for bad in ("soon", -1.0, protocol.MAX_DRAIN_WAIT + 1, True):
+        for bad in ("soon", -1.0, protocol.MAX_DRAIN_WAIT + 1, True, math.nan, math.inf):
             with pytest.raises(UsageError, match=r"drain\(\) takes wait_jobs: seconds from 0"):
                 conn._reply(conn._request("drain", 5.0, bad))
         assert conn.info()["drained"] is None
