@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 SUCCEEDED = "succeeded"
 
 _api: Any = None
-"""``(trace, context, Status, propagator)`` once imported; False when opentelemetry-api is
+"""``(trace, context, Status, propagator, tracer)`` once imported; False when opentelemetry-api is
 missing (looked for once)."""
 
 
@@ -39,7 +39,9 @@ def _load() -> Any:
         except ImportError:
             _api = False
         else:
-            _api = (trace, context, Status, TraceContextTextMapPropagator())
+            # Kept: before the app installs its provider this is a proxy that follows it.
+            tracer = trace.get_tracer("app_agent", __version__)
+            _api = (trace, context, Status, TraceContextTextMapPropagator(), tracer)
     return _api
 
 
@@ -49,16 +51,12 @@ def job_span(job: Job) -> Iterator[None]:
     ``rpcctl.task``, ``rpcctl.caller``, ``rpcctl.identity`` (with an access file) and, at
     the end, ``rpcctl.outcome``; status ERROR unless it succeeded), the child of the span of
     its traceparent, current in the body's context (threads and the app's event loop)."""
-    from app_agent.logs import get_logger
-
-    log = get_logger()
     api: Any = _load() if job.traceparent is not None else False
     span = token = None
     if api:
-        trace, context, _status, propagator = api
+        trace, context, _status, propagator, tracer = api
         try:
             parent = propagator.extract({"traceparent": job.traceparent})
-            tracer = trace.get_tracer("app_agent", __version__)
             attributes = {"rpcctl.job.id": job.id, "rpcctl.task": job.task.name}
             attributes["rpcctl.caller"] = job.caller
             if job.audit.get("identity"):
@@ -68,17 +66,17 @@ def job_span(job: Job) -> Iterator[None]:
             )
             token = context.attach(trace.set_span_in_context(span, parent))
         except Exception as exc:  # noqa: BLE001  (the app's tracer must never fail the job)
-            log.warning("tracing.failed", job=job.id, error=repr(exc)[:500])
+            _failed(job, exc)
             span = None
     try:
         yield
     finally:
         if span is not None:
-            _end(span, job, api, token, log)
+            _end(span, job, api, token)
 
 
-def _end(span: Any, job: Job, api: Any, token: Any, log: Any) -> None:
-    trace, context, status, _propagator = api
+def _end(span: Any, job: Job, api: Any, token: Any) -> None:
+    trace, context, status, _propagator, _tracer = api
     try:
         context.detach(token)
         span.set_attribute("rpcctl.outcome", job.state)
@@ -89,4 +87,10 @@ def _end(span: Any, job: Job, api: Any, token: Any, log: Any) -> None:
             span.set_status(status(trace.StatusCode.ERROR, what.splitlines()[0][:500]))
         span.end()
     except Exception as exc:  # noqa: BLE001  (the app's tracer must never fail the job)
-        log.warning("tracing.failed", job=job.id, error=repr(exc)[:500])
+        _failed(job, exc)
+
+
+def _failed(job: Job, exc: Exception) -> None:
+    from app_agent.logs import get_logger
+
+    get_logger().warning("tracing.failed", job=job.id, error=repr(exc)[:500])
