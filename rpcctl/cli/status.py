@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import click
 
 from app_agent.wire.words import REGISTER_TASKS
@@ -11,10 +9,6 @@ from rpcctl import client as client_mod
 from rpcctl import fleet as fleet_mod
 from rpcctl import waits
 from rpcctl._settings import PING_OPTIONS, Settings
-
-if TYPE_CHECKING:
-    pass
-
 from rpcctl.cli._common import (
     emit_json,
     fleet_options,
