@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, overload
 
 from app_agent import _threads
+from app_agent._frames import short_path
 from app_agent._registry import _module_name, check_no_arguments
 from app_agent.wire import environment
 from app_agent.wire.words import plural
@@ -310,8 +311,6 @@ def blocking_frame(loop: Any) -> str | None:
     frame = frame if frame is not None else innermost
     if frame is None:
         return None
-    from app_agent._profile import short_path
-
     code = frame.f_code
     return f"{code.co_qualname} ({short_path(code.co_filename)}:{frame.f_lineno})"
 

@@ -19,13 +19,9 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 from app_agent.wire import tracecontext
-
-# Without importing typing (which costs the ping path ~10 ms); mypy knows this name.
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import Any
 
 EXPORTER_ENV = "OTEL_TRACES_EXPORTER"
 _ENTRY_POINTS = "opentelemetry_traces_exporter"

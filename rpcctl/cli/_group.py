@@ -5,16 +5,12 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
 from app_agent import __version__
 from rpcctl._settings import GLOBAL_OPTIONS, PROG_ENV, Settings
-
-if TYPE_CHECKING:
-    pass
-
 from rpcctl.cli._common import RpcctlGroup, global_options, json_option, pass_settings
 
 

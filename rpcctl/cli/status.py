@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 import click
 
@@ -12,10 +11,6 @@ from rpcctl import client as client_mod
 from rpcctl import fleet as fleet_mod
 from rpcctl import waits
 from rpcctl._settings import PING_OPTIONS, Settings
-
-if TYPE_CHECKING:
-    pass
-
 from rpcctl.cli._common import (
     emit_json,
     fleet_options,
