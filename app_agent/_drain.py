@@ -28,17 +28,16 @@ from __future__ import annotations
 import inspect
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from app_agent import _readiness as readiness
 from app_agent import wire
 from app_agent._registry import _module_name, check_no_arguments
 from app_agent.wire import ErrorKind
-from app_agent.wire.protocol import DRAIN, MAX_DRAIN_WAIT
+from app_agent.wire.protocol import MAX_DRAIN_WAIT
 
 if TYPE_CHECKING:
-    from app_agent._service_base import ServiceBase
     from app_agent._state import AgentState
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -87,35 +86,36 @@ def drained() -> dict[str, Any] | None:
     return dict(_drained) if _drained is not None else None
 
 
-# -- the two handlers (the service's exposed_drain and exposed_resume call them) ---------------
+# -- the two handlers (the service's drain and resume call them, their grant checked) ------
+# Each takes what it needs of the asking connection: the agent's state, who asks (the audit
+# fields: caller, auth, identity) and whether that client has hung up.
 
 
-def drain(service: ServiceBase, wait_jobs: Any = 0.0) -> str:
+def drain(
+    state: AgentState, who: Mapping[str, Any], peer_gone: Callable[[], bool], wait_jobs: Any
+) -> str:
     """Mark the app not ready, run the on_drain hooks, wait up to *wait_jobs* seconds for
     the running jobs to end: ``{drained, already, hooks, failed, running, waited_s}``."""
     global _drained, _busy
-    if (refused := service._forbidden(DRAIN, "drain the app")) is not None:
-        return refused
     if type(wait_jobs) not in (int, float) or not 0 <= wait_jobs <= MAX_DRAIN_WAIT:
         return wire.error(
             ErrorKind.USAGE, f"drain() takes wait_jobs: seconds from 0 to {MAX_DRAIN_WAIT:g}"
         )
-    state = service._state
     with _lock:
         if _busy is not None and _busy[0] == "resume":
             return _busy_reply()
         already = _drained is not None  # a drain whose hooks still run included
         if not already:
-            _drained = {"by": _who(service), "since": time.time()}
+            _drained = {"by": _who(who), "since": time.time()}
             readiness.set_drained(True)
             _busy = ("drain", _drained["by"], time.monotonic())
         current = dict(_drained or {})
     ran = [] if already else _hooks_then_idle("drain", state)[0]
     failed = [h["name"] for h in ran if not h["ok"]]
     if not already:
-        record(service, "drain.drained", hooks=len(ran), failed=failed)
+        record(state, who, "drain.drained", hooks=len(ran), failed=failed)
     started = time.monotonic()
-    running = _wait_for_jobs(service, float(wait_jobs)) if wait_jobs else _running(state)
+    running = _wait_for_jobs(state, peer_gone, float(wait_jobs)) if wait_jobs else _running(state)
     return wire.ok(
         {
             "drained": current,
@@ -128,42 +128,39 @@ def drain(service: ServiceBase, wait_jobs: Any = 0.0) -> str:
     )
 
 
-def resume(service: ServiceBase) -> str:
+def resume(state: AgentState, who: Mapping[str, Any]) -> str:
     """Run the on_resume hooks and, when they all passed, mark the app ready again:
     ``{resumed, was, hooks, failed}`` (*was*: the drain that ended, None when not drained)."""
     global _busy
-    if (refused := service._forbidden(DRAIN, "resume the app")) is not None:
-        return refused
     with _lock:
         if _busy is not None:
             return _busy_reply()
         was = dict(_drained) if _drained is not None else None
         if was is not None:
-            _busy = ("resume", _who(service), time.monotonic())
+            _busy = ("resume", _who(who), time.monotonic())
     ran: list[dict[str, Any]] = []
     failed: list[str] = []
     if was is not None:
-        ran, failed = _hooks_then_idle("resume", service._state)
+        ran, failed = _hooks_then_idle("resume", state)
     if was is not None:
         event = "drain.resume_failed" if failed else "drain.resumed"
-        record(service, event, hooks=len(ran), failed=failed, drained_by=was["by"])
+        record(state, who, event, hooks=len(ran), failed=failed, drained_by=was["by"])
     return wire.ok(
         {"resumed": was is not None and not failed, "was": was, "hooks": ran, "failed": failed}
     )
 
 
-def record(service: ServiceBase, event: str, **fields: Any) -> None:
+def record(state: AgentState, who: Mapping[str, Any], event: str, **fields: Any) -> None:
     """The one place a drain or a resume is recorded: the audit log now. The durable job
     history (issue 24) hooks in here, so both land in the same place."""
-    service._audit(event, now=True, **fields)
+    state.log.info(event, **who, **fields)
 
 
 # -- the work -----------------------------------------------------------------------------------
 
 
-def _who(service: ServiceBase) -> str:
+def _who(who: Mapping[str, Any]) -> str:
     """Who drained, as ``info`` shows it: the identity and its peer, or the peer alone."""
-    who = service.who
     identity = who.get("identity")
     return f"{identity} ({who['caller']})" if identity else str(who["caller"])
 
@@ -233,14 +230,16 @@ def _running(state: AgentState) -> list[dict[str, Any]]:
     return [{"id": j.id, "task": j.task.name} for j in state.jobs.running()]
 
 
-def _wait_for_jobs(service: ServiceBase, seconds: float) -> list[dict[str, Any]]:
+def _wait_for_jobs(
+    state: AgentState, peer_gone: Callable[[], bool], seconds: float
+) -> list[dict[str, Any]]:
     """Wait up to *seconds* for the running jobs to end (jobs started meanwhile too); those
     still running then. Stops early when the asking client hangs up."""
-    jobs = service._state.jobs
+    jobs = state.jobs
     deadline = time.monotonic() + seconds
     while (running := jobs.running()) and (left := deadline - time.monotonic()) > 0:
         # In slices, to notice a client that went away.
         running[0].wait(min(left, 0.5))
-        if service.peer_gone():
+        if peer_gone():
             break
-    return _running(service._state)
+    return _running(state)

@@ -18,7 +18,7 @@ import rpyc
 
 from app_agent import _drain, _process, wire
 from app_agent import _readiness as readiness
-from app_agent._access import READ, STOP
+from app_agent._access import DRAIN, READ, STOP
 from app_agent._jobs import (
     CANCELLED,
     MAX_NESTING,
@@ -143,10 +143,14 @@ class AgentService(IntrospectionMethods, ConsoleMethods):
         return wire.ok({"pid": os.getpid(), "via": how})
 
     def exposed_drain(self, wait_jobs: Any = 0.0) -> str:
-        return _drain.drain(self, wait_jobs)
+        if (refused := self._forbidden(DRAIN, "drain the app")) is not None:
+            return refused
+        return _drain.drain(self._state, self._who, self.peer_gone, wait_jobs)
 
     def exposed_resume(self) -> str:
-        return _drain.resume(self)
+        if (refused := self._forbidden(DRAIN, "resume the app")) is not None:
+            return refused
+        return _drain.resume(self._state, self._who)
 
     def exposed_call(
         self, name: Any, args_json: Any = "[]", kwargs_json: Any = "{}", options_json: Any = "{}"
