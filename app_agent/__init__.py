@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
     from app_agent._agent import Agent
     from app_agent._capture import cancelled, progress
+    from app_agent._drain import on_drain, on_resume
     from app_agent._health import health_check
     from app_agent._readiness import set_ready
     from app_agent._registry import Task, reset_registry, task
@@ -43,6 +44,8 @@ __all__ = [
     "configure_logging",
     "current",
     "health_check",
+    "on_drain",
+    "on_resume",
     "progress",
     "reset_registry",
     "set_ready",
@@ -98,6 +101,10 @@ def __getattr__(name: str) -> object:
         from app_agent._health import health_check
 
         return health_check
+    if name in ("on_drain", "on_resume"):
+        from app_agent import _drain
+
+        return getattr(_drain, name)
     if name == "set_ready":
         from app_agent._readiness import set_ready
 

@@ -33,13 +33,15 @@ LOG_LEVEL: Final = "log_level"
 """Changing a logger's level (showing levels is ``read``)."""
 CONSOLE: Final = "console"
 """The remote console: never implied by ``*``, only granted by name."""
+DRAIN: Final = "drain"
+"""Draining the app and resuming it (``rpcctl drain``/``resume``); ``*`` implies it."""
 EVERYTHING: Final = "*"
 """Every grant but ``console``, and every task."""
 
-GRANTS: Final = (READ, STOP, LOG_LEVEL, CONSOLE)
+GRANTS: Final = (READ, STOP, LOG_LEVEL, CONSOLE, DRAIN)
 _CREDENTIALS: Final = ("cookie_file", "tls_subject", "unix_user")
 _IDENTITY_KEYS: Final = {
-    "allow": 'a list of grants (read, stop, log_level, console, "*") and task patterns '
+    "allow": 'a list of grants (read, stop, log_level, console, drain, "*") and task patterns '
     '(globs on the full task name, such as "myapp.tasks.reindex_*")',
     "cookie_file": "the owner-only file holding this identity's cookie, relative to the "
     "access file",

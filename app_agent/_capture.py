@@ -20,12 +20,22 @@ import logging
 import sys
 import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, Protocol, TextIO
 
-if TYPE_CHECKING:
-    from app_agent._jobs import Job
 
-current_job: contextvars.ContextVar[Job | None] = contextvars.ContextVar(
+class RunningJob(Protocol):
+    """What capture needs of the job a thread runs (app_agent._job.Job is one): named here so
+    the job imports capture and not the other way round."""
+
+    @property
+    def cancel_requested(self) -> Any: ...
+
+    def write(self, stream: str, text: str) -> None: ...
+
+    def progress(self, done: float, total: float | None, message: str | None) -> None: ...
+
+
+current_job: contextvars.ContextVar[RunningJob | None] = contextvars.ContextVar(
     "rpcctl_current_job", default=None
 )
 

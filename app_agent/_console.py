@@ -33,7 +33,7 @@ import threading
 import time
 import traceback
 import types
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app_agent import _capture, wire
 from app_agent._jobs import FAILED, SUCCEEDED, Job
@@ -41,7 +41,6 @@ from app_agent._registry import Task
 from app_agent.wire import ErrorKind, Reason
 from app_agent.wire import environment as env
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from app_agent._state import AgentState
 

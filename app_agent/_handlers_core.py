@@ -14,7 +14,7 @@ import time
 
 import rpyc
 
-from app_agent import _process, wire
+from app_agent import _drain, _process, wire
 from app_agent import _readiness as readiness
 from app_agent._caller import Caller
 from app_agent._version import __version__
@@ -44,6 +44,7 @@ def info(caller: Caller) -> str:
             "python": sys.executable,
             "jobs": [job.summary() for job in state.jobs.running()],
             "ready": readiness.ready,
+            "drained": _drain.drained(),
             "event_loop": state.jobs.loop is not None,
         }
     )
@@ -53,6 +54,16 @@ def tasks(caller: Caller) -> str:
     """The registered tasks this caller's identity may run."""
     runnable = [t for t in caller.state.registry.all() if caller.identity.may_run(t.name)]
     return wire.ok([t.describe() for t in runnable])
+
+
+def drain(caller: Caller, wait_jobs: float) -> str:
+    """Not ready, the on_drain hooks, then up to *wait_jobs* s for running jobs to end."""
+    return _drain.drain(caller.state, caller.who, caller.peer_gone, wait_jobs)
+
+
+def resume(caller: Caller) -> str:
+    """The on_resume hooks, then ready again (still drained when one fails)."""
+    return _drain.resume(caller.state, caller.who)
 
 
 def stop(caller: Caller, restart: bool) -> str:

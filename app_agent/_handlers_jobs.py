@@ -28,8 +28,8 @@ from app_agent._locks import Busy
 from app_agent._registry import Task
 from app_agent._threads import NoThread
 from app_agent.config import arguments_too_big
-from app_agent.wire import ErrorKind, Reason
-from app_agent.wire.protocol import MAX_WAIT, PROFILE_ID_PREFIX
+from app_agent.wire import ErrorKind, Reason, tracecontext
+from app_agent.wire.protocol import CALL_OPTIONS, MAX_WAIT, PROFILE_ID_PREFIX
 from app_agent.wire.words import REGISTER_TASKS
 
 _MAX_OPTIONS = 1024
@@ -180,7 +180,9 @@ def _prepare(
         )
         raise _Refused(reply) from None
     shown = caller.name if caller.identity.name is None else f"{caller.identity} ({caller.name})"
+    traceparent = _traced(options["traceparent"], log)
     job = caller.state.jobs.create(task, shown)
+    job.traceparent = traceparent
     try:
         # Argument names and sizes always; values only where the task opted in (they
         # may carry secrets).
@@ -302,7 +304,7 @@ def _no_such_job(job_id: str) -> str:
 
 
 def _decode_options(options_json: str) -> dict[str, Any]:
-    options: dict[str, Any] = {"lock_wait": 0.0, "detach": False, "wait": 1.0}
+    options: dict[str, Any] = dict(CALL_OPTIONS)
     if options_json == "{}":
         return options
     given = wire.loads(options_json)
@@ -314,9 +316,20 @@ def _decode_options(options_json: str) -> dict[str, Any]:
     if not all(type(v) in (int, float) and v >= 0 for v in (lock_wait, wait)):
         msg = "lock_wait and wait must be non-negative numbers"
         raise ValueError(msg)
-    options.update(lock_wait=float(lock_wait), wait=min(float(wait), 30.0))
+    options.update(lock_wait=float(lock_wait), wait=min(float(wait), MAX_WAIT))
     options["detach"] = bool(given.get("detach", False))
+    options["traceparent"] = given.get("traceparent")  # checked by _prepare: never refused
     return options
+
+
+def _traced(value: Any, log: Any) -> str | None:
+    """The call's traceparent when it is a valid one; a bad one is dropped (debug log)."""
+    if value is None:
+        return None
+    traceparent = tracecontext.parse(value)
+    if traceparent is None:
+        log.debug("call.traceparent_ignored", value=repr(value)[:100])
+    return traceparent
 
 
 def _decode_arguments(args_json: str, kwargs_json: str) -> tuple[list[Any], dict[str, Any]]:

@@ -19,7 +19,8 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, overload
 
 from app_agent import _threads
-from app_agent._registry import _module_name
+from app_agent._frames import short_path
+from app_agent._registry import _module_name, check_no_arguments
 from app_agent.wire import environment
 from app_agent.wire.words import plural
 
@@ -102,13 +103,7 @@ def health_check(
 
     def register(f: F) -> F:
         label = name or f"{_module_name(f)}.{f.__qualname__}"
-        try:
-            inspect.signature(f).bind()
-        except TypeError:
-            msg = f"health check {label} must be callable without arguments"
-            raise TypeError(msg) from None
-        except ValueError:
-            pass  # no signature to inspect (a builtin): let the call tell
+        check_no_arguments(f, f"health check {label}")
         registry.add(Check(label, f, float(timeout)))
         return f
 
@@ -316,8 +311,6 @@ def blocking_frame(loop: Any) -> str | None:
     frame = frame if frame is not None else innermost
     if frame is None:
         return None
-    from app_agent._profile import short_path
-
     code = frame.f_code
     return f"{code.co_qualname} ({short_path(code.co_filename)}:{frame.f_lineno})"
 

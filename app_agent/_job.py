@@ -114,6 +114,7 @@ class Job:
         self._result_held = False  # a result over MAX_RESULT_BYTES, kept for its followers
         self.counted = 0  # bytes the history counts for this job
         self.audit: dict[str, Any] = {}
+        self.traceparent: str | None = None  # the caller's trace: the job runs in a span of it
         self.timer: threading.Timer | None = None  # the task's own timeout, if it has one
         self.on_finish: Callable[[], None] | None = None
 

@@ -253,6 +253,17 @@ class JobTable:
     def _run(
         self, job: Job, args: tuple[Any, ...], kwargs: dict[str, Any], lease: Lease | None
     ) -> None:
+        if job.traceparent is None:
+            self._run_job(job, args, kwargs, lease)
+            return
+        from app_agent import _tracing  # only for a call that carries a trace
+
+        with _tracing.job_span(job):
+            self._run_job(job, args, kwargs, lease)
+
+    def _run_job(
+        self, job: Job, args: tuple[Any, ...], kwargs: dict[str, Any], lease: Lease | None
+    ) -> None:
         token = _capture.current_job.set(job)
         job.thread = threading.get_ident()
         try:

@@ -21,7 +21,8 @@ import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
-from app_agent import _introspect, _profile
+from app_agent import _introspect
+from app_agent._frames import module_files, short_path
 
 MAX_SECONDS = 3600.0
 MAX_TOP = 1000
@@ -145,7 +146,7 @@ def compare(
             total["count_diff"] -= group.count
     total["grew"] = len(grew)
     grew.sort(key=lambda g: (-g[0], -g[1]))
-    modules = _profile.module_files()
+    modules = module_files()
     return [_entry(g, s, c, group_by, modules) for s, c, g in grew[:top]], total
 
 
@@ -156,7 +157,7 @@ def _entry(
     innermost = group.frames[-1]
     return {
         "file": filename,
-        "short": _profile.short_path(filename, modules),
+        "short": short_path(filename, modules),
         "line": None if group_by == "file" else line,
         "code": "" if group_by == "file" else linecache.getline(filename, line).strip(),
         "size_diff": size_diff,
@@ -172,7 +173,7 @@ def _entry(
 def _frame(filename: str, line: int, modules: dict[str, str]) -> dict[str, Any]:
     return {
         "file": filename,
-        "short": _profile.short_path(filename, modules),
+        "short": short_path(filename, modules),
         "line": line,
         "code": linecache.getline(filename, line).strip(),
     }

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from app_agent import _introspect
+from app_agent._frames import module_files, short_path
 
 DEFAULT_RATE = 100.0
 MAX_RATE = 1000.0
@@ -193,33 +194,6 @@ class Profiler:
             "frames": frames,
             "stacks": stacks,
         }
-
-
-def short_path(filename: str, modules: dict[str, str] | None = None) -> str:
-    """*filename* as its module's path (``app_agent/_jobs.py``) when a loaded module has that
-    file, else relative to the longest ``sys.path`` entry that holds it, else as it is."""
-    name = (modules if modules is not None else module_files()).get(filename)
-    if name is not None:
-        tail = "/__init__.py" if filename.endswith("__init__.py") else ".py"
-        return name.replace(".", "/") + tail
-    best = ""
-    for entry in sys.path:
-        if not entry:
-            continue
-        prefix = entry.rstrip("/") + "/"
-        if filename.startswith(prefix) and len(prefix) > len(best):
-            best = prefix
-    return filename[len(best) :] if best else filename
-
-
-def module_files() -> dict[str, str]:
-    """Source file -> module name, for the loaded modules that have a ``.py`` file."""
-    found = {}
-    for name, module in list(sys.modules.items()):
-        path = getattr(module, "__file__", None)
-        if isinstance(path, str) and path.endswith(".py") and name != "__main__":
-            found[path] = name
-    return found
 
 
 _lock = threading.Lock()

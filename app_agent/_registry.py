@@ -157,6 +157,18 @@ class Registry:
             self._by_alias.clear()
 
 
+def check_no_arguments(func: Callable[..., Any], what: str) -> None:
+    """TypeError naming *what* (``health check myapp.db``) unless *func* can be called
+    without arguments, as the agent calls health checks and drain hooks."""
+    try:
+        inspect.signature(func).bind()
+    except TypeError:
+        msg = f"{what} must be callable without arguments"
+        raise TypeError(msg) from None
+    except ValueError:
+        pass  # no signature to inspect (a builtin): let the call tell
+
+
 def _module_name(func: Callable[..., Any]) -> str:
     """The importable name of the function's module, also for ``python -m pkg`` and scripts."""
     module = func.__module__

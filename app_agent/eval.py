@@ -33,13 +33,12 @@ import signal
 import sys
 import threading
 import traceback
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from app_agent import wire
 from app_agent.wire import ErrorKind, Reason
 from app_agent.wire import environment as env
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from app_agent._registry import Task
 

@@ -83,10 +83,16 @@ class Option:
         socket timeout takes, and infinity unless the option is endless."""
         if math.isnan(seconds):
             return "is not a number"
-        if math.isinf(seconds) and not self.endless:
-            return "is not a finite number"
+        if math.isinf(seconds):
+            return None if self.endless else "is not a finite number"
+        if seconds > MAX_SECONDS:
+            # Socket timeouts overflow past ~292 years; a year is already no deadline.
+            return "is over a year" + ("; inf waits without end" if self.endless else "")
         return None
 
+
+MAX_SECONDS = 365 * 24 * 3600.0
+"""The longest finite seconds option (a year)."""
 
 GLOBAL_OPTIONS = (
     Option(

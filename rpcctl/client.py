@@ -70,11 +70,15 @@ class Client:
         address: Address,
         timeout: float = DEFAULT_TIMEOUT,
         security: Security | None = None,
+        traceparent: str | None = None,
     ) -> None:
         from rpcctl._connection import Connection
 
         self.address = address
         self.timeout = timeout
+        self.traceparent = _traceparent(traceparent)
+        """The caller's W3C trace context, sent with every call and run: the job's span in the
+        app continues that trace (None: no trace; the CLI's comes from ``TRACEPARENT``)."""
         security = security if security is not None else Security.resolve()
         self._connection = Connection(address, timeout, security)
         self.handshake: dict[str, Any] = self._connection.handshake
@@ -139,6 +143,22 @@ class Client:
             return {"pid": None, "via": "gone"}
         return result
 
+    def drain(self, wait_jobs: float = 0.0) -> dict[str, Any]:
+        """Mark the app not ready (``ping --ready`` fails), run its on_drain hooks, then wait
+        up to *wait_jobs* seconds for its running jobs to end. Idempotent; the report:
+        ``{drained: {by, since}, already, hooks: [{name, ok, duration_s, error?}], failed:
+        [hook names], running: [{id, task}] (still running), waited_s}``. A failed hook or a
+        job still running is in the report, not raised: the app is drained either way."""
+        result: dict[str, Any] = self._result("drain", {"wait_jobs": float(wait_jobs)})
+        return result
+
+    def resume(self) -> dict[str, Any]:
+        """Run the app's on_resume hooks and, when all pass, mark it ready again:
+        ``{resumed, was: {by, since} or None (not drained), hooks, failed}``. With a failed
+        hook the app stays drained (``resumed`` False) and ``resume`` may be tried again."""
+        result: dict[str, Any] = self._result("resume")
+        return result
+
     # -- tasks -------------------------------------------------------------------------------
 
     def call(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
@@ -159,7 +179,7 @@ class Client:
         The task itself goes on running in the agent when the timeout passes.
         """
         args_json, kwargs_json = encode_arguments(args, kwargs or {})
-        options = wire.dumps({"lock_wait": lock_wait}) if lock_wait else "{}"
+        options = self._options(lock_wait=lock_wait) if lock_wait or self.traceparent else "{}"
         request = {
             "name": name,
             "args_json": args_json,
@@ -172,6 +192,12 @@ class Client:
             msg = f"{name} did not finish within {timeout:g}s; it goes on running in the agent"
             raise CallTimeout(msg, reason=Reason.STILL_RUNNING, data={"task": name}) from None
         return self._connection.reply(text)
+
+    def _options(self, **options: Any) -> str:
+        """A call's options as JSON text, with this client's trace when it has one."""
+        if self.traceparent:
+            options["traceparent"] = self.traceparent
+        return wire.dumps(options)
 
     # -- jobs --------------------------------------------------------------------------------
 
@@ -224,7 +250,7 @@ class Client:
         wait: float,
     ) -> dict[str, Any]:
         args_json, kwargs_json = encode_arguments(args, kwargs or {})
-        options = wire.dumps({"lock_wait": lock_wait, "detach": detach, "wait": wait})
+        options = self._options(lock_wait=lock_wait, detach=detach, wait=wait)
         request = {
             "name": name,
             "args_json": args_json,
@@ -460,6 +486,7 @@ def connect(
     tls_key: str | None = None,
     identity: str | None = None,
     security: Security | None = None,
+    traceparent: str | None = None,
 ) -> Client:
     """Connect to the agent at *node* (default ``RPCCTL_NODE``); use as a context manager.
 
@@ -467,8 +494,26 @@ def connect(
     ``RPCCTL_COOKIE_FILE``; for tls:// nodes, *tls_ca* is the CA that signed the agent's
     certificate and *tls_cert*/*tls_key* the client's own (``RPCCTL_TLS_*`` by default).
     *identity* (default ``RPCCTL_IDENTITY``) names who we are to an agent with an access
-    file; the cookie is that identity's.
+    file; the cookie is that identity's. *traceparent* (a W3C trace context, such as
+    ``00-<trace id>-<span id>-01``) makes every job this client starts a span of that trace
+    in the app (docs/operations.md, "Tracing").
     """
     if security is None:
         security = Security.resolve(cookie, cookie_file, tls_ca, tls_cert, tls_key, identity)
-    return Client(resolve_address(node), timeout=timeout, security=security)
+    return Client(
+        resolve_address(node), timeout=timeout, security=security, traceparent=traceparent
+    )
+
+
+def _traceparent(given: str | None) -> str | None:
+    """*given* when it is a W3C traceparent (UsageError otherwise), else the trace of the
+    running rpcctl command (rpcctl._tracing), if any."""
+    from app_agent.wire import tracecontext
+    from rpcctl import _tracing
+
+    if given is None:
+        return _tracing.outgoing()
+    if tracecontext.parse(given) is None:
+        msg = f"traceparent {given!r} is not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)"
+        raise UsageError(msg)
+    return given

@@ -193,7 +193,9 @@ def fan_out(
 ) -> MulticallResult:
     """Run *action(address, deadline, security)* for every node, at most *parallel* at once.
     An action that raises :class:`Skipped` (its node does not match *where*) leaves its node
-    out of the outcome, neither ok nor failed."""
+    out of the outcome, neither ok nor failed. Any other exception is a bug, not a node's
+    answer: it is raised here, on the caller's thread, once every node is done (never a
+    node reported ok with no result)."""
     security = security or Security.resolve()
     started = time.monotonic()
     outcomes = [Outcome(str(node)) for node in nodes]
@@ -214,11 +216,16 @@ def fan_out(
             outcome.error = exc
         except (OSError, EOFError) as exc:
             outcome.error = Unreachable(f"{outcome.node}: {exc}")
+        except BaseException as exc:  # noqa: BLE001 - re-raised below, on the caller's thread
+            crashes.append(exc)
         outcome.matched = judged.matched
         outcome.duration = time.monotonic() - node_started
 
+    crashes: list[BaseException] = []
     for thread in _in_parallel(one, range(len(outcomes)), parallel):
         thread.join()
+    if crashes:
+        raise crashes[0]
     return MulticallResult(outcomes, time.monotonic() - started, where)
 
 

@@ -142,7 +142,7 @@ BAD_ACCESS = {
     "unknown grant": (
         '[identity.ops]\nunix_user = "root"\nallow = ["raed"]\n',
         "[identity.ops] allow: unknown grant 'raed'; expected a list of grants (read, stop, "
-        'log_level, console, "*") and task patterns',
+        'log_level, console, drain, "*") and task patterns',
     ),
     "missing secret": (
         '[identity.ops]\ncookie_file = "absent.cookie"\nallow = []\n',

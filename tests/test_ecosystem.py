@@ -269,7 +269,10 @@ def test_kubernetes_recipe_works_against_a_live_app(short_tmp: Path) -> None:
     etc = short_tmp / "etc-rpcctl"
     etc.mkdir()
     files = {"access.toml": by_kind["ConfigMap"]["data"]["access.toml"]}
-    files |= {name: f"{name} 0123456789abcdef\n" for name in ("deploy.cookie", "probe.cookie")}
+    files |= {
+        name: f"{name} 0123456789abcdef\n"
+        for name in ("deploy.cookie", "probe.cookie", "lifecycle.cookie")
+    }
     for name, text in files.items():
         (etc / name).write_text(text)
         (etc / name).chmod(0o400)
@@ -316,6 +319,19 @@ def test_kubernetes_recipe_works_against_a_live_app(short_tmp: Path) -> None:
         )  # fmt: skip
         assert refused.returncode == 5
         assert "probe may not run myapp.tasks.migrate" in refused.stderr
+        # preStop drains (its own identity, drain only); the readiness probe then fails.
+        pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
+        argv = [
+            str(EXAMPLE / "bin" / "myapp") if a.endswith("bin/myapp") else local(a)
+            for a in pre_stop
+        ]
+        result = subprocess.run(argv, capture_output=True, text=True, env=probe_env, check=False)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.endswith("drained: not ready (0 on_drain hooks ran)\n")
+        ready = [local(a) for a in container["readinessProbe"]["exec"]["command"]]
+        ready[0] = str(EXAMPLE / "bin" / "myapp")
+        probed = subprocess.run(ready, capture_output=True, text=True, env=probe_env, check=False)
+        assert probed.returncode == 3, probed.stderr
     finally:
         app.close()
 

@@ -180,6 +180,7 @@ def test_whatever_the_fast_path_serves_click_reads_the_same(argv: list[str]) -> 
         (["--timeout", "inf"], "Invalid value for '--timeout': 'inf' is not a finite number."),
         (["--wait", "nan"], "Invalid value for '--wait': 'nan' is not a number."),
         (["--timeout", "0"], "Invalid value for '--timeout': 0.0 is not in the range x>0."),
+        (["--timeout", "1e12"], "Invalid value for '--timeout': '1e12' is over a year."),
     ],
 )
 def test_a_bad_number_of_seconds_is_a_usage_error(

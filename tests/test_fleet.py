@@ -360,3 +360,30 @@ def test_one_pings_at_most_parallel_nodes_at_once(monkeypatch: pytest.MonkeyPatc
     with pytest.raises(Unreachable, match="none of 10 nodes answered"):
         fleet.first_answering(nodes, timeout=1.0, parallel=2)
     assert 1 <= len(threads) <= 2
+
+
+def test_a_client_bug_on_one_node_is_raised_not_reported_ok() -> None:
+    """An exception that is no RpcctlError (a bug of ours) once killed its worker thread
+    and left the node reported ok with a null result."""
+
+    def action(address: Any, deadline: float, security: Any) -> Any:
+        raise OverflowError("timestamp out of range for platform time_t")
+
+    with pytest.raises(OverflowError):
+        fleet.fan_out(["unix:/nonexistent/a.sock", "unix:/nonexistent/b.sock"], action, 1.0)
+
+
+@pytest.mark.parametrize(
+    "command", [["rpc", "--timeout", "1e12", "x.y"], ["info", "--timeout", "1e12"]]
+)
+def test_seconds_past_a_year_are_a_usage_error_on_a_fleet(
+    short_tmp: Path, command: list[str]
+) -> None:
+    """Once an OverflowError in every fan-out worker and `1/1 node ok ... null`."""
+    nodes = ["-n", f"unix:{short_tmp}/a.sock", "-n", f"unix:{short_tmp}/b.sock"]
+    result = run_rpcctl(*nodes, *command)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == (
+        "Error: Invalid value for '--timeout': '1e12' is over a year"
+        + ("; inf waits without end." if command[0] == "rpc" else ".")
+    )

@@ -10,6 +10,7 @@
 - :mod:`~app_agent.wire.environment`: every ``RPCCTL_*`` variable's name
 - :mod:`~app_agent.wire.processes`: whether a process exists
 - :mod:`~app_agent.wire.words`: how counts read in messages
+- :mod:`~app_agent.wire.tracecontext`: the W3C ``traceparent`` a call may carry
 
 The names most code needs are re-exported here; the codec's (json) load on first use, and
 ``cookies`` and ``records`` (hashing) when imported: the ``rpcctl ping`` path loads this

@@ -100,6 +100,7 @@ class Reason(enum.StrEnum):
     NO_THREAD = "no_thread"  # the app cannot start a thread (data: threads)
     PROFILE_RUNNING = "profile_running"  # another profile runs (data: id)
     MEM_RUNNING = "mem_running"  # another mem runs
+    DRAIN_RUNNING = "drain_running"  # a drain's or resume's hooks are running
     # task failed (1)
     RAISED = "raised"  # the task raised (data: type, traceback)
     CANCELLED = "cancelled"  # the job was cancelled

@@ -29,12 +29,14 @@ LOG_LEVEL: Final = "log_level"
 """Setting a logger's level (it changes what the app writes)."""
 CONSOLE: Final = "console"
 """The remote console: arbitrary code, so never implied by ``*``."""
+DRAIN: Final = "drain"
+"""Draining the app (not ready, its on_drain hooks) and resuming it; not implied by ``read``."""
 TASK: Final = "task"
 """Not a grant of the access file: the identity's task patterns decide, by the task's name
 (call, run, cancel), which the handler checks once it knows the task."""
 TASK_OR_READ: Final = "task_or_read"
 """A job's output: whoever may run its task, or holds ``read``."""
-GRANTS: Final = (READ, STOP, LOG_LEVEL, CONSOLE)
+GRANTS: Final = (READ, STOP, LOG_LEVEL, CONSOLE, DRAIN)
 """The grants an access file may name, besides task patterns and ``*``."""
 EVERYTHING: Final = "*"
 """Every grant and every task, but not the console."""
@@ -67,8 +69,17 @@ MAX_MEM_SECONDS: Final = 3600.0
 MAX_MEM_TOP: Final = 1000
 MEM_GROUPS: Final = ("line", "file", "traceback")
 MAX_HEALTH_SECONDS: Final = 3600.0
-CALL_OPTIONS: Final[Mapping[str, Any]] = {"lock_wait": 0.0, "detach": False, "wait": 1.0}
-"""The options a ``call``/``run`` may carry (as JSON text), with their defaults."""
+MAX_DRAIN_WAIT: Final = 3600.0
+"""Seconds ``drain`` may wait for running jobs to end."""
+CALL_OPTIONS: Final[Mapping[str, Any]] = {
+    "lock_wait": 0.0,
+    "detach": False,
+    "wait": 1.0,
+    "traceparent": None,
+}
+"""The options a ``call``/``run`` may carry (as JSON text), with their defaults.
+``traceparent``: the caller's W3C trace context (:mod:`.tracecontext`); the job's span
+continues that trace. A value that is not one is dropped by the agent, never refused."""
 PROFILE_ID_PREFIX: Final = "profile-"
 """A running profile's id (``cancel`` ends it, like a job)."""
 
@@ -226,7 +237,7 @@ METHODS: Final[Mapping[str, Method]] = {
             "core",
             READ,
             reply="{app, version, pid, node, started_at, uptime_s, versions, python, jobs, "
-            "ready, event_loop}",
+            "ready, drained, event_loop}",
             action="read info",
         ),
         _method(
@@ -244,6 +255,24 @@ METHODS: Final[Mapping[str, Method]] = {
             Arg("restart", "bool", False),
             reply="{pid, via}",
             action="stop the app",
+        ),
+        _method(
+            "drain",
+            "core",
+            DRAIN,
+            Arg("wait_jobs", "float", 0.0),
+            reply="{drained, already, hooks, failed, running, waited_s}",
+            waits="wait_jobs",
+            doc="Not ready, the on_drain hooks, then wait up to wait_jobs s for running jobs.",
+            action="drain the app",
+        ),
+        _method(
+            "resume",
+            "core",
+            DRAIN,
+            reply="{resumed, was, hooks, failed}",
+            doc="The on_resume hooks, then ready again (still drained when one fails).",
+            action="resume the app",
         ),
         # -- jobs: run a task, follow it, list and cancel jobs ------------------------------
         _method(

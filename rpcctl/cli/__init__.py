@@ -11,6 +11,7 @@ each imported only when one of its commands runs (``cli.lazy`` in ``_group``):
 - ``calls``: ``rpc``, ``jobs``, ``logs``, ``wait``, ``cancel``
 - ``release``: ``start``, ``stop``, ``restart``, ``pid``, ``release init``, ``cookie``
 - ``introspect``: ``stack``, ``stats``, ``health``, ``profile``, ``log-level``
+- ``drain``: ``drain``, ``resume`` (readiness for deploys)
 - ``eval``: ``eval`` (a task in a fresh process); ``remote``: ``remote`` (a console in the app)
 """
 

@@ -75,6 +75,16 @@ class RpcctlGroup(click.Group):
             importlib.import_module(self.lazy[cmd_name])  # its commands register on the group
         return super().get_command(ctx, cmd_name)
 
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name, command, rest = super().resolve_command(ctx, args)
+        if name is not None:
+            from rpcctl import _tracing
+
+            _tracing.name_command(name)  # the command's span, when it exports one
+        return name, command, rest
+
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         ctx.meta.setdefault(_ARGV, list(args))
         try:

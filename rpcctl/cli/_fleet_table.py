@@ -124,12 +124,16 @@ def tasks_details(outcome: fleet_mod.MulticallResult) -> list[str]:
 
 
 def fan_out(
-    settings: Settings, method: str, timeout: float, parallel: int
+    settings: Settings,
+    method: str | Callable[[client_mod.Client], Any],
+    timeout: float,
+    parallel: int,
 ) -> fleet_mod.MulticallResult:
-    """*method* of every node's client (those --where keeps), each within *timeout*."""
+    """*method* of every node's client (those --where keeps), each within *timeout*: a
+    method's name (called without arguments), or a function of the client."""
 
     def action(conn: client_mod.Client, _deadline: float) -> Any:
-        return getattr(conn, method)()
+        return method(conn) if callable(method) else getattr(conn, method)()
 
     return fleet_mod.on_clients(
         settings.fleet(),

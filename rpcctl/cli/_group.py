@@ -5,16 +5,12 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
 from app_agent import __version__
 from rpcctl._settings import GLOBAL_OPTIONS, PROG_ENV, Settings
-
-if TYPE_CHECKING:
-    pass
-
 from rpcctl.cli._common import RpcctlGroup, global_options, json_option, pass_settings
 
 
@@ -40,6 +36,7 @@ cli.lazy = {
     **dict.fromkeys(("rpc", "jobs", "logs", "wait", "cancel"), "rpcctl.cli.calls"),
     **dict.fromkeys(("start", "stop", "restart", "pid", "release", "cookie"), "rpcctl.cli.release"),
     **dict.fromkeys(("stack", "stats", "health", "profile", "log-level"), "rpcctl.cli.introspect"),
+    **dict.fromkeys(("drain", "resume"), "rpcctl.cli.drain"),
     "eval": "rpcctl.cli.eval",
     "remote": "rpcctl.cli.remote",
     "mem": "rpcctl.cli.introspect",
@@ -68,4 +65,8 @@ def main(argv: list[str] | None = None) -> None:
         extra["obj"] = settings
     # Through bin/NAME, usage lines name what the user typed, as the hints do.
     prog = os.environ.get(PROG_ENV) or "rpcctl"
-    cli.main(args=args, prog_name=prog, complete_var=COMPLETE_VAR, **extra)
+    from rpcctl import _tracing
+
+    # The caller's trace (TRACEPARENT) goes with the command's calls; its own span with it.
+    with _tracing.command(lambda line: click.echo(f"rpcctl: warning: {line}", err=True)):
+        cli.main(args=args, prog_name=prog, complete_var=COMPLETE_VAR, **extra)

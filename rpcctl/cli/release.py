@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING
 
 import click
 
 from app_agent.wire import processes
 from rpcctl import waits
 from rpcctl._settings import PROG_ENV, Settings
-from rpcctl.exceptions import ConfigError
-
-if TYPE_CHECKING:
-    pass
-
 from rpcctl.cli._common import (
     emit_json,
     json_option,
@@ -23,6 +17,7 @@ from rpcctl.cli._common import (
     timeout_option,
 )
 from rpcctl.cli._group import cli
+from rpcctl.exceptions import ConfigError
 
 
 @cli.command()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import time
 
 import click
 
@@ -11,10 +11,6 @@ from rpcctl import client as client_mod
 from rpcctl import fleet as fleet_mod
 from rpcctl import waits
 from rpcctl._settings import PING_OPTIONS, Settings
-
-if TYPE_CHECKING:
-    pass
-
 from rpcctl.cli._common import (
     emit_json,
     fleet_options,
@@ -133,6 +129,10 @@ def info(settings: Settings, timeout: float, parallel: int, min_ok: int | None) 
     click.echo(f"pid:      {details.get('pid')}")
     click.echo(f"node:     {details.get('node')}")
     click.echo(f"uptime:   {details.get('uptime_s')}s")
+    drained = details.get("drained")
+    if drained:  # an agent older than drain has no such key
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(drained["since"]))
+        click.echo(f"drained:  since {since} by {drained['by']} (not ready)")
     click.echo("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
     jobs = details.get("jobs", [])
     click.echo(f"jobs:     {len(jobs)} running")

@@ -12,7 +12,8 @@ Importing this package does not import Django: Django imports it to find the app
 
 from __future__ import annotations
 
-TYPE_CHECKING = False
+from typing import TYPE_CHECKING
+
 if TYPE_CHECKING:
     from app_agent._agent import Agent
 
