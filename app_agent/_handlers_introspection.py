@@ -74,7 +74,7 @@ def profile(caller: Caller, seconds: float, rate: float, idle: bool) -> str:
             float(seconds), float(rate), idle, caller.name, caller.peer_gone, started
         )
     except _profile.ProfilerBusy as exc:
-        return wire.error(ErrorKind.BUSY, str(exc), Reason.PROFILE_RUNNING)
+        return wire.error(ErrorKind.BUSY, str(exc), Reason.PROFILE_RUNNING, id=exc.running)
     caller.audit(
         "profile.finished", id=result["id"], samples=result["samples"], ended=result["ended"]
     )

@@ -39,7 +39,7 @@ def request_stop(stop_handler: Callable[[], None] | None, restart: bool, log: An
             "stop.runner_ignored", runner_pid=runner, parent_pid=os.getppid(), reason=not_ours
         )
     if restart:
-        msg = "restart needs the release runner: start the app with `rpcctl start`"
+        msg = "restart needs the release runner"
         raise ValueError(f"{msg} ({not_ours})" if not_ours else msg)
     if stop_handler is not None:
         # On its own thread: the handler may stop the agent, this connection included.

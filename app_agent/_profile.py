@@ -30,7 +30,12 @@ _CHECK_EVERY = 0.25
 
 
 class ProfilerBusy(Exception):
-    """Another profile of this app is running; only one at a time."""
+    """Another profile of this app is running; only one at a time. ``running`` is its id
+    (``cancel`` ends it)."""
+
+    def __init__(self, message: str, running: str) -> None:
+        super().__init__(message)
+        self.running = running
 
 
 def _thread_cpu_clock(native_id: int) -> float | None:
@@ -221,10 +226,9 @@ def profile(
             elapsed = time.monotonic() - since
             msg = (
                 f"a profile is already running ({running}, asked by {who} {elapsed:.0f}s ago, "
-                f"{max(length - elapsed, 0):.0f}s left); one at a time: `rpcctl cancel "
-                f"{running}` ends it"
+                f"{max(length - elapsed, 0):.0f}s left); one at a time"
             )
-            raise ProfilerBusy(msg)
+            raise ProfilerBusy(msg, running)
         profile_id = f"profile-{next(_ids)}"
         _active = (profiler, caller, time.monotonic(), seconds, profile_id)
     try:

@@ -61,6 +61,10 @@ def hint(
         return f"; `{prog} jobs` lists recent jobs"
     if reason == Reason.NO_METHOD:
         return f" (see `{prog} info`)"
+    if reason == Reason.NO_RUNNER:
+        return f"; start the app with `{prog} start`"
+    if reason == Reason.PROFILE_RUNNING and "id" in data:
+        return f": `{prog} cancel {data['id']}` ends it"
     if reason == Reason.STILL_RUNNING and job is not None:
         return (
             f": follow it with `{prog} logs {job} --follow`, "

@@ -72,6 +72,12 @@ HINTS: list[tuple[RpcctlError, dict[str, Any], str]] = [
     ),
     (UsageError("m", reason=Reason.NO_SUCH_JOB), {}, "; `rpcctl jobs` lists recent jobs"),
     (UsageError("m", reason=Reason.NO_METHOD), {"prog": "bin/shop"}, " (see `bin/shop info`)"),
+    (UsageError("m", reason=Reason.NO_RUNNER), {}, "; start the app with `rpcctl start`"),
+    (
+        Busy("m", reason=Reason.PROFILE_RUNNING, data={"id": "profile-3"}),
+        {"prog": "bin/shop"},
+        ": `bin/shop cancel profile-3` ends it",
+    ),
     (CallTimeout("m", reason=Reason.STILL_RUNNING), {}, " (`rpcctl jobs` lists it)"),
     (
         CallTimeout("m", reason=Reason.STILL_RUNNING, data={"job": "job-7"}),

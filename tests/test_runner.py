@@ -647,9 +647,9 @@ def test_stop_never_signals_a_runner_pid_that_is_not_the_apps_parent(short_tmp: 
         restart = app.rpcctl("restart")
         assert restart.returncode == 2
         assert restart.stderr == (
-            "rpcctl: error: restart needs the release runner: start the app with `rpcctl "
-            f"start` (RPCCTL_RUNNER_PID={bystander.pid} is not this app's parent (pid "
-            f"{os.getpid()}), so it is not this app's runner)\n"
+            f"rpcctl: error: restart needs the release runner (RPCCTL_RUNNER_PID={bystander.pid} "
+            f"is not this app's parent (pid {os.getpid()}), so it is not this app's runner); "
+            "start the app with `rpcctl start`\n"
         )
         stop = app.rpcctl("stop", "--json")
         assert stop.returncode == 0, stop.stderr
