@@ -24,7 +24,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from app_agent.wire.protocol import Method
+    from app_agent.wire.protocol import Arg, Method
 
 __all__ = ["Client", "connect", "raise_error"]
 
@@ -36,12 +36,17 @@ SUMMARY_ONLY = 1 << 62  # wire.protocol.SUMMARY_ONLY, which the ping path must n
 MAX_NESTING = 200  # wire.protocol.MAX_NESTING (tests/test_protocol.py checks both agree)
 
 
+_TABLE: dict[str, Method] = {}
+
+
 def _methods() -> dict[str, Method]:
     """The protocol's table, imported on the first request (``rpcctl ping`` never makes
     one: its import costs the ping path ~10 ms of dataclasses and typing)."""
-    from app_agent.wire.protocol import METHODS
+    if not _TABLE:
+        from app_agent.wire.protocol import METHODS
 
-    return METHODS  # type: ignore[return-value]
+        _TABLE.update(METHODS)
+    return _TABLE
 
 
 def resolve_address(node: str | Address | None) -> Address:
@@ -109,7 +114,11 @@ class Client:
             raise UsageError(msg, reason=Reason.BAD_ARGUMENTS, data={"method": name}) from None
         if timeout is ...:
             timeout = self.timeout + (float(bound[method.waits]) if method.waits else 0.0)
-        return self._connection.request(name, timeout, *bound.values())
+        values = list(bound.values())
+        # Trailing defaults stay home: the agent fills them in (fewer bytes on every call).
+        while values and _is_default(method.args[len(values) - 1], values[-1]):
+            values.pop()
+        return self._connection.request(name, timeout, *values)
 
     def _result(self, name: str, arguments: dict[str, Any] | None = None) -> Any:
         """:meth:`_send`'s reply's result, or its error raised."""
@@ -426,6 +435,11 @@ class Client:
         """End the session: ``{statements, failed}``."""
         result: dict[str, Any] = self._result("console_close")
         return result
+
+
+def _is_default(arg: Arg, value: Any) -> bool:
+    default = arg.default
+    return type(value) is type(default) and value == default
 
 
 def dropped_event(since: int, count: int) -> dict[str, Any]:
