@@ -84,8 +84,8 @@ MAX_ERROR_LINE = 500
 MAX_ARGUMENTS_BYTES = 4096
 """Argument values (``@task(record_args=True)``) are kept when they take at most this many
 bytes as JSON; bigger ones are not (their sizes always are)."""
-DEFAULT_LIMIT = 100
-MAX_LIMIT = 10_000
+DEFAULT_LIMIT = protocol.HISTORY_DEFAULT_LIMIT
+MAX_LIMIT = protocol.HISTORY_MAX_LIMIT
 SQLITE_BUSY_TIMEOUT = 2.0
 """Seconds a SQLite statement waits for another process's write lock before failing."""
 PG_SESSION_DEFAULTS: Mapping[str, Any] = {
@@ -229,6 +229,24 @@ def _exit_code(error: Mapping[str, Any] | None) -> int:
         return 1
 
 
+# -- the RPC method ---------------------------------------------------------------------------
+
+
+def answer(store: Store, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
+    """The reply to a ``history`` request (protocol.METHODS["history"]) from *store*: its
+    records, newest first; a usage error for bad arguments or a store that is off, the
+    store's own failure (unreachable, exit 3) when it cannot be read."""
+    try:
+        bound = protocol.METHODS["history"].bind(args, kwargs)
+        entries = store.query(**bound)
+    except ValueError as exc:
+        return wire.error(wire.ErrorKind.USAGE, str(exc))
+    except HistoryUnavailable as exc:
+        off = isinstance(store, NoHistory)
+        return wire.error(wire.ErrorKind.USAGE if off else wire.ErrorKind.UNREACHABLE, str(exc))
+    return wire.ok(entries)
+
+
 # -- the spec --------------------------------------------------------------------------------
 
 
@@ -314,6 +332,9 @@ class NoHistory:
     def record(self, record: Record) -> None:
         pass
 
+    def record_job(self, job: Job) -> None:
+        pass
+
     def query(
         self,
         since: float | None = None,
@@ -331,6 +352,9 @@ class NoHistory:
         return True
 
     def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        pass
+
+    def abandon_in_child(self) -> None:
         pass
 
 
@@ -365,6 +389,7 @@ class HistoryStore:
         self._closed = False
         self._closing = threading.Event()
         self._no_thread_logged = False
+        self._build_failed_logged = False
         self.written = 0
         """Records written so far (or found written already, by a batch tried again)."""
         self.dropped = 0
@@ -387,6 +412,18 @@ class HistoryStore:
         self._queue.put(record)
         if not self._writing:
             self._start_writer()
+
+    def record_job(self, job: Job) -> None:
+        """Record the ended *job* (the job table calls this once per job, as it retires it);
+        never raises: a record that cannot be built is logged once and the call goes on."""
+        try:
+            record = finished(job, job.arguments)
+        except Exception as exc:  # noqa: BLE001  (the history must never fail a call)
+            if not self._build_failed_logged:
+                self._build_failed_logged = True
+                self._log.warning("history.record_failed", job=job.id, error=_first_line(exc))
+            return
+        self.record(record)
 
     def _start_writer(self) -> None:
         with self._lock:
@@ -712,6 +749,8 @@ def _check_query(since: Any, task: Any, identity: Any, limit: Any) -> None:
         if value is not None and (not isinstance(value, str) or not value):
             msg = f"{name} must be a non-empty string, not {value!r}"
             raise ValueError(msg)
+    if task is not None and (problem := protocol.task_glob_problem(task)) is not None:
+        raise ValueError(problem)
     if type(limit) is not int or not 1 <= limit <= MAX_LIMIT:
         msg = f"limit must be a whole number from 1 to {MAX_LIMIT:,}, not {limit!r}"
         raise ValueError(msg)

@@ -114,6 +114,9 @@ class Job:
         self._result_held = False  # a result over MAX_RESULT_BYTES, kept for its followers
         self.counted = 0  # bytes the history counts for this job
         self.audit: dict[str, Any] = {}
+        # The call's named arguments, for the durable history: only of a task that opted in
+        # (``@task(record_args=True)``).
+        self.arguments: dict[str, Any] | None = None
         self.timer: threading.Timer | None = None  # the task's own timeout, if it has one
         self.on_finish: Callable[[], None] | None = None
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import rpyc
 
-from app_agent import _process, wire
+from app_agent import _history, _process, wire
 from app_agent import _readiness as readiness
 from app_agent._access import READ, STOP
 from app_agent._jobs import (
@@ -207,6 +207,12 @@ class AgentService(IntrospectionMethods, ConsoleMethods):
             return refused
         return wire.ok([job.summary(full=False) for job in reversed(self._state.jobs.all())])
 
+    def exposed_history(self, *args: Any, **kwargs: Any) -> str:
+        """Finished jobs from the durable store (app_agent/_history.py), newest first."""
+        if (refused := self._forbidden(READ, "read the job history")) is not None:
+            return refused
+        return _history.answer(self._state.jobs.history, args, kwargs)
+
     def exposed_cancel(self, job_id: Any) -> str:
         """Ask a running job to stop (cooperatively, or by cancelling its coroutine)."""
         if type(job_id) is not str:
@@ -281,6 +287,8 @@ class AgentService(IntrospectionMethods, ConsoleMethods):
             }
             if task.log_values:
                 job.audit["values"] = named
+            if task.record_args:
+                job.arguments = named
         except Exception as exc:  # noqa: BLE001  (whatever it is, the job must not stay running)
             raise _Refused(self._failed_to_start(job, exc)) from None
         return _Call(task, job, bound_args, bound_kwargs, options)

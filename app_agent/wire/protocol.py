@@ -70,6 +70,26 @@ CALL_OPTIONS: Final[Mapping[str, Any]] = {"lock_wait": 0.0, "detach": False, "wa
 """The options a ``call``/``run`` may carry (as JSON text), with their defaults."""
 PROFILE_ID_PREFIX: Final = "profile-"
 """A running profile's id (``cancel`` ends it, like a job)."""
+HISTORY_DEFAULT_LIMIT: Final = 100
+HISTORY_MAX_LIMIT: Final = 10_000
+"""Records one ``history`` request answers with, by default and at most."""
+_GLOB_SPECIALS: Final = frozenset("[]")
+
+
+def task_glob_problem(pattern: str) -> str | None:
+    """What is wrong with *pattern*, a ``history --task`` glob (``*`` any characters, ``?``
+    one), or None: both sides check it, so that a fleet is not asked something each node
+    would refuse."""
+    if not pattern.strip():
+        return "the task pattern is empty"
+    if not pattern.isprintable() or pattern != pattern.strip():
+        return f"the task pattern {pattern!r} has spaces or control characters"
+    if _GLOB_SPECIALS & set(pattern):
+        return (
+            f"the task pattern {pattern!r} has [ or ]: only * (any characters) and ? (one) "
+            "are wildcards"
+        )
+    return None
 
 
 # -- the declaration ----------------------------------------------------------------------------
@@ -250,6 +270,19 @@ METHODS: Final[Mapping[str, Method]] = {
             Arg("job_id", "str"),
             reply="{job, requested, state}",
             doc="A job (its task's grant) or a profile (read).",
+        ),
+        _method(
+            "history",
+            "jobs",
+            READ,
+            Arg("since", "float|none", None),
+            Arg("task", "str|none", None),
+            Arg("identity", "str|none", None),
+            Arg("limit", "int", HISTORY_DEFAULT_LIMIT),
+            reply="[{job, task, caller, identity, app, node, host, pid, started, duration, "
+            "state, exit_code, error, argument_sizes, arguments, trace_id}]",
+            doc="Finished jobs from the durable store, newest first: started at or after "
+            "since (seconds since the epoch), tasks matching the glob task, by identity.",
         ),
         # -- introspection: look inside the live app ----------------------------------------
         _method("stack", "introspection", READ, reply="{threads, asyncio, ...}"),
