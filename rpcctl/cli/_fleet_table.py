@@ -124,12 +124,13 @@ def tasks_details(outcome: fleet_mod.MulticallResult) -> list[str]:
 
 
 def fan_out(
-    settings: Settings, method: str, timeout: float, parallel: int
+    settings: Settings, method: str, timeout: float, parallel: int, **arguments: Any
 ) -> fleet_mod.MulticallResult:
-    """*method* of every node's client (those --where keeps), each within *timeout*."""
+    """*method* of every node's client (those --where keeps), with *arguments*, each within
+    *timeout*."""
 
     def action(conn: client_mod.Client, _deadline: float) -> Any:
-        return getattr(conn, method)()
+        return getattr(conn, method)(**arguments)
 
     return fleet_mod.on_clients(
         settings.fleet(),

@@ -10,8 +10,6 @@ from typing import Any
 import click
 
 from app_agent.wire import protocol, times
-from rpcctl import client as client_mod
-from rpcctl import fleet as fleet_mod
 from rpcctl._settings import Settings
 from rpcctl.cli._common import (
     emit_json,
@@ -20,6 +18,7 @@ from rpcctl.cli._common import (
     pass_settings,
     timeout_option,
 )
+from rpcctl.cli._fleet_table import fan_out
 from rpcctl.cli._group import cli
 from rpcctl.exceptions import UsageError
 
@@ -107,17 +106,7 @@ def merge(answers: Iterable[list[dict[str, Any]]], limit: int) -> list[dict[str,
 def _fleet(
     settings: Settings, query: dict[str, Any], timeout: float, parallel: int, min_ok: int | None
 ) -> None:
-    def action(conn: client_mod.Client, _deadline: float) -> Any:
-        return conn.history(**query)
-
-    outcome = fleet_mod.on_clients(
-        settings.fleet(),
-        action,
-        timeout=timeout,
-        parallel=parallel,
-        security=settings.security(),
-        where=settings.where,
-    )
+    outcome = fan_out(settings, "history", timeout, parallel, **query)
     code = outcome.exit_code(min_ok)
     merged = merge(outcome.results.values(), query["limit"])
     failed = {node: settings.explain(error) for node, error in outcome.bad_nodes.items()}
