@@ -34,30 +34,18 @@ LINGER = 0.05  # app_agent._history.LINGER
 
 
 def host(node: str, spec: str) -> None:
-    """An app with its agent; with *spec*, every finished job is recorded into that store."""
+    """An app with its agent, keeping its history in *spec* (``off``: none)."""
     sys.path.insert(0, str(HERE))
     import app_agent
-    from app_agent import _history
-    from app_agent._jobs import JobTable
 
-    store = None
-    if spec != "none":
-        store = _history.open_store(spec, app="bench-history", node=node)
-        retire = JobTable._retire
-
-        def retire_and_record(self: JobTable, job: Any) -> None:
-            retire(self, job)
-            store.record(_history.finished(job))
-
-        JobTable._retire = retire_and_record  # type: ignore[method-assign]
-    agent = app_agent.start(node=node, tasks=["bench_tasks"], app="bench-history")
+    agent = app_agent.start(node=node, tasks=["bench_tasks"], app="bench-history", history=spec)
     print("LISTENING", flush=True)
     sys.stdin.read()  # serve until the benchmark closes our stdin
+    store = agent.state.jobs.history
+    store.flush(30)
+    if spec != "off":
+        print(f"written {store.written}, dropped {store.dropped}", flush=True)  # type: ignore[union-attr]
     agent.stop()
-    if store is not None:
-        store.flush(30)
-        print(f"written {store.written}, dropped {store.dropped}", flush=True)
-        store.close()
 
 
 def record_cost(work: Path, calls: int) -> dict[str, float]:
@@ -83,7 +71,7 @@ def record_cost(work: Path, calls: int) -> dict[str, float]:
     for _ in range(max(calls // burst, 1)):
         for _ in range(burst):
             t0 = time.perf_counter_ns()
-            store.record(_history.finished(job))
+            store.record_job(job)
             timings.append((time.perf_counter_ns() - t0) / 1000)
         store.flush(30)
     starts: list[float] = []
@@ -92,7 +80,7 @@ def record_cost(work: Path, calls: int) -> dict[str, float]:
         while store._writing:  # wait for the idle writer to exit
             time.sleep(0.005)
         t0 = time.perf_counter_ns()
-        store.record(_history.finished(job))
+        store.record_job(job)
         starts.append((time.perf_counter_ns() - t0) / 1000)
         store.flush(30)
     store.close()
@@ -109,7 +97,7 @@ def call_cost(work: Path, calls: int, rounds: int, pg: str | None) -> dict[str, 
     """Mean µs of a kept-connection call to hosts without and with a history store."""
     import rpcctl
 
-    specs = {"none": "none", "sqlite": f"sqlite:{work / 'calls.sqlite3'}"}
+    specs = {"none": "off", "sqlite": f"sqlite:{work / 'calls.sqlite3'}"}
     if pg:
         specs["postgresql"] = pg
     hosts: dict[str, subprocess.Popen[str]] = {}
