@@ -59,15 +59,18 @@ DEFAULT_KEEP = 10_000
 """Records kept per app, the newest first (``history_keep``, ``RPCCTL_HISTORY_KEEP``)."""
 DEFAULT_DAYS = 30.0
 """Days a record is kept (``history_days``, ``RPCCTL_HISTORY_DAYS``)."""
-QUEUE_SIZE = 1_000
+QUEUE_SIZE = 5_000
 """Records waiting for the writer; past it they are dropped (and counted), so a database
-that is down never grows the app's memory (at most ~5 MiB, arguments included)."""
-BATCH = 200
+that is down never grows the app's memory: ~0.5 KiB a record, ~2.5 MiB in all (more only
+for tasks with ``record_args=True``, whose arguments are kept up to MAX_ARGUMENTS_BYTES)."""
+BATCH = 1000
 """Records written in one transaction at most."""
-LINGER = 0.05
-"""Seconds the writer lets records gather before a write that would be smaller than BATCH:
-one transaction for a burst instead of one per record (alone, a record costs the writer
-~120 µs of SQLite commit; in a batch ~12 µs, its formatting included)."""
+LINGER = 0.5
+"""Seconds the writer lets records gather before a write smaller than BATCH (a ``history``
+request, a flush and the agent's stop cut it short): a busy app's records go in one
+transaction per LINGER, not one per record. Every transaction costs the app's process CPU
+and GIL hand-offs with the calls' threads (with LINGER 0.05 a no-op call cost the host
+~15 % more CPU; with 0.5, ~3 %: docs/performance.md)."""
 WRITER_IDLE = 5.0
 """Seconds the writer thread waits for a record before it exits (the next record starts one)."""
 RETRY_FIRST = 0.5
@@ -78,6 +81,8 @@ PRUNE_INTERVAL = 3600.0
 PRUNE_EVERY = 1_000
 """Records written between prunes at most (a tenth of ``keep`` when that is fewer)."""
 CLOSE_TIMEOUT = 2.0
+QUERY_FLUSH_TIMEOUT = 1.0
+"""Seconds a ``history`` request waits for the records queued before it to be written."""
 """Seconds :meth:`HistoryStore.close` waits for the queued records to be written."""
 MAX_ERROR_LINE = 500
 """Characters kept of a failed job's error line."""
@@ -249,6 +254,9 @@ def answer(store: Store, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> st
     store's own failure (unreachable, exit 3) when it cannot be read."""
     try:
         bound = protocol.METHODS["history"].bind(args, kwargs)
+        # This node's jobs that ended before the request, written first (not waiting for
+        # the writer's linger); a store that is down is the query's to report.
+        store.flush(QUERY_FLUSH_TIMEOUT)
         entries = store.query(**bound)
     except ValueError as exc:
         return wire.error(wire.ErrorKind.USAGE, str(exc))
@@ -399,6 +407,7 @@ class HistoryStore:
         self._writer: threading.Thread | None = None
         self._closed = False
         self._closing = threading.Event()
+        self._hurry = threading.Event()  # a flush or close waits: linger no more
         self._no_thread_logged = False
         self._build_failed_logged = False
         self.written = 0
@@ -495,6 +504,7 @@ class HistoryStore:
             return self._queue.qsize() == 0
         marker = threading.Event()
         self._queue.put(marker)
+        self._hurry.set()
         self._start_writer()
         return marker.wait(timeout)
 
@@ -507,6 +517,7 @@ class HistoryStore:
                 return
             self._closed = True
         self._closing.set()
+        self._hurry.set()
         marker = threading.Event()
         self._queue.put(marker)
         with self._lock:
@@ -569,8 +580,10 @@ class HistoryStore:
                     # transaction per LINGER, and never fewer records written than arrive.
                     pause = LINGER if idle else self._last_write + LINGER - time.monotonic()
                     if pause > 0:
-                        self._closing.wait(pause)  # not once closing
+                        self._hurry.wait(pause)  # cut short by flush() and close()
                 batch, marker = _take(first, self._queue)
+                if not self._closing.is_set():
+                    self._hurry.clear()
             if batch:
                 if self._write(batch):
                     batch = []
