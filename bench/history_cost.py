@@ -165,9 +165,11 @@ def call_cost(work: Path, calls: int, rounds: int, pg: str | None) -> dict[str, 
             continue
         with_store = statistics.median(means[name])
         result[f"call_us_{name}"] = round(with_store, 1)
+        result[f"call_{name}_ratio"] = round(with_store / base, 4)
         result[f"call_{name}_vs_none"] = f"{with_store / base - 1:+.1%}"
         host_cpu = cpu[name] / (block * rounds) * 1e6
         result[f"host_cpu_us_per_call_{name}"] = round(host_cpu, 1)
+        result[f"host_cpu_{name}_ratio"] = round(host_cpu / base_cpu, 4)
         result[f"host_cpu_{name}_vs_none"] = f"{host_cpu / base_cpu - 1:+.1%}"
         result[f"host_{name}"] = recorded[name]
     return result
