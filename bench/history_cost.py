@@ -123,6 +123,7 @@ def call_cost(work: Path, calls: int, rounds: int, pg: str | None) -> dict[str, 
                 client.call("bench_tasks.noop")
         means: dict[str, list[float]] = {name: [] for name in specs}
         cpu = dict.fromkeys(specs, 0.0)  # the host's CPU seconds during its blocks
+        database = dict.fromkeys(specs, 0.0)  # the PostgreSQL server's (on this machine)
         block = max(calls // rounds, 10)
         names = list(clients)
         for round_ in range(rounds):
@@ -130,6 +131,7 @@ def call_cost(work: Path, calls: int, rounds: int, pg: str | None) -> dict[str, 
             for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
                 client = clients[name]
                 cpu0 = process_cpu(hosts[name].pid)
+                db0 = postgres_cpu()
                 t0 = time.perf_counter_ns()
                 for _ in range(block):
                     client.call("bench_tasks.noop")
@@ -139,6 +141,7 @@ def call_cost(work: Path, calls: int, rounds: int, pg: str | None) -> dict[str, 
                     # (and their CPU counted) before the next block begins.
                     client.history(limit=1)
                 cpu[name] += process_cpu(hosts[name].pid) - cpu0
+                database[name] += postgres_cpu() - db0
         for client in clients.values():
             client.close()
         recorded = {}
@@ -172,7 +175,28 @@ def call_cost(work: Path, calls: int, rounds: int, pg: str | None) -> dict[str, 
         result[f"host_cpu_{name}_ratio"] = round(host_cpu / base_cpu, 4)
         result[f"host_cpu_{name}_vs_none"] = f"{host_cpu / base_cpu - 1:+.1%}"
         result[f"host_{name}"] = recorded[name]
+        if name == "postgresql":
+            result["database_cpu_us_per_call_postgresql"] = round(
+                database[name] / (block * rounds) * 1e6, 1
+            )
     return result
+
+
+def postgres_cpu() -> float:
+    """CPU seconds the PostgreSQL server's processes on this machine have used (those alive
+    now): what the history's inserts cost the database, when it shares the host."""
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm") as f:
+                if f.read().strip() != "postgres":
+                    continue
+            total += process_cpu(int(entry))
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+    return total
 
 
 def process_cpu(pid: int) -> float:
