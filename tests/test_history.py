@@ -418,3 +418,49 @@ def test_client_api_history_is_the_table_entry() -> None:
 
     parameters = list(inspect.signature(rpcctl.Client.history).parameters)[1:]
     assert parameters == [a.name for a in method.args]
+
+
+def test_a_forked_child_leaves_the_parents_store_alone(agent_in_process: Any) -> None:
+    """A child forked from the app (a pre-fork server's worker) records nothing and never
+    touches the parent's SQLite connection; the parent's history goes on."""
+    from app_agent import _history
+
+    store = agent_in_process.state.jobs.history
+    assert isinstance(store, _history.HistoryStore)
+    with rpcctl.connect(agent_in_process.node) as client:
+        client.call("sampleapp.echo", 1)
+        first = client.history()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            status = 1
+            try:
+                job = agent_in_process.state.jobs.all()[-1]
+                store.record_job(job)  # dropped: no writer starts in the child
+                abandoned = store._closed and store._writing  # no writer may start here
+                status = 0 if abandoned and store.dropped == 1 else 2
+            finally:
+                os._exit(status)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        client.call("sampleapp.echo", 2)
+        after = client.history()
+    assert len(first) == 1
+    assert len(after) == 2
+    assert after[1]["job"] == first[0]["job"]
+
+
+def test_a_timed_out_job_retired_twice_is_written_once(
+    agent_in_process: Any, short_tmp: Path
+) -> None:
+    """Retired at its deadline and again when its thread returns: one record (the table's
+    key would hide a second one, so the store's count is checked)."""
+    store = agent_in_process.state.jobs.history
+    gate = short_tmp / "gate"
+    with rpcctl.connect(agent_in_process.node) as client, pytest.raises(rpcctl.CallTimeout):
+        client.call("sampleapp.stubborn", str(gate))
+    jobs = agent_in_process.state.jobs
+    assert [j.state for j in jobs.overrunning()] == ["timed_out"]
+    gate.touch()
+    wait_until(lambda: not jobs.overrunning(), what="the stubborn task's thread to return")
+    assert store.flush(30)
+    assert (store.written, store.dropped) == (1, 0)
