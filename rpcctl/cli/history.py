@@ -28,7 +28,13 @@ COLUMNS = ("JOB", "TASK", "CALLER", "NODE", "STARTED", "DURATION", "OUTCOME", "E
 @cli.command()
 @click.option("--since", metavar="WHEN", help="Only jobs started since: 30m, 1h, 2d, 1w or ISO.")
 @click.option("--task", "task_glob", metavar="GLOB", help="Only tasks matching GLOB (* and ?).")
-@click.option("--identity", "identity_name", metavar="NAME", help="Only jobs NAME called.")
+@click.option(
+    "--identity",
+    "identity_name",
+    metavar="NAME",
+    help="Only jobs the identity NAME called (to call as an identity, put --identity before "
+    "the command).",
+)
 @click.option(
     "--limit",
     metavar="N",
