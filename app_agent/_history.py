@@ -14,8 +14,10 @@ Where it lives (``start(history=...)``, else ``RPCCTL_HISTORY``):
 
 The app never waits for the database: :meth:`HistoryStore.record` puts the record on a bounded
 queue (QUEUE_SIZE; past it records are dropped and counted), and one writer thread, started
-by the first record and gone after WRITER_IDLE idle seconds, writes them in batches (a burst
-gathers for LINGER seconds into one transaction). A store
+by the first record and gone after WRITER_IDLE idle seconds, writes them in batches (at
+most one transaction per LINGER seconds; a flush cuts the wait). The agent's job table
+records each job once as it retires it (:meth:`HistoryStore.record_job`), and the
+``history`` RPC method is :func:`answer`. A store
 that is down, locked or full is logged once (``history.unavailable``), retried with a growing
 delay, and logged again when it is back (``history.available_again``, with the records
 dropped meanwhile); the writer reconnects by itself, so history survives a restart of the
@@ -69,8 +71,8 @@ LINGER = 0.5
 """Seconds the writer lets records gather before a write smaller than BATCH (a ``history``
 request, a flush and the agent's stop cut it short): a busy app's records go in one
 transaction per LINGER, not one per record. Every transaction costs the app's process CPU
-and GIL hand-offs with the calls' threads (with LINGER 0.05 a no-op call cost the host
-~15 % more CPU; with 0.5, ~3 %: docs/performance.md)."""
+and GIL hand-offs with the calls' threads (with LINGER 0.05 and dict rows a no-op call
+cost the host 15-30 % more CPU; now 5-12 %: docs/performance.md)."""
 WRITER_IDLE = 5.0
 """Seconds the writer thread waits for a record before it exits (the next record starts one)."""
 RETRY_FIRST = 0.5
