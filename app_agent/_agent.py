@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, Unpack
 
-from app_agent import _capture, _threads, wire
+from app_agent import _capture, _history, _threads, wire
 from app_agent import _readiness as readiness
 from app_agent._access import Identity
 from app_agent._gate import Gate
@@ -101,6 +101,17 @@ class Agent:
         self._socket_inode: tuple[int, int] | None = None
         self._stopped = threading.Event()
         self._stopping = threading.Lock()  # stop() is one transition: one caller wins
+        # Before binding, so that a store that cannot be opened (PostgreSQL without its
+        # driver) leaves no socket behind. Opening touches no database: an agent starts
+        # while its store is down.
+        history = _history.open_store(
+            config.history,
+            app=config.app,
+            node=str(config.address),
+            keep=config.history_keep,
+            days=config.history_days,
+            log=self.log,
+        )
         self.gate = Gate(
             self._bind(),
             self.log,
@@ -114,6 +125,9 @@ class Agent:
             app=config.app,
             version=config.version,
         )
+        if isinstance(history, _history.HistoryStore):
+            history.node = self.state.node  # the real port, once port 0 is bound
+        self.state.jobs.history = history
         self._thread = threading.Thread(target=self._run, name="rpcctl-agent", daemon=True)
         self.down: str | None = None
         """Why the agent's thread ended for good while nobody stopped the agent, if it did."""
@@ -402,6 +416,8 @@ class Agent:
                 sock.shutdown(socket.SHUT_RDWR)
         _capture.uninstall()
         self.state.flush_logs()
+        # Bounded (history CLOSE_TIMEOUT): a store that is down never holds up the stop.
+        self.state.jobs.history.close()
         if self.address.is_unix and self._socket_inode is not None:
             self._remove_own_socket(self.address.path)
         _forget(self)
@@ -426,6 +442,7 @@ class Agent:
         self._stopped.set()
         self._socket_inode = None
         self.gate.abandon()
+        self.state.jobs.history.abandon_in_child()
         for sock in list(self._served):
             with contextlib.suppress(OSError):
                 sock.close()

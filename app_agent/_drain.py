@@ -26,15 +26,16 @@ Decisions (docs/operations.md, "Drain and resume"):
 from __future__ import annotations
 
 import inspect
+import itertools
 import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from app_agent import _history, wire
 from app_agent import _readiness as readiness
-from app_agent import wire
 from app_agent._registry import _module_name, check_no_arguments
-from app_agent.wire import ErrorKind, Reason
+from app_agent.wire import ErrorKind, Reason, protocol
 from app_agent.wire.protocol import MAX_DRAIN_WAIT
 
 if TYPE_CHECKING:
@@ -97,6 +98,7 @@ def drain(
     """Mark the app not ready, run the on_drain hooks, wait up to *wait_jobs* seconds for
     the running jobs to end: ``{drained, already, hooks, failed, running, waited_s}``."""
     global _drained, _busy
+    began = time.time()
     if type(wait_jobs) not in (int, float) or not 0 <= wait_jobs <= MAX_DRAIN_WAIT:
         return wire.error(
             ErrorKind.USAGE,
@@ -115,7 +117,7 @@ def drain(
     ran = [] if already else _hooks_then_idle("drain", state)[0]
     failed = [h["name"] for h in ran if not h["ok"]]
     if not already:
-        record(state, who, "drain.drained", hooks=len(ran), failed=failed)
+        record(state, who, "drain.drained", began, hooks=len(ran), failed=failed)
     started = time.monotonic()
     running = _wait_for_jobs(state, peer_gone, float(wait_jobs)) if wait_jobs else _running(state)
     return wire.ok(
@@ -134,6 +136,7 @@ def resume(state: AgentState, who: Mapping[str, Any]) -> str:
     """Run the on_resume hooks and, when they all passed, mark the app ready again:
     ``{resumed, was, hooks, failed}`` (*was*: the drain that ended, None when not drained)."""
     global _busy
+    began = time.time()
     with _lock:
         if _busy is not None:
             return _busy_reply()
@@ -146,16 +149,39 @@ def resume(state: AgentState, who: Mapping[str, Any]) -> str:
         ran, failed = _hooks_then_idle("resume", state)
     if was is not None:
         event = "drain.resume_failed" if failed else "drain.resumed"
-        record(state, who, event, hooks=len(ran), failed=failed, drained_by=was["by"])
+        record(state, who, event, began, hooks=len(ran), failed=failed, drained_by=was["by"])
     return wire.ok(
         {"resumed": was is not None and not failed, "was": was, "hooks": ran, "failed": failed}
     )
 
 
-def record(state: AgentState, who: Mapping[str, Any], event: str, **fields: Any) -> None:
-    """The one place a drain or a resume is recorded: the audit log now. The durable job
-    history (issue 24) hooks in here, so both land in the same place."""
+def record(
+    state: AgentState, who: Mapping[str, Any], event: str, started: float, **fields: Any
+) -> None:
+    """The one place a drain or a resume is recorded: the audit log, and the durable history
+    (as an operation ``rpcctl.drain`` / ``rpcctl.resume`` beside the jobs, failed when a hook
+    failed), so ``rpcctl history`` shows who took the app out of service and when."""
     state.log.info(event, **who, **fields)
+    failed = fields.get("failed") or []
+    operation = "drain" if event == "drain.drained" else "resume"
+    now = time.time()
+    state.jobs.history.record(
+        _history.Record(
+            f"{operation}-{next(_operation_ids)}-{int(started * 1000)}",
+            f"rpcctl.{operation}",
+            str(who.get("caller")),
+            who.get("identity"),
+            started,
+            now - started,
+            protocol.FAILED if failed else protocol.SUCCEEDED,
+            1 if failed else 0,
+            f"hooks failed: {', '.join(failed)}" if failed else None,
+            {},
+        )
+    )
+
+
+_operation_ids = itertools.count(1)
 
 
 # -- the work -----------------------------------------------------------------------------------

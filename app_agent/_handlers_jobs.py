@@ -12,7 +12,7 @@ import difflib
 import time
 from typing import Any, NamedTuple
 
-from app_agent import wire
+from app_agent import _history, wire
 from app_agent._access import READ
 from app_agent._caller import Caller
 from app_agent._jobs import (
@@ -117,6 +117,15 @@ def jobs(caller: Caller) -> str:
     return wire.ok([job.summary(full=False) for job in reversed(caller.state.jobs.all())])
 
 
+def history(
+    caller: Caller, since: float | None, task: str | None, identity: str | None, limit: int
+) -> str:
+    """Finished jobs from the durable store (app_agent/_history.py), newest first."""
+    return _history.answer(
+        caller.state.jobs.history, since=since, task=task, identity=identity, limit=limit
+    )
+
+
 def cancel(caller: Caller, job_id: str) -> str:
     """Ask a running job to stop (cooperatively, or by cancelling its coroutine); a
     profile's id ends that profile (whoever may profile may end one)."""
@@ -192,6 +201,8 @@ def _prepare(
         }
         if task.log_values:
             job.audit["values"] = named
+        if task.record_args:
+            job.arguments = named
     except Exception as exc:  # noqa: BLE001  (whatever it is, the job must not stay running)
         raise _Refused(_failed_to_start(caller, job, exc)) from None
     return _Call(task, job, bound_args, bound_kwargs, options)

@@ -115,6 +115,9 @@ class Job:
         self.counted = 0  # bytes the history counts for this job
         self.audit: dict[str, Any] = {}
         self.traceparent: str | None = None  # the caller's trace: the job runs in a span of it
+        # The call's named arguments, for the durable history: only of a task that opted in
+        # (``@task(record_args=True)``).
+        self.arguments: dict[str, Any] | None = None
         self.timer: threading.Timer | None = None  # the task's own timeout, if it has one
         self.on_finish: Callable[[], None] | None = None
 

@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from app_agent import _capture, _threads, wire
+from app_agent import _capture, _history, _threads, wire
 from app_agent._job import (
     CANCELLED,
     FAILED,
@@ -117,6 +117,8 @@ class JobTable:
         self._held: set[Job] = set()  # finished jobs holding a big result for followers
         self._workers = Workers()
         self.locks = locks
+        self.history: _history.Store = _history.NoHistory()
+        """Where finished jobs are kept durably (the agent sets its store)."""
 
     def create(self, task: Task, caller: str) -> Job:
         job = Job(os.urandom(4).hex(), task, caller)
@@ -133,7 +135,8 @@ class JobTable:
     def _retire(self, job: Job) -> None:
         """Move an ended job to the history, keeping the history within HISTORY jobs and
         HISTORY_BYTES; idempotent (a timed-out job is retired at its deadline, and again
-        when its thread returns).
+        when its thread returns): the job is recorded in the durable history once, by the
+        call that moves it.
 
         Each job is counted at what it keeps when it joins the history (a timed-out task
         that goes on writing adds at most its own buffer's bound to that).
@@ -167,6 +170,7 @@ class JobTable:
                 kept = oldest.kept_bytes()
                 self._history_bytes -= oldest.counted - kept
                 oldest.counted = kept
+        self.history.record_job(job)
 
     def get(self, job_id: str) -> Job | None:
         with self._lock:

@@ -739,6 +739,34 @@ def long_run(report: Report, work: Path, calls: int, connections: int) -> None:
     )
 
 
+def history_cost(report: Report, calls: int, rounds: int, pg: str | None) -> None:
+    """Row 11: what the durable job history costs a kept-connection no-op call (bench/
+    history_cost.py): hosts with history off, SQLite and (with --pg) PostgreSQL, alternating."""
+    argv = [PY, str(HERE / "history_cost.py"), "--calls", str(calls), "--rounds", str(rounds)]
+    out = subprocess.run(
+        [*argv, *(["--pg", pg] if pg else [])], capture_output=True, text=True, check=True
+    )
+    found = json.loads(out.stdout)
+    report.add(
+        "11",
+        "job history: record_job() on the call's thread",
+        f"{found['record_us_median']:.2f} µs",
+        f"÷ call {found['record_us_median'] / found['call_us_no_history'] * 100:.2f} %",
+    )
+    for store in ("sqlite", "postgresql"):
+        if f"call_us_{store}" not in found:
+            continue
+        ratio = found[f"call_{store}_ratio"]
+        report.add(
+            "11",
+            f"job history ({store}): kept-connection no-op call",
+            f"{found[f'call_us_{store}']:.0f} µs",
+            f"÷ history off {ratio:.3f}x; host CPU {found[f'host_cpu_{store}_vs_none']}",
+            "≤ 1.05x",
+            verdict(ratio <= 1.05),
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -746,6 +774,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny counts, for the tests")
     parser.add_argument("--runs", type=int, help="whole-process runs per command")
     parser.add_argument("--out", help="also write the table (markdown) to this file")
+    parser.add_argument("--pg", help="PostgreSQL URL: the job history row measures it too")
     args = parser.parse_args()
     runs = args.runs or (2 if args.quick else 20)
     report = Report()
@@ -772,6 +801,7 @@ def main() -> None:
         profiler_overhead(report, 2 if args.quick else 10, 0.2 if args.quick else 1.0)
         mem_overhead(report, 1 if args.quick else 5, 0.2 if args.quick else 2.0)
         long_run(report, work, 500 if args.quick else 20_000, 20 if args.quick else 300)
+        history_cost(report, 400 if args.quick else 40_000, 4 if args.quick else 40, args.pg)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     table = report.markdown()

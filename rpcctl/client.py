@@ -331,6 +331,23 @@ class Client:
         result: list[dict[str, Any]] = self._result("jobs")
         return result
 
+    def history(
+        self,
+        since: float | None = None,
+        task: str | None = None,
+        identity: str | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """Finished jobs from the agent's durable history, newest first: started at or after
+        *since* (seconds since the epoch), of tasks matching the glob *task*, called by
+        *identity*, at most *limit*. Each: job, task, caller, identity, node, started,
+        duration, state, exit_code, error (its first line), argument_sizes, arguments."""
+        since = float(since) if since is not None else None
+        result: list[dict[str, Any]] = self._result(
+            "history", {"since": since, "task": task, "identity": identity, "limit": limit}
+        )
+        return result
+
     def cancel(self, job_id: str) -> dict[str, Any]:
         """Ask job *job_id* to stop; ``{"job", "requested", "state"}``."""
         result: dict[str, Any] = self._result("cancel", {"job_id": job_id})

@@ -38,6 +38,8 @@ def test_quick_benchmark_prints_every_row(tmp_path: object) -> None:
         "host CPU loop slowdown",
         "8 concurrent clients",
         "rpcctl ping of 5 agents",
+        "job history: record_job() on the call's thread",
+        "job history (sqlite): kept-connection no-op call",
         "profiler at 100 Hz: CPU-bound host loop slowdown",
         "profiler at 100 Hz: extra CPU per unit of the host's work",
         "mem --group-by line (8 frames): allocating host loop while traced",

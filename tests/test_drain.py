@@ -209,6 +209,16 @@ def test_a_failing_hook_is_named_and_the_app_stays_drained(app: AppProcess) -> N
     ]
     assert app.rpcctl("ping", "--ready").returncode == 0
 
+    # Each drain and resume is kept in the durable history, the failed ones as failed.
+    listed = app.rpcctl("history", "--task", "rpcctl.*", "--json")
+    assert listed.returncode == 0, listed.stderr
+    kept = [(r["task"], r["state"], r["error"]) for r in json.loads(listed.stdout)["result"]]
+    assert kept == [
+        ("rpcctl.resume", "succeeded", None),
+        ("rpcctl.resume", "failed", "hooks failed: drainapp.flaky_resume"),
+        ("rpcctl.drain", "failed", "hooks failed: drainapp.flaky_drain"),
+    ]
+
 
 def test_a_hook_that_hangs_holds_up_no_other_command(app: AppProcess) -> None:
     directory = Path(app.env["DRAINAPP_DIR"])

@@ -57,6 +57,7 @@ class Reason(enum.StrEnum):
     TOO_MANY_CONNECTIONS = "too_many_connections"
     NOT_AN_AGENT = "not_an_agent"  # an unexpected answer to the hello
     NO_MATCH = "no_match"  # --where kept no node (data: filter, seen)
+    HISTORY_DOWN = "history_down"  # the durable history's store cannot be read
     # timeout (4)
     NO_ANSWER = "no_answer"  # the deadline passed (data: seconds, and the diagnosis below)
     APP_STOPPED = "app_stopped"  # the listener's process is stopped (SIGSTOP, a debugger)
@@ -91,6 +92,7 @@ class Reason(enum.StrEnum):
     NO_RUNNER = "no_runner"  # restart asked of an app not under `rpcctl start`
     NO_PROFILE = "no_profile"  # cancel of a profile that is not running (data: id)
     BAD_LEVEL = "bad_level"  # an unknown log level or logger name
+    HISTORY_OFF = "history_off"  # the app keeps no durable history
     # no such task (6)
     NO_SUCH_TASK = "no_such_task"  # (data: task, suggestion when one is close)
     NO_TASKS = "no_tasks"  # the app registers none at all

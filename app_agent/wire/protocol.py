@@ -82,6 +82,26 @@ CALL_OPTIONS: Final[Mapping[str, Any]] = {
 continues that trace. A value that is not one is dropped by the agent, never refused."""
 PROFILE_ID_PREFIX: Final = "profile-"
 """A running profile's id (``cancel`` ends it, like a job)."""
+HISTORY_DEFAULT_LIMIT: Final = 100
+HISTORY_MAX_LIMIT: Final = 10_000
+"""Records one ``history`` request answers with, by default and at most."""
+MAX_TASK_GLOB: Final = 300
+"""Characters of a ``history --task`` glob."""
+
+
+def task_glob_problem(pattern: str) -> str | None:
+    """What is wrong with *pattern*, a ``history --task`` glob (``*`` any characters, ``?``
+    one, anything else itself, ``[`` included), or None: both sides check it, so that a
+    fleet is not asked what each node would refuse."""
+    if not pattern.strip():
+        return "the task pattern is empty"
+    if not pattern.isprintable() or " " in pattern:
+        return (
+            f"the task pattern {pattern!r} has spaces or control characters (task names have none)"
+        )
+    if len(pattern) > MAX_TASK_GLOB:
+        return f"the task pattern is {len(pattern):,} characters long (at most {MAX_TASK_GLOB})"
+    return None
 
 
 # -- the declaration ----------------------------------------------------------------------------
@@ -317,6 +337,20 @@ METHODS: Final[Mapping[str, Method]] = {
             Arg("job_id", "str"),
             reply="{job, requested, state}",
             doc="A job (its task's grant) or a profile (read).",
+        ),
+        _method(
+            "history",
+            "jobs",
+            READ,
+            Arg("since", "float|none", None),
+            Arg("task", "str|none", None),
+            Arg("identity", "str|none", None),
+            Arg("limit", "int", HISTORY_DEFAULT_LIMIT),
+            action="read the job history",
+            reply="[{job, task, caller, identity, app, node, host, pid, started, duration, "
+            "state, exit_code, error, argument_sizes, arguments, trace_id}]",
+            doc="Finished jobs from the durable store, newest first: started at or after "
+            "since (seconds since the epoch), tasks matching the glob task, by identity.",
         ),
         # -- introspection: look inside the live app ----------------------------------------
         _method(

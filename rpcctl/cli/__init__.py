@@ -13,6 +13,7 @@ each imported only when one of its commands runs (``cli.lazy`` in ``_group``):
 - ``introspect``: ``stack``, ``stats``, ``health``, ``profile``, ``log-level``
 - ``drain``: ``drain``, ``resume`` (readiness for deploys)
 - ``eval``: ``eval`` (a task in a fresh process); ``remote``: ``remote`` (a console in the app)
+- ``history``: ``history`` (finished jobs from the durable store, one node or a fleet)
 """
 
 from __future__ import annotations

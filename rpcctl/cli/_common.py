@@ -63,8 +63,11 @@ class RpcctlGroup(click.Group):
     def add_command(self, cmd: click.Command, name: str | None = None) -> None:
         if not isinstance(cmd, click.Group):
             # The global options after the command's name too (`rpcctl ping -n NODE`), as
-            # --json already is; hidden, so each command's help shows its own options.
-            global_options(late=True)(cmd)
+            # --json already is; hidden, so each command's help shows its own options. An
+            # option of the command's own by the same name wins (history --identity filters;
+            # the caller's identity then goes before the command).
+            own = {flag for param in cmd.params for flag in param.opts}
+            global_options(late=True, skip=own)(cmd)
         super().add_command(cmd, name)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -240,12 +243,15 @@ def options(declared: Iterable[Option]) -> Callable[[F], F]:
     return decorate
 
 
-def global_options(late: bool = False) -> Callable[[F], F]:
+def global_options(late: bool = False, skip: Iterable[str] = ()) -> Callable[[F], F]:
     """The group's options (GLOBAL_OPTIONS); *late*: the hidden copies every command takes,
-    which go straight into the settings."""
+    which go straight into the settings (but those with a flag in *skip*)."""
+    skip = frozenset(skip)
 
     def decorate(f: F) -> F:
         for option in reversed(GLOBAL_OPTIONS):
+            if skip.intersection(option.flags):
+                continue
             late_only: dict[str, Any] = (
                 {"hidden": True, "expose_value": False, "callback": _apply_late} if late else {}
             )

@@ -128,12 +128,13 @@ def fan_out(
     method: str | Callable[[client_mod.Client], Any],
     timeout: float,
     parallel: int,
+    **arguments: Any,
 ) -> fleet_mod.MulticallResult:
     """*method* of every node's client (those --where keeps), each within *timeout*: a
-    method's name (called without arguments), or a function of the client."""
+    method's name (called with *arguments*), or a function of the client."""
 
     def action(conn: client_mod.Client, _deadline: float) -> Any:
-        return method(conn) if callable(method) else getattr(conn, method)()
+        return method(conn) if callable(method) else getattr(conn, method)(**arguments)
 
     return fleet_mod.on_clients(
         settings.fleet(),

@@ -40,6 +40,7 @@ cli.lazy = {
     "eval": "rpcctl.cli.eval",
     "remote": "rpcctl.cli.remote",
     "mem": "rpcctl.cli.introspect",
+    "history": "rpcctl.cli.history",
 }
 
 

@@ -233,6 +233,12 @@ def crash(code: int = 7) -> None:
     os._exit(code)
 
 
+@task(record_args=True)
+def remember(note: str, count: int = 1) -> int:
+    """Return COUNT; the durable job history keeps NOTE and COUNT (record_args=True)."""
+    return count
+
+
 def main() -> None:
     app_agent.configure_logging(json=True)
     marker = os.environ.get("SAMPLEAPP_MARKER")
