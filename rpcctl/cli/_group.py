@@ -43,6 +43,7 @@ cli.lazy = {
     "eval": "rpcctl.cli.eval",
     "remote": "rpcctl.cli.remote",
     "mem": "rpcctl.cli.introspect",
+    "top": "rpcctl.cli.top",
 }
 
 
