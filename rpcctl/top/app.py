@@ -186,6 +186,11 @@ class FleetScreen(Screen[None]):
                 line = _describe(node)
         self.query_one("#status", Static).update(Text(line))
 
+    @property
+    def message(self) -> str:
+        """The status line's message now ("" when none)."""
+        return self._message[1] if self._message is not None else ""
+
     def say(self, message: str) -> None:
         """A message on the status line, for a few seconds (from the UI thread)."""
         self._message = (time.monotonic(), message)

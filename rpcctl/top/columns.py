@@ -31,14 +31,14 @@ class Column(Generic[Row]):
 
 
 def fit(columns: Sequence[Column[Row]], width: int) -> list[Column[Row]]:
-    """The columns that fit in *width* characters, the most important first, shown in
-    their own order."""
+    """The columns that fit in *width* characters, taken by priority until one does not fit,
+    shown in their own order."""
     kept: set[str] = set()
     used = 0
     for column in sorted(columns, key=lambda c: c.priority):
         need = column.width + CELL_PADDING
         if column.priority > 0 and used + need > width:
-            continue
+            break  # strictly by priority: no less needed column fills the gap
         kept.add(column.key)
         used += need
     return [c for c in columns if c.key in kept]
