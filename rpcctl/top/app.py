@@ -8,6 +8,7 @@ answer to the screen with ``call_from_thread``.
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -98,7 +99,8 @@ class FleetScreen(Screen[None]):
         self._rows: dict[str, dict[str, tuple[str, ...]]] = {"nodes": {}, "jobs": {}}
         self._jobs: dict[str, Job] = {}  # row key -> the job
         self._message: tuple[float, str] | None = None
-        self.redraws = 0  # how many times the tables were redrawn (the bench reads it)
+        self.redraw_times: collections.deque[float] = collections.deque(maxlen=1000)
+        """Seconds each recent redraw took (bench/top_fleet.py reads them)."""
 
     def compose(self) -> ComposeResult:
         yield Static(id="summary", classes="title")
@@ -123,6 +125,7 @@ class FleetScreen(Screen[None]):
     # -- drawing ------------------------------------------------------------------------------
 
     def redraw(self) -> None:
+        started = time.perf_counter()
         self.snapshot = snap = self.fleet.snapshot()
         width = self.size.width
         when = time.strftime("%H:%M:%S", time.localtime(snap.taken_at))
@@ -140,7 +143,7 @@ class FleetScreen(Screen[None]):
             Text(f" JOBS  {len(jobs)} running" + ("  (enter: output, c: cancel)" if jobs else ""))
         )
         self._status(nodes)
-        self.redraws += 1
+        self.redraw_times.append(time.perf_counter() - started)
 
     def _fill(
         self,
