@@ -12,6 +12,7 @@ each imported only when one of its commands runs (``cli.lazy`` in ``_group``):
 - ``release``: ``start``, ``stop``, ``restart``, ``pid``, ``release init``, ``cookie``
 - ``introspect``: ``stack``, ``stats``, ``health``, ``profile``, ``log-level``
 - ``eval``: ``eval`` (a task in a fresh process); ``remote``: ``remote`` (a console in the app)
+- ``top``: ``top`` (the live view; Textual, from the extra ``rpcctl[top]``)
 """
 
 from __future__ import annotations
