@@ -286,6 +286,26 @@ def test_a_frozen_node_shows_down_within_its_deadline(short_tmp: Path) -> None:
         app.close()
 
 
+def test_an_answer_it_cannot_read_shows_the_node_down(
+    agent_in_process: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An agent whose stats lack what top reads (another version's): down, saying so; the
+    poller lives on and the node comes back when the answers do."""
+    node = agent_in_process.node
+    fleet = Fleet([node], interval=INTERVAL)
+    monkeypatch.setattr(rpcctl.client.Client, "stats", lambda self, objects=0: {"cpu": None})
+    (state,) = fleet.poll_once().nodes
+    assert not state.up
+    assert state.reason == (
+        "unexpected answer from the agent (TypeError: 'NoneType' object is not subscriptable)"
+    )
+    assert state.exit_code == 2
+    monkeypatch.undo()
+    (state,) = fleet.poll_once().nodes
+    assert state.up
+    assert state.app == "inproc"
+
+
 # -- the app under Textual's harness -------------------------------------------------------------
 
 
@@ -325,6 +345,8 @@ def test_80_columns_drop_the_least_needed(three: Nodes) -> None:
         assert "pid" not in shown
         assert "threads" not in shown
         assert shown_columns(app, "jobs") == ["task", "node", "elapsed", "progress"]
+        await pilot.resize_terminal(20, 6)  # absurdly small: the node column, no crash
+        await until(pilot, lambda: shown_columns(app, "nodes") == ["node"], "the node only")
         await pilot.resize_terminal(200, 40)
         await until(pilot, lambda: len(shown_columns(app, "nodes")) == 12, "all columns")
         await pilot.press("q")
@@ -348,6 +370,8 @@ def test_drill_down_keys(three: Nodes) -> None:
 
     async def body(app: Any, pilot: Any) -> None:
         await until(pilot, lambda: row(app, "nodes", three.nodes[2]), "rows")
+        await pilot.press("c")  # no job: said, nothing asked
+        assert app.fleet_screen.message.startswith("no job selected")
         stack = await detail(app, pilot, "s", "Thread")
         assert f"Process {three.apps[0].proc.pid} (sampleapp)" in stack
         stats = await detail(app, pilot, "t", "memory:")

@@ -28,7 +28,13 @@ from rpcctl._settings import parse_node
 from rpcctl._transport import Security
 from rpcctl._where import Skipped, Where
 from rpcctl.client import Client
-from rpcctl.exceptions import AuthenticationFailed, RpcctlError, Unhealthy, Unreachable
+from rpcctl.exceptions import (
+    AuthenticationFailed,
+    RpcctlError,
+    Unhealthy,
+    Unreachable,
+    UsageError,
+)
 
 DEFAULT_INTERVAL = 1.5
 """Seconds between two rounds of one node."""
@@ -256,6 +262,11 @@ class NodePoller:
             state = self._down(exc.message, exc.exit_code)
         except (OSError, EOFError) as exc:
             state = self._down(f"{self.node}: {exc}", Unreachable.exit_code)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            # An agent whose answers lack what this rpcctl reads (another version's): down
+            # with why, rather than a poller thread that dies and a row that never changes.
+            reason = f"unexpected answer from the agent ({type(exc).__name__}: {exc})"
+            state = self._down(reason, UsageError.exit_code)
         self.state = replace(state, polled_at=time.time(), round_s=time.monotonic() - started)
         self.round_started = None
         return self.state
