@@ -415,6 +415,32 @@ def test_a_job_started_elsewhere_shows_and_its_output_follows(
     assert run_app(fleet, body).return_code == 0
 
 
+def test_leaving_a_screen_before_its_answer(three: Nodes) -> None:
+    """esc before a slow node answers: the late answer is dropped, the app goes on."""
+    import socket as socket_module
+
+    from rpcctl.top.app import DetailScreen
+
+    mute = socket_module.create_server(("127.0.0.1", 0))  # accepts, never answers
+    node = f"tcp://127.0.0.1:{mute.getsockname()[1]}"
+    fleet = Fleet([three.nodes[0], node], interval=INTERVAL, timeout=1.0)
+
+    async def body(app: Any, pilot: Any) -> None:
+        await until(pilot, lambda: "DOWN" in row(app, "nodes", node), "the mute node down")
+        await pilot.press("down", "s")
+        await until(pilot, lambda: isinstance(app.screen, DetailScreen), "the stack screen")
+        await pilot.press("escape")
+        await until(pilot, lambda: not isinstance(app.screen, DetailScreen), "back")
+        await until(pilot, lambda: len(app.workers) == 0, "the late answer")
+        assert app.is_running
+        await pilot.press("q")
+
+    try:
+        assert run_app(fleet, body).return_code == 0
+    finally:
+        mute.close()
+
+
 def cancel_body(
     fleet: Fleet, key: str, check: Callable[[str], None]
 ) -> Callable[[Any, Any], Awaitable[None]]:

@@ -257,7 +257,9 @@ class FleetScreen(Screen[None]):
         def answered(yes: bool | None) -> None:
             if yes:
                 self.say(f"cancelling job {job.id} on {job.short}…")
-                self.run_worker(lambda: self._cancel(job), thread=True, group="cancel")
+                self.run_worker(
+                    lambda: self._cancel(job), thread=True, group="cancel", exit_on_error=False
+                )
             else:
                 self.say("not cancelled")
 
@@ -303,7 +305,7 @@ class DetailScreen(Screen[None]):
         self.action_fetch()
 
     def action_fetch(self) -> None:
-        self.run_worker(self._fetch, thread=True, exclusive=True)
+        self.run_worker(self._fetch, thread=True, exclusive=True, exit_on_error=False)
 
     def _fetch(self) -> None:
         try:
@@ -319,6 +321,8 @@ class DetailScreen(Screen[None]):
 
     def _show(self, text: str) -> None:
         self.text = text
+        if not self.is_attached:  # left before the answer came
+            return
         self.query_one("#detail", Static).update(Text(text))
 
 
@@ -354,13 +358,15 @@ class FollowScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.run_worker(self._follow, thread=True, exclusive=True)
+        self.run_worker(self._follow, thread=True, exclusive=True, exit_on_error=False)
 
     def on_unmount(self) -> None:
         self._stop.set()
 
     def write(self, line: str) -> None:
         self.lines.append(line)
+        if not self.is_attached:  # left while a line was on its way
+            return
         self.query_one("#output", Log).write_line(line)
 
     def _follow(self) -> None:
