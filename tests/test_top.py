@@ -521,12 +521,30 @@ def test_a_read_only_identity_is_told_the_grant_is_missing(short_tmp: Path) -> N
         (["--json"], "--json prints one snapshot: add --once"),
         (["--once"], "--once prints JSON: add --json"),
         (["--once", "--json", "--where", "version"], "--where expects KEY=VALUE"),
+        (["--interval", "inf"], "'inf' is not a finite number"),
+        (["--once", "--json", "-n", "bogus"], "bogus"),
     ],
 )
 def test_bad_options_are_usage_errors(args: list[str], message: str) -> None:
     result = run_rpcctl("-n", "unix:/nonexistent/agent.sock", "top", *args)
     assert result.returncode == 2
     assert message in result.stderr.strip().splitlines()[-1]  # the error is its own line
+
+
+def test_once_with_a_mute_node(three: Nodes) -> None:
+    """A node that accepts and never answers: down within its deadline, the others shown."""
+    import socket as socket_module
+
+    with socket_module.create_server(("127.0.0.1", 0)) as mute:
+        node = f"tcp://127.0.0.1:{mute.getsockname()[1]}"
+        args = ["-n", three.nodes[0], "-n", node, "top", "--once", "--json", "--timeout", "1"]
+        result = run_rpcctl(*args)
+    assert result.returncode == 4, result.stderr
+    alpha, silent = json.loads(result.stdout)["result"]["nodes"]
+    assert alpha["up"] is True
+    assert silent["up"] is False
+    assert silent["exit_code"] == 4
+    assert silent["reason"]
 
 
 def test_top_needs_a_terminal() -> None:

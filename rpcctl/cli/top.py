@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from rpcctl._settings import POSITIVE_SECONDS, Option, Settings
+from rpcctl._settings import POSITIVE_SECONDS, Option, Settings, parse_node
 from rpcctl._where import Where
 from rpcctl.cli._common import _set_where, click_option, emit_json, json_option, pass_settings
 from rpcctl.cli._group import cli
@@ -66,6 +66,8 @@ def top(settings: Settings, interval: float, timeout: float | None, once: bool) 
         msg = "--once prints JSON: add --json (`rpcctl top --once --json`)"
         raise UsageError(msg)
     nodes = settings.fleet() if settings.is_fleet else [str(settings.address())]
+    for node in nodes:
+        parse_node(node)  # a bad address is a usage error before anything connects
     security = settings.security()
     where = Where.parse(settings.where)
     fleet = model.Fleet(nodes, security, where, interval, timeout)

@@ -446,15 +446,26 @@ class Fleet:
         return Snapshot(tuple(states), time.time(), self.interval)
 
     def poll_once(self) -> Snapshot:
-        """One round of every node, in parallel, for ``--once``."""
+        """One round of every node, in parallel, for ``--once``. Each call of a round has
+        the node's deadline; a node whose round is not over after twice that is shown down
+        (its thread, a daemon, is left behind)."""
         threads = [threading.Thread(target=p.poll, daemon=True) for p in self.pollers]
         for thread in threads:
             thread.start()
+        limit = 2 * self.timeout
+        until = time.monotonic() + limit
         for thread in threads:
-            thread.join()
-        for poller in self.pollers:
-            poller._disconnect()
-        return self.snapshot()
+            thread.join(max(0.0, until - time.monotonic()))
+        states = []
+        for poller, thread in zip(self.pollers, threads, strict=True):
+            state = poller.state
+            if thread.is_alive():
+                reason = f"no answer within {limit:g}s"
+                state = replace(state, up=False, reason=reason, exit_code=4, polled_at=time.time())
+            else:
+                poller._disconnect()
+            states.append(state)
+        return Snapshot(tuple(states), time.time(), self.interval)
 
     def poller(self, node: str) -> NodePoller:
         return next(p for p in self.pollers if p.node == node)
