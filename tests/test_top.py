@@ -43,7 +43,7 @@ def start(command: list[str], node: str, version: str, **env: str) -> AppProcess
 
 class Nodes:
     """Three real agents: two healthy sampleapps (1.0.0, 1.1.0) and a sick introapp (2.0.0,
-    its introapp.database check fails)."""
+    its introapp.database check fails) on an event loop."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -51,7 +51,13 @@ class Nodes:
         self.apps.append(start(SAMPLEAPP, f"unix:{directory}/alpha/agent.sock", "1.0.0"))
         self.apps.append(start(SAMPLEAPP, f"unix:{directory}/beta/agent.sock", "1.1.0"))
         self.apps.append(
-            start(INTROAPP, f"unix:{directory}/gamma/agent.sock", "2.0.0", INTROAPP_SICK="1")
+            start(
+                INTROAPP,
+                f"unix:{directory}/gamma/agent.sock",
+                "2.0.0",
+                INTROAPP_SICK="1",
+                INTROAPP_LOOP="1",  # its agent on an asyncio loop: a loop lag to show
+            )
         )
 
     @property
@@ -207,6 +213,9 @@ def test_once_json_shows_every_node(three: Nodes) -> None:
     assert nodes["alpha"]["threads"] >= 1
     assert nodes["alpha"]["ready"] is True
     assert nodes["alpha"]["drained"] is None
+    assert nodes["alpha"]["loop_lag_ms"] is None
+    assert nodes["gamma"]["event_loop"] is True
+    assert nodes["gamma"]["loop_lag_ms"] >= 0
     assert document["result"]["summary"] == "3/4 nodes up, 1 unhealthy, 0 jobs running"
 
 
@@ -323,6 +332,8 @@ def test_the_fleet_table(three: Nodes) -> None:
         assert cells["health"] == "✗ introapp.database"
         assert cells["app"] == "introapp"
         assert cells["pid"] == str(three.apps[2].proc.pid)
+        assert cells["lag"].endswith(" ms")  # the loop's lag, from the agent.event_loop check
+        assert row(app, "nodes", alpha)[shown_columns(app, "nodes").index("lag")] == "-"
         await until(pilot, lambda: "ok" in row(app, "nodes", alpha), "healthy alpha")
         cells = dict(zip(columns, row(app, "nodes", beta), strict=True))
         assert (cells["version"], cells["state"]) == ("1.1.0", "ready")
