@@ -14,6 +14,7 @@ each imported only when one of its commands runs (``cli.lazy`` in ``_group``):
 - ``drain``: ``drain``, ``resume`` (readiness for deploys)
 - ``eval``: ``eval`` (a task in a fresh process); ``remote``: ``remote`` (a console in the app)
 - ``history``: ``history`` (finished jobs from the durable store, one node or a fleet)
+- ``top``: ``top`` (the live view; Textual, from the extra ``rpcctl[top]``)
 """
 
 from __future__ import annotations

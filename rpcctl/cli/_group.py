@@ -41,6 +41,7 @@ cli.lazy = {
     "remote": "rpcctl.cli.remote",
     "mem": "rpcctl.cli.introspect",
     "history": "rpcctl.cli.history",
+    "top": "rpcctl.cli.top",
 }
 
 
