@@ -24,11 +24,11 @@ if TYPE_CHECKING:
     from typing import TextIO, Unpack
 
     from app_agent._agent import Agent
-    from app_agent._capture import cancelled, progress
-    from app_agent._drain import on_drain, on_resume
-    from app_agent._health import health_check
-    from app_agent._readiness import set_ready
+    from app_agent._introspection.health import health_check
+    from app_agent._jobs.capture import cancelled, progress
     from app_agent._registry import Task, reset_registry, task
+    from app_agent._server.drain import on_drain, on_resume
+    from app_agent._server.readiness import set_ready
     from app_agent.config import StartOptions
 
 __all__ = [
@@ -94,19 +94,19 @@ def __getattr__(name: str) -> object:
 
         return getattr(_registry, name)
     if name in ("progress", "cancelled"):
-        from app_agent import _capture
+        from app_agent._jobs import capture as _capture
 
         return getattr(_capture, name)
     if name == "health_check":
-        from app_agent._health import health_check
+        from app_agent._introspection.health import health_check
 
         return health_check
     if name in ("on_drain", "on_resume"):
-        from app_agent import _drain
+        from app_agent._server import drain as _drain
 
         return getattr(_drain, name)
     if name == "set_ready":
-        from app_agent._readiness import set_ready
+        from app_agent._server.readiness import set_ready
 
         return set_ready
     msg = f"module 'app_agent' has no attribute {name!r}"

@@ -4,27 +4,29 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import logging
 import os
 import socket
-import stat
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, Unpack
 
-from app_agent import _capture, _history, _threads, wire
-from app_agent import _readiness as readiness
-from app_agent._access import Identity
-from app_agent._gate import Gate
-from app_agent._locks import Backend
-from app_agent._locks import backend as lock_backends
+from app_agent import wire
+from app_agent._jobs import capture as _capture
+from app_agent._jobs import history as _history
+from app_agent._jobs.locks import Backend
+from app_agent._jobs.locks import backend as lock_backends
 from app_agent._registry import Registry, import_task_modules
 from app_agent._registry import registry as global_registry
+from app_agent._server import listener
+from app_agent._server import readiness as readiness
+from app_agent._server import threads as _threads
+from app_agent._server.access import Identity
+from app_agent._server.gate import Gate
+from app_agent._server.threads import NoThread
 from app_agent._state import AgentState
-from app_agent._threads import NoThread
 from app_agent.config import (
     AgentConfig,
     StartOptions,
@@ -35,22 +37,19 @@ from app_agent.config import (
 )
 from app_agent.config import load as load_config
 from app_agent.exceptions import (
-    AddressInUse,
     AgentAlreadyRunning,
     AgentError,
     ConfigurationError,
     StartRefused,
 )
 from app_agent.logs import get_logger
-from app_agent.wire import Address, ErrorKind, processes
-from app_agent.wire.processes import uid_label
+from app_agent.wire import ErrorKind
 
 # RPyC logs through stdlib logging; the agent logs its own events with structlog, so RPyC's
 # chatter is kept to warnings and above.
 _rpyc_logger = logging.getLogger("app_agent.rpyc")
 _rpyc_logger.setLevel(logging.WARNING)
 
-_UNIX_PATH_MAX = 107  # sun_path is 108 bytes on Linux, NUL included
 RESTARTS = 3
 RESTART_WINDOW = 60.0
 """The agent's loop is run again at most RESTARTS times in RESTART_WINDOW seconds."""
@@ -61,7 +60,7 @@ _FRAME_SLACK = 64 * 1024
 class Agent:
     """A running agent: a gate on the agent's thread, one thread per served connection.
 
-    The gate (:class:`app_agent._gate.Gate`) accepts, checks and answers pings itself; an
+    The gate (:class:`app_agent._server.gate.Gate`) accepts, checks and answers pings itself; an
     admitted connection gets its own thread running RPyC's protocol over it (``connect_channel``
     and ``serve``), so a slow task blocks only its caller.
     """
@@ -112,8 +111,11 @@ class Agent:
             days=config.history_days,
             log=self.log,
         )
+        sock, self.state.node, self._socket_inode = listener.bind(
+            self.address, config.shared_socket, self.log
+        )
         self.gate = Gate(
-            self._bind(),
+            sock,
             self.log,
             config.allowed_uids,
             config.cookie,
@@ -136,66 +138,6 @@ class Agent:
     def node(self) -> str:
         """The address callers use, with the real port when the agent bound port 0."""
         return self.state.node
-
-    # -- binding ---------------------------------------------------------------------------
-
-    def _bind(self) -> socket.socket:
-        if self.address.is_unix:
-            return self._bind_unix(self.address.path)
-        host, port = self.address.host, self.address.port
-        try:
-            family, _type, _proto, _name, target = socket.getaddrinfo(
-                host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-            )[0]
-        except socket.gaierror as exc:
-            msg = f"{self.address}: cannot resolve {host!r} ({exc.strerror})"
-            raise ConfigurationError(msg) from None
-        listener = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            listener.bind(target)
-            listener.listen(socket.SOMAXCONN)
-        except OSError as exc:
-            listener.close()
-            if exc.errno == errno.EADDRINUSE:
-                msg = f"{self.address}: the address is already in use"
-                raise AddressInUse(msg) from None
-            raise
-        host, port = listener.getsockname()[:2]
-        self.state.node = str(Address(self.address.scheme, host=host, port=port))
-        return listener
-
-    def _bind_unix(self, path: str) -> socket.socket:
-        if len(os.fsencode(path)) > _UNIX_PATH_MAX:
-            msg = f"unix:{path}: the socket path is longer than {_UNIX_PATH_MAX} bytes"
-            raise ConfigurationError(msg)
-        directory = os.path.dirname(path)
-        # Owner-only: nobody else may even reach the socket file. Unless the access file
-        # names other local users: they must be able to connect (and pass through the
-        # directory, not list or write it); the gate then checks who each peer is.
-        shared = self.config.shared_socket
-        if not os.path.isdir(directory):
-            os.makedirs(directory, mode=0o711 if shared else 0o700, exist_ok=True)
-        _check_directory_owner(path, directory)
-        self._clear_stale_socket(path)
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            listener.bind(path)
-            os.chmod(path, 0o666 if shared else 0o600)
-            listener.listen(socket.SOMAXCONN)
-        except OSError as exc:
-            listener.close()
-            if exc.errno == errno.EADDRINUSE:
-                msg = f"unix:{path}: another agent is already listening on this socket"
-                raise AddressInUse(msg) from None
-            raise
-        st = os.stat(path)
-        self._socket_inode = (st.st_dev, st.st_ino)
-        try:
-            processes.record_agent_pid(path)
-        except OSError as exc:  # only a diagnostic for later: the agent serves without it
-            self.log.warning("agent.pid_not_recorded", path=path, error=str(exc))
-        return listener
 
     # -- serving admitted connections ----------------------------------------------------------
 
@@ -300,30 +242,6 @@ class Agent:
                     conn.close()
             sock.close()
 
-    @staticmethod
-    def _clear_stale_socket(path: str) -> None:
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            return
-        if not stat.S_ISSOCK(st.st_mode):
-            msg = f"unix:{path}: the path exists and is not a socket; remove it or pick another"
-            raise ConfigurationError(msg)
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        probe.settimeout(1.0)
-        try:
-            probe.connect(path)
-        except (ConnectionRefusedError, FileNotFoundError):
-            os.unlink(path)  # stale: left behind by a process that died
-            return
-        except OSError as exc:
-            msg = f"unix:{path}: cannot tell whether another agent listens there ({exc})"
-            raise AddressInUse(msg) from None
-        finally:
-            probe.close()
-        msg = f"unix:{path}: another agent is already listening on this socket"
-        raise AddressInUse(msg)
-
     # -- lifecycle -------------------------------------------------------------------------
 
     def _run(self) -> None:
@@ -419,19 +337,9 @@ class Agent:
         # Bounded (history CLOSE_TIMEOUT): a store that is down never holds up the stop.
         self.state.jobs.history.close()
         if self.address.is_unix and self._socket_inode is not None:
-            self._remove_own_socket(self.address.path)
+            listener.remove_own_socket(self.address.path, self._socket_inode)
         _forget(self)
         self.log.info("agent.stopped", node=self.node)
-
-    def _remove_own_socket(self, path: str) -> None:
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            return
-        # Only our own socket: another agent may have replaced it since.
-        if (st.st_dev, st.st_ino) == self._socket_inode:
-            os.unlink(path)
-            processes.forget_agent_pid(path, os.getpid())
 
     def _abandon_in_child(self) -> None:
         """After a fork, in the child: the server's threads did not come along, and its
@@ -542,21 +450,6 @@ def lock_backend(config: AgentConfig) -> Backend:
         return lock_backends(config.locks)
     except (ValueError, RuntimeError, OSError) as exc:
         raise ConfigurationError(f"locks: {exc}") from None
-
-
-def _check_directory_owner(path: str, directory: str) -> None:
-    """ConfigurationError when the socket's directory belongs to another user: whoever owns
-    it (say, one who made /tmp/app before the app started) could swap the socket for an
-    impostor's at any time."""
-    directory = directory or "."
-    owner = os.stat(directory).st_uid
-    if owner not in (os.geteuid(), 0):
-        msg = (
-            f"unix:{path}: refusing to listen in {directory}: it belongs to {uid_label(owner)}, "
-            f"not to this process (uid {os.geteuid()}) or root, so that user could replace the "
-            "socket; remove the directory or pick another"
-        )
-        raise ConfigurationError(msg)
 
 
 def _oversized_reply(big: Any, limit: int, identity: Identity) -> str:

@@ -2,9 +2,8 @@
 
 One per connection, made by the agent when the handshake admits it: the identity and its
 grants, the agent's state, the connection's own follower key, console session and hang-up
-watch, and the audit lines that wait for the reply to leave. Handlers (``_handlers_*``)
-read and use it; they inherit nothing.
-"""
+watch, and the audit lines that wait for the reply to leave. Handlers (the ``handlers``
+module of each subpackage) read and use it; they inherit nothing."""
 
 from __future__ import annotations
 
@@ -16,14 +15,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from app_agent import wire
-from app_agent._access import UNRESTRICTED, Identity
+from app_agent._server.access import UNRESTRICTED, Identity
 from app_agent._state import AgentState
 from app_agent.config import DEFAULT_MAX_ARGUMENT_BYTES
 from app_agent.wire import ErrorKind, Reason
 
 if TYPE_CHECKING:
-    from app_agent._console import Session
-    from app_agent._jobs import Job
+    from app_agent._console.session import Session
+    from app_agent._jobs.table import Job
 
 _FOLLOWER_KEYS = itertools.count(1)
 
@@ -108,7 +107,7 @@ class Caller:
         self.following[job.id] = job
         return self.follower
 
-    # -- access control (app_agent/_access.py) ---------------------------------------------
+    # -- access control (app_agent/_server/access.py) ---------------------------------------------
 
     def forbidden(self, grant: str, action: str) -> str | None:
         """The refusal to send when this identity lacks *grant*, audited; None when it holds

@@ -16,7 +16,8 @@ here and nowhere else:
 
 **Adding a method** is one table entry in ``app_agent/wire/protocol.py`` and one handler
 function ``def NAME(caller: Caller, ARG, ...) -> str`` in the module of its concept
-(``_handlers_core``, ``_handlers_jobs``, ``_handlers_introspection``, ``_handlers_console``),
+(``app_agent/_server/handlers.py`` for core, ``_jobs/handlers.py``,
+``_introspection/handlers.py``, ``_console/handlers.py``),
 then one client call in ``rpcctl/client.py`` (``self._result("NAME", {"ARG": ARG})``);
 tests/test_protocol.py proves the three agree. The grant goes in the entry (``READ``,
 ``STOP``, ... with the ``action`` a refusal names; an argument's own ``grant`` for what only
@@ -39,14 +40,12 @@ from typing import Any
 
 import rpyc
 
-from app_agent import (
-    _handlers_console,
-    _handlers_core,
-    _handlers_introspection,
-    _handlers_jobs,
-    wire,
-)
+from app_agent import wire
 from app_agent._caller import Caller
+from app_agent._console import handlers as console_handlers
+from app_agent._introspection import handlers as introspection_handlers
+from app_agent._jobs import handlers as jobs_handlers
+from app_agent._server import handlers as core_handlers
 from app_agent.wire import ErrorKind, Reason
 from app_agent.wire.protocol import METHODS, Method
 
@@ -69,10 +68,10 @@ PROTOCOL_CONFIG: dict[str, Any] = {
 }
 
 HANDLERS: dict[str, ModuleType] = {
-    "core": _handlers_core,
-    "jobs": _handlers_jobs,
-    "introspection": _handlers_introspection,
-    "console": _handlers_console,
+    "core": core_handlers,
+    "jobs": jobs_handlers,
+    "introspection": introspection_handlers,
+    "console": console_handlers,
 }
 """Where each concept's handlers live: the handler of method ``m`` is
 ``getattr(HANDLERS[m.concept], m.name)``."""

@@ -10,10 +10,10 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from app_agent._jobs import JobTable
-from app_agent._locks import Backend
-from app_agent._refusals import RateLimitedLog
+from app_agent._jobs.locks import Backend
+from app_agent._jobs.table import JobTable
 from app_agent._registry import Registry
+from app_agent._server.refusals import RateLimitedLog
 
 if TYPE_CHECKING:
     from app_agent.config import AgentConfig

@@ -16,13 +16,14 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypedDict
 
-from app_agent import _history, wire
+from app_agent import wire
+from app_agent._jobs import history as _history
 from app_agent.exceptions import ConfigurationError
 from app_agent.wire import cookies
 from app_agent.wire import environment as env
 
 if TYPE_CHECKING:
-    from app_agent._access import Access
+    from app_agent._server.access import Access
 
 DEFAULT_IDLE_TIMEOUT = 300.0
 """Seconds an authenticated connection may sit idle before the agent closes it."""
@@ -116,7 +117,7 @@ class AgentConfig:
     max_argument_bytes: int = DEFAULT_MAX_ARGUMENT_BYTES
     history: str = "off"
     """Where finished jobs are kept, resolved: ``off``, ``sqlite:ABSOLUTE_PATH`` or a
-    PostgreSQL URL (see :mod:`app_agent._history`)."""
+    PostgreSQL URL (see :mod:`app_agent._jobs.history`)."""
     history_keep: int = _history.DEFAULT_KEEP
     history_days: float = _history.DEFAULT_DAYS
 
@@ -219,7 +220,7 @@ def _access_file(options: dict[str, Any]) -> Access | None:
     path = os.fspath(given) if given is not None else os.environ.get(env.ACCESS)
     if not path:
         return None
-    from app_agent import _access
+    from app_agent._server import access as _access
 
     try:
         return _access.load(path)

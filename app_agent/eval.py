@@ -16,7 +16,7 @@ process writes to its stdout goes to its stderr, so the report stays parseable.
 
 The task is found in the registry only: the module part of its dotted name is imported
 (and the modules of ``[app] tasks``, for aliases), and a function that is not a registered
-``@task`` is not run. It runs as a job (:mod:`app_agent._jobs`), with the same capture of
+``@task`` is not run. It runs as a job (:mod:`app_agent._jobs.table`), with the same capture of
 its output, the same conversion of its result and the same lock backends and messages as
 in a live agent. No agent starts here: ``app_agent.start()`` is refused in this process, so
 a task module that starts the app when imported is named instead of starting it.
@@ -121,10 +121,11 @@ def _request(text: str) -> dict[str, Any]:
 
 def run(request: dict[str, Any], report: Reporter) -> None:
     """Find the task, take its lock, run it as a job and report it (see the module doc)."""
-    from app_agent import _agent, _capture
-    from app_agent._jobs import JobTable
-    from app_agent._locks import MemoryLocks
-    from app_agent._locks import backend as lock_backend
+    from app_agent import _agent
+    from app_agent._jobs import capture as _capture
+    from app_agent._jobs.locks import MemoryLocks
+    from app_agent._jobs.locks import backend as lock_backend
+    from app_agent._jobs.table import JobTable
 
     _agent.refusal = START_REFUSED
     task = find_task(request["task"], request["modules"])

@@ -53,7 +53,7 @@ def configure_logging(
     *json* defaults to JSON when *stream* (stderr by default) is not a terminal; *level*
     defaults to ``RPCCTL_LOG_LEVEL`` or info.
     """
-    from app_agent._capture import current_stderr
+    from app_agent._jobs.capture import current_stderr
 
     # By default, whatever sys.stderr is at each write: inside a job that is the job's own
     # stderr, so a task's structlog events reach its caller.

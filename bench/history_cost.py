@@ -49,9 +49,9 @@ def host(node: str, spec: str) -> None:
 
 def record_cost(work: Path, calls: int) -> dict[str, float]:
     """µs per record() of a finished job, the writer running; and a record that starts it."""
-    from app_agent import _history
-    from app_agent._jobs import JobTable
-    from app_agent._locks import MemoryLocks
+    from app_agent._jobs import history as _history
+    from app_agent._jobs.locks import MemoryLocks
+    from app_agent._jobs.table import JobTable
     from app_agent._registry import Registry
 
     sys.path.insert(0, str(HERE))

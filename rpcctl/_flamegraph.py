@@ -1,8 +1,8 @@
 """Profiles as files people open: collapsed stacks, speedscope JSON and SVG flame graphs.
 
 The agent sends a profile as plain data (a frame table and counted stacks, outermost frame
-first; see app_agent/_profile.py). Collapsed stacks are flamegraph.pl's input format, one
-``thread;outer;...;inner COUNT`` line per stack. Speedscope (https://www.speedscope.app)
+first; see app_agent/_introspection/profile.py). Collapsed stacks are flamegraph.pl's
+input format, one ``thread;outer;...;inner COUNT`` line per stack. Speedscope (https://www.speedscope.app)
 reads its own JSON. The SVG is drawn here, self-contained (no script, no external
 resources): every frame a box as wide as its share of the samples, with a tooltip.
 """

@@ -1,7 +1,7 @@
 """Human output of ``stack``, ``stats``, ``health``, ``mem`` and ``log-level``: plain text,
 no colour.
 
-Each function takes what the agent sent (plain data, see app_agent/_introspect.py) and
+Each function takes what the agent sent (plain data, see app_agent/_introspection/snapshot.py) and
 returns text ending with a newline; ``--json`` prints that data as it came.
 """
 

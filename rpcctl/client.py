@@ -361,7 +361,7 @@ class Client:
         )
         return snapshot
 
-    # -- introspection (agent side: app_agent/_introspect.py, _health.py, _profile.py, _mem.py)
+    # -- introspection (agent side: app_agent/_introspection/)
 
     def stack(self) -> dict[str, Any]:
         """Every thread's frames (innermost last), agent threads marked, and the asyncio
@@ -420,7 +420,7 @@ class Client:
         )
         return result
 
-    # -- the remote console (agent side: app_agent/_console.py) ----------------------------
+    # -- the remote console (agent side: app_agent/_console/session.py) ----------------------------
 
     def console_open(self) -> dict[str, Any]:
         """Open this connection's console session inside the app: ``{session, app, pid, node,

@@ -21,7 +21,8 @@ import trustme
 import app_agent
 import rpcctl
 import sampleapp  # noqa: F401  (registers the tasks the in-process agents serve)
-from app_agent import _access, config, wire
+from app_agent import config, wire
+from app_agent._server import access as _access
 from app_agent.exceptions import ConfigurationError
 from app_agent.wire import cookies
 from conftest import DEADLINE, SAMPLEAPP, AppProcess, rpcctl_executable, run_rpcctl, wait_until

@@ -262,7 +262,7 @@ def test_read_only_commands_log_nothing_at_info_beyond_the_connection(
 ) -> None:
     """Probes and looks (ping, info, tasks, jobs, pid, logs) must not flood the app's log:
     the service's read-only methods log nothing at info or above. (The handshake's own
-    `connection.accepted` line belongs to app_agent/_gate.py.)"""
+    `connection.accepted` line belongs to app_agent/_server/gate.py.)"""
     from structlog.testing import capture_logs
 
     import sampleapp  # noqa: F401  (its tasks)

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 import app_agent
-from app_agent import _drain, _readiness
+from app_agent._server import drain as _drain
+from app_agent._server import readiness as _readiness
 from app_agent.wire import protocol
 from conftest import (
     APPS,
@@ -405,7 +406,7 @@ def test_hooks_must_take_no_arguments() -> None:
 
 
 def test_the_grant_is_declared_once() -> None:
-    from app_agent import _access
+    from app_agent._server import access as _access
 
     assert protocol.DRAIN in protocol.GRANTS
     assert _access.GRANTS == protocol.GRANTS

@@ -573,7 +573,7 @@ def test_malformed_frames_are_one_bounded_event_each_never_a_traceback(short_tmp
 def test_flow_control_waits_for_the_caller_only(monkeypatch: pytest.MonkeyPatch) -> None:
     """In process: the job's caller (attached before it starts) reads everything; a second
     follower that read once and went quiet (but stays "live") never holds the task."""
-    from app_agent import _job
+    from app_agent._jobs import job as _job
     from app_agent._registry import registry
 
     monkeypatch.setattr(_job, "FOLLOWER_GRACE", 3600.0)
@@ -706,7 +706,7 @@ def test_cancel_ends_a_profile(sample_app: AppProcess) -> None:
 def test_temporary_log_levels_share_one_thread_and_are_bounded() -> None:
     import logging
 
-    from app_agent import _loglevels
+    from app_agent._introspection import loglevels as _loglevels
 
     levels = _loglevels.LogLevels()
     names = [f"rpcctl.test.many.{i}" for i in range(_loglevels.MAX_PENDING)]

@@ -423,7 +423,7 @@ def test_client_api_history_is_the_table_entry() -> None:
 def test_a_forked_child_leaves_the_parents_store_alone(agent_in_process: Any) -> None:
     """A child forked from the app (a pre-fork server's worker) records nothing and never
     touches the parent's SQLite connection; the parent's history goes on."""
-    from app_agent import _history
+    from app_agent._jobs import history as _history
 
     store = agent_in_process.state.jobs.history
     assert isinstance(store, _history.HistoryStore)

@@ -1,4 +1,4 @@
-"""The durable job history's store (app_agent/_history.py): SQLite and the real PostgreSQL,
+"""The durable job history's store (app_agent/_jobs/history.py): SQLite and the real PostgreSQL,
 writes off the call path, a store that is down, locked or full, recovery, retention, the
 queue's bound; the --since parser both sides use; the history start options."""
 
@@ -24,11 +24,12 @@ import pytest
 from structlog.testing import capture_logs
 
 import app_agent
-from app_agent import _history, config, task
-from app_agent._history import HistoryStore, HistoryUnavailable, Record
-from app_agent._job import Job
-from app_agent._jobs import JobTable
-from app_agent._locks import Busy, Holder, MemoryLocks
+from app_agent import config, task
+from app_agent._jobs import history as _history
+from app_agent._jobs.history import HistoryStore, HistoryUnavailable, Record
+from app_agent._jobs.job import Job
+from app_agent._jobs.locks import Busy, Holder, MemoryLocks
+from app_agent._jobs.table import JobTable
 from app_agent._registry import Registry
 from app_agent.exceptions import ConfigurationError
 from app_agent.wire import times
@@ -152,7 +153,7 @@ def recording_process(path: Path, prefix: str, count: int) -> subprocess.Popen[s
     script = textwrap.dedent(
         f"""
         import sys, time
-        from app_agent import _history
+        from app_agent._jobs import history as _history
         store = _history.open_store({f"sqlite:{path}"!r}, app={APP!r}, node="unix:/a.sock")
         for i in range({count}):
             store.record(_history.Record("{prefix}%04d" % i, "myapp.tasks.x", "uid=0", None,

@@ -21,7 +21,10 @@ import rpyc
 from click.testing import CliRunner
 
 import rpcctl
-from app_agent import _health, _loglevels, _profile, health_check, wire
+from app_agent import health_check, wire
+from app_agent._introspection import health as _health
+from app_agent._introspection import loglevels as _loglevels
+from app_agent._introspection import profile as _profile
 from conftest import (
     APPS,
     DEADLINE,

@@ -170,7 +170,8 @@ def test_agent_side_timeout(sample_app: AppProcess) -> None:
 
 
 def test_output_is_bounded(agent_in_process: Any) -> None:
-    from app_agent import _job, _jobs
+    from app_agent._jobs import job as _job
+    from app_agent._jobs import table as _jobs
     from app_agent._registry import registry
 
     task = registry.get("sampleapp.echo")

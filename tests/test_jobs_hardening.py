@@ -70,7 +70,7 @@ def test_rpc_shows_every_line_of_a_big_output(sample_app: AppProcess) -> None:
 def test_a_detached_job_keeps_the_last_events_and_logs_says_how_many_were_dropped(
     sample_app: AppProcess,
 ) -> None:
-    from app_agent._job import MAX_EVENTS
+    from app_agent._jobs.job import MAX_EVENTS
 
     count = MAX_EVENTS + 40_000
     job_id = sample_app.rpcctl("rpc", "--detach", f"sampleapp.lines({count})").stdout.strip()
@@ -147,7 +147,8 @@ def writer(job: Any, count: int) -> threading.Thread:
 
 
 def test_the_task_waits_for_a_follower_that_keeps_up(echo_task: Any) -> None:
-    from app_agent import _job, _jobs
+    from app_agent._jobs import job as _job
+    from app_agent._jobs import table as _jobs
 
     job = _jobs.Job("flow", echo_task, "test")
     job.attach(1)
@@ -165,7 +166,8 @@ def test_the_task_waits_for_a_follower_that_keeps_up(echo_task: Any) -> None:
 
 @pytest.mark.parametrize("how", ["cancel", "expire", "detach"])
 def test_a_waiting_task_goes_on_when_cancelled_timed_out_or_left(echo_task: Any, how: str) -> None:
-    from app_agent import _job, _jobs
+    from app_agent._jobs import job as _job
+    from app_agent._jobs import table as _jobs
 
     echo_task = dataclasses.replace(echo_task, timeout=1.0)
     job = _jobs.Job("flow", echo_task, "test")
@@ -183,7 +185,8 @@ def test_a_waiting_task_goes_on_when_cancelled_timed_out_or_left(echo_task: Any,
 def test_only_the_jobs_own_thread_ever_waits(echo_task: Any) -> None:
     """Output that reaches a job from another thread (the app's event loop running an async
     task, a thread that inherited the job's context) is dropped rather than block it."""
-    from app_agent import _job, _jobs
+    from app_agent._jobs import job as _job
+    from app_agent._jobs import table as _jobs
 
     job = _jobs.Job("flow", echo_task, "test")
     job.attach(1)
@@ -205,7 +208,9 @@ def test_output_written_under_a_logging_lock_never_waits(
 
     import structlog
 
-    from app_agent import _capture, _job, _jobs
+    from app_agent._jobs import capture as _capture
+    from app_agent._jobs import job as _job
+    from app_agent._jobs import table as _jobs
 
     monkeypatch.setattr(_job, "FOLLOWER_GRACE", 3600.0)  # a follower that stays "live"
     monkeypatch.setattr(sys, "stderr", _capture._JobStream(io.StringIO(), "stderr"))
@@ -244,7 +249,7 @@ def test_the_capture_marks_the_records_it_writes_on_their_own_thread_only() -> N
     import io
     import logging
 
-    from app_agent import _capture
+    from app_agent._jobs import capture as _capture
 
     seen: list[tuple[str, bool, bool]] = []
 
@@ -352,8 +357,8 @@ def test_a_big_result_still_reaches_the_callers_waiting_for_it(sample_app: AppPr
 def test_the_history_keeps_within_its_byte_budget(
     echo_task: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from app_agent import _jobs
-    from app_agent._locks import MemoryLocks
+    from app_agent._jobs import table as _jobs
+    from app_agent._jobs.locks import MemoryLocks
 
     monkeypatch.setattr(_jobs, "HISTORY_BYTES", 2 << 20)
     table = _jobs.JobTable(MemoryLocks())
@@ -375,7 +380,7 @@ def test_the_history_keeps_within_its_byte_budget(
 
 
 def test_the_job_listing_has_no_results_or_tracebacks(echo_task: Any) -> None:
-    from app_agent import _jobs
+    from app_agent._jobs import table as _jobs
 
     job = _jobs.Job("x", echo_task, "test")
     job.finish(
@@ -463,7 +468,7 @@ class _BrokenLocks:
 def test_a_failure_to_start_ends_the_job_as_failed(
     echo_task: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from app_agent import _jobs
+    from app_agent._jobs import table as _jobs
 
     locked = dataclasses.replace(echo_task, lock="x")
     table = _jobs.JobTable(_BrokenLocks())  # type: ignore[arg-type]
@@ -537,7 +542,7 @@ def test_worker_threads_exit_after_a_burst(sample_app: AppProcess, short_tmp: Pa
 
 
 def test_an_idle_worker_exits_and_a_new_job_still_runs() -> None:
-    from app_agent._jobs import Workers
+    from app_agent._jobs.table import Workers
 
     workers = Workers(idle=0.01)
     done = threading.Event()
@@ -570,7 +575,7 @@ class _RecordingFlag:
 
 def test_cancel_decides_and_records_under_the_jobs_lock(echo_task: Any) -> None:
     """A cancel racing the job's end either lands before it (and counts) or finds it done."""
-    from app_agent import _jobs
+    from app_agent._jobs import table as _jobs
 
     job = _jobs.Job("x", echo_task, "test")
     job.cancel_requested = _RecordingFlag(job)  # type: ignore[assignment]
@@ -583,7 +588,7 @@ def test_cancel_decides_and_records_under_the_jobs_lock(echo_task: Any) -> None:
 def test_the_cancel_hook_is_installed_under_the_lock(echo_task: Any) -> None:
     """An async task's hook, installed after a cancel request, learns of it at once; one
     installed before is called by cancel."""
-    from app_agent import _jobs
+    from app_agent._jobs import table as _jobs
 
     job = _jobs.Job("x", echo_task, "test")
     owned: list[bool] = []

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import app_agent
-from app_agent import _locks
+from app_agent._jobs import locks as _locks
 from app_agent.exceptions import ConfigurationError
 from conftest import SAMPLEAPP, AppProcess, wait_until
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 import rpcctl
-from app_agent import _mem
+from app_agent._introspection import mem as _mem
 from app_agent.wire.protocol import METHODS
 from conftest import (
     APPS,

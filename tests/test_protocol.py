@@ -17,10 +17,10 @@ import structlog
 
 import rpcctl.client
 from app_agent import _service, _state
-from app_agent._access import Identity
 from app_agent._caller import Caller
-from app_agent._locks import MemoryLocks
+from app_agent._jobs.locks import MemoryLocks
 from app_agent._registry import Registry
+from app_agent._server.access import Identity
 from app_agent.wire import protocol
 from app_agent.wire.protocol import METHODS, READ, Arg, Method
 

@@ -24,8 +24,9 @@ from structlog.testing import capture_logs
 
 import app_agent
 import rpcctl
-from app_agent import _gate, _job
+from app_agent._jobs import job as _job
 from app_agent._registry import Task
+from app_agent._server import gate as _gate
 from conftest import (
     APPS,
     DEADLINE,
@@ -50,14 +51,14 @@ def test_a_job_summary_never_shows_a_half_recorded_outcome(monkeypatch: pytest.M
     error (or `succeeded` with `result: null`)."""
     job = _job.Job("race", Task("t.race", lambda: None), "test")
     inside, release = threading.Event(), threading.Event()
-    bounded = _job._bounded_error
+    bounded = _job.bounded_error
 
     def slow_bounded(error: dict[str, Any]) -> dict[str, Any]:
         inside.set()  # finish() has set the state and holds the job's lock
         release.wait(DEADLINE)
         return bounded(error)
 
-    monkeypatch.setattr(_job, "_bounded_error", slow_bounded)
+    monkeypatch.setattr(_job, "bounded_error", slow_bounded)
     finisher = threading.Thread(target=job.finish, args=(_job.FAILED, None, {"message": "x"}))
     finisher.start()
     assert inside.wait(DEADLINE)

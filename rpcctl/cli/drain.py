@@ -1,6 +1,6 @@
 """Taking an app (or a fleet) out of readiness for a deploy and back: `drain`, `resume`.
 
-The agent does the work (app_agent/_drain.py); this module turns its report into a line, and
+The agent does the work (app_agent/_server/drain.py); this module turns its report into a line, and
 into an exit code: 1 when one of the app's hooks raised, 4 when jobs were still running
 after --wait-jobs. Either way the app stays drained: the report says so on stdout, the
 error on stderr.

@@ -1,6 +1,6 @@
 """`remote`: an interactive Python console inside the live app (off unless the app enables it).
 
-The client side of :mod:`app_agent._console`: line editing and history (readline) and the
+The client side of :mod:`app_agent._console.session`: line editing and history (readline) and the
 detection of complete blocks (``code``/``codeop``) happen here; each complete block is
 sent to the app, run there, and its output long-polled and shown. Ctrl-C while a
 statement runs asks the app to interrupt it; at the prompt it clears the line; Ctrl-D

@@ -196,7 +196,7 @@ def deep(depth: int = 5000) -> Any:
 @task
 def set_follower_grace(seconds: float) -> float:
     """Set how long a job waits for a follower that has stopped reading (tests only)."""
-    from app_agent import _job
+    from app_agent._jobs import job as _job
 
     _job.FOLLOWER_GRACE = seconds
     return seconds

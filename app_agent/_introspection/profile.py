@@ -19,8 +19,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from app_agent import _introspect
-from app_agent._frames import module_files, short_path
+from app_agent._introspection import snapshot as _introspect
+from app_agent._introspection.frames import module_files, short_path
 
 DEFAULT_RATE = 100.0
 MAX_RATE = 1000.0

@@ -8,7 +8,7 @@ user) and what it may do::
     cookie_file = "oncall.cookie"          # relative to this file
     allow = ["read", "myapp.tasks.flush_cache", "myapp.tasks.reindex_*"]
 
-The gate (:mod:`app_agent._gate`) decides which identity a connection is; the service
+The gate (:mod:`app_agent._server.gate`) decides which identity a connection is; the service
 (:mod:`app_agent._service`) asks :meth:`Identity.may` and :meth:`Identity.may_run` before it
 does anything. Without an access file every admitted caller is :data:`UNRESTRICTED`, as
 before identities existed. See docs/security.md, "Access control".

@@ -18,9 +18,9 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, overload
 
-from app_agent import _threads
-from app_agent._frames import short_path
+from app_agent._introspection.frames import short_path
 from app_agent._registry import _module_name, check_no_arguments
+from app_agent._server import threads as _threads
 from app_agent.wire import environment
 from app_agent.wire.words import plural
 

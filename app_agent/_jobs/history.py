@@ -41,7 +41,8 @@ import urllib.parse
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
-from app_agent import _threads, wire
+from app_agent import wire
+from app_agent._server import threads as _threads
 from app_agent.exceptions import AgentError, ConfigurationError
 from app_agent.logs import get_logger
 from app_agent.wire import environment as env
@@ -51,7 +52,7 @@ from app_agent.wire.backoff import Backoff
 if TYPE_CHECKING:
     import sqlite3
 
-    from app_agent._job import Job
+    from app_agent._jobs.job import Job
 
 OFF = "off"
 SQLITE_SUFFIX = ".history.sqlite3"
@@ -978,7 +979,7 @@ class _Postgres:
     """A PostgreSQL table shared by every replica: a small pool, sessions checked before use."""
 
     def __init__(self, url: str) -> None:
-        from app_agent import _locks
+        from app_agent._jobs import locks as _locks
 
         self.spec = url
         settings = dict(PG_SESSION_DEFAULTS)
@@ -1012,7 +1013,7 @@ class _Postgres:
         """Create the table once, however many replicas try at once: two concurrent
         ``CREATE TABLE IF NOT EXISTS`` may both go ahead, and one fail on the catalog's
         unique index; a transaction-scoped advisory lock makes them take turns."""
-        from app_agent._locks import _lock_key
+        from app_agent._jobs.locks import _lock_key
 
         connection.execute(
             self._text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(f"schema {TABLE}")}

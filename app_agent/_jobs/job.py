@@ -21,8 +21,14 @@ from collections.abc import Callable
 from typing import Any
 
 from app_agent import wire
-from app_agent._capture import writing_log
+from app_agent._jobs.capture import writing_log
+from app_agent._jobs.results import MAX_RESULT_BYTES, bounded_error
 from app_agent._registry import Task
+from app_agent.wire.protocol import (
+    RUNNING,
+    SUCCEEDED,
+    TIMED_OUT,
+)
 
 MAX_EVENTS = 10_000
 """Events a job keeps; older ones are dropped (and counted) first."""
@@ -33,24 +39,8 @@ MAX_LINE = 16_384
 FOLLOWER_GRACE = 10.0
 """Seconds a follower may go without asking for events before a task with a full buffer
 stops waiting for it (and drops its oldest events instead)."""
-MAX_RESULT_BYTES = 1 << 20
-"""A finished job's result larger than this (as JSON) is not kept in the history: it goes
-to the callers waiting for it when the job ends, then only a note stays."""
 EVENT_OVERHEAD = 256
 """Estimated bytes a kept event costs besides its text (the dict, its seq and time)."""
-MAX_NESTING = 200
-"""Deepest nesting of lists and dicts accepted in arguments and results: deeper data would
-exhaust the recursion limit of the JSON codec (and of whatever logs it)."""
-MAX_ERROR_TEXT = 65_536
-"""Characters kept of a failure's message and of its traceback (the traceback's end)."""
-RUNNING = "running"
-SUCCEEDED = "succeeded"
-FAILED = "failed"
-CANCELLED = "cancelled"
-TIMED_OUT = "timed_out"
-
-SUMMARY_ONLY = 1 << 62
-"""A cursor past any event: a reader that wants a job's state and outcome, not its output."""
 
 
 class _Flag:
@@ -210,7 +200,7 @@ class Job:
                 self.state = state
                 self.result = result
                 self.result_bytes = result_bytes
-                self.error = error if error is None else _bounded_error(error)
+                self.error = error if error is None else bounded_error(error)
                 self.finished_at = time.time()
             # else: it timed out already; that stays its outcome.
             self._cond.notify_all()
@@ -408,66 +398,3 @@ class Job:
                     if k != "traceback"
                 }
         return summary
-
-
-def measure(value: Any, limit: int) -> tuple[int, int]:
-    """(size, depth) of JSON data: about its encoded length, counted up to just past
-    *limit*, and how deeply its lists and dicts nest. Iterative, so any depth is safe."""
-    size = 0
-    depth = 0
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, level = stack.pop()
-        if isinstance(item, str):
-            size += len(item) + 2
-        elif isinstance(item, dict):
-            depth = max(depth, level)
-            size += 2 + 2 * len(item)
-            for key, sub in item.items():
-                size += len(key) + 2 if isinstance(key, str) else 8
-                stack.append((sub, level + 1))
-        elif isinstance(item, list | tuple):
-            depth = max(depth, level)
-            size += 2 + len(item)
-            stack.extend((sub, level + 1) for sub in item)
-        else:
-            size += 5 if item is None or isinstance(item, bool) else len(repr(item))
-        if size > limit:
-            return size, depth
-    return size, depth
-
-
-def _plain(task: str, result: Any) -> tuple[Any, int]:
-    """The result as JSON data, by the documented rule, with its size. A structure that
-    cannot be converted (one that contains itself) becomes its repr; one nested deeper
-    than MAX_NESTING cannot be sent, and fails the job."""
-    if result is None or isinstance(result, bool | int | float):
-        return wire.to_plain(result), 8
-    if isinstance(result, str):
-        return result, len(result) + 2
-    try:
-        plain = wire.to_plain(result)
-    except (RecursionError, ValueError):
-        try:
-            plain = repr(result)
-        except RecursionError:
-            plain = None
-    size, depth = measure(plain, MAX_RESULT_BYTES)
-    if plain is None or depth > MAX_NESTING:
-        msg = f"{task} returned data nested more than {MAX_NESTING} levels deep: it cannot be sent"
-        raise ValueError(msg)
-    if size > MAX_RESULT_BYTES:
-        size, _ = measure(plain, 1 << 62)  # the whole size, for the note that it is not kept
-    return plain, size
-
-
-def _bounded_error(error: dict[str, Any]) -> dict[str, Any]:
-    """*error* with its message and traceback cut to MAX_ERROR_TEXT characters."""
-    bounded = dict(error)
-    message = bounded.get("message")
-    if isinstance(message, str) and len(message) > MAX_ERROR_TEXT:
-        bounded["message"] = message[:MAX_ERROR_TEXT] + " [...]"
-    tb = bounded.get("traceback")
-    if isinstance(tb, str) and len(tb) > MAX_ERROR_TEXT:
-        bounded["traceback"] = "[...]\n" + tb[-MAX_ERROR_TEXT:]
-    return bounded

@@ -7,11 +7,10 @@ flood of bad connections cannot starve a liveness probe. Only an authenticated `
 connection is handed over to a thread of its own (see :mod:`app_agent._agent`).
 
 The checks, in order: the peer's uid (UNIX sockets, SO_PEERCRED), TLS (tls:// addresses),
-the hello line (protocol version, operation, client nonce, the identity it names), then,
-when a cookie is configured, the challenge-response that proves the cookie both ways. With
-an access file (:mod:`app_agent._access`) every connection becomes one of its identities:
-the one the hello names, proven with that identity's cookie, else the one its verified
-client certificate or its uid is. The whole exchange has one deadline per connection.
+the hello line, then, when a cookie is configured, the challenge-response that proves the
+cookie both ways: what those lines must say, and which identity of the access file a
+connection is, is :mod:`app_agent._server.admission`'s to decide; the gate does the I/O.
+The whole exchange has one deadline per connection.
 Refusals are logged with their reason, the first few of each window one by one and the
 rest as one summary, so a flood cannot fill the app's log.
 """
@@ -20,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import os
 import selectors
 import socket
 import ssl
@@ -28,12 +26,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from app_agent import _readiness as readiness
 from app_agent import wire
-from app_agent._access import UNRESTRICTED, Access, Identity, certificate_subject
-from app_agent._refusals import RefusalLog, Refused, short
-from app_agent._threads import NoThread
-from app_agent.wire import ErrorKind, Reason, cookies
+from app_agent._server import readiness as readiness
+from app_agent._server.access import UNRESTRICTED, Access, Identity, certificate_subject
+from app_agent._server.admission import Admission, Pending
+from app_agent._server.refusals import RefusalLog, Refused
+from app_agent._server.threads import NoThread
+from app_agent.wire import ErrorKind, Reason
 from app_agent.wire.processes import peer_credentials
 from app_agent.wire.records import RecordSocket
 
@@ -43,47 +42,6 @@ _ACCEPT_BATCH = 64
 """Connections accepted per wake-up, so handshakes in progress keep their turn."""
 ERROR_LOG_INTERVAL = 10.0
 """Seconds between two ``gate.error`` lines while the same trouble goes on."""
-
-
-class _Pending:
-    """One connection in its handshake."""
-
-    __slots__ = (
-        "agent_nonce",
-        "client_nonce",
-        "deadline",
-        "events",
-        "identity",
-        "methods",
-        "named",
-        "op",
-        "peer",
-        "phase",
-        "reader",
-        "secret",
-        "sock",
-        "subject",
-        "uid",
-        "unknown",
-    )
-
-    def __init__(self, sock: socket.socket, peer: str, deadline: float) -> None:
-        self.sock = sock
-        self.peer = peer
-        self.deadline = deadline
-        self.phase = "hello"  # "tls", "hello", "proof"
-        self.reader = wire.LineReader()
-        self.client_nonce = ""
-        self.agent_nonce = ""
-        self.op = ""
-        self.methods: list[str] = []
-        self.events = _READ
-        self.uid: int | None = None  # the peer's, on a UNIX socket
-        self.subject: frozenset[tuple[str, str]] = frozenset()  # its verified certificate's
-        self.named = ""  # the identity the hello names ("" for none)
-        self.identity: Identity | None = None  # who the connection is, once decided
-        self.secret: bytes | None = None  # the cookie it must prove, when it must
-        self.unknown = ""  # why a named identity cannot be this connection (logged only)
 
 
 class _Starved:
@@ -102,7 +60,7 @@ class Gate:
 
     *has_room* says whether another RPyC connection may be served; *hand_over* takes an
     admitted connection (socket-like, peer, auth, identity) and readies a thread to serve
-    it, raising :class:`~app_agent._threads.NoThread` when it cannot; it returns the
+    it, raising :class:`~app_agent._server.threads.NoThread` when it cannot; it returns the
     function the gate calls once it has answered: with True the thread serves, with False
     (the answer could not be sent) it ends without touching the socket. With
     *access*, connections are its identities and the agent's *cookie* is not used. *app*
@@ -127,21 +85,15 @@ class Gate:
         self.listener = listener
         self.log = log
         self.allowed_uids = allowed_uids
-        self.cookie = cookie
         self.tls = tls
         self.has_room = has_room
         self.hand_over = hand_over
         self.max_pending = max_pending
         self.handshake_timeout = handshake_timeout
-        self.access = access
-        self.app = app
-        self.version = version
-        # What a named identity that cannot be this connection is challenged with, so that
-        # it looks like a known one until its proof is refused (no identity oracle).
-        self._decoy = os.urandom(32)
+        self.admission = Admission(cookie, access, app, version)
         self.refusals = RefusalLog(log)
         self._unix = listener.family == socket.AF_UNIX
-        self._pending: dict[int, _Pending] = {}  # by fd, insertion-ordered: oldest first
+        self._pending: dict[int, Pending] = {}  # by fd, insertion-ordered: oldest first
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._closing = False
@@ -202,7 +154,7 @@ class Gate:
             self._accept()
         self._housekeeping()
 
-    def _on_error(self, exc: Exception, pending: _Pending | None = None) -> None:
+    def _on_error(self, exc: Exception, pending: Pending | None = None) -> None:
         """An error of the gate's own: a ``gate.error`` line (at most one per
         ERROR_LOG_INTERVAL, counting the errors not logged since), and the connection it
         was handling closed."""
@@ -340,7 +292,7 @@ class Gate:
             peer = f"uid={uid} pid={pid}"
         else:
             peer = f"{address[0]}:{address[1]}"
-        pending = _Pending(sock, peer, time.monotonic() + self.handshake_timeout)
+        pending = Pending(sock, peer, time.monotonic() + self.handshake_timeout)
         if self._unix:
             pending.uid = uid
         try:
@@ -365,7 +317,7 @@ class Gate:
 
     # -- one connection's handshake ------------------------------------------------------------
 
-    def _step(self, pending: _Pending) -> None:
+    def _step(self, pending: Pending) -> None:
         try:
             if pending.phase == "tls":
                 if not self._tls_handshake(pending):
@@ -391,7 +343,7 @@ class Gate:
             reason = f"connection failed during the handshake ({exc.strerror or exc})"
             self._refuse(pending, Refused(reason))
 
-    def _tls_handshake(self, pending: _Pending) -> bool:
+    def _tls_handshake(self, pending: Pending) -> bool:
         sock: Any = pending.sock
         try:
             sock.do_handshake()
@@ -404,12 +356,12 @@ class Gate:
         self._want(pending, _READ)
         return True
 
-    def _want(self, pending: _Pending, events: int) -> None:
+    def _want(self, pending: Pending, events: int) -> None:
         if pending.events != events:
             pending.events = events
             self._selector.modify(pending.sock, events, pending)
 
-    def _read_line(self, pending: _Pending) -> bytes | None:
+    def _read_line(self, pending: Pending) -> bytes | None:
         """One whole handshake line, or None while it is still arriving."""
         while True:
             try:
@@ -425,167 +377,29 @@ class Gate:
             if line is not None:
                 return line
 
-    def _on_hello(self, pending: _Pending, line: bytes) -> None:
-        hello = wire.decode_line(line)
-        version = hello.get("rpcctl")
-        if version != wire.PROTOCOL_VERSION:
-            reason = (
-                f"protocol version mismatch: the client speaks {short(version)}, "
-                f"this agent speaks {wire.PROTOCOL_VERSION}"
-            )
-            raise Refused(reason, ErrorKind.USAGE, code=Reason.VERSION_MISMATCH)
-        op = hello.get("op")
-        if op not in ("rpc", "ping"):
-            raise Refused(
-                f"unknown operation {short(op)}", ErrorKind.USAGE, code=Reason.BAD_ARGUMENTS
-            )
-        nonce = hello.get("nonce")
-        if not cookies.is_nonce(nonce):
-            raise Refused(
-                "the hello carries no valid nonce", ErrorKind.USAGE, code=Reason.BAD_ARGUMENTS
-            )
-        named = hello.get("identity")
-        if named is not None and not wire.is_identity_name(named):
-            raise Refused(
-                f"the hello names a malformed identity {short(named)}",
-                ErrorKind.USAGE,
-                code=Reason.IDENTITY,
-            )
-        pending.op = str(op)
-        pending.client_nonce = str(nonce)
-        pending.named = named or ""
-        if self.access is None:
-            if named is not None:
-                raise Refused(
-                    f"the client names identity {named!r}, but this agent has no access file",
-                    ErrorKind.AUTH,
-                    "this agent has no identities (no access file): drop --identity",
-                    Reason.IDENTITY,
-                )
-            pending.identity = UNRESTRICTED
-            pending.secret = self.cookie
-        else:
-            pending.secret = self._identify(pending)
-        if pending.secret is None:
+    def _on_hello(self, pending: Pending, line: bytes) -> None:
+        challenge = self.admission.hello(pending, line)
+        if challenge is None:
             self._finish(pending)
             return
-        pending.agent_nonce = cookies.new_nonce()
         pending.phase = "proof"
-        self._send(pending, {"challenge": pending.agent_nonce})
+        self._send(pending, challenge)
 
-    def _identify(self, pending: _Pending) -> bytes | None:
-        """Which identity of the access file *pending* is: decided now (its certificate, its
-        uid, or a named identity those match), or once it proves the returned cookie."""
-        assert self.access is not None
-        if pending.named:
-            identity = self.access.named(pending.named)
-            if identity is not None and identity.cookie is not None:
-                pending.identity = identity  # if it proves the cookie
-                return identity.cookie
-            if identity is not None and self._credentials_match(pending, identity):
-                pending.identity = identity
-                return None
-            pending.unknown = (
-                f"unknown identity {pending.named!r}"
-                if identity is None
-                else f"identity {pending.named!r} is not this connection's certificate or uid"
-            )
-            return self._decoy
-        found = self.access.by_certificate(pending.subject) if pending.subject else []
-        if len(found) > 1:
-            names = ", ".join(str(i) for i in found)
-            raise Refused(
-                f"the client certificate matches several identities ({names})",
-                ErrorKind.AUTH,
-                "the client certificate matches several identities: name one with --identity",
-                Reason.IDENTITY,
-            )
-        if found:
-            pending.identity = found[0]
-            return None
-        by_uid = self.access.by_uid(pending.uid) if pending.uid is not None else None
-        if by_uid is not None:
-            pending.identity = by_uid
-            return None
-        raise Refused(
-            "no identity: the client names none, and neither its certificate nor its uid is one",
-            ErrorKind.AUTH,
-            "this agent requires an identity: name one with --identity NAME (or RPCCTL_IDENTITY)",
-            Reason.IDENTITY,
-        )
-
-    @staticmethod
-    def _credentials_match(pending: _Pending, identity: Identity) -> bool:
-        if identity.uid is not None:
-            return pending.uid == identity.uid
-        return identity.matches_certificate(pending.subject)
-
-    def _on_proof(self, pending: _Pending, line: bytes) -> None:
-        assert pending.secret is not None
-        given = wire.decode_line(line).get("proof")
-        if given is None:
-            raise Refused(
-                pending.unknown or "no cookie: the client did not send a proof",
-                ErrorKind.AUTH,
-                "this agent requires a cookie",
-                Reason.NO_COOKIE,
-            )
-        expected = cookies.proof(
-            pending.secret,
-            "client",
-            pending.client_nonce,
-            pending.agent_nonce,
-            pending.op,
-            identity=pending.named,
-        )
-        # Compared even against the decoy, so an unknown identity costs what a known one does.
-        matches = cookies.proof_matches(expected, given)
-        if self.access is not None and (pending.unknown or not matches):
-            reason = pending.unknown or (
-                f"wrong cookie for identity {pending.named!r}: the client's proof does not match"
-            )
-            raise Refused(
-                reason, ErrorKind.AUTH, "unknown identity or wrong cookie", Reason.WRONG_COOKIE
-            )
-        if not matches:
-            raise Refused(
-                "wrong cookie: the client's proof does not match",
-                ErrorKind.AUTH,
-                "wrong cookie",
-                Reason.WRONG_COOKIE,
-            )
-        pending.methods.append("cookie")
+    def _on_proof(self, pending: Pending, line: bytes) -> None:
+        self.admission.proof(pending, line)
         self._finish(pending)
 
-    def _finish(self, pending: _Pending) -> None:
-        fields: dict[str, Any] = {
-            "ok": True,
-            "pid": os.getpid(),
-            "ready": readiness.ready,
-            "app": self.app,
-            "version": self.version,
-        }
-        if self.access is not None:
-            fields["identity"] = str(pending.identity)
-        if pending.op == "ping":
-            fields["pong"] = True
-        elif not self.has_room():
+    def _finish(self, pending: Pending) -> None:
+        """Answer an admitted connection: a ping here and now; an rpc connection once a
+        thread of its own is ready for it (records under the cookie's keys without TLS)."""
+        if pending.op != "ping" and not self.has_room():
             raise Refused(
                 "too many connections",
                 ErrorKind.UNREACHABLE,
                 "the agent serves as many connections as it may; try again shortly",
                 Reason.TOO_MANY_CONNECTIONS,
             )
-        if pending.secret is not None:
-            fields["proof"] = cookies.proof(
-                pending.secret,
-                "agent",
-                pending.client_nonce,
-                pending.agent_nonce,
-                pending.op,
-                cookies.answer_digest(fields),
-                identity=pending.named,
-            )
+        fields = self.admission.answer(pending)
         auth = "+".join(pending.methods) or "none"
         identity = pending.identity or UNRESTRICTED
         if pending.op == "ping":
@@ -594,14 +408,9 @@ class Gate:
             self._close(pending)
             return
         sock: Any = pending.sock
-        if pending.secret is not None and self.tls is None:
-            to_agent, to_client = cookies.frame_keys(
-                pending.secret,
-                pending.client_nonce,
-                pending.agent_nonce,
-                pending.op,
-                identity=pending.named,
-            )
+        keys = self.admission.record_keys(pending) if self.tls is None else None
+        if keys is not None:
+            to_agent, to_client = keys
             sock = RecordSocket(sock, send_key=to_client, recv_key=to_agent)
         # The thread first, then the answer: a connection the app has no thread for is
         # refused in words (exit 7), not answered "ok" and then dropped.
@@ -625,7 +434,7 @@ class Gate:
             serve(admitted)
         self._accepted(pending, auth, identity)
 
-    def _accepted(self, pending: _Pending, auth: str, identity: Identity) -> None:
+    def _accepted(self, pending: Pending, auth: str, identity: Identity) -> None:
         # Probes connect every few seconds: only refusals, stops and calls log at info.
         self.log.debug(
             "connection.accepted",
@@ -637,7 +446,7 @@ class Gate:
 
     # -- endings -------------------------------------------------------------------------------
 
-    def _send(self, pending: _Pending, fields: dict[str, Any]) -> None:
+    def _send(self, pending: Pending, fields: dict[str, Any]) -> None:
         data = wire.encode_line({"rpcctl": wire.PROTOCOL_VERSION, **fields})
         try:
             sent = pending.sock.send(data)
@@ -648,7 +457,7 @@ class Gate:
             # not a client.
             raise Refused("the peer does not read its answers")
 
-    def _refuse(self, pending: _Pending, refused: Refused, registered: bool = True) -> None:
+    def _refuse(self, pending: Pending, refused: Refused, registered: bool = True) -> None:
         if refused.kind is not None:
             answer = {"ok": False, "kind": str(refused.kind), "message": refused.message}
             if refused.code is not None:
@@ -663,12 +472,12 @@ class Gate:
         else:
             pending.sock.close()
 
-    def _forget(self, pending: _Pending) -> None:
+    def _forget(self, pending: Pending) -> None:
         self._pending.pop(pending.sock.fileno(), None)
         with contextlib.suppress(KeyError, ValueError):
             self._selector.unregister(pending.sock)
 
-    def _close(self, pending: _Pending) -> None:
+    def _close(self, pending: Pending) -> None:
         self._forget(pending)
         pending.sock.close()
 

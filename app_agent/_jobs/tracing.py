@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from app_agent._version import __version__
 
 if TYPE_CHECKING:
-    from app_agent._job import Job
+    from app_agent._jobs.job import Job
 
 SUCCEEDED = "succeeded"
 

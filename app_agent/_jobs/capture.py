@@ -24,7 +24,7 @@ from typing import Any, Protocol, TextIO
 
 
 class RunningJob(Protocol):
-    """What capture needs of the job a thread runs (app_agent._job.Job is one): named here so
+    """What capture needs of the job a thread runs (app_agent._jobs.job.Job is one): named here so
     the job imports capture and not the other way round."""
 
     @property

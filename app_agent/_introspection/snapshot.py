@@ -1,10 +1,9 @@
 """Looking inside the live app from its own agent: thread stacks and process stats.
 
-Everything here runs only when an operator asks (``rpcctl stack``, ``stats``; log levels
-are :mod:`app_agent._loglevels`); nothing polls. What it reads it reads under the GIL from
-the standard library's own views (``sys._current_frames()``, ``gc``, ``/proc/self``), so it needs no
-ptrace and works where containers forbid it.
-"""
+Everything here runs only when an operator asks (``rpcctl stack``, ``stats``; log levels are
+:mod:`app_agent._introspection.loglevels`); nothing polls. What it reads it reads under the
+GIL from the standard library's own views (``sys._current_frames()``, ``gc``,
+``/proc/self``), so it needs no ptrace and works where containers forbid it."""
 
 from __future__ import annotations
 
@@ -19,8 +18,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from app_agent import _health
-from app_agent._jobs import Job, JobTable
+from app_agent._introspection import health as _health
+from app_agent._jobs.table import Job, JobTable
 from app_agent._version import __version__
 
 MAX_FRAMES = 500

@@ -1,6 +1,6 @@
 """Running jobs: worker threads, the table of running jobs and the bounded history.
 
-A job (:mod:`app_agent._job`) runs on a worker thread, or inline on the thread of a caller
+A job (:mod:`app_agent._jobs.job`) runs on a worker thread, or inline on the thread of a caller
 that waits for it anyway; when it ends it joins a history bounded in count and in bytes.
 """
 
@@ -16,8 +16,15 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from app_agent import _capture, _history, _threads, wire
-from app_agent._job import (
+from app_agent import wire
+from app_agent._jobs import capture as _capture
+from app_agent._jobs import history as _history
+from app_agent._jobs.job import Job
+from app_agent._jobs.locks import Backend, Busy, Holder, Lease
+from app_agent._jobs.results import measure, plain
+from app_agent._registry import Task
+from app_agent._server import threads as _threads
+from app_agent.wire.protocol import (
     CANCELLED,
     FAILED,
     MAX_NESTING,
@@ -25,12 +32,7 @@ from app_agent._job import (
     SUCCEEDED,
     SUMMARY_ONLY,
     TIMED_OUT,
-    Job,
-    _plain,
-    measure,
 )
-from app_agent._locks import Backend, Busy, Holder, Lease
-from app_agent._registry import Task
 
 __all__ = [
     "CANCELLED",
@@ -260,7 +262,7 @@ class JobTable:
         if job.traceparent is None:
             self._run_job(job, args, kwargs, lease)
             return
-        from app_agent import _tracing  # only for a call that carries a trace
+        from app_agent._jobs import tracing as _tracing  # only for a call that carries a trace
 
         with _tracing.job_span(job):
             self._run_job(job, args, kwargs, lease)
@@ -275,14 +277,14 @@ class JobTable:
                 result = _run_async(job, args, kwargs, self.loop)
             else:
                 result = job.task.func(*args, **kwargs)
-            plain, size = _plain(job.task.name, result)
+            kept, size = plain(job.task.name, result)
         # A task may raise anything, SystemExit included: it must never end the host app.
         except BaseException as exc:  # noqa: BLE001
             cancelled = job.cancel_requested.is_set() and not job.timed_out
             job.finish(CANCELLED if cancelled else FAILED, error=_error(exc, cancelled))
         else:
             state = CANCELLED if job.cancel_requested.is_set() else SUCCEEDED
-            job.finish(state, result=plain, result_bytes=size)
+            job.finish(state, result=kept, result_bytes=size)
         finally:
             job.thread = None
             _capture.current_job.reset(token)

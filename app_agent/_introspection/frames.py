@@ -8,7 +8,7 @@ import sys
 
 
 def short_path(filename: str, modules: dict[str, str] | None = None) -> str:
-    """*filename* as its module's path (``app_agent/_jobs.py``) when a loaded module has that
+    """*filename* as its module's path (``app_agent/_jobs/table.py``) when a loaded module has that
     file, else relative to the longest ``sys.path`` entry that holds it, else as it is."""
     name = (modules if modules is not None else module_files()).get(filename)
     if name is not None:

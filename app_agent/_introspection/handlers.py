@@ -8,8 +8,8 @@ answers with plain data.
 from __future__ import annotations
 
 from app_agent import wire
-from app_agent._access import READ
 from app_agent._caller import Caller
+from app_agent._server.access import READ
 from app_agent.wire import ErrorKind, Reason
 from app_agent.wire.protocol import (
     MAX_HEALTH_SECONDS,
@@ -27,7 +27,7 @@ def _usage(message: str) -> str:
 
 def stack(caller: Caller) -> str:
     """Every thread's stack and the asyncio tasks of the app's loop."""
-    from app_agent import _introspect
+    from app_agent._introspection import snapshot as _introspect
 
     caller.audit("introspect.stack")
     return wire.ok(_introspect.stack(caller.state.app, caller.state.jobs.loop))
@@ -37,7 +37,7 @@ def stats(caller: Caller, objects: int) -> str:
     """Process figures; with *objects* > 0, that many of the most common object types."""
     if objects < 0:
         return _usage("stats() takes a number of object types")
-    from app_agent import _introspect
+    from app_agent._introspection import snapshot as _introspect
 
     state = caller.state
     caller.audit("introspect.stats", objects=objects)
@@ -48,7 +48,7 @@ def health(caller: Caller, timeout: float) -> str:
     """Run the built-in and the app's health checks, each within *timeout* seconds."""
     if not 0 < timeout <= MAX_HEALTH_SECONDS:
         return _usage(f"health() takes seconds, at most {MAX_HEALTH_SECONDS:g}")
-    from app_agent import _health
+    from app_agent._introspection import health as _health
 
     report = _health.report(caller.state.jobs, float(timeout))
     failed = [c["name"] for c in report["checks"] if not c["ok"]]
@@ -63,7 +63,7 @@ def profile(caller: Caller, seconds: float, rate: float, idle: bool) -> str:
             f"profile() takes seconds (at most {MAX_PROFILE_SECONDS:g}), a rate in Hz "
             f"(1 to {MAX_PROFILE_RATE:g}) and a flag"
         )
-    from app_agent import _profile
+    from app_agent._introspection import profile as _profile
 
     def started(profile_id: str) -> None:
         caller.audit("profile.started", id=profile_id, seconds=seconds, rate=rate, now=True)
@@ -93,7 +93,7 @@ def mem(caller: Caller, seconds: float, top: int, group_by: str) -> str:
             f"mem() takes seconds (at most {MAX_MEM_SECONDS:g}), a number of sites (1 to "
             f"{MAX_MEM_TOP}) and a grouping (line, file or traceback)"
         )
-    from app_agent import _mem
+    from app_agent._introspection import mem as _mem
 
     caller.audit("mem.started", seconds=seconds, top=top, group_by=group_by, now=True)
     try:
@@ -118,7 +118,7 @@ def cancel_profile(caller: Caller, profile_id: str) -> str:
     """``cancel profile-N``: end a running profile (whoever may profile may end one)."""
     if (refused := caller.forbidden(READ, f"cancel {profile_id}")) is not None:
         return refused
-    from app_agent import _profile
+    from app_agent._introspection import profile as _profile
 
     if not _profile.cancel(profile_id, caller.name):
         message = f"no profile {profile_id!r} is running"
@@ -132,7 +132,7 @@ def log_level(
 ) -> str:
     """Show, or set (for *for_s* seconds when given), a stdlib logger's level. Setting one
     needs the ``log_level`` grant (its table entry says so): it changes what the app writes."""
-    from app_agent import _loglevels
+    from app_agent._introspection import loglevels as _loglevels
 
     try:
         name = _loglevels.logger_name(logger)

@@ -21,8 +21,8 @@ import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
-from app_agent import _introspect
-from app_agent._frames import module_files, short_path
+from app_agent._introspection import snapshot as _introspect
+from app_agent._introspection.frames import module_files, short_path
 
 MAX_SECONDS = 3600.0
 MAX_TOP = 1000

@@ -32,9 +32,10 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from app_agent import _history, wire
-from app_agent import _readiness as readiness
+from app_agent import wire
+from app_agent._jobs import history as _history
 from app_agent._registry import _module_name, check_no_arguments
+from app_agent._server import readiness as readiness
 from app_agent.wire import ErrorKind, Reason, protocol
 from app_agent.wire.protocol import MAX_DRAIN_WAIT
 

@@ -12,10 +12,11 @@ import difflib
 import time
 from typing import Any, NamedTuple
 
-from app_agent import _history, wire
-from app_agent._access import READ
+from app_agent import wire
 from app_agent._caller import Caller
-from app_agent._jobs import (
+from app_agent._jobs import history as _history
+from app_agent._jobs.locks import Busy
+from app_agent._jobs.table import (
     CANCELLED,
     MAX_NESTING,
     SUCCEEDED,
@@ -24,9 +25,9 @@ from app_agent._jobs import (
     Job,
     measure,
 )
-from app_agent._locks import Busy
 from app_agent._registry import Task
-from app_agent._threads import NoThread
+from app_agent._server.access import READ
+from app_agent._server.threads import NoThread
 from app_agent.config import arguments_too_big
 from app_agent.wire import ErrorKind, Reason, tracecontext
 from app_agent.wire.protocol import CALL_OPTIONS, MAX_WAIT, PROFILE_ID_PREFIX
@@ -120,7 +121,7 @@ def jobs(caller: Caller) -> str:
 def history(
     caller: Caller, since: float | None, task: str | None, identity: str | None, limit: int
 ) -> str:
-    """Finished jobs from the durable store (app_agent/_history.py), newest first."""
+    """Finished jobs from the durable store (app_agent/_jobs/history.py), newest first."""
     return _history.answer(
         caller.state.jobs.history, since=since, task=task, identity=identity, limit=limit
     )
@@ -130,7 +131,7 @@ def cancel(caller: Caller, job_id: str) -> str:
     """Ask a running job to stop (cooperatively, or by cancelling its coroutine); a
     profile's id ends that profile (whoever may profile may end one)."""
     if job_id.startswith(PROFILE_ID_PREFIX):
-        from app_agent._handlers_introspection import cancel_profile
+        from app_agent._introspection.handlers import cancel_profile
 
         return cancel_profile(caller, job_id)
     job = caller.state.jobs.get(job_id)

@@ -14,9 +14,11 @@ import time
 
 import rpyc
 
-from app_agent import _drain, _process, wire
-from app_agent import _readiness as readiness
+from app_agent import wire
 from app_agent._caller import Caller
+from app_agent._server import drain as _drain
+from app_agent._server import process as _process
+from app_agent._server import readiness as readiness
 from app_agent._version import __version__
 from app_agent.wire import ErrorKind, Reason
 

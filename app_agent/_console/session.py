@@ -5,7 +5,7 @@ a caller who may run the app's release tasks may not, by that alone, run any cod
 
 One session per connection, with a namespace of its own holding ``app_agent`` and the app's
 ``__main__`` module. Each statement runs on a thread of its own, as a job of its own
-(:class:`app_agent._jobs.Job`): what it prints is captured through the same context variable
+(:class:`app_agent._jobs.table.Job`): what it prints is captured through the same context variable
 as a task's output (never the app's own stdout, never another thread's), kept in the same
 bounded buffer, and long-polled by the client. Expression values are shown by a display
 function of the session's own, so the app's ``sys.displayhook`` and ``builtins._`` stay
@@ -35,8 +35,9 @@ import traceback
 import types
 from typing import TYPE_CHECKING, Any
 
-from app_agent import _capture, wire
-from app_agent._jobs import FAILED, SUCCEEDED, Job
+from app_agent import wire
+from app_agent._jobs import capture as _capture
+from app_agent._jobs.table import FAILED, SUCCEEDED, Job
 from app_agent._registry import Task
 from app_agent.wire import ErrorKind, Reason
 from app_agent.wire import environment as env
@@ -295,7 +296,7 @@ def _async_raise(thread: int, exc: type[BaseException] | None) -> None:
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread), target)
 
 
-# -- what the console's handlers (app_agent/_handlers_console.py) call ---------------------
+# -- what the console's handlers (app_agent/_console/handlers.py) call ---------------------
 
 
 def open_session(

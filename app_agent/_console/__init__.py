@@ -1,0 +1,1 @@
+"""The remote console (off unless the app turns it on)."""

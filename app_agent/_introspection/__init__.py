@@ -1,0 +1,2 @@
+"""Looking inside the live app: stack and stats, health checks, the profiler, tracemalloc, log
+levels."""
