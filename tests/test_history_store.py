@@ -26,6 +26,7 @@ from structlog.testing import capture_logs
 import app_agent
 from app_agent import config, task
 from app_agent._jobs import history as _history
+from app_agent._jobs import history_db
 from app_agent._jobs.history import HistoryStore, HistoryUnavailable, Record
 from app_agent._jobs.job import Job
 from app_agent._jobs.locks import Busy, Holder, MemoryLocks
@@ -651,7 +652,7 @@ def test_a_locked_database_bounds_the_queue_and_counts_what_it_drops(
     count is logged when the store is back."""
     monkeypatch.setattr(_history, "QUEUE_SIZE", 30)
     monkeypatch.setattr(_history, "BATCH", 10)
-    monkeypatch.setattr(_history, "SQLITE_BUSY_TIMEOUT", 0.05)
+    monkeypatch.setattr(history_db, "SQLITE_BUSY_TIMEOUT", 0.05)
     path = tmp_path / "h.sqlite3"
     with capture_logs() as logs:
         store = stores(f"sqlite:{path}")
