@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -18,6 +19,9 @@ from typing import Any
 
 import pytest
 import structlog
+
+from app_agent._jobs import history as _history
+from app_agent._jobs.history import HistoryStore
 
 ROOT = Path(__file__).resolve().parent.parent
 APPS = Path(__file__).resolve().parent / "apps"
@@ -470,3 +474,87 @@ def pg_database(pg_server: str) -> Iterator[str]:
         with admin.connect() as connection:
             connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def agent_events(app: AppProcess, *names: str) -> list[dict[str, Any]]:
+    """The agent's log events named *names* (all of them when none is named)."""
+    log = [json.loads(line) for line in app.stderr().splitlines() if line.startswith("{")]
+    return [e for e in log if not names or e["event"] in names]
+
+
+# The fixtures of the test families below use their helper modules, which import this
+# module's helpers in turn: imported here, once everything above is defined.
+from history_support import APP, NODE  # noqa: E402
+from introspect_support import start_introapp  # noqa: E402
+from runner_support import Release  # noqa: E402
+
+
+@pytest.fixture
+def release(short_tmp: Path) -> Iterator[Any]:
+    made: list[Release] = []
+
+    def make(
+        hooks: dict[str, str | tuple[str, int]], toml: str = "", env: dict[str, str] | None = None
+    ) -> Release:
+        r = Release(short_tmp, hooks, toml, env)
+        made.append(r)
+        return r
+
+    yield make
+    for r in made:
+        r.close()
+
+
+@pytest.fixture(scope="module")
+def app(module_tmp: Path) -> Iterator[AppProcess]:
+    """introapp with its agent on threads (no event loop)."""
+    process = start_introapp(module_tmp, "sync")
+    try:
+        yield process
+    finally:
+        process.close()
+
+
+@pytest.fixture(scope="module")
+def loop_app(module_tmp: Path) -> Iterator[AppProcess]:
+    """introapp inside asyncio.run, its agent on the app's loop."""
+    process = start_introapp(module_tmp, "loop", INTROAPP_LOOP="1")
+    try:
+        yield process
+    finally:
+        process.close()
+
+
+@pytest.fixture
+def fresh_app(short_tmp: Path) -> Iterator[AppProcess]:
+    """An introapp of its own, for tests that count what the process holds."""
+    process = start_introapp(short_tmp)
+    try:
+        yield process
+    finally:
+        process.close()
+
+
+@pytest.fixture
+def stores() -> Iterator[Callable[..., HistoryStore]]:
+    """Opens stores (app myapp unless told) and closes every one after the test."""
+    opened: list[HistoryStore] = []
+
+    def open_(spec: str, **options: Any) -> HistoryStore:
+        options.setdefault("app", APP)
+        options.setdefault("node", NODE)
+        store = _history.open_store(spec, **options)
+        assert isinstance(store, HistoryStore)
+        opened.append(store)
+        return store
+
+    yield open_
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retry a store that is down every few milliseconds, so recovery shows at once."""
+    monkeypatch.setattr(_history, "RETRY_FIRST", 0.01)
+    monkeypatch.setattr(_history, "RETRY_MAX", 0.05)

@@ -7,168 +7,37 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
-import weakref
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from django_support import (
+    _DRAINS,
+    ALL_MIGRATIONS,
+    DJANGOAPP,
+    QUESTION,
+    add_gate_app,
+    django_env,
+    http_get,
+    info,
+    parent_pid,
+    read_until,
+    rpc_result,
+    start_gunicorn,
+    write_settings,
+)
 
 from conftest import (
     DEADLINE,
-    ROOT,
     AppProcess,
-    _Drain,
     popen_rpcctl,
     rpcctl_executable,
     run_rpcctl,
     wait_until,
 )
-
-DJANGOAPP = ROOT / "examples" / "djangoapp"
-ALL_MIGRATIONS = [
-    "contenttypes.0001_initial",
-    "contenttypes.0002_remove_content_type_name",
-    "polls.0001_initial",
-    "polls.0002_first_question",
-]
-QUESTION = "Does the live site migrate itself?"
-
-# A test-only app whose first migration runs before all the others, says so, and then waits
-# for a file: a migration that is certainly still running while the test looks.
-GATE_MIGRATION = """
-import os, sys, time
-from django.db import migrations
-
-def wait(apps, schema_editor):
-    print("gate: waiting", flush=True)
-    deadline = time.monotonic() + 120
-    while not os.path.exists(os.environ["DJANGO_TEST_GATE"]):
-        if time.monotonic() > deadline:
-            raise RuntimeError("the test never opened the gate")
-        time.sleep(0.01)
-    print("gate: open", flush=True)
-
-class Migration(migrations.Migration):
-    run_before = [("contenttypes", "0001_initial"), ("polls", "0001_initial")]
-    operations = [migrations.RunPython(wait, migrations.RunPython.noop)]
-"""
-
-
-def write_settings(directory: Path, name: str, extra: str) -> str:
-    """A settings module in *directory*: the example's settings plus *extra*."""
-    (directory / f"{name}.py").write_text(f"from djangoapp.settings import *  # noqa\n{extra}\n")
-    return name
-
-
-def add_gate_app(directory: Path) -> str:
-    migrations = directory / "gate" / "migrations"
-    migrations.mkdir(parents=True)
-    (directory / "gate" / "__init__.py").write_text("")
-    (migrations / "__init__.py").write_text("")
-    (migrations / "0001_gate.py").write_text(GATE_MIGRATION)
-    return write_settings(directory, "gatesettings", 'INSTALLED_APPS = ["gate", *INSTALLED_APPS]')
-
-
-def django_env(tmp: Path, **extra: str) -> dict[str, str]:
-    return {
-        "PYTHONPATH": f"{tmp}{os.pathsep}{DJANGOAPP}",
-        "DATABASE_URL": f"sqlite:///{tmp}/db.sqlite3",
-        **extra,
-    }
-
-
-def start_gunicorn(
-    tmp: Path, node: str, workers: int = 2, preload: bool = True, **env: str
-) -> tuple[AppProcess, str]:
-    http = f"{tmp}/http.sock"
-    app = AppProcess(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "djangoapp.wsgi"],
-        node=node,
-        env=django_env(
-            tmp,
-            DJANGOAPP_BIND=f"unix:{http}",
-            DJANGOAPP_WORKERS=str(workers),
-            DJANGOAPP_PRELOAD="1" if preload else "0",
-            **env,
-        ),
-        cwd=DJANGOAPP,
-        ready_line=None,
-    )
-    waited = run_rpcctl("-n", node, "ping", "--wait", str(DEADLINE))
-    if waited.returncode != 0:
-        pytest.fail(f"gunicorn's agent never answered: {waited.stderr}\n{app.stderr()}")
-    return app, http
-
-
-def http_get(path: str, url: str) -> tuple[int, dict[str, Any]]:
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(DEADLINE)
-        sock.connect(path)
-        sock.sendall(f"GET {url} HTTP/1.0\r\nHost: test\r\n\r\n".encode())
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    status = int(head.split(b" ", 2)[1])
-    return status, json.loads(body)
-
-
-def rpc_result(node: str, *args: str) -> Any:
-    """The result of `rpcctl rpc --json ...` (the envelope is its last line)."""
-    result = run_rpcctl("-n", node, "rpc", "--json", *args)
-    envelope = json.loads(result.stdout.splitlines()[-1])
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert envelope["ok"], envelope
-    return envelope["result"]
-
-
-def info(node: str) -> dict[str, Any]:
-    answer: dict[str, Any] = json.loads(run_rpcctl("-n", node, "info", "--json").stdout)["result"]
-    return answer
-
-
-def parent_pid(pid: int) -> int:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return int(stat.rsplit(")", 1)[1].split()[1])
-
-
-def open_files(pid: int, needle: str) -> list[str]:
-    found = []
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = os.readlink(fd)
-        except FileNotFoundError:  # closed while we looked
-            continue
-        if needle in target:
-            found.append(target)
-    return found
-
-
-_DRAINS: weakref.WeakKeyDictionary[Any, _Drain] = weakref.WeakKeyDictionary()
-
-
-def read_until(proc: subprocess.Popen[str], wanted: str, stream: str = "stdout") -> list[str]:
-    """Lines of *proc*'s *stream* up to the one that contains *wanted* (read on a thread:
-    a select() on the descriptor cannot see lines a text buffer has already taken)."""
-    pipe = getattr(proc, stream)
-    assert pipe is not None
-    drain = _DRAINS.get(pipe)
-    if drain is None:
-        drain = _DRAINS[pipe] = _Drain(pipe)
-    lines: list[str] = []
-    deadline = time.monotonic() + DEADLINE
-    while (line := drain.next_line(deadline)) is not None:
-        lines.append(line)
-        if wanted in line:
-            return lines
-    proc.kill()
-    pytest.fail(f"never saw {wanted!r}; got {lines}")
-
 
 # -- which process starts the agent ---------------------------------------------------------
 
@@ -270,170 +139,6 @@ def test_bad_commands_setting_stops_django_with_a_clear_message(short_tmp: Path)
         "ImproperlyConfigured: RPCCTL_DJANGO_COMMANDS must be a list of command names, "
         "got 'migrate'" in result.stderr
     )
-
-
-# -- gunicorn -------------------------------------------------------------------------------
-
-
-def test_gunicorn_preloaded_runs_the_agent_once_in_the_arbiter_and_migrates_the_live_site(
-    short_tmp: Path,
-) -> None:
-    node = f"unix:{short_tmp}/agent.sock"
-    app, http = start_gunicorn(short_tmp, node, workers=2)
-    try:
-        assert info(node)["pid"] == app.proc.pid  # the arbiter
-        assert info(node)["app"] == "djangoapp"
-        status, body = http_get(http, "/polls/")
-        assert status == 503
-        assert "polls_question" in body["error"]
-
-        assert rpc_result(node, "django.migrate") == ALL_MIGRATIONS
-        assert http_get(http, "/polls/") == (200, {"questions": [QUESTION]})
-        again = run_rpcctl("-n", node, "rpc", "django.migrate")
-        assert again.returncode == 0, again.stderr
-        assert "No migrations to apply." in again.stdout
-        assert again.stdout.endswith("[]\n")
-        assert http_get(http, "/polls/") == (200, {"questions": [QUESTION]})
-        # The agent's threads kept no database connection open (sqlite: an open file).
-        assert open_files(app.proc.pid, "db.sqlite3") == []
-
-        assert rpc_result(node, "django.showmigrations") == {
-            "contenttypes": {
-                "applied": ["0001_initial", "0002_remove_content_type_name"],
-                "pending": [],
-            },
-            "polls": {"applied": ["0001_initial", "0002_first_question"], "pending": []},
-        }
-        checked = rpc_result(node, "django.check(deploy=True)")
-        assert "security.W001" in {m["id"] for m in checked}  # no SecurityMiddleware
-        assert {m["level"] for m in checked} == {"WARNING"}
-        assert rpc_result(node, "django.check") == []
-        # Django's system checks and its database are health checks of the live site.
-        health = run_rpcctl("-n", node, "health", "--json")
-        assert health.returncode == 0, health.stdout + health.stderr
-        checks = {c["name"]: c["ok"] for c in json.loads(health.stdout)["result"]["checks"]}
-        assert checks["django.system_checks"] is True
-        assert checks["django.database"] is True
-        assert open_files(app.proc.pid, "db.sqlite3") == []
-        workers = {http_get(http, "/health")[1]["status"] for _ in range(3)}
-        assert workers == {"ok"}
-        app.proc.send_signal(signal.SIGTERM)
-        assert app.proc.wait(timeout=DEADLINE) == 0
-        assert not (short_tmp / "agent.sock").exists()  # stopped at exit
-        assert app.stderr().count('"agent.started"') == 1
-    finally:
-        app.close()
-
-
-def test_gunicorn_single_worker_without_preload_runs_the_agent_in_the_worker(
-    short_tmp: Path,
-) -> None:
-    node = f"unix:{short_tmp}/agent.sock"
-    app, http = start_gunicorn(short_tmp, node, workers=1, preload=False)
-    try:
-        where = info(node)["pid"]
-        assert where != app.proc.pid
-        assert parent_pid(where) == app.proc.pid  # a worker of this arbiter
-        assert rpc_result(node, "django.migrate") == ALL_MIGRATIONS
-        assert http_get(http, "/polls/") == (200, {"questions": [QUESTION]})
-        assert open_files(where, "db.sqlite3") == []
-        app.proc.send_signal(signal.SIGTERM)
-        app.proc.wait(timeout=DEADLINE)
-        assert not (short_tmp / "agent.sock").exists()
-    finally:
-        app.close()
-
-
-def test_uvicorn_runs_the_agent_and_migrates_the_live_site(short_tmp: Path) -> None:
-    node = f"unix:{short_tmp}/agent.sock"
-    http = f"{short_tmp}/http.sock"
-    app = AppProcess(
-        [sys.executable, "-m", "uvicorn", "--uds", http, "djangoapp.asgi:application"],
-        node=node,
-        env=django_env(short_tmp),
-        cwd=DJANGOAPP,
-        ready_line=None,
-    )
-    try:
-        waited = run_rpcctl("-n", node, "ping", "--wait", str(DEADLINE))
-        assert waited.returncode == 0, waited.stderr + app.stderr()
-        assert info(node)["pid"] == app.proc.pid
-        assert http_get(http, "/polls/")[0] == 503
-        assert rpc_result(node, "django.migrate") == ALL_MIGRATIONS
-        assert http_get(http, "/polls/") == (200, {"questions": [QUESTION]})
-        # Django closes a request's connection just after the response has left; the
-        # agent's task closed its own when it ended.
-        wait_until(lambda: open_files(app.proc.pid, "db.sqlite3") == [], what="no open connection")
-        app.proc.send_signal(signal.SIGTERM)
-        # uvicorn shuts down gracefully, then re-raises the signal: no exit handler runs, and
-        # the socket file stays behind, stale (the next agent on the node replaces it).
-        assert app.proc.wait(timeout=DEADLINE) in (0, -signal.SIGTERM)
-        assert run_rpcctl("-n", node, "ping").returncode == 3
-    finally:
-        app.close()
-
-
-def test_allowed_commands_run_and_others_are_refused(short_tmp: Path) -> None:
-    node = f"unix:{short_tmp}/agent.sock"
-    app, _ = start_gunicorn(short_tmp, node, workers=1)
-    try:
-        shown = run_rpcctl("-n", node, "rpc", 'django.call_command("showmigrations", "polls")')
-        assert shown.returncode == 0, shown.stderr
-        assert shown.stdout == "polls\n [ ] 0001_initial\n [ ] 0002_first_question\n"
-        refused = run_rpcctl("-n", node, "rpc", 'django.call_command("flush")')
-        assert refused.returncode == 2
-        assert refused.stdout == ""
-        assert (
-            "rpcctl: error: django.call_command: the management command 'flush' is not "
-            "allowed remotely; RPCCTL_DJANGO_COMMANDS allows: migrate, showmigrations, check"
-        ) in refused.stderr
-        # migrate goes through django.migrate, which holds the lock.
-        bypass = run_rpcctl("-n", node, "rpc", 'django.call_command("migrate")')
-        assert bypass.returncode == 2
-        assert "run migrate as django.migrate(app_label, migration_name)" in bypass.stderr
-        not_a_name = run_rpcctl("-n", node, "rpc", "django.call_command(3)")
-        assert not_a_name.returncode == 2
-        assert "name must be a management command's name, got 3" in not_a_name.stderr
-        unknown = run_rpcctl("-n", node, "rpc", 'django.call_command("nosuchcommand")')
-        assert unknown.returncode == 2
-        assert "'nosuchcommand' is not allowed remotely" in unknown.stderr
-        # Nothing ran: the database is still empty.
-        assert rpc_result(node, "django.showmigrations")["polls"]["applied"] == []
-        assert rpc_result(node, 'django.migrate("polls", "0001_initial")') == ["polls.0001_initial"]
-        assert rpc_result(node, "django.showmigrations")["polls"] == {
-            "applied": ["0001_initial"],
-            "pending": ["0002_first_question"],
-        }
-        missing = run_rpcctl("-n", node, "rpc", 'django.migrate(migration_name="0001_initial")')
-        assert missing.returncode == 1
-        assert "migration_name needs app_label" in missing.stderr
-    finally:
-        app.close()
-
-
-def test_a_narrower_allow_list(short_tmp: Path) -> None:
-    """RPCCTL_DJANGO_COMMANDS also decides which of the ready-made tasks exist."""
-    settings = write_settings(
-        short_tmp, "narrow", 'RPCCTL_DJANGO_COMMANDS = ["check", "diffsettings"]'
-    )
-    node = f"unix:{short_tmp}/agent.sock"
-    app, _ = start_gunicorn(short_tmp, node, workers=1, DJANGO_SETTINGS_MODULE=settings)
-    try:
-        names = {
-            t["name"]
-            for t in json.loads(run_rpcctl("-n", node, "tasks", "--json").stdout)["result"]
-        }
-        assert names == {"django.check", "django.call_command"}
-        gone = run_rpcctl("-n", node, "rpc", "django.migrate")
-        assert gone.returncode == 6
-        listed = run_rpcctl("-n", node, "rpc", 'django.call_command("diffsettings", all=True)')
-        assert listed.returncode == 0, listed.stderr
-        assert "RPCCTL_DJANGO_COMMANDS = ['check', 'diffsettings']" in listed.stdout
-        refused = run_rpcctl("-n", node, "rpc", 'django.call_command("showmigrations")')
-        assert refused.returncode == 2
-        assert "RPCCTL_DJANGO_COMMANDS allows: check, diffsettings" in refused.stderr
-    finally:
-        app.close()
 
 
 # -- live output and the migrations lock ------------------------------------------------------

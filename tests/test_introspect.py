@@ -7,7 +7,6 @@ import importlib.metadata
 import json
 import platform
 import re
-import subprocess
 import sys
 import threading
 import time
@@ -19,6 +18,17 @@ from typing import Any
 import pytest
 import rpyc
 from click.testing import CliRunner
+from introspect_support import (
+    as_json,
+    detach,
+    functions,
+    job_printed,
+    last_line,
+    ok,
+    start_introapp,
+    stop_job,
+    wait_for_worker,
+)
 
 import rpcctl
 from app_agent import health_check, wire
@@ -26,10 +36,8 @@ from app_agent._introspection import health as _health
 from app_agent._introspection import loglevels as _loglevels
 from app_agent._introspection import profile as _profile
 from conftest import (
-    APPS,
     DEADLINE,
     AppProcess,
-    rpcctl_executable,
     run_rpcctl,
     wait_until,
 )
@@ -39,88 +47,7 @@ from rpcctl.cli.introspect import parse_duration
 from rpcctl.client import raise_error
 from rpcctl.exceptions import BY_KIND, Unhealthy, UsageError
 
-INTROAPP = [sys.executable, str(APPS / "introapp.py")]
-
-
-def start_introapp(directory: Path, name: str = "agent", **env: str) -> AppProcess:
-    return AppProcess(INTROAPP, node=f"unix:{directory}/{name}.sock", env=env)
-
-
-@pytest.fixture(scope="module")
-def app(module_tmp: Path) -> Iterator[AppProcess]:
-    """introapp with its agent on threads (no event loop)."""
-    process = start_introapp(module_tmp, "sync")
-    try:
-        yield process
-    finally:
-        process.close()
-
-
-@pytest.fixture(scope="module")
-def loop_app(module_tmp: Path) -> Iterator[AppProcess]:
-    """introapp inside asyncio.run, its agent on the app's loop."""
-    process = start_introapp(module_tmp, "loop", INTROAPP_LOOP="1")
-    try:
-        yield process
-    finally:
-        process.close()
-
-
-@pytest.fixture
-def fresh_app(short_tmp: Path) -> Iterator[AppProcess]:
-    """An introapp of its own, for tests that count what the process holds."""
-    process = start_introapp(short_tmp)
-    try:
-        yield process
-    finally:
-        process.close()
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert result.returncode == 0, result.stderr
-    return result
-
-
-def as_json(result: subprocess.CompletedProcess[str]) -> Any:
-    return json.loads(ok(result).stdout)["result"]
-
-
-def detach(app: AppProcess, expression: str) -> str:
-    return ok(app.rpcctl("rpc", "--detach", expression)).stdout.strip()
-
-
-def stop_job(app: AppProcess, job: str) -> None:
-    app.rpcctl("cancel", job)
-    app.rpcctl("wait", job)
-
-
-def job_printed(app: AppProcess, job: str, text: str) -> None:
-    wait_until(lambda: text in app.rpcctl("logs", job).stdout, what=f"job {job} to print {text}")
-
-
-def functions(frames: list[dict[str, Any]]) -> list[str]:
-    return [f["function"] for f in frames]
-
-
-def last_line(result: subprocess.CompletedProcess[str]) -> str:
-    return result.stderr.strip().splitlines()[-1]
-
-
 # -- stack ---------------------------------------------------------------------------------------
-
-
-def wait_for_worker(app: AppProcess, job: str) -> None:
-    """Until the job's worker is inside hot_loop (polled through the client API: cheaper
-    than a process per poll on a loaded machine)."""
-    with rpcctl.connect(app.node) as conn:
-
-        def in_hot_loop() -> bool:
-            return any(
-                (t["busy"] or {}).get("job") == job and "hot_loop" in functions(t["frames"])
-                for t in conn.stack()["threads"]
-            )
-
-        wait_until(in_hot_loop, what="the spinning job in stack")
 
 
 def test_stack_json_shows_a_known_thread_and_a_busy_job(app: AppProcess) -> None:
@@ -217,234 +144,6 @@ def test_stack_shows_a_blocked_loop_and_health_fails(loop_app: AppProcess, short
     # Once the loop runs again, so does the check.
     wait_until(lambda: loop_app.rpcctl("health").returncode == 0, what="a healthy loop again")
     assert loop_app.rpcctl("wait", job).returncode == 0
-
-
-# -- health --------------------------------------------------------------------------------------
-
-
-def test_health_passes_with_every_check_listed(app: AppProcess, loop_app: AppProcess) -> None:
-    text = ok(app.rpcctl("health")).stdout
-    assert re.search(r"^ok    agent\.jobs +\d+ ms  \d+ jobs? running$", text, re.M)
-    assert re.search(r"^ok    introapp\.database +\d+ ms$", text, re.M)
-    assert re.search(r"^ok    introapp\.slow +\d+ ms$", text, re.M)
-    assert "agent.event_loop" not in text  # no loop, no loop check
-    assert text.endswith("healthy: 3 checks passed\n")
-    report = as_json(loop_app.rpcctl("health", "--json"))
-    assert report["healthy"] is True
-    checks = {c["name"]: c for c in report["checks"]}
-    assert checks["agent.event_loop"]["ok"]
-    assert checks["agent.event_loop"]["builtin"]
-    assert re.fullmatch(r"lag \d+\.\d ms", checks["agent.event_loop"]["message"])
-    assert not checks["introapp.database"]["builtin"]
-
-
-def test_failing_check_exits_8_naming_it(app: AppProcess) -> None:
-    ok(app.rpcctl("rpc", "introapp.set_sick(True)"))
-    try:
-        text = app.rpcctl("health")
-        as_json_result = app.rpcctl("health", "--json")
-    finally:
-        ok(app.rpcctl("rpc", "introapp.set_sick(False)"))
-    assert text.returncode == 8
-    assert last_line(text) == "rpcctl: error: unhealthy: introapp.database: database unreachable"
-    assert re.search(r"^FAIL  introapp\.database +\d+ ms  database unreachable$", text.stdout, re.M)
-    assert text.stdout.endswith("unhealthy: 1 of 3 checks failed\n")
-    assert as_json_result.returncode == 8
-    error = json.loads(as_json_result.stdout)["error"]
-    assert (error["kind"], error["exit_code"]) == ("unhealthy", 8)
-    failed = [c for c in error["checks"] if not c["ok"]]
-    assert failed == [
-        {
-            "name": "introapp.database",
-            "builtin": False,
-            "ok": False,
-            "message": "database unreachable",
-            "type": "ConnectionError",
-            "duration_s": failed[0]["duration_s"],
-        }
-    ]
-    ok(app.rpcctl("health"))
-
-
-def test_a_hanging_check_fails_at_its_timeout_without_blocking_the_others(
-    app: AppProcess,
-) -> None:
-    ok(app.rpcctl("rpc", "introapp.set_hang(True)"))
-    try:
-        first = app.rpcctl("health", "--json")
-        again = app.rpcctl("health", "--timeout", "0.2", "--json")
-    finally:
-        ok(app.rpcctl("rpc", "introapp.set_hang(False)"))
-    assert first.returncode == 8
-    checks = {c["name"]: c for c in json.loads(first.stdout)["error"]["checks"]}
-    assert checks["introapp.slow"]["message"] == "did not finish within 0.5s"
-    assert checks["introapp.database"]["ok"]
-    assert checks["agent.jobs"]["ok"]
-    # Still hanging: not started a second time, reported as the earlier run.
-    assert again.returncode == 8
-    checks = {c["name"]: c for c in json.loads(again.stdout)["error"]["checks"]}
-    assert re.fullmatch(
-        r"has not returned since an earlier run \d+\.\ds ago \(hung\)",
-        checks["introapp.slow"]["message"],
-    )
-    wait_until(lambda: app.rpcctl("health").returncode == 0, what="the check to recover")
-
-
-def test_health_timeout_caps_each_check(app: AppProcess) -> None:
-    ok(app.rpcctl("rpc", "introapp.set_hang(True)"))
-    try:
-        result = app.rpcctl("health", "--timeout", "0.2")
-    finally:
-        ok(app.rpcctl("rpc", "introapp.set_hang(False)"))
-    assert result.returncode == 8
-    assert (
-        last_line(result) == "rpcctl: error: unhealthy: introapp.slow: did not finish within 0.2s"
-    )
-    wait_until(lambda: app.rpcctl("health").returncode == 0, what="the check to recover")
-
-
-def test_a_job_past_its_timeout_is_unhealthy(app: AppProcess, short_tmp: Path) -> None:
-    gate = short_tmp / "gate"
-    job = detach(app, f"introapp.stubborn({str(gate)!r})")
-    try:
-        wait_until(lambda: app.rpcctl("health").returncode == 8, what="the job to overrun")
-        result = app.rpcctl("health")
-    finally:
-        gate.touch()
-    assert re.search(
-        rf"agent\.jobs: job {job} \(introapp\.stubborn\) has run \d+\.\ds, past its timeout "
-        r"of 0\.3s",
-        last_line(result),
-    )
-    assert app.rpcctl("wait", job).returncode == 4  # it timed out
-    ok(app.rpcctl("health"))
-
-
-def test_fleet_health_names_the_sick_node(app: AppProcess, short_tmp: Path) -> None:
-    sick = start_introapp(short_tmp, "sick", INTROAPP_SICK="1")
-    try:
-        result = run_rpcctl("-n", app.node, "-n", sick.node, "health")
-        lines = run_rpcctl("-n", app.node, "-n", sick.node, "health", "--json")
-    finally:
-        sick.close()
-    assert result.returncode == 8, result.stderr
-    rows = {line.split()[0]: line for line in result.stdout.splitlines()[1:3]}
-    assert re.search(r"\bok\b .* healthy: 3 checks passed$", rows[app.node])
-    assert re.search(
-        r"\bunhealthy\b .* unhealthy: introapp\.database: database unreachable$", rows[sick.node]
-    )
-    assert result.stdout.splitlines()[-1].startswith("1/2 nodes ok in ")
-    assert lines.returncode == 8
-    by_node = {d["node"]: d for d in map(json.loads, lines.stdout.splitlines()) if "node" in d}
-    assert by_node[app.node]["result"]["healthy"] is True
-    assert by_node[sick.node]["error"]["exit_code"] == 8
-
-
-def test_health_of_nothing_is_unreachable(short_tmp: Path) -> None:
-    result = run_rpcctl("-n", f"unix:{short_tmp}/none.sock", "health")
-    assert result.returncode == 3
-    assert last_line(result).startswith("rpcctl: error: ")
-
-
-# -- profile -------------------------------------------------------------------------------------
-
-
-COLLAPSED_LINE = re.compile(r"^(\S[^;]*(?:;[^;]+)*) (\d+)$")
-
-
-def test_profile_names_the_hot_function(app: AppProcess, short_tmp: Path) -> None:
-    job = detach(app, "introapp.spin(120)")
-    try:
-        wait_for_worker(app, job)
-        collapsed = app.rpcctl("profile", "--seconds", "1")
-        svg_file = short_tmp / "profile.svg"
-        svg = app.rpcctl("profile", "--seconds", "0.5", "--format", "svg", "--out", str(svg_file))
-        scope_file = short_tmp / "profile.json"
-        scope = app.rpcctl(
-            "profile", "--seconds", "0.5", "--format", "speedscope", "--out", str(scope_file)
-        )
-    finally:
-        stop_job(app, job)
-    ok(collapsed)
-    lines = collapsed.stdout.splitlines()
-    assert lines
-    assert all(COLLAPSED_LINE.match(line) for line in lines), lines[:3]
-    hot = [line for line in lines if "hot_loop (introapp.py:" in line]
-    assert hot, lines[:5]
-    frames = hot[0].rsplit(" ", 1)[0].split(";")
-    assert frames[0].startswith("rpcctl-worker-")  # rooted at the thread
-    assert frames.index(next(f for f in frames if f.startswith("spin ("))) < frames.index(
-        next(f for f in frames if f.startswith("hot_loop ("))
-    )
-    assert re.search(r"^rpcctl: \d+ samples at 100 Hz over ", collapsed.stderr, re.M)
-
-    ok(svg)
-    assert svg.stdout == ""
-    root = ET.parse(svg_file).getroot()  # noqa: S314  (our own output)
-    assert root.tag == "{http://www.w3.org/2000/svg}svg"
-    titles = [t.text or "" for t in root.iter("{http://www.w3.org/2000/svg}title")]
-    assert any(t.startswith("hot_loop (introapp.py:") for t in titles)
-    assert f"wrote {svg_file}" in svg.stderr
-
-    ok(scope)
-    document = json.loads(scope_file.read_text())
-    assert document["$schema"] == "https://www.speedscope.app/file-format-schema.json"
-    names = [f["name"] for f in document["shared"]["frames"]]
-    assert "hot_loop" in names
-    for profile in document["profiles"]:
-        assert profile["type"] == "sampled"
-        assert len(profile["samples"]) == len(profile["weights"])
-        assert all(0 <= i < len(names) for s in profile["samples"] for i in s)
-
-
-def test_one_profile_at_a_time(fresh_app: AppProcess) -> None:
-    first = subprocess.Popen(
-        [rpcctl_executable(), "-n", fresh_app.node, "profile", "--seconds", "60"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        with rpcctl.connect(fresh_app.node) as conn:
-            wait_until(
-                lambda: any(t["name"] == "rpcctl-profiler" for t in conn.stack()["threads"]),
-                what="the first profile to start",
-            )
-        second = fresh_app.rpcctl("profile", "--seconds", "1")
-    finally:
-        first.kill()
-        first.wait()
-    assert second.returncode == 7
-    assert re.fullmatch(
-        r"rpcctl: error: a profile is already running \(profile-\d+, asked by uid=\d+ pid=\d+ "
-        r"\d+s ago, \d+s left\); one at a time: `rpcctl cancel profile-\d+` ends it",
-        last_line(second),
-    )
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--seconds", "0"], "Invalid value for '--seconds'"),
-        (["--seconds", "1", "--rate", "5000"], "Invalid value for '--rate'"),
-        (["--seconds", "1", "--format", "png"], "Invalid value for '--format'"),
-        ([], "Missing option '--seconds'"),
-    ],
-)
-def test_profile_bad_options_exit_2(short_tmp: Path, args: list[str], message: str) -> None:
-    result = run_rpcctl("-n", f"unix:{short_tmp}/none.sock", "profile", *args)
-    assert result.returncode == 2
-    assert message in result.stderr
-
-
-def test_profile_refuses_an_unwritable_out_before_it_starts(short_tmp: Path) -> None:
-    # The node does not exist: exit 2 (not 3) shows the file was checked first.
-    result = run_rpcctl(
-        "-n", f"unix:{short_tmp}/none.sock", "profile", "--seconds", "5", "--out", "/nonexistent/p"
-    )
-    assert (result.returncode, result.stderr) == (
-        2,
-        "rpcctl: error: cannot write /nonexistent/p: no directory /nonexistent\n",
-    )
 
 
 # -- log-level -----------------------------------------------------------------------------------
