@@ -6,8 +6,17 @@ import os
 import socket
 from collections.abc import Iterable
 
-from rpcctl._settings import parse_node
+from app_agent import wire
+from app_agent.wire import Address
 from rpcctl.exceptions import ConfigError, Unreachable
+
+
+def parse_node(text: str, base_dir: str | None = None) -> Address:
+    """An Address from *text*; ConfigError (exit 2) naming every accepted form."""
+    try:
+        return wire.parse_node(text, base_dir=base_dir)
+    except wire.AddressError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def read_nodes_file(path: str) -> list[str]:

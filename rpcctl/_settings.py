@@ -12,6 +12,7 @@ from app_agent import wire
 from app_agent.wire import NODE_ENV, Address
 from app_agent.wire.cookies import COOKIE_ENV, COOKIE_FILE_ENV
 from rpcctl import client as client_mod
+from rpcctl._nodes import parse_node, resolve_nodes
 from rpcctl._transport import Security
 from rpcctl.exceptions import (
     ConfigError,
@@ -177,14 +178,6 @@ PING_OPTIONS = (
 fleet's ping, or ping with ``--json``, always goes through click)."""
 
 
-def parse_node(text: str, base_dir: str | None = None) -> Address:
-    """An Address from *text*; ConfigError (exit 2) naming every accepted form."""
-    try:
-        return wire.parse_node(text, base_dir=base_dir)
-    except wire.AddressError as exc:
-        raise ConfigError(str(exc)) from None
-
-
 class Settings:
     """What the group's options hand to every command."""
 
@@ -281,8 +274,6 @@ class Settings:
 
     def fleet(self) -> list[str]:
         """Every node of -n, --nodes-file and --discover; a usage error when there is none."""
-        from rpcctl._nodes import resolve_nodes
-
         nodes = resolve_nodes(self.nodes, self.nodes_file, self.discover)
         if not nodes and self.where and not (self.nodes_file or self.discover):
             nodes = [str(self.address())]  # --where on the one node found as usual

@@ -57,7 +57,7 @@ def resolve_address(node: str | Address | None) -> Address:
     if not text:
         msg = f"no node given: pass --node (or node=) or set {wire.NODE_ENV}"
         raise ConfigError(msg)
-    from rpcctl._settings import parse_node
+    from rpcctl._nodes import parse_node
 
     return parse_node(text)
 

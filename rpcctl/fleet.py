@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from app_agent.wire import Address, ErrorKind
 from app_agent.wire.words import plural
 from rpcctl import _transport, waits
-from rpcctl._settings import parse_node
+from rpcctl._nodes import parse_node
 from rpcctl._transport import Security
 from rpcctl._where import Skipped, Where, judged
 from rpcctl.exceptions import CallTimeout, RpcctlError, Unreachable

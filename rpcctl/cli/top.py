@@ -6,7 +6,8 @@ import sys
 
 import click
 
-from rpcctl._settings import POSITIVE_SECONDS, Option, Settings, parse_node
+from rpcctl._nodes import parse_node
+from rpcctl._settings import POSITIVE_SECONDS, Option, Settings
 from rpcctl._where import Where
 from rpcctl.cli._common import _set_where, click_option, emit_json, json_option, pass_settings
 from rpcctl.cli._group import cli

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from app_agent import wire
-from rpcctl._settings import parse_node
+from rpcctl._nodes import parse_node
 from rpcctl.exceptions import ConfigError
 
 CONFIG_NAME: Final = "rpcctl.toml"

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from app_agent.wire.words import plural
-from rpcctl._settings import parse_node
+from rpcctl._nodes import parse_node
 from rpcctl._transport import Security
 from rpcctl._where import Skipped, Where
 from rpcctl.client import Client
