@@ -381,7 +381,7 @@ def test_an_identity_without_an_access_file_is_refused(sample_app: AppProcess) -
 
 
 def test_the_runner_and_its_hooks_use_the_config_identity(short_tmp: Path) -> None:
-    from test_runner import Release
+    from runner_support import Release
 
     path = access_files(short_tmp)
     r = Release(

@@ -424,7 +424,7 @@ def test_mem_is_audited(app: AppProcess) -> None:
 
 
 def test_mem_through_the_launcher(short_tmp: Path) -> None:
-    from test_cli_e2e import Release
+    from test_cli_launcher import Release
 
     release = Release(short_tmp)
     release.start_app()

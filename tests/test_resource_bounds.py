@@ -345,7 +345,7 @@ def test_exposed_methods_check_argument_types_before_touching_them(short_tmp: Pa
 def test_a_cookie_exported_for_another_app_does_not_break_start(short_tmp: Path) -> None:
     """`bin/APP start` with RPCCTL_COOKIE exported (for another app): the release's own
     cookie file reaches its app and hooks, and the ambient cookie does not."""
-    from test_runner import Release, _env
+    from runner_support import Release, _env
 
     cookie = short_tmp / "cookie"
     cookie.write_text("this-releases-cookie-0123456789\n")

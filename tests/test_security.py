@@ -214,7 +214,7 @@ def test_cookie_generate(short_tmp: Path) -> None:
 
 
 def test_runner_hands_the_cookie_file_to_app_and_hooks(short_tmp: Path) -> None:
-    from test_runner import Release
+    from runner_support import Release
 
     cookie = cookie_file(short_tmp)
     r = Release(

@@ -27,6 +27,7 @@ import rpcctl
 from app_agent._jobs import job as _job
 from app_agent._registry import Task
 from app_agent._server import gate as _gate
+from app_agent.wire import protocol
 from conftest import (
     APPS,
     DEADLINE,
@@ -59,7 +60,7 @@ def test_a_job_summary_never_shows_a_half_recorded_outcome(monkeypatch: pytest.M
         return bounded(error)
 
     monkeypatch.setattr(_job, "bounded_error", slow_bounded)
-    finisher = threading.Thread(target=job.finish, args=(_job.FAILED, None, {"message": "x"}))
+    finisher = threading.Thread(target=job.finish, args=(protocol.FAILED, None, {"message": "x"}))
     finisher.start()
     assert inside.wait(DEADLINE)
     seen: list[dict[str, Any]] = []

@@ -495,7 +495,7 @@ def test_cancel_asks_first(three: Nodes) -> None:
 
 def test_a_read_only_identity_is_told_the_grant_is_missing(short_tmp: Path) -> None:
     """oncall may read and run sampleapp.echo: not cancel deploy's job of another task."""
-    from test_access import access_files
+    from access_support import access_files
 
     access = access_files(short_tmp)
     node = f"unix:{short_tmp}/run/agent.sock"

@@ -328,6 +328,9 @@ def _gc() -> dict[str, Any]:
 
 
 _distributions: Mapping[str, list[str]] | None = None
+_distributions_lock = threading.Lock()
+"""Listing the installed distributions takes ~120 ms: done once, by the first caller, while
+concurrent first callers (rpcctl top polling a fleet's nodes at once) wait for it."""
 
 
 def packages() -> dict[str, str]:
@@ -335,9 +338,10 @@ def packages() -> dict[str, str]:
     global _distributions
     import importlib.metadata as metadata
 
-    if _distributions is None:
-        _distributions = metadata.packages_distributions()
-    distributions = _distributions
+    with _distributions_lock:
+        if _distributions is None:
+            _distributions = metadata.packages_distributions()
+        distributions = _distributions
     loaded = {name.partition(".")[0] for name in list(sys.modules)}
     versions = {"rpcctl": __version__}
     for top in sorted(loaded & distributions.keys()):
