@@ -42,7 +42,17 @@ class Option:
     and its help. Declared here, without click, so that the click commands and the ``ping``
     fast path (``rpcctl.__main__``) are built from the same definitions."""
 
-    __slots__ = ("default", "dest", "endless", "flags", "help", "kind", "metavar", "multiple")
+    __slots__ = (
+        "default",
+        "dest",
+        "endless",
+        "flags",
+        "help",
+        "kind",
+        "maximum",
+        "metavar",
+        "multiple",
+    )
 
     def __init__(
         self,
@@ -54,6 +64,7 @@ class Option:
         default: float | None = None,
         multiple: bool = False,
         endless: bool = False,
+        maximum: float | None = None,
     ) -> None:
         self.flags = flags
         self.dest = dest
@@ -63,6 +74,7 @@ class Option:
         self.default = default
         self.multiple = multiple  # repeatable: each value adds one
         self.endless = endless  # seconds: "inf" is taken (no end), else refused
+        self.maximum = maximum  # seconds: the most the option takes (click's range)
 
     def convert(self, text: str) -> str | float:
         """The value *text* gives this option (one that takes a value), checked as click

@@ -334,6 +334,8 @@ def test_drain_on_a_fleet_with_where(short_tmp: Path) -> None:
         (["--wait-jobs", "-1"], "Invalid value for '--wait-jobs'"),
         (["--wait-jobs", "soon"], "Invalid value for '--wait-jobs'"),
         (["--wait-jobs", "3601"], "Invalid value for '--wait-jobs'"),
+        # Refused here, as every seconds option refuses it, not sent for the agent to refuse.
+        (["--wait-jobs", "nan"], "Invalid value for '--wait-jobs': 'nan' is not a number."),
     ],
 )
 def test_bad_wait_jobs_is_a_usage_error(args: list[str], message: str) -> None:

@@ -198,7 +198,7 @@ class Seconds(click.FloatRange):
     the ping fast path checks too): no NaN, no infinity unless the option is endless."""
 
     def __init__(self, option: Option) -> None:
-        super().__init__(min=0, min_open=option.kind == POSITIVE_SECONDS)
+        super().__init__(min=0, min_open=option.kind == POSITIVE_SECONDS, max=option.maximum)
         self.option = option
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:

@@ -17,8 +17,15 @@ from app_agent.wire.protocol import MAX_DRAIN_WAIT
 from app_agent.wire.words import plural
 from rpcctl import client as client_mod
 from rpcctl._introspect_render import duration
-from rpcctl._settings import Settings
-from rpcctl.cli._common import emit_json, fleet_options, json_option, pass_settings, timeout_option
+from rpcctl._settings import SECONDS, Option, Settings
+from rpcctl.cli._common import (
+    click_option,
+    emit_json,
+    fleet_options,
+    json_option,
+    pass_settings,
+    timeout_option,
+)
 from rpcctl.cli._fleet_table import fan_out, run_fleet
 from rpcctl.cli._group import cli
 from rpcctl.exceptions import CallTimeout, RpcctlError, TaskFailed
@@ -28,12 +35,16 @@ DRAIN_TIMEOUT = 30.0
 
 
 @cli.command()
-@click.option(
-    "--wait-jobs",
-    type=click.FloatRange(min=0, max=MAX_DRAIN_WAIT),
-    default=0.0,
-    metavar="SECONDS",
-    help="Then wait up to SECONDS for running jobs to end (exit 4 if some still run).",
+@click_option(
+    Option(
+        ("--wait-jobs",),
+        "wait_jobs",
+        "SECONDS",
+        "Then wait up to SECONDS for running jobs to end (exit 4 if some still run).",
+        kind=SECONDS,
+        default=0.0,
+        maximum=MAX_DRAIN_WAIT,
+    )
 )
 @timeout_option(
     DRAIN_TIMEOUT, "Seconds for the answer, hooks included (per node; plus --wait-jobs)."
