@@ -116,7 +116,6 @@ class Connection:
 
         from app_agent.streams import FrameTimeout
 
-        timeout = self.timeout if timeout is None and method == "root" else timeout
         # Until the answer arrives the connection is owed a reply: if we leave early (a
         # timeout, Ctrl-C), close() must not wait politely for a busy agent.
         self._abandoned = True

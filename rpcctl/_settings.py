@@ -120,8 +120,8 @@ GLOBAL_OPTIONS = (
         ("--nodes-file",),
         "nodes_file",
         "FILE",
-        "A fleet: one address a line, # comments (ping, rpc, info, tasks, stack, stats, "
-        "health, profile, mem, log-level).",
+        "A fleet: one address a line, # comments (ping, rpc, info, tasks, history, drain, "
+        "resume, stack, stats, health, profile, mem, log-level, top).",
     ),
     Option(
         ("--discover",),

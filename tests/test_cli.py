@@ -284,3 +284,15 @@ def test_every_command_is_in_the_lazy_map() -> None:
     for module in set(cli.lazy.values()):
         importlib.import_module(module)
     assert set(cli.commands) == set(cli.lazy)
+
+
+@pytest.mark.parametrize("command", ["rpc", "eval"])
+@pytest.mark.parametrize("value", ["nan", "1e12", "-1"])
+def test_a_bad_lock_wait_is_a_usage_error(command: str, value: str) -> None:
+    """--lock-wait is a seconds option like the others: NaN or a year and more never reach
+    the agent (they once travelled as "NaN")."""
+    result = CliRunner().invoke(
+        cli, ["-n", "unix:/nonexistent/a.sock", command, "--lock-wait", value, "m.f"]
+    )
+    assert result.exit_code == 2
+    assert "Invalid value for '--lock-wait'" in result.output

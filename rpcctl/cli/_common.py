@@ -276,12 +276,15 @@ def timeout_option(default: float | None, help: str) -> Callable[[F], F]:
     )
 
 
-lock_wait_option = click.option(
-    "--lock-wait",
-    type=click.FloatRange(min=0),
-    default=0.0,
-    metavar="SECONDS",
-    help="If the task's lock is held, wait up to SECONDS for it (default: fail at once, exit 7).",
+lock_wait_option = click_option(
+    Option(
+        ("--lock-wait",),
+        "lock_wait",
+        "SECONDS",
+        "If the task's lock is held, wait up to SECONDS for it (default: fail at once, exit 7).",
+        kind=SECONDS,
+        default=0.0,
+    )
 )
 """``rpc`` and ``eval``: how long a task's held lock is waited for."""
 

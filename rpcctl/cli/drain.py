@@ -76,7 +76,7 @@ def drain(
             ["DRAINED"],
             lambda r: [_drain_line(r)],
         )
-    with client_mod.Client(settings.address(), timeout, settings.security()) as conn:
+    with settings.connect(timeout) as conn:
         report = conn.drain(wait_jobs)
     if not settings.json:
         click.echo(f"{conn.address}: {_drain_line(report)}")
@@ -110,7 +110,7 @@ def resume(settings: Settings, timeout: float, parallel: int, min_ok: int | None
             ["RESUMED"],
             lambda r: [_resume_line(r)],
         )
-    with client_mod.Client(settings.address(), timeout, settings.security()) as conn:
+    with settings.connect(timeout) as conn:
         report = conn.resume()
     if not settings.json:
         click.echo(f"{conn.address}: {_resume_line(report)}")

@@ -420,10 +420,8 @@ class Fleet:
             NodePoller(node, names[node], security, where or Where(), interval, self.timeout)
             for node in nodes
         ]
-        self._started = False
 
     def start(self) -> None:
-        self._started = True
         for poller in self.pollers:
             poller.start()
 
